@@ -1,0 +1,162 @@
+//! Command-line definitions (clap). Flags are raw `Option`s here; `config` layers and validates.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXAMPLES: &str = "\
+Examples:
+  costguard --max-usd 40 --usd-per-hour 24.5 -- python train.py
+  costguard --max-wall 6h --kill-grace 30s -- ./train.sh
+  COSTGUARD_USD_PER_HOUR=2.49 costguard --max-usd 5 --warn-signal USR1 --warn-before 2m -- make bench
+
+Exit status: the job's own status when it ends by itself; 128+N when it died of signal N;
+124 when a ceiling killed it; 125 for costguard's own failures (bad flags, values, config);
+126 when the command cannot be executed; 127 when it is not found.";
+
+/// Guards metered GPU time: meters spend, watches the GPUs, and kills the job's whole
+/// process tree at a dollar, wall-clock, idle, stall or memory ceiling.
+#[derive(Debug, Parser)]
+#[command(
+    name = "costguard",
+    version,
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub subcommand: Option<Sub>,
+
+    #[command(flatten)]
+    pub guard: GuardArgs,
+
+    /// The command to guard, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// Internal: the helper that holds the job's process tree. Not for direct use.
+    #[command(name = "__hold", hide = true)]
+    Hold(HoldArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    /// File descriptor to report the job's pid and status on.
+    #[arg(long)]
+    pub status_fd: i32,
+    /// cgroup v2 directory to join before starting the job.
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    #[arg(last = true, required = true)]
+    pub command: Vec<OsString>,
+}
+
+/// The limits and settings of one guarded run. Every value can also come from the
+/// environment (shown) or a TOML config file; flags win over env, env over the file.
+#[derive(Debug, Args, Default, Clone)]
+pub struct GuardArgs {
+    /// TOML config file with the same settings (keys as the long flags, `-` or `_`).
+    #[arg(long, env = "COSTGUARD_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Dollar ceiling: kill the job when accrued spend reaches it (40, 40.50, $40).
+    #[arg(long, env = "COSTGUARD_MAX_USD", value_name = "AMOUNT")]
+    pub max_usd: Option<String>,
+
+    /// Price of the whole job in dollars per hour; without it the GPU price table is used.
+    #[arg(long, env = "COSTGUARD_USD_PER_HOUR", value_name = "RATE")]
+    pub usd_per_hour: Option<String>,
+
+    /// Owned hardware: price the energy NVML reports at this many dollars per kWh.
+    #[arg(long, env = "COSTGUARD_USD_PER_KWH", value_name = "PRICE")]
+    pub usd_per_kwh: Option<String>,
+
+    /// Wall-clock ceiling (90s, 45m, 1h30m, 2d).
+    #[arg(long, env = "COSTGUARD_MAX_WALL", value_name = "DURATION")]
+    pub max_wall: Option<String>,
+
+    /// Time between TERM and KILL when the job is stopped [default: 10s].
+    #[arg(long, env = "COSTGUARD_KILL_GRACE", value_name = "DURATION")]
+    pub kill_grace: Option<String>,
+
+    /// Signal sent to every process of the job --warn-before a ceiling kill (e.g. USR1).
+    #[arg(long, env = "COSTGUARD_WARN_SIGNAL", value_name = "SIG")]
+    pub warn_signal: Option<String>,
+
+    /// How long before a dollar or wall ceiling kill the warning signal is sent.
+    #[arg(long, env = "COSTGUARD_WARN_BEFORE", value_name = "DURATION")]
+    pub warn_before: Option<String>,
+
+    /// Budget fractions that raise a warning event [default: 50%,80%,95%].
+    #[arg(long, env = "COSTGUARD_WARN_AT", value_name = "PCTS")]
+    pub warn_at: Option<String>,
+
+    /// GPU telemetry source: auto (NVML when it loads), nvml (required) or none.
+    #[arg(long, env = "COSTGUARD_GPU", value_name = "auto|nvml|none")]
+    pub gpu: Option<String>,
+
+    /// Load this NVML library instead of libnvidia-ml.so.1.
+    #[arg(long, env = "COSTGUARD_NVML_LIB", value_name = "PATH")]
+    pub nvml_lib: Option<PathBuf>,
+
+    /// Sampling interval for GPU and host telemetry [default: 1s].
+    #[arg(long, env = "COSTGUARD_INTERVAL", value_name = "DURATION")]
+    pub interval: Option<String>,
+
+    /// Kill once the job's GPUs stay below --idle-below for this long.
+    #[arg(long, env = "COSTGUARD_IDLE", value_name = "DURATION")]
+    pub idle: Option<String>,
+
+    /// Utilization under which a GPU counts as idle [default: 5%].
+    #[arg(long, env = "COSTGUARD_IDLE_BELOW", value_name = "PCT")]
+    pub idle_below: Option<String>,
+
+    /// Setup time at the start exempt from the idle and stall watchdogs [default: 0s].
+    #[arg(long, env = "COSTGUARD_IDLE_GRACE", value_name = "DURATION")]
+    pub idle_grace: Option<String>,
+
+    /// Kill when no progress signal (output line, regex step, heartbeat) came for this long.
+    #[arg(long, env = "COSTGUARD_STALL", value_name = "DURATION")]
+    pub stall: Option<String>,
+
+    /// A regex whose first capture group is a number that must increase, e.g. 'step (\d+)'.
+    #[arg(long, env = "COSTGUARD_PROGRESS_REGEX", value_name = "RE")]
+    pub progress_regex: Option<String>,
+
+    /// The final value of the progress number, for ETA and projected spend.
+    #[arg(long, env = "COSTGUARD_PROGRESS_TOTAL", value_name = "N")]
+    pub progress_total: Option<String>,
+
+    /// A file whose modification time advancing counts as progress.
+    #[arg(long, env = "COSTGUARD_HEARTBEAT_FILE", value_name = "PATH")]
+    pub heartbeat_file: Option<PathBuf>,
+
+    /// Ceiling on the job's GPU memory on any one GPU (16GiB, 80%).
+    #[arg(long, env = "COSTGUARD_MAX_GPU_MEM", value_name = "SIZE|PCT")]
+    pub max_gpu_mem: Option<String>,
+
+    /// Ceiling on the RSS of the job's whole process tree (e.g. 64GiB).
+    #[arg(long, env = "COSTGUARD_MAX_HOST_MEM", value_name = "SIZE")]
+    pub max_host_mem: Option<String>,
+
+    /// Address for /metrics, /healthz and /status [default: 127.0.0.1:9947].
+    #[arg(long, env = "COSTGUARD_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Serve no HTTP endpoint.
+    #[arg(long, conflicts_with = "listen")]
+    pub no_listen: bool,
+
+    /// No live status line and no start notice on stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+
+    /// Show the live status line and notices even where the config file says quiet.
+    #[arg(long, conflicts_with = "quiet")]
+    pub no_quiet: bool,
+}

@@ -1,0 +1,401 @@
+//! Settings layered as built-in defaults < config file < environment < flags, validated once.
+//!
+//! clap already gives flags precedence over the environment; this module fills what neither
+//! gave from the TOML file, then turns every string into a checked value. Any error names the
+//! bad value and where it came from, and maps to exit 125 before anything starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::cli::GuardArgs;
+use crate::units::{self, MemLimit, UnitError};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9947";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{source} (from {origin})")]
+    Value {
+        origin: String,
+        #[source]
+        source: UnitError,
+    },
+    #[error("failed to read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to parse config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A number or a string in the TOML file: `max_usd = 40` and `max_usd = "$40"` both work.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl Scalar {
+    fn into_string(self) -> String {
+        match self {
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Str(s) => s,
+        }
+    }
+}
+
+/// The TOML config file. Unknown keys are errors, so a typo never silently drops a ceiling.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    #[serde(alias = "max_usd")]
+    pub max_usd: Option<Scalar>,
+    #[serde(alias = "usd_per_hour")]
+    pub usd_per_hour: Option<Scalar>,
+    #[serde(alias = "usd_per_kwh")]
+    pub usd_per_kwh: Option<Scalar>,
+    #[serde(alias = "max_wall")]
+    pub max_wall: Option<String>,
+    #[serde(alias = "kill_grace")]
+    pub kill_grace: Option<String>,
+    #[serde(alias = "warn_signal")]
+    pub warn_signal: Option<Scalar>,
+    #[serde(alias = "warn_before")]
+    pub warn_before: Option<String>,
+    #[serde(alias = "warn_at")]
+    pub warn_at: Option<String>,
+    pub gpu: Option<String>,
+    #[serde(alias = "nvml_lib")]
+    pub nvml_lib: Option<PathBuf>,
+    pub interval: Option<String>,
+    pub idle: Option<String>,
+    #[serde(alias = "idle_below")]
+    pub idle_below: Option<Scalar>,
+    #[serde(alias = "idle_grace")]
+    pub idle_grace: Option<String>,
+    pub stall: Option<String>,
+    #[serde(alias = "progress_regex")]
+    pub progress_regex: Option<String>,
+    #[serde(alias = "progress_total")]
+    pub progress_total: Option<Scalar>,
+    #[serde(alias = "heartbeat_file")]
+    pub heartbeat_file: Option<PathBuf>,
+    #[serde(alias = "max_gpu_mem")]
+    pub max_gpu_mem: Option<Scalar>,
+    #[serde(alias = "max_host_mem")]
+    pub max_host_mem: Option<Scalar>,
+    pub listen: Option<String>,
+    pub quiet: Option<bool>,
+    /// Per-model price overrides in dollars per GPU-hour: `[prices] "NVIDIA H100 80GB HBM3" = 2.5`.
+    #[serde(default)]
+    pub prices: BTreeMap<String, f64>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuMode {
+    Auto,
+    Nvml,
+    None,
+}
+
+/// Validated settings of a guarded run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub max_usd: Option<f64>,
+    pub usd_per_hour: Option<f64>,
+    pub usd_per_kwh: Option<f64>,
+    pub max_wall: Option<Duration>,
+    pub kill_grace: Duration,
+    pub warn_signal: Option<Signal>,
+    pub warn_before: Option<Duration>,
+    /// Budget fractions in (0, 1], ascending.
+    pub warn_at: Vec<f64>,
+    pub gpu: GpuMode,
+    pub nvml_lib: Option<PathBuf>,
+    pub interval: Duration,
+    pub idle: Option<Duration>,
+    pub idle_below: f64,
+    pub idle_grace: Duration,
+    pub stall: Option<Duration>,
+    pub progress_regex: Option<Regex>,
+    pub progress_total: Option<f64>,
+    pub heartbeat_file: Option<PathBuf>,
+    pub max_gpu_mem: Option<MemLimit>,
+    pub max_host_mem: Option<u64>,
+    pub listen: Option<SocketAddr>,
+    /// Whether the user named the address (a bind failure is then an error, not a notice).
+    pub listen_explicit: bool,
+    pub quiet: bool,
+    pub prices: BTreeMap<String, f64>,
+}
+
+/// Picks flag/env (already merged by clap) over the file value, and remembers the origin.
+fn pick(cli: &Option<String>, file: Option<String>, flag: &str) -> Option<(String, String)> {
+    match (cli, file) {
+        (Some(v), _) => Some((v.clone(), format!("--{flag}"))),
+        (None, Some(v)) => Some((v, format!("config key {flag}"))),
+        (None, None) => None,
+    }
+}
+
+fn conv<T>(
+    v: Option<(String, String)>,
+    parse: impl Fn(&str) -> Result<T, UnitError>,
+) -> Result<Option<T>, ConfigError> {
+    v.map(|(s, origin)| parse(&s).map_err(|source| ConfigError::Value { origin, source }))
+        .transpose()
+}
+
+fn positive(d: Option<Duration>, flag: &str) -> Result<Option<Duration>, ConfigError> {
+    match d {
+        Some(d) if d.is_zero() => Err(ConfigError::Invalid(format!(
+            "invalid --{flag} 0s: must be greater than zero"
+        ))),
+        other => Ok(other),
+    }
+}
+
+impl Settings {
+    /// Layers the file under the flags/env and validates everything.
+    pub fn resolve(args: &GuardArgs) -> Result<Settings, ConfigError> {
+        let file = match &args.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        let s = |x: Option<Scalar>| x.map(Scalar::into_string);
+        let money = |v: &str| units::parse_money(v);
+        let dur = |v: &str| units::parse_duration(v);
+
+        let max_usd = conv(pick(&args.max_usd, s(file.max_usd), "max-usd"), money)?;
+        let usd_per_hour = conv(pick(&args.usd_per_hour, s(file.usd_per_hour), "usd-per-hour"), money)?;
+        let usd_per_kwh = conv(pick(&args.usd_per_kwh, s(file.usd_per_kwh), "usd-per-kwh"), money)?;
+        let max_wall = positive(conv(pick(&args.max_wall, file.max_wall, "max-wall"), dur)?, "max-wall")?;
+        let kill_grace = conv(pick(&args.kill_grace, file.kill_grace, "kill-grace"), dur)?
+            .unwrap_or(Duration::from_secs(10));
+        let warn_signal = conv(
+            pick(&args.warn_signal, s(file.warn_signal), "warn-signal"),
+            units::parse_signal,
+        )?;
+        let warn_before = conv(pick(&args.warn_before, file.warn_before, "warn-before"), dur)?;
+        let warn_at = match pick(&args.warn_at, file.warn_at, "warn-at") {
+            None => vec![0.5, 0.8, 0.95],
+            Some((v, origin)) => parse_warn_at(&v, &origin)?,
+        };
+        let gpu = match pick(&args.gpu, file.gpu, "gpu") {
+            None => GpuMode::Auto,
+            Some((v, origin)) => match v.as_str() {
+                "auto" => GpuMode::Auto,
+                "nvml" => GpuMode::Nvml,
+                "none" => GpuMode::None,
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "invalid {origin} value {v:?}: expected auto, nvml or none"
+                    )))
+                }
+            },
+        };
+        let interval = positive(
+            conv(pick(&args.interval, file.interval, "interval"), dur)?,
+            "interval",
+        )?
+        .unwrap_or(Duration::from_secs(1));
+        let idle = positive(conv(pick(&args.idle, file.idle, "idle"), dur)?, "idle")?;
+        let idle_below = conv(
+            pick(&args.idle_below, s(file.idle_below), "idle-below"),
+            units::parse_percent,
+        )?
+        .unwrap_or(5.0);
+        let idle_grace = conv(pick(&args.idle_grace, file.idle_grace, "idle-grace"), dur)?
+            .unwrap_or(Duration::ZERO);
+        let stall = positive(conv(pick(&args.stall, file.stall, "stall"), dur)?, "stall")?;
+        let progress_regex = match pick(&args.progress_regex, file.progress_regex, "progress-regex") {
+            None => None,
+            Some((v, origin)) => {
+                let re = Regex::new(&v).map_err(|e| {
+                    ConfigError::Invalid(format!("invalid {origin} {v:?}: {e}"))
+                })?;
+                if re.captures_len() < 2 {
+                    return Err(ConfigError::Invalid(format!(
+                        "invalid {origin} {v:?}: needs a capture group around the step number, e.g. 'step (\\d+)'"
+                    )));
+                }
+                Some(re)
+            }
+        };
+        let progress_total = match pick(&args.progress_total, s(file.progress_total), "progress-total") {
+            None => None,
+            Some((v, origin)) => match v.trim().parse::<f64>() {
+                Ok(n) if n.is_finite() && n > 0.0 => Some(n),
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "invalid {origin} {v:?}: expected a positive number of steps"
+                    )))
+                }
+            },
+        };
+        let max_gpu_mem = conv(
+            pick(&args.max_gpu_mem, s(file.max_gpu_mem), "max-gpu-mem"),
+            units::parse_mem_limit,
+        )?;
+        let max_host_mem = conv(
+            pick(&args.max_host_mem, s(file.max_host_mem), "max-host-mem"),
+            units::parse_size,
+        )?;
+        let (listen, listen_explicit) = if args.no_listen {
+            (None, false)
+        } else {
+            match pick(&args.listen, file.listen, "listen") {
+                None => (DEFAULT_LISTEN.parse().ok(), false),
+                Some((v, origin)) => (
+                    Some(v.parse::<SocketAddr>().map_err(|_| {
+                        ConfigError::Invalid(format!(
+                            "invalid {origin} {v:?}: expected HOST:PORT such as 127.0.0.1:9947"
+                        ))
+                    })?),
+                    true,
+                ),
+            }
+        };
+        let quiet = if args.quiet {
+            true
+        } else if args.no_quiet {
+            false
+        } else {
+            file.quiet.unwrap_or(false)
+        };
+        for (model, price) in &file.prices {
+            if !price.is_finite() || *price < 0.0 {
+                return Err(ConfigError::Invalid(format!(
+                    "invalid price {price} for {model:?} in [prices]: expected dollars per GPU-hour >= 0"
+                )));
+            }
+        }
+
+        let settings = Settings {
+            max_usd,
+            usd_per_hour,
+            usd_per_kwh,
+            max_wall,
+            kill_grace,
+            warn_signal,
+            warn_before,
+            warn_at,
+            gpu,
+            nvml_lib: args.nvml_lib.clone().or(file.nvml_lib),
+            interval,
+            idle,
+            idle_below,
+            idle_grace,
+            stall,
+            progress_regex,
+            progress_total,
+            heartbeat_file: args.heartbeat_file.clone().or(file.heartbeat_file),
+            max_gpu_mem,
+            max_host_mem,
+            listen,
+            listen_explicit,
+            quiet,
+            prices: file.prices,
+        };
+        settings.check_consistency()?;
+        Ok(settings)
+    }
+
+    fn check_consistency(&self) -> Result<(), ConfigError> {
+        match (self.warn_signal, self.warn_before) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid(
+                    "--warn-signal needs --warn-before (how long before the kill to send it)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "--warn-before needs --warn-signal (which signal to send)".into(),
+                ))
+            }
+            _ => {}
+        }
+        if let (Some(lead), Some(wall)) = (self.warn_before, self.max_wall) {
+            if lead >= wall {
+                return Err(ConfigError::Invalid(format!(
+                    "invalid --warn-before {}: the warning lead is not shorter than --max-wall {}",
+                    units::format_duration(lead),
+                    units::format_duration(wall)
+                )));
+            }
+        }
+        if let (Some(lead), Some(budget), Some(rate)) = (self.warn_before, self.max_usd, self.usd_per_hour) {
+            let horizon = crate::spend::hours_to_duration(budget / rate);
+            if rate > 0.0 && lead >= horizon {
+                return Err(ConfigError::Invalid(format!(
+                    "invalid --warn-before {}: the warning lead is not shorter than the time --max-usd {} lasts at {}/h ({})",
+                    units::format_duration(lead),
+                    units::format_money(budget),
+                    units::format_money(rate),
+                    units::format_duration(horizon)
+                )));
+            }
+        }
+        if self.warn_before.is_some() && self.max_wall.is_none() && self.max_usd.is_none() {
+            return Err(ConfigError::Invalid(
+                "--warn-before needs a ceiling to warn before: give --max-usd or --max-wall".into(),
+            ));
+        }
+        if self.progress_total.is_some() && self.progress_regex.is_none() {
+            return Err(ConfigError::Invalid(
+                "--progress-total needs --progress-regex (where the step number comes from)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the job's output must flow through costguard (progress signals read it).
+    pub fn needs_output(&self) -> bool {
+        self.stall.is_some() || self.progress_regex.is_some()
+    }
+}
+
+fn parse_warn_at(v: &str, origin: &str) -> Result<Vec<f64>, ConfigError> {
+    let mut out = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let pct = units::parse_percent(part).map_err(|source| ConfigError::Value {
+            origin: origin.to_string(),
+            source,
+        })?;
+        if pct <= 0.0 {
+            return Err(ConfigError::Invalid(format!(
+                "invalid {origin} value {part:?}: a warning fraction must be above 0%"
+            )));
+        }
+        out.push(pct / 100.0);
+    }
+    out.sort_by(|a, b| a.total_cmp(b));
+    out.dedup();
+    Ok(out)
+}

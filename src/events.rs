@@ -1,0 +1,156 @@
+//! The one event vocabulary: metrics, notifications, status and the report are views of it.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    Started,
+    Warning,
+    Idle,
+    Stalled,
+    Killed,
+    PhaseCompleted,
+    Completed,
+    Failed,
+    AgentError,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 9] = [
+        EventKind::Started,
+        EventKind::Warning,
+        EventKind::Idle,
+        EventKind::Stalled,
+        EventKind::Killed,
+        EventKind::PhaseCompleted,
+        EventKind::Completed,
+        EventKind::Failed,
+        EventKind::AgentError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Started => "started",
+            EventKind::Warning => "warning",
+            EventKind::Idle => "idle",
+            EventKind::Stalled => "stalled",
+            EventKind::Killed => "killed",
+            EventKind::PhaseCompleted => "phase-completed",
+            EventKind::Completed => "completed",
+            EventKind::Failed => "failed",
+            EventKind::AgentError => "agent-error",
+        }
+    }
+}
+
+/// Why a job was killed. Bounded: these are the only values of the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KillReason {
+    Usd,
+    Wall,
+    Idle,
+    Stall,
+    GpuMem,
+    HostMem,
+    Fleet,
+    Signal,
+}
+
+impl KillReason {
+    pub const ALL: [KillReason; 8] = [
+        KillReason::Usd,
+        KillReason::Wall,
+        KillReason::Idle,
+        KillReason::Stall,
+        KillReason::GpuMem,
+        KillReason::HostMem,
+        KillReason::Fleet,
+        KillReason::Signal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KillReason::Usd => "usd",
+            KillReason::Wall => "wall",
+            KillReason::Idle => "idle",
+            KillReason::Stall => "stall",
+            KillReason::GpuMem => "gpu_mem",
+            KillReason::HostMem => "host_mem",
+            KillReason::Fleet => "fleet",
+            KillReason::Signal => "signal",
+        }
+    }
+
+    /// A ceiling kill exits 124; a kill asked for by a signal passes on the job's status.
+    pub fn is_ceiling(self) -> bool {
+        !matches!(self, KillReason::Signal)
+    }
+}
+
+/// One thing that happened, with a stable id so receivers can drop duplicates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    pub run_id: String,
+    pub kind: EventKind,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+    pub message: String,
+    /// Wall-clock time, RFC 3339.
+    pub at: String,
+    pub elapsed_seconds: f64,
+    pub spend_dollars: f64,
+    pub rate_dollars_per_hour: Option<f64>,
+    pub budget_dollars: Option<f64>,
+    pub host: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub phase: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub report_path: Option<String>,
+}
+
+/// RFC 3339 UTC timestamp for a SystemTime, second precision plus milliseconds.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, day) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_781), (2026, 11, 24));
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_521_600_123);
+        assert_eq!(rfc3339(t), "2026-11-24T12:00:00.123Z");
+    }
+}

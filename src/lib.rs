@@ -1,0 +1,10 @@
+//! costguard: guards metered GPU time. See ARCHITECTURE.md for the map of the code.
+
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod exit;
+pub mod policy;
+pub mod spend;
+pub mod units;
+pub mod supervise;

@@ -1,0 +1,104 @@
+//! Finding every process of a job by walking /proc: parent links, states, start times.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+
+/// One line of /proc/PID/stat, the fields we use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: i32,
+    pub ppid: i32,
+    pub state: char,
+    pub pgid: i32,
+    /// Start time in clock ticks since boot: with the pid, identifies a process across reuse.
+    pub start_ticks: u64,
+}
+
+impl ProcStat {
+    pub fn is_zombie(&self) -> bool {
+        self.state == 'Z' || self.state == 'X'
+    }
+}
+
+/// Parses /proc/PID/stat. The command name may hold spaces and parentheses: split at the last ')'.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let (head, rest) = text.rsplit_once(')')?;
+    let pid = head.split_once('(')?.0.trim().parse().ok()?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); field N is fields[N - 3].
+    Some(ProcStat {
+        pid,
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        pgid: fields.get(2)?.parse().ok()?,
+        start_ticks: fields.get(19)?.parse().ok()?,
+    })
+}
+
+pub fn stat(pid: i32) -> Option<ProcStat> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Every process on the host (that we can see).
+pub fn all() -> Vec<ProcStat> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(stat)
+        .collect()
+}
+
+/// The descendants of `root` (not `root` itself), zombies included, from one /proc snapshot.
+pub fn descendants(root: i32) -> Vec<ProcStat> {
+    descendants_in(&all(), root)
+}
+
+pub fn descendants_in(procs: &[ProcStat], root: i32) -> Vec<ProcStat> {
+    let mut children: HashMap<i32, Vec<&ProcStat>> = HashMap::new();
+    for p in procs {
+        children.entry(p.ppid).or_default().push(p);
+    }
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        for c in children.get(&pid).map(Vec::as_slice).unwrap_or_default() {
+            if c.pid != root && seen.insert(c.pid) {
+                out.push(**c);
+                stack.push(c.pid);
+            }
+        }
+    }
+    out
+}
+
+/// The pids a process tree rooted at `root` has that are still alive (not zombies).
+pub fn live_descendants(root: i32) -> Vec<i32> {
+    descendants(root).into_iter().filter(|p| !p.is_zombie()).map(|p| p.pid).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_with_parens() {
+        let line = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615";
+        let p = parse_stat(line).expect("parse");
+        assert_eq!((p.pid, p.ppid, p.state, p.pgid, p.start_ticks), (4242, 1, 'S', 4242, 987_654));
+    }
+
+    #[test]
+    fn walks_a_tree() {
+        let mk = |pid, ppid| ProcStat { pid, ppid, state: 'S', pgid: 0, start_ticks: 0 };
+        let procs = [mk(10, 1), mk(11, 10), mk(12, 11), mk(13, 1), mk(14, 12)];
+        let mut d: Vec<i32> = descendants_in(&procs, 10).iter().map(|p| p.pid).collect();
+        d.sort();
+        assert_eq!(d, vec![11, 12, 14]);
+    }
+
+    #[test]
+    fn sees_itself() {
+        let me = stat(std::process::id() as i32).expect("own stat");
+        assert_eq!(me.pid, std::process::id() as i32);
+    }
+}
