@@ -8,3 +8,7 @@ pub mod policy;
 pub mod spend;
 pub mod units;
 pub mod supervise;
+pub mod telemetry;
+pub mod http;
+pub mod metrics;
+pub mod run;

@@ -1,1 +1,60 @@
-fn main(){}
+//! costguard's entry point: parse, run, map the result to a documented exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use costguard::cli::{Cli, Sub};
+use costguard::config::Settings;
+use costguard::exit;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => exit::OWN_FAILURE,
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    if let Some(Sub::Hold(h)) = &cli.subcommand {
+        // The holder stays single-threaded: no runtime, no logging.
+        return ExitCode::from(costguard::supervise::hold::main(h.status_fd, h.cgroup.as_deref(), &h.command));
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("COSTGUARD_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let settings = match Settings::resolve(&cli.guard) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    costguard::supervise::prepare_supervisor();
+    // One thread: the job is spawned from the main thread, which lives as long as we do
+    // (PDEATHSIG follows the spawning thread).
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    match rt.block_on(costguard::run::run(settings, cli.command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints the whole error chain on one line and exits 125.
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    let mut msg = format!("costguard: error: {e}");
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg += &format!(": {text}");
+        }
+        src = s.source();
+    }
+    eprintln!("{msg}");
+    ExitCode::from(exit::OWN_FAILURE)
+}

@@ -44,8 +44,8 @@ pub fn main(status_fd: i32, cgroup: Option<&Path>, command: &[OsString]) -> u8 {
             say(format!("warn cgroup-join-failed {}", e.raw_os_error().unwrap_or(0)));
         }
     }
-    // Signals are taken synchronously with sigtimedwait; the job gets a clean mask (std
-    // resets it in the child) and default dispositions.
+    // Signals are taken synchronously with sigtimedwait; the job gets an empty mask (reset
+    // in pre_exec below) and default dispositions.
     let mut set = SigSet::empty();
     for s in [Signal::SIGCHLD, PARENT_DEATH_SIGNAL, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT] {
         set.add(s);
@@ -60,7 +60,19 @@ pub fn main(status_fd: i32, cgroup: Option<&Path>, command: &[OsString]) -> u8 {
         say(format!("execfailed {}", libc::ENOENT));
         return 1;
     };
-    let leader = match std::process::Command::new(program).args(args).spawn() {
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    // SAFETY: between fork and exec we only call sigprocmask-style functions, which are
+    // async-signal-safe; the job must not inherit the mask we block above.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let mut empty = std::mem::zeroed::<libc::sigset_t>();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let leader = match cmd.spawn() {
         Ok(child) => child.id() as i32,
         Err(e) => {
             say(format!("execfailed {}", e.raw_os_error().unwrap_or(libc::EACCES)));

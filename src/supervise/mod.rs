@@ -77,7 +77,7 @@ pub struct Job {
     holder: Child,
     pub holder_pid: i32,
     pub leaf: Option<Leaf>,
-    pub msgs: mpsc::UnboundedReceiver<HolderMsg>,
+    msgs: Option<mpsc::UnboundedReceiver<HolderMsg>>,
     pub stdout: Option<ChildStdout>,
     pub stderr: Option<ChildStderr>,
     holder_exit: Option<std::process::ExitStatus>,
@@ -147,7 +147,12 @@ impl Job {
         });
         let stdout = holder.stdout.take();
         let stderr = holder.stderr.take();
-        Ok(Job { holder, holder_pid, leaf, msgs, stdout, stderr, holder_exit: None })
+        Ok(Job { holder, holder_pid, leaf, msgs: Some(msgs), stdout, stderr, holder_exit: None })
+    }
+
+    /// The holder's messages (pid, exit status); can be taken once.
+    pub fn take_msgs(&mut self) -> mpsc::UnboundedReceiver<HolderMsg> {
+        self.msgs.take().unwrap_or_else(|| mpsc::unbounded_channel().1)
     }
 
     /// Every live process of the job (the holder excluded), from one /proc walk plus the cgroup.

@@ -1,0 +1,150 @@
+//! Prometheus metrics: one registry per process, written by the run loop, read by scrapes.
+//!
+//! Unknown GPU values are absent series, never zeros. Label values are bounded: reasons and
+//! kinds are closed enums, GPUs are the machine's few devices; run ids are not labels.
+
+use prometheus::{Counter, CounterVec, Encoder, Gauge, GaugeVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::events::{EventKind, KillReason};
+use crate::telemetry::GpuSample;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub spend: Counter,
+    pub wasted: Counter,
+    pub rate: Gauge,
+    pub budget: Gauge,
+    pub budget_remaining: Gauge,
+    pub wall_limit: Gauge,
+    pub elapsed: Gauge,
+    pub idle_seconds: Gauge,
+    pub since_progress: Gauge,
+    pub kills: CounterVec,
+    pub events: CounterVec,
+    pub notifications_failed: CounterVec,
+    pub telemetry_errors: Counter,
+    pub last_sample: Gauge,
+    pub gpu_util: GaugeVec,
+    pub gpu_mem_used: GaugeVec,
+    pub gpu_mem_total: GaugeVec,
+    pub gpu_power: GaugeVec,
+    pub gpu_energy: GaugeVec,
+    pub gpu_temp: GaugeVec,
+    pub job_rss: Gauge,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Names are static and distinct: registration cannot collide.
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+impl Metrics {
+    pub fn new(channels: &[&str]) -> Metrics {
+        let r = Registry::new();
+        let g = |name: &str, help: &str| reg(&r, Gauge::new(name, help).expect("valid metric"));
+        let c = |name: &str, help: &str| reg(&r, Counter::new(name, help).expect("valid metric"));
+        let gpu = |name: &str, help: &str| {
+            reg(&r, GaugeVec::new(Opts::new(name, help), &["gpu", "uuid", "model"]).expect("valid metric"))
+        };
+        let build = reg(
+            &r,
+            IntGaugeVec::new(Opts::new("costguard_build_info", "costguard build, always 1"), &["version"])
+                .expect("valid metric"),
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let kills = reg(
+            &r,
+            CounterVec::new(Opts::new("costguard_kills_total", "Kills of the job, by reason"), &["reason"])
+                .expect("valid metric"),
+        );
+        for k in KillReason::ALL {
+            kills.with_label_values(&[k.as_str()]);
+        }
+        let events = reg(
+            &r,
+            CounterVec::new(Opts::new("costguard_events_total", "Events raised, by kind"), &["kind"])
+                .expect("valid metric"),
+        );
+        for k in EventKind::ALL {
+            events.with_label_values(&[k.as_str()]);
+        }
+        let notifications_failed = reg(
+            &r,
+            CounterVec::new(
+                Opts::new("costguard_notifications_failed_total", "Notification deliveries that failed, by channel"),
+                &["channel"],
+            )
+            .expect("valid metric"),
+        );
+        for ch in channels {
+            notifications_failed.with_label_values(&[ch]);
+        }
+        let _ = r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        Metrics {
+            spend: c("costguard_spend_dollars_total", "Dollars spent by the guarded job so far"),
+            wasted: c("costguard_wasted_dollars_total", "Dollars spent while the GPUs were idle or the job made no progress"),
+            rate: g("costguard_spend_rate_dollars_per_hour", "Current price of the job in dollars per hour"),
+            budget: g("costguard_budget_dollars", "The dollar ceiling (absent when none)"),
+            budget_remaining: g("costguard_budget_remaining_dollars", "Dollars left before the dollar ceiling"),
+            wall_limit: g("costguard_wall_limit_seconds", "The wall-clock ceiling (absent when none)"),
+            elapsed: g("costguard_elapsed_seconds", "Seconds since the job started"),
+            idle_seconds: g("costguard_idle_seconds", "Seconds the job's GPUs have been idle (0 when busy or unknown)"),
+            since_progress: g("costguard_seconds_since_progress", "Seconds since the last progress signal"),
+            telemetry_errors: c("costguard_telemetry_errors_total", "GPU telemetry samples that failed or timed out"),
+            last_sample: g("costguard_last_sample_timestamp_seconds", "Unix time of the last complete GPU sample"),
+            gpu_util: gpu("costguard_gpu_utilization_ratio", "GPU utilization, 0 to 1"),
+            gpu_mem_used: gpu("costguard_gpu_memory_used_bytes", "GPU memory in use"),
+            gpu_mem_total: gpu("costguard_gpu_memory_total_bytes", "GPU memory installed"),
+            gpu_power: gpu("costguard_gpu_power_watts", "GPU power draw"),
+            gpu_energy: gpu("costguard_gpu_energy_joules_total", "GPU energy since the driver loaded"),
+            gpu_temp: gpu("costguard_gpu_temperature_celsius", "GPU temperature"),
+            job_rss: g("costguard_job_resident_memory_bytes", "RSS of the job's whole process tree"),
+            kills,
+            events,
+            notifications_failed,
+            registry: r,
+        }
+    }
+
+    /// Brings the spend counter up to `total` (counters only go up).
+    pub fn set_counter(c: &Counter, total: f64) {
+        let d = total - c.get();
+        if d > 0.0 {
+            c.inc_by(d);
+        }
+    }
+
+    /// Per-GPU series; a value that is unknown in this sample is removed, not zeroed.
+    pub fn observe_gpus(&self, gpus: &[GpuSample]) {
+        for s in gpus {
+            let idx = s.index.to_string();
+            let labels = [idx.as_str(), s.uuid.as_str(), s.model.as_str()];
+            let set = |v: &GaugeVec, x: Option<f64>| match x {
+                Some(x) => v.with_label_values(&labels).set(x),
+                None => {
+                    let _ = v.remove_label_values(&labels);
+                }
+            };
+            set(&self.gpu_util, s.util_gpu_pct.map(|u| u / 100.0));
+            set(&self.gpu_mem_used, s.mem_used.map(|b| b as f64));
+            set(&self.gpu_mem_total, s.mem_total.map(|b| b as f64));
+            set(&self.gpu_power, s.power_watts);
+            set(&self.gpu_energy, s.energy_joules);
+            set(&self.gpu_temp, s.temperature_c);
+        }
+    }
+
+    /// Drops every per-GPU series (telemetry went away: unknown, not zero).
+    pub fn forget_gpus(&self) {
+        for v in [&self.gpu_util, &self.gpu_mem_used, &self.gpu_power, &self.gpu_energy, &self.gpu_temp] {
+            v.reset();
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,587 @@
+//! The run loop: timers, samples, progress, the holder's messages and signals become events;
+//! the pure policy decides; the loop acts (warn, kill) and reports.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+use serde_json::json;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+
+use super::output::{self, LineJudge, LineProgress, Tail};
+use super::sampler::{self, SampleMsg};
+use super::start::{self, Pricing, StartError};
+use crate::config::Settings;
+use crate::events::{rfc3339, Event, EventKind, KillReason};
+use crate::exit::{self, JobStatus};
+use crate::http;
+use crate::metrics::Metrics;
+use crate::policy::{Decision, Engine, GpuObs, Limits, Observation};
+use crate::spend::SpendMeter;
+use crate::supervise::{HolderMsg, Job, SpawnError};
+use crate::telemetry::{GpuSample, HostSample};
+use crate::units::{format_duration, format_money};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("failed to listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nothing to run: give the command after `--`, e.g. costguard --max-wall 1h -- python train.py")]
+    NoCommand,
+}
+
+/// Everything the loop keeps between iterations.
+struct State {
+    t0: Instant,
+    started_wall: SystemTime,
+    run_id: String,
+    host: String,
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    status: Arc<RwLock<serde_json::Value>>,
+    pricing: Pricing,
+    visible: Vec<u32>,
+    seq: u64,
+    recent: Vec<Event>,
+    last_energy: Option<(Instant, f64)>,
+    telemetry_error: Option<String>,
+    lost: HashSet<u32>,
+    last_gpus: Vec<GpuSample>,
+    last_host: HostSample,
+    job_pids: HashSet<i32>,
+    quiet: bool,
+}
+
+impl State {
+    fn now(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    fn emit(&mut self, kind: EventKind, reason: Option<&str>, message: String) -> Event {
+        self.seq += 1;
+        let now = self.now();
+        let ev = Event {
+            id: format!("{}-{:04}", self.run_id, self.seq),
+            run_id: self.run_id.clone(),
+            kind,
+            reason: reason.map(str::to_string),
+            message,
+            at: rfc3339(SystemTime::now()),
+            elapsed_seconds: now.as_secs_f64(),
+            spend_dollars: self.engine.spend(now),
+            rate_dollars_per_hour: (self.pricing != Pricing::Unknown).then(|| self.engine.meter().rate()),
+            budget_dollars: self.engine.limits().max_usd,
+            host: self.host.clone(),
+            phase: None,
+            report_path: None,
+        };
+        self.metrics.events.with_label_values(&[kind.as_str()]).inc();
+        let loud = matches!(
+            kind,
+            EventKind::Warning | EventKind::Idle | EventKind::Stalled | EventKind::Killed | EventKind::AgentError
+        );
+        if loud {
+            let r = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+            eprintln!("costguard: {}{r}: {}", kind.as_str(), ev.message);
+        }
+        self.recent.push(ev.clone());
+        if self.recent.len() > 50 {
+            self.recent.remove(0);
+        }
+        self.publish();
+        ev
+    }
+
+    /// Refreshes the metrics and the /status document from the current state.
+    fn publish(&mut self) {
+        let now = self.now();
+        let e = &self.engine;
+        let spend = e.spend(now);
+        let m = &self.metrics;
+        Metrics::set_counter(&m.spend, spend);
+        Metrics::set_counter(&m.wasted, e.wasted(now));
+        m.rate.set(e.meter().rate());
+        m.elapsed.set(now.as_secs_f64());
+        m.idle_seconds.set(e.idle_for(now).as_secs_f64());
+        m.since_progress.set(e.since_progress(now).as_secs_f64());
+        if let Some(b) = e.limits().max_usd {
+            m.budget.set(b);
+            m.budget_remaining.set((b - spend).max(0.0));
+        }
+        if let Some(w) = e.limits().max_wall {
+            m.wall_limit.set(w.as_secs_f64());
+        }
+        if let Some(r) = self.last_host.job_rss_bytes {
+            m.job_rss.set(r as f64);
+        }
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+        let to_usd = e.usd_deadline(now).map(|t| t.saturating_sub(now));
+        let to_wall = e.limits().max_wall.map(|w| w.saturating_sub(now));
+        let total = e.limits().progress_total;
+        let eta = total.and_then(|t| e.progress().eta(t, now));
+        let projected = eta.map(|eta| spend + e.meter().rate() * eta.as_secs_f64() / 3600.0);
+        let doc = json!({
+            "run_id": self.run_id,
+            "phase": serde_json::Value::Null,
+            "started_at": rfc3339(self.started_wall),
+            "elapsed_seconds": now.as_secs_f64(),
+            "spend_dollars": spend,
+            "wasted_dollars": e.wasted(now),
+            "rate_dollars_per_hour": (self.pricing != Pricing::Unknown).then(|| e.meter().rate()),
+            "budget_dollars": e.limits().max_usd,
+            "budget_remaining_dollars": e.limits().max_usd.map(|b| (b - spend).max(0.0)),
+            "seconds_to_usd_ceiling": secs(to_usd),
+            "seconds_to_wall_ceiling": secs(to_wall),
+            "idle_seconds": e.idle_for(now).as_secs_f64(),
+            "seconds_since_progress": e.since_progress(now).as_secs_f64(),
+            "last_progress": e.progress().last_label(),
+            "projection": {
+                "progress_total": total,
+                "last_step": e.progress().last_step(),
+                "steps_per_second": e.progress().step_rate(),
+                "eta_seconds": secs(eta),
+                "projected_spend_dollars": projected,
+            },
+            "telemetry_error": self.telemetry_error,
+            "gpus": self.last_gpus,
+            "host": self.last_host,
+            "recent_events": self.recent.iter().rev().take(20).collect::<Vec<_>>(),
+        });
+        if let Ok(mut s) = self.status.write() {
+            *s = doc;
+        }
+    }
+
+    /// Turns a telemetry sample into an observation for the policy, plus events.
+    fn on_sample(&mut self, s: SampleMsg) -> Vec<Decision> {
+        let now = s.at.saturating_duration_since(self.t0);
+        self.job_pids.extend(s.pids.iter().copied());
+        self.last_host = s.host.clone();
+        let mut obs = Observation { at: now, gpus: Vec::new(), host_rss: s.host.job_rss_bytes };
+        match s.gpus {
+            None => {}
+            Some(Err(e)) => {
+                self.metrics.telemetry_errors.inc();
+                self.metrics.forget_gpus();
+                let msg = e.to_string();
+                if self.telemetry_error.as_deref() != Some(msg.as_str()) {
+                    self.telemetry_error = Some(msg.clone());
+                    self.emit(EventKind::AgentError, Some("telemetry"), format!("GPU telemetry unknown: {msg}"));
+                }
+                obs.gpus = self
+                    .visible
+                    .iter()
+                    .map(|i| GpuObs { index: *i, util_pct: None, job_mem: None, mem_total: None })
+                    .collect();
+            }
+            Some(Ok(gpus)) => {
+                if self.telemetry_error.take().is_some() {
+                    eprintln!("costguard: GPU telemetry is back");
+                }
+                for g in gpus.iter().filter(|g| g.lost) {
+                    if self.lost.insert(g.index) {
+                        self.metrics.telemetry_errors.inc();
+                        self.emit(
+                            EventKind::AgentError,
+                            Some("gpu-lost"),
+                            format!("GPU {} is lost (NVML_ERROR_GPU_IS_LOST): its values are unknown", g.index),
+                        );
+                    }
+                }
+                self.metrics.observe_gpus(&gpus);
+                if !gpus.iter().any(|g| g.lost) {
+                    self.metrics.last_sample.set(
+                        s.wall.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+                    );
+                }
+                obs.gpus = self.job_gpus(&gpus, &s.pids);
+                self.energy_rate(now, s.at, &gpus);
+                self.last_gpus = gpus;
+            }
+        }
+        let d = self.engine.observe(&obs);
+        self.publish();
+        d
+    }
+
+    /// The GPUs the job uses: those among the visible ones where NVML lists one of its
+    /// processes; when none is listed (or the list is unsupported), all visible GPUs.
+    fn job_gpus(&self, gpus: &[GpuSample], pids: &[i32]) -> Vec<GpuObs> {
+        let visible: Vec<&GpuSample> = gpus.iter().filter(|g| self.visible.contains(&g.index)).collect();
+        let mine = |g: &GpuSample| -> Option<u64> {
+            let procs = g.procs.as_ref()?;
+            let mut total = None;
+            for p in procs.iter().filter(|p| pids.contains(&(p.pid as i32))) {
+                total = Some(total.unwrap_or(0) + p.used_bytes.unwrap_or(0));
+            }
+            total
+        };
+        let used: Vec<&&GpuSample> = visible.iter().filter(|g| mine(g).is_some()).collect();
+        let chosen: Vec<&GpuSample> = if used.is_empty() { visible.clone() } else { used.into_iter().copied().collect() };
+        chosen
+            .into_iter()
+            .map(|g| GpuObs {
+                index: g.index,
+                util_pct: if g.lost { None } else { g.util_gpu_pct },
+                job_mem: mine(g).or(g.procs.as_ref().map(|_| 0)),
+                mem_total: g.mem_total,
+            })
+            .collect()
+    }
+
+    /// Energy pricing: the visible GPUs' energy counters (or power when no counter) set the rate.
+    fn energy_rate(&mut self, now: Duration, at: Instant, gpus: &[GpuSample]) {
+        let Pricing::Energy { per_kwh } = self.pricing else { return };
+        let vis: Vec<&GpuSample> = gpus.iter().filter(|g| self.visible.contains(&g.index)).collect();
+        let energy: Option<f64> = vis.iter().map(|g| g.energy_joules).sum();
+        let watts = match (energy, self.last_energy) {
+            (Some(e), Some((t, prev))) if at > t && e >= prev => Some((e - prev) / (at - t).as_secs_f64()),
+            _ => vis.iter().map(|g| g.power_watts).sum::<Option<f64>>(),
+        };
+        if let Some(e) = energy {
+            self.last_energy = Some((at, e));
+        }
+        // Unknown power keeps the last rate: spend never stops accruing for lack of data.
+        if let Some(w) = watts {
+            self.engine.set_rate(now, w / 1000.0 * per_kwh);
+        }
+    }
+}
+
+fn limits_of(s: &Settings) -> Limits {
+    Limits {
+        max_usd: s.max_usd,
+        max_wall: s.max_wall,
+        warn_before: s.warn_before,
+        warn_at: s.warn_at.clone(),
+        idle: s.idle,
+        idle_below: s.idle_below,
+        idle_grace: s.idle_grace,
+        stall: s.stall,
+        max_gpu_mem: s.max_gpu_mem,
+        max_host_mem: s.max_host_mem,
+        stale_after: s.interval * 3,
+        progress_total: s.progress_total,
+    }
+}
+
+/// Forwards TERM, INT and HUP to the loop; the second one sets `force` (KILL now).
+fn watch_signals(tx: mpsc::UnboundedSender<Signal>, force: watch::Sender<bool>) {
+    let kinds = [
+        (SignalKind::terminate(), Signal::SIGTERM),
+        (SignalKind::interrupt(), Signal::SIGINT),
+        (SignalKind::hangup(), Signal::SIGHUP),
+    ];
+    let count = Arc::new(Mutex::new(0u32));
+    let force = Arc::new(force);
+    for (kind, sig) in kinds {
+        let Ok(mut stream) = signal(kind) else { continue };
+        let (tx, count, force) = (tx.clone(), count.clone(), force.clone());
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                let n = count.lock().map(|mut c| {
+                    *c += 1;
+                    *c
+                });
+                if n.unwrap_or(1) >= 2 {
+                    let _ = force.send(true);
+                }
+                let _ = tx.send(sig);
+            }
+        });
+    }
+}
+
+/// Runs `command` under the guard; returns the exit code to leave with.
+pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, GuardError> {
+    if command.is_empty() {
+        return Err(GuardError::NoCommand);
+    }
+    let started = start::prepare(&settings).await?;
+    let started_wall = SystemTime::now();
+    let run_id = start::default_run_id(&command, started_wall);
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let rate = match &started.pricing {
+        Pricing::Fixed { per_hour, .. } => *per_hour,
+        _ => 0.0,
+    };
+    let metrics = Arc::new(Metrics::new(&[]));
+    let status = Arc::new(RwLock::new(json!({})));
+    let mut listening = None;
+    if let Some(addr) = settings.listen {
+        match http::serve(addr, http::Shared { metrics: metrics.clone(), status: status.clone() }).await {
+            Ok(a) => listening = Some(a),
+            Err(source) if settings.listen_explicit => {
+                return Err(GuardError::Listen { addr: addr.to_string(), source })
+            }
+            Err(e) => eprintln!("costguard: notice: not serving metrics on {addr} ({e}); use --listen to pick another address"),
+        }
+    }
+    let quiet = settings.quiet;
+    if !quiet {
+        for n in &started.notices {
+            eprintln!("costguard: notice: {n}");
+        }
+    }
+
+    let capture = settings.needs_output();
+    let mut job = Job::spawn(&command, capture, true)?;
+    let t0 = Instant::now();
+    let mut st = State {
+        t0,
+        started_wall,
+        run_id,
+        host,
+        engine: Engine::new(limits_of(&settings), SpendMeter::new(0.0, rate)),
+        metrics,
+        status,
+        pricing: started.pricing.clone(),
+        visible: started.visible.clone(),
+        seq: 0,
+        recent: Vec::new(),
+        last_energy: None,
+        telemetry_error: None,
+        lost: HashSet::new(),
+        last_gpus: Vec::new(),
+        last_host: HostSample::default(),
+        job_pids: HashSet::new(),
+        quiet,
+    };
+    let rate_text = match &started.pricing {
+        Pricing::Fixed { per_hour, source } => format!("{}/h from {source}", format_money(*per_hour)),
+        Pricing::Energy { per_kwh } => format!("GPU energy at {}/kWh", format_money(*per_kwh)),
+        Pricing::Unknown => "rate unknown (spend not metered)".into(),
+    };
+    let mut start_msg = format!("run {} started: {rate_text}", st.run_id);
+    if let Some(b) = settings.max_usd {
+        start_msg += &format!(", budget {}", format_money(b));
+    }
+    if let Some(w) = settings.max_wall {
+        start_msg += &format!(", wall {}", format_duration(w));
+    }
+    if let Some(a) = listening {
+        start_msg += &format!(", metrics on http://{a}/metrics");
+    }
+    if !st.quiet {
+        eprintln!("costguard: {start_msg}");
+    }
+    st.emit(EventKind::Started, None, start_msg);
+
+    // Progress from output and heartbeat.
+    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<LineProgress>();
+    let tail = Tail::default();
+    let judge = Arc::new(Mutex::new(LineJudge::new(settings.progress_regex.clone())));
+    if let Some(out) = job.stdout.take() {
+        tokio::spawn(output::pump(out, tokio::io::stdout(), judge.clone(), tail.clone(), progress_tx.clone()));
+    }
+    if let Some(err) = job.stderr.take() {
+        tokio::spawn(output::pump(err, tokio::io::stderr(), judge.clone(), tail.clone(), progress_tx.clone()));
+    }
+    if let Some(path) = settings.heartbeat_file.clone() {
+        let tx = progress_tx.clone();
+        let every = settings.interval.min(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                if let Ok(m) = tokio::fs::metadata(&path).await.and_then(|m| m.modified()) {
+                    if last.is_some_and(|l| m > l) || (last.is_none() && m > started_wall) {
+                        let _ = tx.send(LineProgress { label: format!("heartbeat {}", path.display()), step: None });
+                    }
+                    last = Some(m);
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+    drop(progress_tx);
+
+    let (_root_tx, root_rx) = watch::channel(job.holder_pid);
+    let (sample_tx, mut sample_rx) = mpsc::channel::<SampleMsg>(4);
+    let sampler = tokio::spawn(sampler::run(started.gpu.clone(), settings.interval, root_rx, sample_tx));
+    let (sig_tx, mut sig_rx) = mpsc::unbounded_channel();
+    let (force_tx, mut force_rx) = watch::channel(false);
+    watch_signals(sig_tx, force_tx);
+    let mut msgs = job.take_msgs();
+
+    let mut leader: Option<JobStatus> = None;
+    let mut kill: Option<(KillReason, String, Signal)> = None;
+    let mut progress_open = true;
+    let mut holder_gone = false;
+    while kill.is_none() && leader.is_none() && !holder_gone {
+        let wake = st.engine.next_wakeup(st.now()).map(|d| t0 + d);
+        let decisions: Vec<Decision> = tokio::select! {
+            biased;
+            Some(sig) = sig_rx.recv() => {
+                kill = Some((KillReason::Signal, format!("signal: costguard received {}; forwarded to the job", sig.as_str()), sig));
+                Vec::new()
+            }
+            _ = async { match wake { Some(w) => tokio::time::sleep_until(w.into()).await, None => std::future::pending().await } } => {
+                st.engine.tick(st.now())
+            }
+            m = msgs.recv() => {
+                match m {
+                    Some(HolderMsg::Ended(s)) => leader = Some(s),
+                    Some(HolderMsg::Warn(w)) => eprintln!("costguard: notice: holder: {w}"),
+                    Some(HolderMsg::Spawned(_)) => {}
+                    None => holder_gone = true,
+                }
+                Vec::new()
+            }
+            p = progress_rx.recv(), if progress_open => {
+                match p {
+                    Some(p) => st.engine.on_progress(st.now(), p.label, p.step),
+                    None => progress_open = false,
+                }
+                Vec::new()
+            }
+            Some(s) = sample_rx.recv() => st.on_sample(s),
+        };
+        for d in decisions {
+            match d {
+                Decision::Warn { reason, message, signal } => {
+                    if let (true, Some(sig)) = (signal, settings.warn_signal) {
+                        let n = job.signal_all(sig).len();
+                        st.emit(EventKind::Warning, Some(reason), format!("{message} ({} to {n} processes)", sig.as_str()));
+                    } else {
+                        st.emit(EventKind::Warning, Some(reason), message);
+                    }
+                }
+                Decision::Idle { message } => {
+                    st.emit(EventKind::Idle, Some("idle"), message);
+                }
+                Decision::Stalled { message } => {
+                    st.emit(EventKind::Stalled, Some("stall"), message);
+                }
+                Decision::Kill { reason, evidence } => kill = Some((reason, evidence, Signal::SIGTERM)),
+            }
+        }
+    }
+
+    let grace = settings.kill_grace;
+    let mut killed_by: Option<(KillReason, String)> = None;
+    if let Some((reason, evidence, first)) = kill {
+        for p in job.members() {
+            st.job_pids.insert(p);
+        }
+        st.metrics.kills.with_label_values(&[reason.as_str()]).inc();
+        st.emit(EventKind::Killed, Some(reason.as_str()), evidence.clone());
+        let report = job.terminate(first, grace, &mut force_rx).await;
+        if !report.survivors.is_empty() {
+            st.emit(
+                EventKind::AgentError,
+                Some("survivors"),
+                format!("{} processes of the job survived the kill: {:?}", report.survivors.len(), report.survivors),
+            );
+        }
+        killed_by = Some((reason, evidence));
+    } else if leader.is_some() && !job.gone() {
+        // The leader is done; whatever it left behind goes too.
+        let left = job.members();
+        if !left.is_empty() {
+            eprintln!("costguard: notice: the job's leader exited; ending {} leftover processes", left.len());
+        }
+        let _ = job.terminate(Signal::SIGTERM, grace, &mut force_rx).await;
+    }
+    job.wait_gone().await;
+    job.cleanup();
+    // The leader's status may still be in the pipe.
+    if leader.is_none() {
+        let deadline = tokio::time::sleep(Duration::from_secs(2));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                m = msgs.recv() => match m {
+                    Some(HolderMsg::Ended(s)) => { leader = Some(s); break; }
+                    Some(_) => continue,
+                    None => break,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+    }
+    sampler.abort();
+
+    if let (Some((reason, _)), Some(gpu)) = (&killed_by, &started.gpu) {
+        if reason.is_ceiling() {
+            if let Ok(gpus) = gpu.sample(Duration::from_secs(2)).await {
+                for g in &gpus {
+                    for p in g.procs.iter().flatten() {
+                        if st.job_pids.contains(&(p.pid as i32)) && p.used_bytes.unwrap_or(1) > 0 {
+                            st.emit(
+                                EventKind::AgentError,
+                                Some("gpu-not-freed"),
+                                format!(
+                                    "after the kill, pid {} still holds {} on GPU {}",
+                                    p.pid,
+                                    p.used_bytes.map(crate::units::format_bytes).unwrap_or_else(|| "memory".into()),
+                                    g.index
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let now = st.now();
+    let spend = st.engine.spend(now);
+    let budget = settings.max_usd.map(|b| format!(" of {}", format_money(b))).unwrap_or_default();
+    let wasted = st.engine.wasted(now);
+    let wasted_text = if wasted > 0.0 { format!(", wasted {}", format_money(wasted)) } else { String::new() };
+    let spent = if st.pricing == Pricing::Unknown { "spend unknown".to_string() } else { format!("spent {}{budget}", format_money(spend)) };
+    let (code, outcome, detail) = match (&killed_by, leader) {
+        (Some((reason, evidence)), status) if reason.is_ceiling() => {
+            let _ = status;
+            (exit::CEILING_KILLED, "killed", evidence.clone())
+        }
+        (Some((_, evidence)), Some(status)) => (status.code(), "stopped", format!("{evidence}; job {}", status.describe())),
+        (Some((_, evidence)), None) => (exit::OWN_FAILURE, "stopped", evidence.clone()),
+        (None, Some(s @ JobStatus::Exited(0))) => (s.code(), "completed", s.describe()),
+        (None, Some(s)) => (s.code(), "failed", s.describe()),
+        (None, None) => (exit::OWN_FAILURE, "failed", "the holder process was lost; the job's status is unknown".into()),
+    };
+    match outcome {
+        "completed" => st.emit(EventKind::Completed, None, detail.clone()),
+        "failed" => st.emit(EventKind::Failed, None, detail.clone()),
+        _ => return Ok(finish(&st, code, outcome, &detail, now, &spent, &wasted_text, &tail, &command, leader)),
+    };
+    Ok(finish(&st, code, outcome, &detail, now, &spent, &wasted_text, &tail, &command, leader))
+}
+
+/// The one summary line on stderr (and the last output line after a kill).
+#[expect(clippy::too_many_arguments)]
+fn finish(
+    st: &State,
+    code: u8,
+    outcome: &str,
+    detail: &str,
+    now: Duration,
+    spent: &str,
+    wasted_text: &str,
+    tail: &Tail,
+    command: &[OsString],
+    leader: Option<JobStatus>,
+) -> u8 {
+    if let Some(JobStatus::ExecFailed(_)) = leader {
+        eprintln!("costguard: cannot run {:?}: {}", command[0], detail.trim_start_matches("could not execute: "));
+    }
+    if outcome == "killed" || outcome == "stopped" {
+        if let (Some(line), false) = (tail.snapshot().last(), st.quiet) {
+            eprintln!("costguard: last output: {line}");
+        }
+    }
+    eprintln!("costguard: {outcome}: {detail}; ran {}, {spent}{wasted_text}", format_duration(now));
+    code
+}

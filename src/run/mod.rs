@@ -1,0 +1,8 @@
+//! One guarded run: start-up checks, the run loop, and what it reports.
+
+pub mod guard;
+pub mod output;
+pub mod sampler;
+mod start;
+
+pub use guard::run;

@@ -1,0 +1,53 @@
+//! The sampling task: every interval, one GPU sample (bounded by a timeout) and one host
+//! sample of the job's tree, sent to the run loop. It never blocks the loop.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::supervise::tree;
+use crate::telemetry::host::HostSource;
+use crate::telemetry::nvml::{NvmlFailure, NvmlSource};
+use crate::telemetry::{GpuSample, HostSample};
+
+pub struct SampleMsg {
+    /// Monotonic instant the sample was asked for.
+    pub at: Instant,
+    pub wall: SystemTime,
+    /// `None` when there is no GPU source at all.
+    pub gpus: Option<Result<Vec<GpuSample>, NvmlFailure>>,
+    pub host: HostSample,
+    /// The job's live pids at sampling time.
+    pub pids: Vec<i32>,
+}
+
+/// Runs until the receiver is dropped. `root` is the holder's pid (changes between phases).
+pub async fn run(gpu: Option<NvmlSource>, interval: Duration, root: watch::Receiver<i32>, tx: mpsc::Sender<SampleMsg>) {
+    let host = Arc::new(Mutex::new(HostSource::default()));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let at = Instant::now();
+        let wall = SystemTime::now();
+        let holder = *root.borrow();
+        let gpu_fut = async {
+            match &gpu {
+                Some(g) => Some(g.sample(interval.max(Duration::from_millis(200))).await),
+                None => None,
+            }
+        };
+        let h = host.clone();
+        let host_fut = tokio::task::spawn_blocking(move || {
+            let pids = if holder > 0 { tree::live_descendants(holder) } else { Vec::new() };
+            let sample = h.lock().map(|mut h| h.sample(&pids)).unwrap_or_default();
+            (pids, sample)
+        });
+        let (gpus, host_res) = tokio::join!(gpu_fut, host_fut);
+        let (pids, host) = host_res.unwrap_or_default();
+        if tx.send(SampleMsg { at, wall, gpus, host, pids }).await.is_err() {
+            return;
+        }
+    }
+}

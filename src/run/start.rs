@@ -1,0 +1,141 @@
+//! Before the job starts: GPU telemetry, the rate and where it came from, the run id.
+//! Everything that can be wrong with the user's input is found here, before any process runs.
+
+use std::time::Duration;
+
+use crate::config::{GpuMode, Settings};
+use crate::telemetry::nvml::NvmlSource;
+use crate::telemetry::price;
+use crate::units::format_money;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("--gpu nvml: {0}")]
+    NvmlRequired(String),
+    #[error("--max-usd {budget} needs a price: give --usd-per-hour RATE (or COSTGUARD_USD_PER_HOUR), or --usd-per-kwh PRICE with NVML available, or run where NVML shows GPUs from the price table{why}")]
+    NoRate { budget: String, why: String },
+    #[error("{0}")]
+    Price(#[from] price::PriceError),
+    #[error("--usd-per-kwh needs GPU energy readings from NVML, but {0}")]
+    NoEnergy(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How the job is priced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pricing {
+    /// A fixed rate in dollars per hour.
+    Fixed { per_hour: f64, source: String },
+    /// Energy of the visible GPUs at this many dollars per kWh.
+    Energy { per_kwh: f64 },
+    /// Nothing known: spend is not metered (allowed only without --max-usd).
+    Unknown,
+}
+
+pub struct Started {
+    pub gpu: Option<NvmlSource>,
+    /// Indices of the GPUs the job can see.
+    pub visible: Vec<u32>,
+    pub pricing: Pricing,
+    pub notices: Vec<String>,
+}
+
+pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
+    let mut notices = Vec::new();
+    let gpu = match settings.gpu {
+        GpuMode::None => None,
+        mode => match NvmlSource::start(settings.nvml_lib.as_deref(), Duration::from_secs(10)).await {
+            Ok(src) => Some(src),
+            Err(e) if mode == GpuMode::Nvml => return Err(StartError::NvmlRequired(e.to_string())),
+            Err(e) => {
+                notices.push(format!("no GPU telemetry ({e}); idle and GPU memory watchdogs are off"));
+                None
+            }
+        },
+    };
+    let cuda = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+    let nvidia = std::env::var("NVIDIA_VISIBLE_DEVICES").ok();
+    let visible: Vec<&crate::telemetry::GpuInfo> = match &gpu {
+        Some(g) => price::visible(&g.inventory, cuda.as_deref(), nvidia.as_deref()),
+        None => Vec::new(),
+    };
+    let visible_idx: Vec<u32> = visible.iter().map(|g| g.index).collect();
+
+    let pricing = if let Some(r) = settings.usd_per_hour {
+        Pricing::Fixed { per_hour: r, source: "--usd-per-hour".into() }
+    } else if let Some(k) = settings.usd_per_kwh {
+        if gpu.is_none() {
+            return Err(StartError::NoEnergy("NVML is not available".into()));
+        }
+        Pricing::Energy { per_kwh: k }
+    } else if !visible.is_empty() {
+        match price::quote(&visible, &settings.prices) {
+            Ok(q) => Pricing::Fixed { per_hour: q.dollars_per_hour, source: q.source },
+            Err(e) if settings.max_usd.is_some() => return Err(e.into()),
+            Err(e) => {
+                notices.push(format!("spend is not metered: {e}"));
+                Pricing::Unknown
+            }
+        }
+    } else {
+        Pricing::Unknown
+    };
+    if let (Some(budget), Pricing::Unknown) = (settings.max_usd, &pricing) {
+        let why = if gpu.is_none() {
+            " (no GPU telemetry here)".to_string()
+        } else {
+            " (the job sees no GPU)".to_string()
+        };
+        return Err(StartError::NoRate { budget: format_money(budget), why });
+    }
+    if let (Some(lead), Some(budget), Pricing::Fixed { per_hour, .. }) = (settings.warn_before, settings.max_usd, &pricing) {
+        let horizon = crate::spend::hours_to_duration(budget / per_hour);
+        if *per_hour > 0.0 && lead >= horizon {
+            return Err(StartError::Invalid(format!(
+                "invalid --warn-before {}: the budget {} lasts only {} at {}/h",
+                crate::units::format_duration(lead),
+                format_money(budget),
+                crate::units::format_duration(horizon),
+                format_money(*per_hour)
+            )));
+        }
+    }
+    Ok(Started { gpu, visible: visible_idx, pricing, notices })
+}
+
+/// A readable run id: the job's name and the UTC start minute, e.g. `train-2026-11-24-1147`.
+pub fn default_run_id(command: &[std::ffi::OsString], now: std::time::SystemTime) -> String {
+    const INTERPRETERS: [&str; 9] = ["python", "python3", "bash", "sh", "env", "uv", "torchrun", "srun", "accelerate"];
+    let name = command
+        .iter()
+        .map(|a| {
+            std::path::Path::new(a)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .find(|n| !n.is_empty() && !n.starts_with('-') && !INTERPRETERS.contains(&n.as_str()))
+        .unwrap_or_else(|| "job".into());
+    let name: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .take(40)
+        .collect();
+    let secs = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let (y, m, d) = crate::events::civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!("{name}-{y:04}-{m:02}-{d:02}-{:02}{:02}", rem / 3600, (rem % 3600) / 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_readable() {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_795_521_600 - 12 * 3600 + 11 * 3600 + 47 * 60);
+        let cmd: Vec<std::ffi::OsString> = ["python", "-u", "scripts/train.py", "--lr", "3"].iter().map(Into::into).collect();
+        assert_eq!(default_run_id(&cmd, t), "train-2026-11-24-1147");
+    }
+}
