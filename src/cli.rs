@@ -23,6 +23,8 @@ Exit status: the job's own status when it ends by itself; 128+N when it died of 
     version,
     after_help = EXAMPLES,
     args_conflicts_with_subcommands = true,
+    max_term_width = 110,
+    term_width = 110,
     subcommand_negates_reqs = true
 )]
 pub struct Cli {
@@ -65,19 +67,39 @@ pub struct GuardArgs {
     pub config: Option<PathBuf>,
 
     /// Dollar ceiling: kill the job when accrued spend reaches it (40, 40.50, $40).
-    #[arg(long, env = "COSTGUARD_MAX_USD", value_name = "AMOUNT")]
+    #[arg(
+        long,
+        env = "COSTGUARD_MAX_USD",
+        value_name = "AMOUNT",
+        allow_hyphen_values = true
+    )]
     pub max_usd: Option<String>,
 
     /// Price of the whole job in dollars per hour; without it the GPU price table is used.
-    #[arg(long, env = "COSTGUARD_USD_PER_HOUR", value_name = "RATE")]
+    #[arg(
+        long,
+        env = "COSTGUARD_USD_PER_HOUR",
+        value_name = "RATE",
+        allow_hyphen_values = true
+    )]
     pub usd_per_hour: Option<String>,
 
     /// Owned hardware: price the energy NVML reports at this many dollars per kWh.
-    #[arg(long, env = "COSTGUARD_USD_PER_KWH", value_name = "PRICE")]
+    #[arg(
+        long,
+        env = "COSTGUARD_USD_PER_KWH",
+        value_name = "PRICE",
+        allow_hyphen_values = true
+    )]
     pub usd_per_kwh: Option<String>,
 
     /// Wall-clock ceiling (90s, 45m, 1h30m, 2d).
-    #[arg(long, env = "COSTGUARD_MAX_WALL", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "COSTGUARD_MAX_WALL",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
     pub max_wall: Option<String>,
 
     /// Time between TERM and KILL when the job is stopped [default: 10s].

@@ -193,16 +193,28 @@ impl Settings {
         let dur = |v: &str| units::parse_duration(v);
 
         let max_usd = conv(pick(&args.max_usd, s(file.max_usd), "max-usd"), money)?;
-        let usd_per_hour = conv(pick(&args.usd_per_hour, s(file.usd_per_hour), "usd-per-hour"), money)?;
-        let usd_per_kwh = conv(pick(&args.usd_per_kwh, s(file.usd_per_kwh), "usd-per-kwh"), money)?;
-        let max_wall = positive(conv(pick(&args.max_wall, file.max_wall, "max-wall"), dur)?, "max-wall")?;
+        let usd_per_hour = conv(
+            pick(&args.usd_per_hour, s(file.usd_per_hour), "usd-per-hour"),
+            money,
+        )?;
+        let usd_per_kwh = conv(
+            pick(&args.usd_per_kwh, s(file.usd_per_kwh), "usd-per-kwh"),
+            money,
+        )?;
+        let max_wall = positive(
+            conv(pick(&args.max_wall, file.max_wall, "max-wall"), dur)?,
+            "max-wall",
+        )?;
         let kill_grace = conv(pick(&args.kill_grace, file.kill_grace, "kill-grace"), dur)?
             .unwrap_or(Duration::from_secs(10));
         let warn_signal = conv(
             pick(&args.warn_signal, s(file.warn_signal), "warn-signal"),
             units::parse_signal,
         )?;
-        let warn_before = conv(pick(&args.warn_before, file.warn_before, "warn-before"), dur)?;
+        let warn_before = conv(
+            pick(&args.warn_before, file.warn_before, "warn-before"),
+            dur,
+        )?;
         let warn_at = match pick(&args.warn_at, file.warn_at, "warn-at") {
             None => vec![0.5, 0.8, 0.95],
             Some((v, origin)) => parse_warn_at(&v, &origin)?,
@@ -234,12 +246,12 @@ impl Settings {
         let idle_grace = conv(pick(&args.idle_grace, file.idle_grace, "idle-grace"), dur)?
             .unwrap_or(Duration::ZERO);
         let stall = positive(conv(pick(&args.stall, file.stall, "stall"), dur)?, "stall")?;
-        let progress_regex = match pick(&args.progress_regex, file.progress_regex, "progress-regex") {
+        let progress_regex = match pick(&args.progress_regex, file.progress_regex, "progress-regex")
+        {
             None => None,
             Some((v, origin)) => {
-                let re = Regex::new(&v).map_err(|e| {
-                    ConfigError::Invalid(format!("invalid {origin} {v:?}: {e}"))
-                })?;
+                let re = Regex::new(&v)
+                    .map_err(|e| ConfigError::Invalid(format!("invalid {origin} {v:?}: {e}")))?;
                 if re.captures_len() < 2 {
                     return Err(ConfigError::Invalid(format!(
                         "invalid {origin} {v:?}: needs a capture group around the step number, e.g. 'step (\\d+)'"
@@ -248,7 +260,11 @@ impl Settings {
                 Some(re)
             }
         };
-        let progress_total = match pick(&args.progress_total, s(file.progress_total), "progress-total") {
+        let progress_total = match pick(
+            &args.progress_total,
+            s(file.progress_total),
+            "progress-total",
+        ) {
             None => None,
             Some((v, origin)) => match v.trim().parse::<f64>() {
                 Ok(n) if n.is_finite() && n > 0.0 => Some(n),
@@ -331,7 +347,8 @@ impl Settings {
         match (self.warn_signal, self.warn_before) {
             (Some(_), None) => {
                 return Err(ConfigError::Invalid(
-                    "--warn-signal needs --warn-before (how long before the kill to send it)".into(),
+                    "--warn-signal needs --warn-before (how long before the kill to send it)"
+                        .into(),
                 ))
             }
             (None, Some(_)) => {
@@ -350,7 +367,9 @@ impl Settings {
                 )));
             }
         }
-        if let (Some(lead), Some(budget), Some(rate)) = (self.warn_before, self.max_usd, self.usd_per_hour) {
+        if let (Some(lead), Some(budget), Some(rate)) =
+            (self.warn_before, self.max_usd, self.usd_per_hour)
+        {
             let horizon = crate::spend::hours_to_duration(budget / rate);
             if rate > 0.0 && lead >= horizon {
                 return Err(ConfigError::Invalid(format!(

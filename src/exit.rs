@@ -40,7 +40,10 @@ impl JobStatus {
                 format!("killed by {name}")
             }
             JobStatus::ExecFailed(e) => {
-                format!("could not execute: {}", std::io::Error::from_raw_os_error(e))
+                format!(
+                    "could not execute: {}",
+                    std::io::Error::from_raw_os_error(e)
+                )
             }
         }
     }

@@ -29,7 +29,15 @@ pub async fn serve(addr: SocketAddr, shared: Shared) -> std::io::Result<SocketAd
             "/metrics",
             get(move || {
                 let m = m.clone();
-                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render()) }
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
@@ -38,7 +46,10 @@ pub async fn serve(addr: SocketAddr, shared: Shared) -> std::io::Result<SocketAd
             get(move || {
                 let st = st.clone();
                 async move {
-                    let body = st.read().map(|v| v.to_string()).unwrap_or_else(|_| "{}".into());
+                    let body = st
+                        .read()
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|_| "{}".into());
                     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
                 }
             }),

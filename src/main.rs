@@ -21,7 +21,11 @@ fn main() -> ExitCode {
     };
     if let Some(Sub::Hold(h)) = &cli.subcommand {
         // The holder stays single-threaded: no runtime, no logging.
-        return ExitCode::from(costguard::supervise::hold::main(h.status_fd, h.cgroup.as_deref(), &h.command));
+        return ExitCode::from(costguard::supervise::hold::main(
+            h.status_fd,
+            h.cgroup.as_deref(),
+            &h.command,
+        ));
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("COSTGUARD_LOG"))
@@ -34,7 +38,10 @@ fn main() -> ExitCode {
     costguard::supervise::prepare_supervisor();
     // One thread: the job is spawned from the main thread, which lives as long as we do
     // (PDEATHSIG follows the spawning thread).
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };

@@ -3,7 +3,9 @@
 //! Unknown GPU values are absent series, never zeros. Label values are bounded: reasons and
 //! kinds are closed enums, GPUs are the machine's few devices; run ids are not labels.
 
-use prometheus::{Counter, CounterVec, Encoder, Gauge, GaugeVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Counter, CounterVec, Encoder, Gauge, GaugeVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::events::{EventKind, KillReason};
 use crate::telemetry::GpuSample;
@@ -45,26 +47,39 @@ impl Metrics {
         let g = |name: &str, help: &str| reg(&r, Gauge::new(name, help).expect("valid metric"));
         let c = |name: &str, help: &str| reg(&r, Counter::new(name, help).expect("valid metric"));
         let gpu = |name: &str, help: &str| {
-            reg(&r, GaugeVec::new(Opts::new(name, help), &["gpu", "uuid", "model"]).expect("valid metric"))
+            reg(
+                &r,
+                GaugeVec::new(Opts::new(name, help), &["gpu", "uuid", "model"])
+                    .expect("valid metric"),
+            )
         };
         let build = reg(
             &r,
-            IntGaugeVec::new(Opts::new("costguard_build_info", "costguard build, always 1"), &["version"])
-                .expect("valid metric"),
+            IntGaugeVec::new(
+                Opts::new("costguard_build_info", "costguard build, always 1"),
+                &["version"],
+            )
+            .expect("valid metric"),
         );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let kills = reg(
             &r,
-            CounterVec::new(Opts::new("costguard_kills_total", "Kills of the job, by reason"), &["reason"])
-                .expect("valid metric"),
+            CounterVec::new(
+                Opts::new("costguard_kills_total", "Kills of the job, by reason"),
+                &["reason"],
+            )
+            .expect("valid metric"),
         );
         for k in KillReason::ALL {
             kills.with_label_values(&[k.as_str()]);
         }
         let events = reg(
             &r,
-            CounterVec::new(Opts::new("costguard_events_total", "Events raised, by kind"), &["kind"])
-                .expect("valid metric"),
+            CounterVec::new(
+                Opts::new("costguard_events_total", "Events raised, by kind"),
+                &["kind"],
+            )
+            .expect("valid metric"),
         );
         for k in EventKind::ALL {
             events.with_label_values(&[k.as_str()]);
@@ -72,7 +87,10 @@ impl Metrics {
         let notifications_failed = reg(
             &r,
             CounterVec::new(
-                Opts::new("costguard_notifications_failed_total", "Notification deliveries that failed, by channel"),
+                Opts::new(
+                    "costguard_notifications_failed_total",
+                    "Notification deliveries that failed, by channel",
+                ),
                 &["channel"],
             )
             .expect("valid metric"),
@@ -80,26 +98,64 @@ impl Metrics {
         for ch in channels {
             notifications_failed.with_label_values(&[ch]);
         }
-        let _ = r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        let _ = r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         Metrics {
-            spend: c("costguard_spend_dollars_total", "Dollars spent by the guarded job so far"),
-            wasted: c("costguard_wasted_dollars_total", "Dollars spent while the GPUs were idle or the job made no progress"),
-            rate: g("costguard_spend_rate_dollars_per_hour", "Current price of the job in dollars per hour"),
-            budget: g("costguard_budget_dollars", "The dollar ceiling (absent when none)"),
-            budget_remaining: g("costguard_budget_remaining_dollars", "Dollars left before the dollar ceiling"),
-            wall_limit: g("costguard_wall_limit_seconds", "The wall-clock ceiling (absent when none)"),
+            spend: c(
+                "costguard_spend_dollars_total",
+                "Dollars spent by the guarded job so far",
+            ),
+            wasted: c(
+                "costguard_wasted_dollars_total",
+                "Dollars spent while the GPUs were idle or the job made no progress",
+            ),
+            rate: g(
+                "costguard_spend_rate_dollars_per_hour",
+                "Current price of the job in dollars per hour",
+            ),
+            budget: g(
+                "costguard_budget_dollars",
+                "The dollar ceiling (absent when none)",
+            ),
+            budget_remaining: g(
+                "costguard_budget_remaining_dollars",
+                "Dollars left before the dollar ceiling",
+            ),
+            wall_limit: g(
+                "costguard_wall_limit_seconds",
+                "The wall-clock ceiling (absent when none)",
+            ),
             elapsed: g("costguard_elapsed_seconds", "Seconds since the job started"),
-            idle_seconds: g("costguard_idle_seconds", "Seconds the job's GPUs have been idle (0 when busy or unknown)"),
-            since_progress: g("costguard_seconds_since_progress", "Seconds since the last progress signal"),
-            telemetry_errors: c("costguard_telemetry_errors_total", "GPU telemetry samples that failed or timed out"),
-            last_sample: g("costguard_last_sample_timestamp_seconds", "Unix time of the last complete GPU sample"),
+            idle_seconds: g(
+                "costguard_idle_seconds",
+                "Seconds the job's GPUs have been idle (0 when busy or unknown)",
+            ),
+            since_progress: g(
+                "costguard_seconds_since_progress",
+                "Seconds since the last progress signal",
+            ),
+            telemetry_errors: c(
+                "costguard_telemetry_errors_total",
+                "GPU telemetry samples that failed or timed out",
+            ),
+            last_sample: g(
+                "costguard_last_sample_timestamp_seconds",
+                "Unix time of the last complete GPU sample",
+            ),
             gpu_util: gpu("costguard_gpu_utilization_ratio", "GPU utilization, 0 to 1"),
             gpu_mem_used: gpu("costguard_gpu_memory_used_bytes", "GPU memory in use"),
             gpu_mem_total: gpu("costguard_gpu_memory_total_bytes", "GPU memory installed"),
             gpu_power: gpu("costguard_gpu_power_watts", "GPU power draw"),
-            gpu_energy: gpu("costguard_gpu_energy_joules_total", "GPU energy since the driver loaded"),
+            gpu_energy: gpu(
+                "costguard_gpu_energy_joules_total",
+                "GPU energy since the driver loaded",
+            ),
             gpu_temp: gpu("costguard_gpu_temperature_celsius", "GPU temperature"),
-            job_rss: g("costguard_job_resident_memory_bytes", "RSS of the job's whole process tree"),
+            job_rss: g(
+                "costguard_job_resident_memory_bytes",
+                "RSS of the job's whole process tree",
+            ),
             kills,
             events,
             notifications_failed,
@@ -137,7 +193,13 @@ impl Metrics {
 
     /// Drops every per-GPU series (telemetry went away: unknown, not zero).
     pub fn forget_gpus(&self) {
-        for v in [&self.gpu_util, &self.gpu_mem_used, &self.gpu_power, &self.gpu_energy, &self.gpu_temp] {
+        for v in [
+            &self.gpu_util,
+            &self.gpu_mem_used,
+            &self.gpu_power,
+            &self.gpu_energy,
+            &self.gpu_temp,
+        ] {
             v.reset();
         }
     }

@@ -80,9 +80,14 @@ mod tests {
     fn integral_and_deadline() {
         let mut m = SpendMeter::new(0.0, 3600.0); // a dollar a second
         assert!((m.spend_at(Duration::from_millis(500)) - 0.5).abs() < 1e-9);
-        assert_eq!(m.time_to_reach(0.5, Duration::ZERO), Some(Duration::from_millis(500)));
+        assert_eq!(
+            m.time_to_reach(0.5, Duration::ZERO),
+            Some(Duration::from_millis(500))
+        );
         m.set_rate(Duration::from_secs(1), 7200.0); // $1 spent, now $2/s
-        let t = m.time_to_reach(3.0, Duration::from_secs(1)).expect("deadline");
+        let t = m
+            .time_to_reach(3.0, Duration::from_secs(1))
+            .expect("deadline");
         assert!((t.as_secs_f64() - 2.0).abs() < 1e-9, "{t:?}");
         m.set_rate(Duration::from_secs(2), 0.0);
         assert_eq!(m.time_to_reach(100.0, Duration::from_secs(3)), None);
@@ -92,7 +97,10 @@ mod tests {
     #[test]
     fn resumed_spend_counts() {
         let m = SpendMeter::new(4.0, 3600.0);
-        assert_eq!(m.time_to_reach(5.0, Duration::ZERO), Some(Duration::from_secs(1)));
+        assert_eq!(
+            m.time_to_reach(5.0, Duration::ZERO),
+            Some(Duration::from_secs(1))
+        );
         assert_eq!(m.time_to_reach(3.0, Duration::ZERO), Some(Duration::ZERO));
     }
 }

@@ -219,8 +219,14 @@ mod tests {
         assert_eq!(parse_money("40.50"), Ok(40.5));
         assert_eq!(parse_money("$40"), Ok(40.0));
         assert_eq!(parse_money(" $0.01 "), Ok(0.01));
-        assert!(matches!(parse_money("-1"), Err(UnitError::NegativeMoney(_))));
-        assert!(matches!(parse_money("-$1"), Err(UnitError::NegativeMoney(_))));
+        assert!(matches!(
+            parse_money("-1"),
+            Err(UnitError::NegativeMoney(_))
+        ));
+        assert!(matches!(
+            parse_money("-$1"),
+            Err(UnitError::NegativeMoney(_))
+        ));
         for bad in ["", "$", "abc", "1e9", "NaN", "inf", "4.0.1", "40x", "."] {
             assert!(parse_money(bad).is_err(), "{bad:?} accepted");
         }

@@ -58,13 +58,20 @@ pub struct Observation {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// A `warning` event; `signal` asks the driver to send the configured warning signal.
-    Warn { reason: &'static str, message: String, signal: bool },
+    Warn {
+        reason: &'static str,
+        message: String,
+        signal: bool,
+    },
     /// The idle streak became a kill (an `idle` event precedes the kill).
     Idle { message: String },
     /// No progress for the stall window (a `stalled` event precedes the kill).
     Stalled { message: String },
     /// Kill the whole tree. Only ever decided once.
-    Kill { reason: KillReason, evidence: String },
+    Kill {
+        reason: KillReason,
+        evidence: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -129,7 +136,9 @@ impl Engine {
 
     /// How long the job's GPUs have been idle (0 when busy or unknown).
     pub fn idle_for(&self, now: Duration) -> Duration {
-        self.idle_since.map(|s| now.saturating_sub(s)).unwrap_or_default()
+        self.idle_since
+            .map(|s| now.saturating_sub(s))
+            .unwrap_or_default()
     }
 
     pub fn since_progress(&self, now: Duration) -> Duration {
@@ -143,7 +152,9 @@ impl Engine {
     }
 
     pub fn usd_deadline(&self, now: Duration) -> Option<Duration> {
-        self.limits.max_usd.and_then(|b| self.meter.time_to_reach(b, now))
+        self.limits
+            .max_usd
+            .and_then(|b| self.meter.time_to_reach(b, now))
     }
 
     /// The earlier of the dollar and wall deadlines, with its reason.
@@ -176,9 +187,10 @@ impl Engine {
         if let (Some(lead), false) = (self.limits.warn_before, self.warn_signal_sent) {
             consider(ceiling.map(|c| c.0.saturating_sub(lead)));
         }
-        if let (Some(budget), Some(frac)) =
-            (self.limits.max_usd, self.limits.warn_at.get(self.warned_fracs))
-        {
+        if let (Some(budget), Some(frac)) = (
+            self.limits.max_usd,
+            self.limits.warn_at.get(self.warned_fracs),
+        ) {
             consider(self.meter.time_to_reach(budget * frac, now));
         }
         if let (Some(window), Some(since)) = (self.limits.idle, self.idle_since) {
@@ -245,7 +257,10 @@ impl Engine {
         let known: Option<Vec<(u32, f64)>> = if obs.gpus.is_empty() {
             None
         } else {
-            obs.gpus.iter().map(|g| g.util_pct.map(|u| (g.index, u))).collect()
+            obs.gpus
+                .iter()
+                .map(|g| g.util_pct.map(|u| (g.index, u)))
+                .collect()
         };
         let idle_now = match &known {
             Some(gpus) => gpus.iter().all(|(_, u)| *u < self.limits.idle_below),
@@ -278,14 +293,21 @@ impl Engine {
         self.stall_warned = false;
     }
 
-    fn kill(&mut self, mut out: Vec<Decision>, reason: KillReason, evidence: String) -> Vec<Decision> {
+    fn kill(
+        &mut self,
+        mut out: Vec<Decision>,
+        reason: KillReason,
+        evidence: String,
+    ) -> Vec<Decision> {
         self.killed = Some(reason);
         out.push(Decision::Kill { reason, evidence });
         out
     }
 
     fn budget_warnings(&mut self, now: Duration, out: &mut Vec<Decision>) {
-        let Some(budget) = self.limits.max_usd else { return };
+        let Some(budget) = self.limits.max_usd else {
+            return;
+        };
         let spent = self.meter.spend_at(now);
         while let Some(frac) = self.limits.warn_at.get(self.warned_fracs).copied() {
             if spent + 1e-12 < budget * frac {
@@ -338,7 +360,12 @@ impl Engine {
         let fresh = self
             .last_sample_at
             .is_some_and(|t| now.saturating_sub(t) <= self.limits.stale_after);
-        let gpus = self.idle_gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let gpus = self
+            .idle_gpus
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         if !self.idle_warned && now >= since + window / 2 {
             self.idle_warned = true;
             out.push(Decision::Warn {

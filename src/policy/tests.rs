@@ -7,19 +7,32 @@ fn s(x: u64) -> Duration {
 }
 
 fn gpu(index: u32, util: Option<f64>) -> GpuObs {
-    GpuObs { index, util_pct: util, job_mem: None, mem_total: Some(80 << 30) }
+    GpuObs {
+        index,
+        util_pct: util,
+        job_mem: None,
+        mem_total: Some(80 << 30),
+    }
 }
 
 fn obs(at: u64, utils: &[Option<f64>]) -> Observation {
     Observation {
         at: s(at),
-        gpus: utils.iter().enumerate().map(|(i, u)| gpu(i as u32, *u)).collect(),
+        gpus: utils
+            .iter()
+            .enumerate()
+            .map(|(i, u)| gpu(i as u32, *u))
+            .collect(),
         host_rss: None,
     }
 }
 
 fn limits() -> Limits {
-    Limits { idle_below: 5.0, stale_after: s(3), ..Limits::default() }
+    Limits {
+        idle_below: 5.0,
+        stale_after: s(3),
+        ..Limits::default()
+    }
 }
 
 fn kills(d: &[Decision]) -> Vec<KillReason> {
@@ -32,7 +45,11 @@ fn kills(d: &[Decision]) -> Vec<KillReason> {
 }
 
 /// Drives the engine like the real loop: wake at each deadline, feed samples every second.
-fn run(engine: &mut Engine, until: u64, mut sample: impl FnMut(u64) -> Option<Observation>) -> (Duration, Vec<Decision>) {
+fn run(
+    engine: &mut Engine,
+    until: u64,
+    mut sample: impl FnMut(u64) -> Option<Observation>,
+) -> (Duration, Vec<Decision>) {
     let mut all = Vec::new();
     let mut now = Duration::ZERO;
     let mut next_sample = 0u64;
@@ -65,7 +82,10 @@ fn run(engine: &mut Engine, until: u64, mut sample: impl FnMut(u64) -> Option<Ob
 
 #[test]
 fn dollar_deadline_is_exact() {
-    let l = Limits { max_usd: Some(0.5), ..limits() };
+    let l = Limits {
+        max_usd: Some(0.5),
+        ..limits()
+    };
     let mut e = Engine::new(l, SpendMeter::new(0.0, 3600.0));
     let t = e.usd_deadline(Duration::ZERO).expect("deadline");
     assert_eq!(t, Duration::from_millis(500));
@@ -76,7 +96,10 @@ fn dollar_deadline_is_exact() {
 
 #[test]
 fn rate_change_moves_the_deadline() {
-    let l = Limits { max_usd: Some(10.0), ..limits() };
+    let l = Limits {
+        max_usd: Some(10.0),
+        ..limits()
+    };
     let mut e = Engine::new(l, SpendMeter::new(0.0, 3600.0));
     assert_eq!(e.usd_deadline(s(0)), Some(s(10)));
     e.set_rate(s(4), 7200.0); // $4 spent, $6 left at $2/s
@@ -85,13 +108,21 @@ fn rate_change_moves_the_deadline() {
 
 #[test]
 fn budget_warnings_in_order_and_once() {
-    let l = Limits { max_usd: Some(100.0), warn_at: vec![0.5, 0.8, 0.95], ..limits() };
+    let l = Limits {
+        max_usd: Some(100.0),
+        warn_at: vec![0.5, 0.8, 0.95],
+        ..limits()
+    };
     let mut e = Engine::new(l, SpendMeter::new(0.0, 3600.0));
     let (at, d) = run(&mut e, 200, |_| None);
     let warns: Vec<_> = d
         .iter()
         .filter_map(|d| match d {
-            Decision::Warn { reason: "budget", message, .. } => Some(message.clone()),
+            Decision::Warn {
+                reason: "budget",
+                message,
+                ..
+            } => Some(message.clone()),
             _ => None,
         })
         .collect();
@@ -104,20 +135,32 @@ fn budget_warnings_in_order_and_once() {
 
 #[test]
 fn warn_signal_precedes_wall_kill() {
-    let l = Limits { max_wall: Some(s(3600)), warn_before: Some(s(120)), ..limits() };
+    let l = Limits {
+        max_wall: Some(s(3600)),
+        warn_before: Some(s(120)),
+        ..limits()
+    };
     let mut e = Engine::new(l, SpendMeter::new(0.0, 1.0));
     assert_eq!(e.next_wakeup(s(0)), Some(s(3480)));
     let d = e.tick(s(3480));
-    assert!(matches!(d.as_slice(), [Decision::Warn { signal: true, .. }]), "{d:?}");
+    assert!(
+        matches!(d.as_slice(), [Decision::Warn { signal: true, .. }]),
+        "{d:?}"
+    );
     assert_eq!(e.next_wakeup(s(3480)), Some(s(3600)));
     assert_eq!(kills(&e.tick(s(3600))), vec![KillReason::Wall]);
 }
 
 #[test]
 fn idle_kill_after_window_with_evidence() {
-    let l = Limits { idle: Some(s(600)), ..limits() };
+    let l = Limits {
+        idle: Some(s(600)),
+        ..limits()
+    };
     let mut e = Engine::new(l, SpendMeter::new(0.0, 10.0));
-    let (at, d) = run(&mut e, 10_000, |t| Some(obs(t, &[Some(if t < 100 { 90.0 } else { 1.0 }); 2])));
+    let (at, d) = run(&mut e, 10_000, |t| {
+        Some(obs(t, &[Some(if t < 100 { 90.0 } else { 1.0 }); 2]))
+    });
     assert_eq!(at, s(700), "idle from 100 s, window 600 s");
     assert_eq!(kills(&d), vec![KillReason::Idle]);
     let evidence = d.iter().find_map(|d| match d {
@@ -125,15 +168,31 @@ fn idle_kill_after_window_with_evidence() {
         _ => None,
     });
     let evidence = evidence.expect("evidence");
-    assert!(evidence.starts_with("idle: GPU 0,1 below 5% for 10m00s"), "{evidence}");
-    assert!(d.iter().any(|d| matches!(d, Decision::Warn { reason: "idle-suspected", .. })));
+    assert!(
+        evidence.starts_with("idle: GPU 0,1 below 5% for 10m00s"),
+        "{evidence}"
+    );
+    assert!(d.iter().any(|d| matches!(
+        d,
+        Decision::Warn {
+            reason: "idle-suspected",
+            ..
+        }
+    )));
     // Everything from the start of idleness is wasted: 600 s at $10/h.
-    assert!((e.wasted(at) - 600.0 * 10.0 / 3600.0).abs() < 1e-9, "{}", e.wasted(at));
+    assert!(
+        (e.wasted(at) - 600.0 * 10.0 / 3600.0).abs() < 1e-9,
+        "{}",
+        e.wasted(at)
+    );
 }
 
 #[test]
 fn unknown_utilization_never_counts_as_idle() {
-    let l = Limits { idle: Some(s(60)), ..limits() };
+    let l = Limits {
+        idle: Some(s(60)),
+        ..limits()
+    };
     let mut e = Engine::new(l, SpendMeter::new(0.0, 1.0));
     // Idle, but every 30 s one sample is unknown: the streak restarts, no kill ever.
     let (_, d) = run(&mut e, 3600, |t| {
@@ -141,14 +200,23 @@ fn unknown_utilization_never_counts_as_idle() {
     });
     assert!(kills(&d).is_empty(), "{d:?}");
     // No GPU telemetry at all: never idle.
-    let mut e = Engine::new(Limits { idle: Some(s(60)), ..limits() }, SpendMeter::new(0.0, 1.0));
+    let mut e = Engine::new(
+        Limits {
+            idle: Some(s(60)),
+            ..limits()
+        },
+        SpendMeter::new(0.0, 1.0),
+    );
     let (_, d) = run(&mut e, 3600, |t| Some(obs(t, &[])));
     assert!(kills(&d).is_empty());
 }
 
 #[test]
 fn stale_samples_do_not_support_an_idle_kill() {
-    let l = Limits { idle: Some(s(60)), ..limits() };
+    let l = Limits {
+        idle: Some(s(60)),
+        ..limits()
+    };
     let mut e = Engine::new(l, SpendMeter::new(0.0, 1.0));
     // Idle samples until 30 s, then telemetry goes silent.
     let (_, d) = run(&mut e, 3600, |t| (t <= 30).then(|| obs(t, &[Some(0.0)])));
@@ -157,7 +225,11 @@ fn stale_samples_do_not_support_an_idle_kill() {
 
 #[test]
 fn setup_grace_is_respected() {
-    let l = Limits { idle: Some(s(60)), idle_grace: s(300), ..limits() };
+    let l = Limits {
+        idle: Some(s(60)),
+        idle_grace: s(300),
+        ..limits()
+    };
     let mut e = Engine::new(l, SpendMeter::new(0.0, 1.0));
     let (at, d) = run(&mut e, 10_000, |t| Some(obs(t, &[Some(0.0)])));
     assert_eq!(at, s(360), "idle clock starts when the grace ends");
@@ -166,35 +238,64 @@ fn setup_grace_is_respected() {
 
 #[test]
 fn hung_at_full_utilization_is_a_stall() {
-    let l = Limits { idle: Some(s(60)), stall: Some(s(300)), ..limits() };
+    let l = Limits {
+        idle: Some(s(60)),
+        stall: Some(s(300)),
+        ..limits()
+    };
     let mut e = Engine::new(l, SpendMeter::new(0.0, 1.0));
     let mut now = 0;
     // Steps every 10 s until step 30, then a hang with the GPU pegged at 100 %.
-    let (at, d) = run(&mut e, 10_000, |t| {
-        Some(obs(t, &[Some(100.0)]))
-    });
+    let (at, d) = run(&mut e, 10_000, |t| Some(obs(t, &[Some(100.0)])));
     let _ = (&mut now, at);
     // Without progress signals at all, the start counts as the last progress.
     assert_eq!(at, s(300));
     assert_eq!(kills(&d), vec![KillReason::Stall]);
 
-    let l = Limits { stall: Some(s(300)), ..limits() };
+    let l = Limits {
+        stall: Some(s(300)),
+        ..limits()
+    };
     let mut e = Engine::new(l, SpendMeter::new(0.0, 1.0));
     for step in 1..=30u64 {
         e.on_progress(s(step * 10), format!("step {step}"), Some(step as f64));
-        assert!(e.tick(s(step * 10)).iter().all(|d| !matches!(d, Decision::Kill { .. })));
+        assert!(e
+            .tick(s(step * 10))
+            .iter()
+            .all(|d| !matches!(d, Decision::Kill { .. })));
     }
-    assert_eq!(e.next_wakeup(s(300)), Some(s(450)), "half-window warning first");
-    assert!(matches!(e.tick(s(450)).as_slice(), [Decision::Warn { reason: "stall-suspected", .. }]));
+    assert_eq!(
+        e.next_wakeup(s(300)),
+        Some(s(450)),
+        "half-window warning first"
+    );
+    assert!(matches!(
+        e.tick(s(450)).as_slice(),
+        [Decision::Warn {
+            reason: "stall-suspected",
+            ..
+        }]
+    ));
     let d = e.tick(s(600));
     assert_eq!(kills(&d), vec![KillReason::Stall]);
-    let msg = d.iter().find_map(|d| match d { Decision::Kill { evidence, .. } => Some(evidence.clone()), _ => None }).unwrap_or_default();
+    let msg = d
+        .iter()
+        .find_map(|d| match d {
+            Decision::Kill { evidence, .. } => Some(evidence.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
     assert!(msg.contains("last progress \"step 30\" 5m00s ago"), "{msg}");
 }
 
 #[test]
 fn steady_progress_is_never_killed() {
-    let l = Limits { idle: Some(s(60)), stall: Some(s(120)), max_gpu_mem: Some(MemLimit::Percent(95.0)), ..limits() };
+    let l = Limits {
+        idle: Some(s(60)),
+        stall: Some(s(120)),
+        max_gpu_mem: Some(MemLimit::Percent(95.0)),
+        ..limits()
+    };
     let mut e = Engine::new(l, SpendMeter::new(0.0, 30.0));
     let mut all = Vec::new();
     for t in 0..36_000u64 {
@@ -211,7 +312,11 @@ fn steady_progress_is_never_killed() {
 
 #[test]
 fn memory_ceilings() {
-    let l = Limits { max_gpu_mem: Some(MemLimit::Percent(50.0)), max_host_mem: Some(1 << 30), ..limits() };
+    let l = Limits {
+        max_gpu_mem: Some(MemLimit::Percent(50.0)),
+        max_host_mem: Some(1 << 30),
+        ..limits()
+    };
     let mut e = Engine::new(l.clone(), SpendMeter::new(0.0, 1.0));
     let mut o = obs(5, &[Some(50.0), Some(50.0)]);
     o.gpus[1].job_mem = Some(41 << 30);

@@ -80,16 +80,24 @@ impl State {
             at: rfc3339(SystemTime::now()),
             elapsed_seconds: now.as_secs_f64(),
             spend_dollars: self.engine.spend(now),
-            rate_dollars_per_hour: (self.pricing != Pricing::Unknown).then(|| self.engine.meter().rate()),
+            rate_dollars_per_hour: (self.pricing != Pricing::Unknown)
+                .then(|| self.engine.meter().rate()),
             budget_dollars: self.engine.limits().max_usd,
             host: self.host.clone(),
             phase: None,
             report_path: None,
         };
-        self.metrics.events.with_label_values(&[kind.as_str()]).inc();
+        self.metrics
+            .events
+            .with_label_values(&[kind.as_str()])
+            .inc();
         let loud = matches!(
             kind,
-            EventKind::Warning | EventKind::Idle | EventKind::Stalled | EventKind::Killed | EventKind::AgentError
+            EventKind::Warning
+                | EventKind::Idle
+                | EventKind::Stalled
+                | EventKind::Killed
+                | EventKind::AgentError
         );
         if loud {
             let r = reason.map(|r| format!(" ({r})")).unwrap_or_default();
@@ -168,7 +176,11 @@ impl State {
         let now = s.at.saturating_duration_since(self.t0);
         self.job_pids.extend(s.pids.iter().copied());
         self.last_host = s.host.clone();
-        let mut obs = Observation { at: now, gpus: Vec::new(), host_rss: s.host.job_rss_bytes };
+        let mut obs = Observation {
+            at: now,
+            gpus: Vec::new(),
+            host_rss: s.host.job_rss_bytes,
+        };
         match s.gpus {
             None => {}
             Some(Err(e)) => {
@@ -177,12 +189,21 @@ impl State {
                 let msg = e.to_string();
                 if self.telemetry_error.as_deref() != Some(msg.as_str()) {
                     self.telemetry_error = Some(msg.clone());
-                    self.emit(EventKind::AgentError, Some("telemetry"), format!("GPU telemetry unknown: {msg}"));
+                    self.emit(
+                        EventKind::AgentError,
+                        Some("telemetry"),
+                        format!("GPU telemetry unknown: {msg}"),
+                    );
                 }
                 obs.gpus = self
                     .visible
                     .iter()
-                    .map(|i| GpuObs { index: *i, util_pct: None, job_mem: None, mem_total: None })
+                    .map(|i| GpuObs {
+                        index: *i,
+                        util_pct: None,
+                        job_mem: None,
+                        mem_total: None,
+                    })
                     .collect();
             }
             Some(Ok(gpus)) => {
@@ -195,14 +216,20 @@ impl State {
                         self.emit(
                             EventKind::AgentError,
                             Some("gpu-lost"),
-                            format!("GPU {} is lost (NVML_ERROR_GPU_IS_LOST): its values are unknown", g.index),
+                            format!(
+                                "GPU {} is lost (NVML_ERROR_GPU_IS_LOST): its values are unknown",
+                                g.index
+                            ),
                         );
                     }
                 }
                 self.metrics.observe_gpus(&gpus);
                 if !gpus.iter().any(|g| g.lost) {
                     self.metrics.last_sample.set(
-                        s.wall.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+                        s.wall
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_secs_f64(),
                     );
                 }
                 obs.gpus = self.job_gpus(&gpus, &s.pids);
@@ -218,7 +245,10 @@ impl State {
     /// The GPUs the job uses: those among the visible ones where NVML lists one of its
     /// processes; when none is listed (or the list is unsupported), all visible GPUs.
     fn job_gpus(&self, gpus: &[GpuSample], pids: &[i32]) -> Vec<GpuObs> {
-        let visible: Vec<&GpuSample> = gpus.iter().filter(|g| self.visible.contains(&g.index)).collect();
+        let visible: Vec<&GpuSample> = gpus
+            .iter()
+            .filter(|g| self.visible.contains(&g.index))
+            .collect();
         let mine = |g: &GpuSample| -> Option<u64> {
             let procs = g.procs.as_ref()?;
             let mut total = None;
@@ -228,7 +258,11 @@ impl State {
             total
         };
         let used: Vec<&&GpuSample> = visible.iter().filter(|g| mine(g).is_some()).collect();
-        let chosen: Vec<&GpuSample> = if used.is_empty() { visible.clone() } else { used.into_iter().copied().collect() };
+        let chosen: Vec<&GpuSample> = if used.is_empty() {
+            visible.clone()
+        } else {
+            used.into_iter().copied().collect()
+        };
         chosen
             .into_iter()
             .map(|g| GpuObs {
@@ -242,11 +276,18 @@ impl State {
 
     /// Energy pricing: the visible GPUs' energy counters (or power when no counter) set the rate.
     fn energy_rate(&mut self, now: Duration, at: Instant, gpus: &[GpuSample]) {
-        let Pricing::Energy { per_kwh } = self.pricing else { return };
-        let vis: Vec<&GpuSample> = gpus.iter().filter(|g| self.visible.contains(&g.index)).collect();
+        let Pricing::Energy { per_kwh } = self.pricing else {
+            return;
+        };
+        let vis: Vec<&GpuSample> = gpus
+            .iter()
+            .filter(|g| self.visible.contains(&g.index))
+            .collect();
         let energy: Option<f64> = vis.iter().map(|g| g.energy_joules).sum();
         let watts = match (energy, self.last_energy) {
-            (Some(e), Some((t, prev))) if at > t && e >= prev => Some((e - prev) / (at - t).as_secs_f64()),
+            (Some(e), Some((t, prev))) if at > t && e >= prev => {
+                Some((e - prev) / (at - t).as_secs_f64())
+            }
             _ => vis.iter().map(|g| g.power_watts).sum::<Option<f64>>(),
         };
         if let Some(e) = energy {
@@ -286,7 +327,9 @@ fn watch_signals(tx: mpsc::UnboundedSender<Signal>, force: watch::Sender<bool>) 
     let count = Arc::new(Mutex::new(0u32));
     let force = Arc::new(force);
     for (kind, sig) in kinds {
-        let Ok(mut stream) = signal(kind) else { continue };
+        let Ok(mut stream) = signal(kind) else {
+            continue;
+        };
         let (tx, count, force) = (tx.clone(), count.clone(), force.clone());
         tokio::spawn(async move {
             while stream.recv().await.is_some() {
@@ -311,7 +354,9 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
     let started = start::prepare(&settings).await?;
     let started_wall = SystemTime::now();
     let run_id = start::default_run_id(&command, started_wall);
-    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let rate = match &started.pricing {
         Pricing::Fixed { per_hour, .. } => *per_hour,
         _ => 0.0,
@@ -359,7 +404,9 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
         quiet,
     };
     let rate_text = match &started.pricing {
-        Pricing::Fixed { per_hour, source } => format!("{}/h from {source}", format_money(*per_hour)),
+        Pricing::Fixed { per_hour, source } => {
+            format!("{}/h from {source}", format_money(*per_hour))
+        }
         Pricing::Energy { per_kwh } => format!("GPU energy at {}/kWh", format_money(*per_kwh)),
         Pricing::Unknown => "rate unknown (spend not metered)".into(),
     };
@@ -383,10 +430,22 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
     let tail = Tail::default();
     let judge = Arc::new(Mutex::new(LineJudge::new(settings.progress_regex.clone())));
     if let Some(out) = job.stdout.take() {
-        tokio::spawn(output::pump(out, tokio::io::stdout(), judge.clone(), tail.clone(), progress_tx.clone()));
+        tokio::spawn(output::pump(
+            out,
+            tokio::io::stdout(),
+            judge.clone(),
+            tail.clone(),
+            progress_tx.clone(),
+        ));
     }
     if let Some(err) = job.stderr.take() {
-        tokio::spawn(output::pump(err, tokio::io::stderr(), judge.clone(), tail.clone(), progress_tx.clone()));
+        tokio::spawn(output::pump(
+            err,
+            tokio::io::stderr(),
+            judge.clone(),
+            tail.clone(),
+            progress_tx.clone(),
+        ));
     }
     if let Some(path) = settings.heartbeat_file.clone() {
         let tx = progress_tx.clone();
@@ -396,7 +455,10 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
             loop {
                 if let Ok(m) = tokio::fs::metadata(&path).await.and_then(|m| m.modified()) {
                     if last.is_some_and(|l| m > l) || (last.is_none() && m > started_wall) {
-                        let _ = tx.send(LineProgress { label: format!("heartbeat {}", path.display()), step: None });
+                        let _ = tx.send(LineProgress {
+                            label: format!("heartbeat {}", path.display()),
+                            step: None,
+                        });
                     }
                     last = Some(m);
                 }
@@ -408,7 +470,12 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
 
     let (_root_tx, root_rx) = watch::channel(job.holder_pid);
     let (sample_tx, mut sample_rx) = mpsc::channel::<SampleMsg>(4);
-    let sampler = tokio::spawn(sampler::run(started.gpu.clone(), settings.interval, root_rx, sample_tx));
+    let sampler = tokio::spawn(sampler::run(
+        started.gpu.clone(),
+        settings.interval,
+        root_rx,
+        sample_tx,
+    ));
     let (sig_tx, mut sig_rx) = mpsc::unbounded_channel();
     let (force_tx, mut force_rx) = watch::channel(false);
     watch_signals(sig_tx, force_tx);
@@ -449,10 +516,18 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
         };
         for d in decisions {
             match d {
-                Decision::Warn { reason, message, signal } => {
+                Decision::Warn {
+                    reason,
+                    message,
+                    signal,
+                } => {
                     if let (true, Some(sig)) = (signal, settings.warn_signal) {
                         let n = job.signal_all(sig).len();
-                        st.emit(EventKind::Warning, Some(reason), format!("{message} ({} to {n} processes)", sig.as_str()));
+                        st.emit(
+                            EventKind::Warning,
+                            Some(reason),
+                            format!("{message} ({} to {n} processes)", sig.as_str()),
+                        );
                     } else {
                         st.emit(EventKind::Warning, Some(reason), message);
                     }
@@ -463,7 +538,9 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
                 Decision::Stalled { message } => {
                     st.emit(EventKind::Stalled, Some("stall"), message);
                 }
-                Decision::Kill { reason, evidence } => kill = Some((reason, evidence, Signal::SIGTERM)),
+                Decision::Kill { reason, evidence } => {
+                    kill = Some((reason, evidence, Signal::SIGTERM))
+                }
             }
         }
     }
@@ -481,7 +558,11 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
             st.emit(
                 EventKind::AgentError,
                 Some("survivors"),
-                format!("{} processes of the job survived the kill: {:?}", report.survivors.len(), report.survivors),
+                format!(
+                    "{} processes of the job survived the kill: {:?}",
+                    report.survivors.len(),
+                    report.survivors
+                ),
             );
         }
         killed_by = Some((reason, evidence));
@@ -489,7 +570,10 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
         // The leader is done; whatever it left behind goes too.
         let left = job.members();
         if !left.is_empty() {
-            eprintln!("costguard: notice: the job's leader exited; ending {} leftover processes", left.len());
+            eprintln!(
+                "costguard: notice: the job's leader exited; ending {} leftover processes",
+                left.len()
+            );
         }
         let _ = job.terminate(Signal::SIGTERM, grace, &mut force_rx).await;
     }
@@ -524,7 +608,9 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
                                 format!(
                                     "after the kill, pid {} still holds {} on GPU {}",
                                     p.pid,
-                                    p.used_bytes.map(crate::units::format_bytes).unwrap_or_else(|| "memory".into()),
+                                    p.used_bytes
+                                        .map(crate::units::format_bytes)
+                                        .unwrap_or_else(|| "memory".into()),
                                     g.index
                                 ),
                             );
@@ -537,27 +623,70 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
 
     let now = st.now();
     let spend = st.engine.spend(now);
-    let budget = settings.max_usd.map(|b| format!(" of {}", format_money(b))).unwrap_or_default();
+    let budget = settings
+        .max_usd
+        .map(|b| format!(" of {}", format_money(b)))
+        .unwrap_or_default();
     let wasted = st.engine.wasted(now);
-    let wasted_text = if wasted > 0.0 { format!(", wasted {}", format_money(wasted)) } else { String::new() };
-    let spent = if st.pricing == Pricing::Unknown { "spend unknown".to_string() } else { format!("spent {}{budget}", format_money(spend)) };
+    let wasted_text = if wasted > 0.0 {
+        format!(", wasted {}", format_money(wasted))
+    } else {
+        String::new()
+    };
+    let spent = if st.pricing == Pricing::Unknown {
+        "spend unknown".to_string()
+    } else {
+        format!("spent {}{budget}", format_money(spend))
+    };
     let (code, outcome, detail) = match (&killed_by, leader) {
         (Some((reason, evidence)), status) if reason.is_ceiling() => {
             let _ = status;
             (exit::CEILING_KILLED, "killed", evidence.clone())
         }
-        (Some((_, evidence)), Some(status)) => (status.code(), "stopped", format!("{evidence}; job {}", status.describe())),
+        (Some((_, evidence)), Some(status)) => (
+            status.code(),
+            "stopped",
+            format!("{evidence}; job {}", status.describe()),
+        ),
         (Some((_, evidence)), None) => (exit::OWN_FAILURE, "stopped", evidence.clone()),
         (None, Some(s @ JobStatus::Exited(0))) => (s.code(), "completed", s.describe()),
         (None, Some(s)) => (s.code(), "failed", s.describe()),
-        (None, None) => (exit::OWN_FAILURE, "failed", "the holder process was lost; the job's status is unknown".into()),
+        (None, None) => (
+            exit::OWN_FAILURE,
+            "failed",
+            "the holder process was lost; the job's status is unknown".into(),
+        ),
     };
     match outcome {
         "completed" => st.emit(EventKind::Completed, None, detail.clone()),
         "failed" => st.emit(EventKind::Failed, None, detail.clone()),
-        _ => return Ok(finish(&st, code, outcome, &detail, now, &spent, &wasted_text, &tail, &command, leader)),
+        _ => {
+            return Ok(finish(
+                &st,
+                code,
+                outcome,
+                &detail,
+                now,
+                &spent,
+                &wasted_text,
+                &tail,
+                &command,
+                leader,
+            ))
+        }
     };
-    Ok(finish(&st, code, outcome, &detail, now, &spent, &wasted_text, &tail, &command, leader))
+    Ok(finish(
+        &st,
+        code,
+        outcome,
+        &detail,
+        now,
+        &spent,
+        &wasted_text,
+        &tail,
+        &command,
+        leader,
+    ))
 }
 
 /// The one summary line on stderr (and the last output line after a kill).
@@ -575,13 +704,20 @@ fn finish(
     leader: Option<JobStatus>,
 ) -> u8 {
     if let Some(JobStatus::ExecFailed(_)) = leader {
-        eprintln!("costguard: cannot run {:?}: {}", command[0], detail.trim_start_matches("could not execute: "));
+        eprintln!(
+            "costguard: cannot run {:?}: {}",
+            command[0],
+            detail.trim_start_matches("could not execute: ")
+        );
     }
     if outcome == "killed" || outcome == "stopped" {
         if let (Some(line), false) = (tail.snapshot().last(), st.quiet) {
             eprintln!("costguard: last output: {line}");
         }
     }
-    eprintln!("costguard: {outcome}: {detail}; ran {}, {spent}{wasted_text}", format_duration(now));
+    eprintln!(
+        "costguard: {outcome}: {detail}; ran {}, {spent}{wasted_text}",
+        format_duration(now)
+    );
     code
 }

@@ -34,7 +34,10 @@ impl Tail {
     }
 
     pub fn snapshot(&self) -> Vec<String> {
-        self.lines.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default()
+        self.lines
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -61,14 +64,22 @@ impl LineJudge {
             return None;
         }
         self.last = Some(v);
-        Some(LineProgress { label, step: Some(v) })
+        Some(LineProgress {
+            label,
+            step: Some(v),
+        })
     }
 }
 
 /// Copies `from` to `to` verbatim and reports lines. Both streams share one judge so a
 /// step number printed on stderr and stdout alike counts once.
-pub async fn pump<R, W>(mut from: R, mut to: W, judge: Arc<Mutex<LineJudge>>, tail: Tail, tx: mpsc::UnboundedSender<LineProgress>)
-where
+pub async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    judge: Arc<Mutex<LineJudge>>,
+    tail: Tail,
+    tx: mpsc::UnboundedSender<LineProgress>,
+) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {

@@ -23,7 +23,12 @@ pub struct SampleMsg {
 }
 
 /// Runs until the receiver is dropped. `root` is the holder's pid (changes between phases).
-pub async fn run(gpu: Option<NvmlSource>, interval: Duration, root: watch::Receiver<i32>, tx: mpsc::Sender<SampleMsg>) {
+pub async fn run(
+    gpu: Option<NvmlSource>,
+    interval: Duration,
+    root: watch::Receiver<i32>,
+    tx: mpsc::Sender<SampleMsg>,
+) {
     let host = Arc::new(Mutex::new(HostSource::default()));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -40,13 +45,27 @@ pub async fn run(gpu: Option<NvmlSource>, interval: Duration, root: watch::Recei
         };
         let h = host.clone();
         let host_fut = tokio::task::spawn_blocking(move || {
-            let pids = if holder > 0 { tree::live_descendants(holder) } else { Vec::new() };
+            let pids = if holder > 0 {
+                tree::live_descendants(holder)
+            } else {
+                Vec::new()
+            };
             let sample = h.lock().map(|mut h| h.sample(&pids)).unwrap_or_default();
             (pids, sample)
         });
         let (gpus, host_res) = tokio::join!(gpu_fut, host_fut);
         let (pids, host) = host_res.unwrap_or_default();
-        if tx.send(SampleMsg { at, wall, gpus, host, pids }).await.is_err() {
+        if tx
+            .send(SampleMsg {
+                at,
+                wall,
+                gpus,
+                host,
+                pids,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
     }

@@ -45,14 +45,20 @@ pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
     let mut notices = Vec::new();
     let gpu = match settings.gpu {
         GpuMode::None => None,
-        mode => match NvmlSource::start(settings.nvml_lib.as_deref(), Duration::from_secs(10)).await {
-            Ok(src) => Some(src),
-            Err(e) if mode == GpuMode::Nvml => return Err(StartError::NvmlRequired(e.to_string())),
-            Err(e) => {
-                notices.push(format!("no GPU telemetry ({e}); idle and GPU memory watchdogs are off"));
-                None
+        mode => {
+            match NvmlSource::start(settings.nvml_lib.as_deref(), Duration::from_secs(10)).await {
+                Ok(src) => Some(src),
+                Err(e) if mode == GpuMode::Nvml => {
+                    return Err(StartError::NvmlRequired(e.to_string()))
+                }
+                Err(e) => {
+                    notices.push(format!(
+                        "no GPU telemetry ({e}); idle and GPU memory watchdogs are off"
+                    ));
+                    None
+                }
             }
-        },
+        }
     };
     let cuda = std::env::var("CUDA_VISIBLE_DEVICES").ok();
     let nvidia = std::env::var("NVIDIA_VISIBLE_DEVICES").ok();
@@ -63,7 +69,10 @@ pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
     let visible_idx: Vec<u32> = visible.iter().map(|g| g.index).collect();
 
     let pricing = if let Some(r) = settings.usd_per_hour {
-        Pricing::Fixed { per_hour: r, source: "--usd-per-hour".into() }
+        Pricing::Fixed {
+            per_hour: r,
+            source: "--usd-per-hour".into(),
+        }
     } else if let Some(k) = settings.usd_per_kwh {
         if gpu.is_none() {
             return Err(StartError::NoEnergy("NVML is not available".into()));
@@ -71,7 +80,10 @@ pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
         Pricing::Energy { per_kwh: k }
     } else if !visible.is_empty() {
         match price::quote(&visible, &settings.prices) {
-            Ok(q) => Pricing::Fixed { per_hour: q.dollars_per_hour, source: q.source },
+            Ok(q) => Pricing::Fixed {
+                per_hour: q.dollars_per_hour,
+                source: q.source,
+            },
             Err(e) if settings.max_usd.is_some() => return Err(e.into()),
             Err(e) => {
                 notices.push(format!("spend is not metered: {e}"));
@@ -87,9 +99,14 @@ pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
         } else {
             " (the job sees no GPU)".to_string()
         };
-        return Err(StartError::NoRate { budget: format_money(budget), why });
+        return Err(StartError::NoRate {
+            budget: format_money(budget),
+            why,
+        });
     }
-    if let (Some(lead), Some(budget), Pricing::Fixed { per_hour, .. }) = (settings.warn_before, settings.max_usd, &pricing) {
+    if let (Some(lead), Some(budget), Pricing::Fixed { per_hour, .. }) =
+        (settings.warn_before, settings.max_usd, &pricing)
+    {
         let horizon = crate::spend::hours_to_duration(budget / per_hour);
         if *per_hour > 0.0 && lead >= horizon {
             return Err(StartError::Invalid(format!(
@@ -101,12 +118,27 @@ pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
             )));
         }
     }
-    Ok(Started { gpu, visible: visible_idx, pricing, notices })
+    Ok(Started {
+        gpu,
+        visible: visible_idx,
+        pricing,
+        notices,
+    })
 }
 
 /// A readable run id: the job's name and the UTC start minute, e.g. `train-2026-11-24-1147`.
 pub fn default_run_id(command: &[std::ffi::OsString], now: std::time::SystemTime) -> String {
-    const INTERPRETERS: [&str; 9] = ["python", "python3", "bash", "sh", "env", "uv", "torchrun", "srun", "accelerate"];
+    const INTERPRETERS: [&str; 9] = [
+        "python",
+        "python3",
+        "bash",
+        "sh",
+        "env",
+        "uv",
+        "torchrun",
+        "srun",
+        "accelerate",
+    ];
     let name = command
         .iter()
         .map(|a| {
@@ -119,13 +151,26 @@ pub fn default_run_id(command: &[std::ffi::OsString], now: std::time::SystemTime
         .unwrap_or_else(|| "job".into());
     let name: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(40)
         .collect();
-    let secs = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
     let (y, m, d) = crate::events::civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
-    format!("{name}-{y:04}-{m:02}-{d:02}-{:02}{:02}", rem / 3600, (rem % 3600) / 60)
+    format!(
+        "{name}-{y:04}-{m:02}-{d:02}-{:02}{:02}",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
 }
 
 #[cfg(test)]
@@ -134,8 +179,12 @@ mod tests {
 
     #[test]
     fn run_ids_are_readable() {
-        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_795_521_600 - 12 * 3600 + 11 * 3600 + 47 * 60);
-        let cmd: Vec<std::ffi::OsString> = ["python", "-u", "scripts/train.py", "--lr", "3"].iter().map(Into::into).collect();
+        let t = std::time::UNIX_EPOCH
+            + Duration::from_secs(1_795_521_600 - 12 * 3600 + 11 * 3600 + 47 * 60);
+        let cmd: Vec<std::ffi::OsString> = ["python", "-u", "scripts/train.py", "--lr", "3"]
+            .iter()
+            .map(Into::into)
+            .collect();
         assert_eq!(default_run_id(&cmd, t), "train-2026-11-24-1147");
     }
 }

@@ -4,7 +4,6 @@
 //! returns `None` and the process-tree walk is the only enumeration.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -39,7 +38,11 @@ impl Leaf {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let base = own_dir()?;
         clean_stale(&base);
-        let name = format!("costguard-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "costguard-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
         let dir = base.join(name);
         fs::create_dir(&dir).ok()?;
         if !dir.join("cgroup.kill").exists() {
@@ -47,14 +50,6 @@ impl Leaf {
             return None;
         }
         Some(Leaf { dir })
-    }
-
-    /// Moves `pid` into the leaf.
-    pub fn join(dir: &Path, pid: u32) -> std::io::Result<()> {
-        fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.procs"))?
-            .write_all(pid.to_string().as_bytes())
     }
 
     pub fn procs(&self) -> Vec<i32> {
@@ -82,11 +77,15 @@ impl Leaf {
 
 /// Removes empty leaves left behind by earlier costguard processes that have exited.
 fn clean_stale(base: &Path) {
-    let Ok(entries) = fs::read_dir(base) else { return };
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(rest) = name.strip_prefix("costguard-") else { continue };
+        let Some(rest) = name.strip_prefix("costguard-") else {
+            continue;
+        };
         let owner: Option<i32> = rest.split('-').next().and_then(|p| p.parse().ok());
         let alive = owner.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
         if !alive {

@@ -30,7 +30,10 @@ pub fn main(status_fd: i32, cgroup: Option<&Path>, command: &[OsString]) -> u8 {
     // SAFETY: costguard dup2'd the write end of its status pipe onto `status_fd` for us; we
     // own it from here on and nothing else in this process uses that descriptor.
     let mut status = unsafe { File::from_raw_fd(status_fd) };
-    let _ = nix::fcntl::fcntl(&status, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    let _ = nix::fcntl::fcntl(
+        &status,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
     let parent = getppid();
     let mut say = |line: String| {
         let _ = status.write_all(format!("{line}\n").as_bytes());
@@ -39,15 +42,22 @@ pub fn main(status_fd: i32, cgroup: Option<&Path>, command: &[OsString]) -> u8 {
     if nix::sys::prctl::set_child_subreaper(true).is_err() {
         say("warn subreaper-unavailable".into());
     }
-    if let Some(dir) = cgroup {
-        if let Err(e) = Leaf::join(dir, std::process::id()) {
-            say(format!("warn cgroup-join-failed {}", e.raw_os_error().unwrap_or(0)));
-        }
-    }
+    // The job (not the holder) joins the cgroup leaf, in pre_exec below: `cgroup.kill` then
+    // ends the whole job but never the holder, which must live to report the leader's status.
+    let procs_path = cgroup.and_then(|d| {
+        std::ffi::CString::new(d.join("cgroup.procs").as_os_str().as_encoded_bytes()).ok()
+    });
     // Signals are taken synchronously with sigtimedwait; the job gets an empty mask (reset
     // in pre_exec below) and default dispositions.
     let mut set = SigSet::empty();
-    for s in [Signal::SIGCHLD, PARENT_DEATH_SIGNAL, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT] {
+    for s in [
+        Signal::SIGCHLD,
+        PARENT_DEATH_SIGNAL,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         set.add(s);
     }
     let _ = set.thread_block();
@@ -62,10 +72,17 @@ pub fn main(status_fd: i32, cgroup: Option<&Path>, command: &[OsString]) -> u8 {
     };
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
-    // SAFETY: between fork and exec we only call sigprocmask-style functions, which are
-    // async-signal-safe; the job must not inherit the mask we block above.
+    // SAFETY: between fork and exec we only make async-signal-safe calls (open, write,
+    // close, sigemptyset, pthread_sigmask) on a path prepared before the fork.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if let Some(p) = &procs_path {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
             let mut empty = std::mem::zeroed::<libc::sigset_t>();
             libc::sigemptyset(&mut empty);
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
@@ -75,11 +92,22 @@ pub fn main(status_fd: i32, cgroup: Option<&Path>, command: &[OsString]) -> u8 {
     let leader = match cmd.spawn() {
         Ok(child) => child.id() as i32,
         Err(e) => {
-            say(format!("execfailed {}", e.raw_os_error().unwrap_or(libc::EACCES)));
+            say(format!(
+                "execfailed {}",
+                e.raw_os_error().unwrap_or(libc::EACCES)
+            ));
             return 1;
         }
     };
     say(format!("spawned {leader}"));
+    if let Some(dir) = cgroup {
+        let leaf = Leaf {
+            dir: dir.to_path_buf(),
+        };
+        if !leaf.procs().contains(&leader) && tree::stat(leader).is_some() {
+            say("warn cgroup-join-failed: the job runs outside its cgroup leaf".into());
+        }
+    }
 
     let mut leader_done = false;
     loop {
@@ -129,7 +157,9 @@ fn sigtimedwait(set: &SigSet, timeout: Duration) -> Option<i32> {
 /// then KILL (and `cgroup.kill`) until nothing is left, reaping as they go.
 fn kill_everything(cgroup: Option<&Path>) {
     let me = std::process::id() as i32;
-    let leaf = cgroup.map(|d| Leaf { dir: d.to_path_buf() });
+    let leaf = cgroup.map(|d| Leaf {
+        dir: d.to_path_buf(),
+    });
     let members = || {
         let mut pids = tree::live_descendants(me);
         if let Some(l) = &leaf {
@@ -161,8 +191,8 @@ fn kill_everything(cgroup: Option<&Path>) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
             if let Some(l) = &leaf {
-                // Catches anything forked between the walk and the kills; it ends us too,
-                // and our children then go to init, which reaps them.
+                // Catches anything forked between the walk and the kills (the holder itself
+                // is outside the leaf).
                 l.kill_all();
             }
         }

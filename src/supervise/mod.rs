@@ -98,11 +98,13 @@ impl Job {
     /// (for progress signals); otherwise they are inherited untouched.
     pub fn spawn(command: &[OsString], capture: bool, use_cgroup: bool) -> Result<Job, SpawnError> {
         let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-        let (rd, wr): (OwnedFd, OwnedFd) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Pipe(e.into()))?;
+        let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| SpawnError::Pipe(e.into()))?;
         let leaf = if use_cgroup { Leaf::create() } else { None };
         let mut cmd = tokio::process::Command::new(&exe);
-        cmd.arg("__hold").arg("--status-fd").arg(STATUS_FD.to_string());
+        cmd.arg("__hold")
+            .arg("--status-fd")
+            .arg(STATUS_FD.to_string());
         if let Some(l) = &leaf {
             cmd.arg("--cgroup").arg(&l.dir);
         }
@@ -116,7 +118,11 @@ impl Job {
         // calls (prctl, dup2, signal) on values prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, hold::PARENT_DEATH_SIGNAL as libc::c_ulong) != 0 {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    hold::PARENT_DEATH_SIGNAL as libc::c_ulong,
+                ) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 if libc::dup2(wr_fd, STATUS_FD) < 0 {
@@ -134,7 +140,8 @@ impl Job {
         drop(wr);
         let holder_pid = holder.id().map(|p| p as i32).unwrap_or(-1);
         let (tx, msgs) = mpsc::unbounded_channel();
-        let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(rd).map_err(SpawnError::Pipe)?;
+        let receiver =
+            tokio::net::unix::pipe::Receiver::from_owned_fd(rd).map_err(SpawnError::Pipe)?;
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(receiver).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -147,12 +154,22 @@ impl Job {
         });
         let stdout = holder.stdout.take();
         let stderr = holder.stderr.take();
-        Ok(Job { holder, holder_pid, leaf, msgs: Some(msgs), stdout, stderr, holder_exit: None })
+        Ok(Job {
+            holder,
+            holder_pid,
+            leaf,
+            msgs: Some(msgs),
+            stdout,
+            stderr,
+            holder_exit: None,
+        })
     }
 
     /// The holder's messages (pid, exit status); can be taken once.
     pub fn take_msgs(&mut self) -> mpsc::UnboundedReceiver<HolderMsg> {
-        self.msgs.take().unwrap_or_else(|| mpsc::unbounded_channel().1)
+        self.msgs
+            .take()
+            .unwrap_or_else(|| mpsc::unbounded_channel().1)
     }
 
     /// Every live process of the job (the holder excluded), from one /proc walk plus the cgroup.
@@ -160,10 +177,11 @@ impl Job {
         let mut pids = tree::live_descendants(self.holder_pid);
         if let Some(l) = &self.leaf {
             for p in l.procs() {
-                if p != self.holder_pid && !pids.contains(&p) {
-                    if tree::stat(p).is_some_and(|s| !s.is_zombie()) {
-                        pids.push(p);
-                    }
+                if p != self.holder_pid
+                    && !pids.contains(&p)
+                    && tree::stat(p).is_some_and(|s| !s.is_zombie())
+                {
+                    pids.push(p);
                 }
             }
         }
@@ -195,16 +213,23 @@ impl Job {
         if let Some(st) = self.holder_exit {
             return st;
         }
-        let st = self.holder.wait().await.unwrap_or_else(|_| {
-            std::os::unix::process::ExitStatusExt::from_raw(0)
-        });
+        let st = self
+            .holder
+            .wait()
+            .await
+            .unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(0));
         self.holder_exit = Some(st);
         st
     }
 
     /// The kill protocol: `first` and SIGCONT to everything, `grace`, then SIGKILL until the
     /// tree is gone. A `true` on `force` (a second Ctrl-C) skips the rest of the grace.
-    pub async fn terminate(&mut self, first: Signal, grace: Duration, force: &mut watch::Receiver<bool>) -> KillReport {
+    pub async fn terminate(
+        &mut self,
+        first: Signal,
+        grace: Duration,
+        force: &mut watch::Receiver<bool>,
+    ) -> KillReport {
         let start = Instant::now();
         let mut report = KillReport::default();
         let mut seen: Vec<i32> = self.signal_all(first);
@@ -299,9 +324,18 @@ mod tests {
     #[test]
     fn holder_messages() {
         assert_eq!(parse_msg("spawned 42"), Some(HolderMsg::Spawned(42)));
-        assert_eq!(parse_msg("exited 3\n"), Some(HolderMsg::Ended(JobStatus::Exited(3))));
-        assert_eq!(parse_msg("signaled 9"), Some(HolderMsg::Ended(JobStatus::Signaled(9))));
-        assert_eq!(parse_msg("execfailed 2"), Some(HolderMsg::Ended(JobStatus::ExecFailed(2))));
+        assert_eq!(
+            parse_msg("exited 3\n"),
+            Some(HolderMsg::Ended(JobStatus::Exited(3)))
+        );
+        assert_eq!(
+            parse_msg("signaled 9"),
+            Some(HolderMsg::Ended(JobStatus::Signaled(9)))
+        );
+        assert_eq!(
+            parse_msg("execfailed 2"),
+            Some(HolderMsg::Ended(JobStatus::ExecFailed(2)))
+        );
         assert_eq!(parse_msg("bogus"), None);
     }
 }

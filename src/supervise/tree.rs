@@ -41,7 +41,9 @@ pub fn stat(pid: i32) -> Option<ProcStat> {
 
 /// Every process on the host (that we can see).
 pub fn all() -> Vec<ProcStat> {
-    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(stat)
         .collect()
@@ -73,7 +75,11 @@ pub fn descendants_in(procs: &[ProcStat], root: i32) -> Vec<ProcStat> {
 
 /// The pids a process tree rooted at `root` has that are still alive (not zombies).
 pub fn live_descendants(root: i32) -> Vec<i32> {
-    descendants(root).into_iter().filter(|p| !p.is_zombie()).map(|p| p.pid).collect()
+    descendants(root)
+        .into_iter()
+        .filter(|p| !p.is_zombie())
+        .map(|p| p.pid)
+        .collect()
 }
 
 #[cfg(test)]
@@ -84,12 +90,21 @@ mod tests {
     fn parses_names_with_parens() {
         let line = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615";
         let p = parse_stat(line).expect("parse");
-        assert_eq!((p.pid, p.ppid, p.state, p.pgid, p.start_ticks), (4242, 1, 'S', 4242, 987_654));
+        assert_eq!(
+            (p.pid, p.ppid, p.state, p.pgid, p.start_ticks),
+            (4242, 1, 'S', 4242, 987_654)
+        );
     }
 
     #[test]
     fn walks_a_tree() {
-        let mk = |pid, ppid| ProcStat { pid, ppid, state: 'S', pgid: 0, start_ticks: 0 };
+        let mk = |pid, ppid| ProcStat {
+            pid,
+            ppid,
+            state: 'S',
+            pgid: 0,
+            start_ticks: 0,
+        };
         let procs = [mk(10, 1), mk(11, 10), mk(12, 11), mk(13, 1), mk(14, 12)];
         let mut d: Vec<i32> = descendants_in(&procs, 10).iter().map(|p| p.pid).collect();
         d.sort();

@@ -10,7 +10,9 @@ pub struct HostSource {
 
 impl Default for HostSource {
     fn default() -> Self {
-        HostSource { sys: System::new_with_specifics(RefreshKind::nothing()) }
+        HostSource {
+            sys: System::new_with_specifics(RefreshKind::nothing()),
+        }
     }
 }
 

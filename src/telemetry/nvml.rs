@@ -46,7 +46,9 @@ impl NvmlSource {
     /// Loads NVML (from `lib` or the system's libnvidia-ml.so.1) and reads the inventory,
     /// waiting at most `timeout` for both.
     pub async fn start(lib: Option<&Path>, timeout: Duration) -> Result<NvmlSource, NvmlFailure> {
-        let lib_name = lib.map(|p| p.display().to_string()).unwrap_or_else(|| "libnvidia-ml.so.1".into());
+        let lib_name = lib
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "libnvidia-ml.so.1".into());
         let (init_tx, init_rx) = oneshot::channel();
         let (tx, rx) = std::sync::mpsc::channel::<Reply>();
         let busy = Arc::new(AtomicBool::new(false));
@@ -63,7 +65,10 @@ impl NvmlSource {
                 let nvml = match b.init() {
                     Ok(n) => n,
                     Err(e) => {
-                        let _ = init_tx.send(Err(NvmlFailure::Load { lib: name, message: e.to_string() }));
+                        let _ = init_tx.send(Err(NvmlFailure::Load {
+                            lib: name,
+                            message: e.to_string(),
+                        }));
                         return;
                     }
                 };
@@ -82,7 +87,12 @@ impl NvmlSource {
             Ok(Err(_)) => return Err(NvmlFailure::Call("the NVML thread ended".into())),
             Err(_) => return Err(NvmlFailure::Timeout(timeout)),
         };
-        Ok(NvmlSource { tx, busy, inventory, lib: lib_name })
+        Ok(NvmlSource {
+            tx,
+            busy,
+            inventory,
+            lib: lib_name,
+        })
     }
 
     /// One sample of every GPU, or why there is none.
@@ -131,11 +141,16 @@ fn ok<T>(r: Result<T, NvmlError>, lost: &mut bool) -> Option<T> {
 }
 
 fn sample_all(nvml: &Nvml, last_ts: &mut Vec<u64>) -> Result<Vec<GpuSample>, NvmlFailure> {
-    let n = nvml.device_count().map_err(|e| NvmlFailure::Call(e.to_string()))?;
+    let n = nvml
+        .device_count()
+        .map_err(|e| NvmlFailure::Call(e.to_string()))?;
     last_ts.resize(n as usize, 0);
     let mut out = Vec::with_capacity(n as usize);
     for i in 0..n {
-        let mut s = GpuSample { index: i, ..GpuSample::default() };
+        let mut s = GpuSample {
+            index: i,
+            ..GpuSample::default()
+        };
         let d = match nvml.device_by_index(i) {
             Ok(d) => d,
             Err(e) => {
@@ -175,7 +190,11 @@ fn sample_all(nvml: &Nvml, last_ts: &mut Vec<u64>) -> Result<Vec<GpuSample>, Nvm
                     },
                     sm_util: utils
                         .as_ref()
-                        .and_then(|u| u.iter().filter(|x| x.pid == p.pid).max_by_key(|x| x.timestamp))
+                        .and_then(|u| {
+                            u.iter()
+                                .filter(|x| x.pid == p.pid)
+                                .max_by_key(|x| x.timestamp)
+                        })
                         .map(|x| x.sm_util),
                 })
                 .collect()

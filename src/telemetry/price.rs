@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use super::GpuInfo;
 
 pub const TABLE_DATE: &str = "2026-11-01";
-pub const TABLE_SOURCE: &str = "approximate public on-demand list prices per GPU-hour (Lambda, RunPod, AWS per-GPU shares)";
+pub const TABLE_SOURCE: &str =
+    "approximate public on-demand list prices per GPU-hour (Lambda, RunPod, AWS per-GPU shares)";
 
 /// (substring of the NVML model name, dollars per GPU-hour). First match wins: the more
 /// specific names come first.
@@ -53,9 +54,15 @@ pub fn price_of(model: &str, overrides: &BTreeMap<String, f64>) -> Option<(f64, 
 /// The GPUs the job can see: `CUDA_VISIBLE_DEVICES`, else `NVIDIA_VISIBLE_DEVICES`, by index
 /// or UUID (`GPU-…` prefixes match too). Unset or `all` means every GPU; empty or `none`,
 /// `void` means none.
-pub fn visible<'a>(gpus: &'a [GpuInfo], cuda: Option<&str>, nvidia: Option<&str>) -> Vec<&'a GpuInfo> {
+pub fn visible<'a>(
+    gpus: &'a [GpuInfo],
+    cuda: Option<&str>,
+    nvidia: Option<&str>,
+) -> Vec<&'a GpuInfo> {
     let spec = cuda.or(nvidia).map(str::trim);
-    let Some(spec) = spec else { return gpus.iter().collect() };
+    let Some(spec) = spec else {
+        return gpus.iter().collect();
+    };
     match spec {
         "all" => return gpus.iter().collect(),
         "" | "none" | "void" | "NoDevFiles" => return Vec::new(),
@@ -67,7 +74,8 @@ pub fn visible<'a>(gpus: &'a [GpuInfo], cuda: Option<&str>, nvidia: Option<&str>
         let found = if let Ok(i) = item.parse::<u32>() {
             gpus.iter().find(|g| g.index == i)
         } else {
-            gpus.iter().find(|g| !item.is_empty() && g.uuid.starts_with(item))
+            gpus.iter()
+                .find(|g| !item.is_empty() && g.uuid.starts_with(item))
         };
         match found {
             Some(g) if !out.iter().any(|o: &&GpuInfo| o.index == g.index) => out.push(g),
@@ -92,11 +100,15 @@ pub enum PriceError {
 }
 
 /// The job's rate from the table: the sum over the visible GPUs.
-pub fn quote(gpus: &[&GpuInfo], overrides: &BTreeMap<String, f64>) -> Result<RateQuote, PriceError> {
+pub fn quote(
+    gpus: &[&GpuInfo],
+    overrides: &BTreeMap<String, f64>,
+) -> Result<RateQuote, PriceError> {
     let mut total = 0.0;
     let mut parts: BTreeMap<String, (usize, f64, String)> = BTreeMap::new();
     for g in gpus {
-        let (p, src) = price_of(&g.model, overrides).ok_or_else(|| PriceError::UnknownModel(g.model.clone()))?;
+        let (p, src) = price_of(&g.model, overrides)
+            .ok_or_else(|| PriceError::UnknownModel(g.model.clone()))?;
         total += p;
         let e = parts.entry(g.model.clone()).or_insert((0, p, src));
         e.0 += 1;
@@ -106,7 +118,10 @@ pub fn quote(gpus: &[&GpuInfo], overrides: &BTreeMap<String, f64>) -> Result<Rat
         .map(|(m, (n, p, src))| format!("{n} × {m} at ${p:.2}/h ({src})"))
         .collect::<Vec<_>>()
         .join(" + ");
-    Ok(RateQuote { dollars_per_hour: total, source })
+    Ok(RateQuote {
+        dollars_per_hour: total,
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -114,7 +129,12 @@ mod tests {
     use super::*;
 
     fn g(index: u32, model: &str) -> GpuInfo {
-        GpuInfo { index, uuid: format!("GPU-{index:08x}-aaaa"), model: model.into(), mem_total: None }
+        GpuInfo {
+            index,
+            uuid: format!("GPU-{index:08x}-aaaa"),
+            model: model.into(),
+            mem_total: None,
+        }
     }
 
     #[test]
@@ -123,24 +143,42 @@ mod tests {
         let idx = |v: Vec<&GpuInfo>| v.iter().map(|g| g.index).collect::<Vec<_>>();
         assert_eq!(idx(visible(&gpus, None, None)), vec![0, 1, 2]);
         assert_eq!(idx(visible(&gpus, Some("2,0"), None)), vec![2, 0]);
-        assert_eq!(idx(visible(&gpus, Some("1,7,2"), None)), vec![1], "stops at an invalid entry");
+        assert_eq!(
+            idx(visible(&gpus, Some("1,7,2"), None)),
+            vec![1],
+            "stops at an invalid entry"
+        );
         assert_eq!(idx(visible(&gpus, None, Some("GPU-00000001"))), vec![1]);
-        assert_eq!(idx(visible(&gpus, Some(""), Some("all"))), Vec::<u32>::new());
+        assert_eq!(
+            idx(visible(&gpus, Some(""), Some("all"))),
+            Vec::<u32>::new()
+        );
         assert_eq!(idx(visible(&gpus, None, Some("all"))), vec![0, 1, 2]);
     }
 
     #[test]
     fn quotes() {
-        let gpus = [g(0, "NVIDIA H100 80GB HBM3"), g(1, "NVIDIA H100 80GB HBM3"), g(2, "NVIDIA A100-SXM4-80GB")];
+        let gpus = [
+            g(0, "NVIDIA H100 80GB HBM3"),
+            g(1, "NVIDIA H100 80GB HBM3"),
+            g(2, "NVIDIA A100-SXM4-80GB"),
+        ];
         let refs: Vec<&GpuInfo> = gpus.iter().collect();
         let q = quote(&refs, &BTreeMap::new()).expect("quote");
         assert!((q.dollars_per_hour - (2.99 * 2.0 + 1.79)).abs() < 1e-9);
-        assert!(q.source.contains("2 × NVIDIA H100 80GB HBM3"), "{}", q.source);
+        assert!(
+            q.source.contains("2 × NVIDIA H100 80GB HBM3"),
+            "{}",
+            q.source
+        );
         let mut o = BTreeMap::new();
         o.insert("NVIDIA H100 80GB HBM3".to_string(), 1.0);
         assert!((quote(&refs, &o).expect("quote").dollars_per_hour - 3.79).abs() < 1e-9);
         let odd = [g(0, "Mystery GPU 9000")];
         let refs: Vec<&GpuInfo> = odd.iter().collect();
-        assert_eq!(quote(&refs, &BTreeMap::new()), Err(PriceError::UnknownModel("Mystery GPU 9000".into())));
+        assert_eq!(
+            quote(&refs, &BTreeMap::new()),
+            Err(PriceError::UnknownModel("Mystery GPU 9000".into()))
+        );
     }
 }

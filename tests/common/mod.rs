@@ -1,0 +1,116 @@
+//! Shared helpers for the end-to-end tests: the real binary, temp dirs, polling with deadlines.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_costguard")
+}
+
+/// A costguard command with no HTTP listener and no inherited settings.
+pub fn costguard() -> Command {
+    let mut c = Command::new(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("COSTGUARD_")
+            || k == "CUDA_VISIBLE_DEVICES"
+            || k == "NVIDIA_VISIBLE_DEVICES"
+        {
+            c.env_remove(k);
+        }
+    }
+    c.env("COSTGUARD_GPU", "none");
+    // An ephemeral port: tests run in parallel and never fight over the default one.
+    c.env("COSTGUARD_LISTEN", "127.0.0.1:0");
+    c.stdin(Stdio::null());
+    c
+}
+
+pub fn run(mut c: Command) -> Output {
+    c.output().expect("run costguard")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` is a live process (zombies count as dead).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next());
+            !matches!(state, Some('Z') | Some('X') | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Reads a pid a job wrote into `path`, waiting for it to appear.
+pub fn read_pid(path: &Path) -> i32 {
+    let mut pid = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            pid = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            pid.is_some()
+        }),
+        "no pid in {}",
+        path.display()
+    );
+    pid.unwrap_or_default()
+}
+
+/// A job script that starts a `setsid` grandchild and a grandchild that ignores TERM, writes
+/// their pids (and its own) into `dir`, then sleeps.
+pub fn escaping_job(dir: &Path) -> String {
+    format!(
+        "echo $$ > {d}/leader; \
+         setsid sh -c 'echo $$ > {d}/setsid; exec sleep 300' & \
+         sh -c 'trap \"\" TERM; echo $$ > {d}/stubborn; while :; do sleep 1; done' & \
+         sleep 300",
+        d = dir.display()
+    )
+}
+
+pub fn job_pids(dir: &Path) -> Vec<i32> {
+    ["leader", "setsid", "stubborn"]
+        .iter()
+        .map(|f| read_pid(&dir.join(f)))
+        .collect()
+}
+
+/// Kills `child` (a process the test started) by its pid and reaps it.
+pub fn end(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
