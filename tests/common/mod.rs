@@ -114,3 +114,69 @@ pub fn path_str(p: &Path) -> String {
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// The fake libnvidia-ml.so built by this repo (built here when missing).
+pub fn fake_nvml() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = Path::new(bin()).parent().expect("target dir").to_path_buf();
+            let lib = dir.join("libnvidia_ml.so");
+            if !lib.exists() {
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let st = Command::new(cargo)
+                    .args(["build", "-q", "-p", "fake-nvml"])
+                    .current_dir(repo_root())
+                    .status()
+                    .expect("cargo build -p fake-nvml");
+                assert!(st.success(), "building the fake NVML failed");
+            }
+            assert!(lib.exists(), "no fake NVML at {}", lib.display());
+            lib
+        })
+        .clone()
+}
+
+/// A costguard command on the fake NVML with `scenario` (JSON) written into `dir`.
+pub fn costguard_on_gpus(dir: &Path, scenario: &serde_json::Value) -> Command {
+    let path = dir.join("scenario.json");
+    std::fs::write(&path, scenario.to_string()).expect("write scenario");
+    let mut c = costguard();
+    c.env("COSTGUARD_GPU", "nvml")
+        .env("COSTGUARD_NVML_LIB", fake_nvml())
+        .env("FAKE_NVML_SCENARIO", &path);
+    c
+}
+
+/// `n` GPUs of `model` with a flat utilization.
+pub fn gpus(n: usize, model: &str, util: u32) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "name": model,
+                "uuid": format!("GPU-{i:08x}-1111-2222-3333-444455556666"),
+                "timeline": [{"at": 0, "util": util, "mem_used": 1u64 << 30, "power_mw": 300000, "temp": 55}]
+            })
+        })
+        .collect()
+}
+
+/// A port that was free a moment ago, on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A plain HTTP/1.0 GET on loopback; returns the body, or None when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.to_string())
+}
