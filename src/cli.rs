@@ -170,8 +170,8 @@ pub struct GuardArgs {
     #[arg(long, env = "COSTGUARD_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
 
-    /// Serve no HTTP endpoint.
-    #[arg(long, conflicts_with = "listen")]
+    /// Serve no HTTP endpoint (wins over --listen and COSTGUARD_LISTEN).
+    #[arg(long)]
     pub no_listen: bool,
 
     /// No live status line and no start notice on stderr.

@@ -30,7 +30,7 @@ pub struct Metrics {
     pub gpu_mem_used: GaugeVec,
     pub gpu_mem_total: GaugeVec,
     pub gpu_power: GaugeVec,
-    pub gpu_energy: GaugeVec,
+    pub gpu_energy: CounterVec,
     pub gpu_temp: GaugeVec,
     pub job_rss: Gauge,
 }
@@ -147,9 +147,16 @@ impl Metrics {
             gpu_mem_used: gpu("costguard_gpu_memory_used_bytes", "GPU memory in use"),
             gpu_mem_total: gpu("costguard_gpu_memory_total_bytes", "GPU memory installed"),
             gpu_power: gpu("costguard_gpu_power_watts", "GPU power draw"),
-            gpu_energy: gpu(
-                "costguard_gpu_energy_joules_total",
-                "GPU energy since the driver loaded",
+            gpu_energy: reg(
+                &r,
+                CounterVec::new(
+                    Opts::new(
+                        "costguard_gpu_energy_joules_total",
+                        "GPU energy since the driver loaded",
+                    ),
+                    &["gpu", "uuid", "model"],
+                )
+                .expect("valid metric"),
             ),
             gpu_temp: gpu("costguard_gpu_temperature_celsius", "GPU temperature"),
             job_rss: g(
@@ -186,7 +193,23 @@ impl Metrics {
             set(&self.gpu_mem_used, s.mem_used.map(|b| b as f64));
             set(&self.gpu_mem_total, s.mem_total.map(|b| b as f64));
             set(&self.gpu_power, s.power_watts);
-            set(&self.gpu_energy, s.energy_joules);
+            match s.energy_joules {
+                // A counter that follows the driver's own: it only goes up; a smaller
+                // reading means the driver reloaded, which is a counter reset.
+                Some(j) => {
+                    let c = self.gpu_energy.with_label_values(&labels);
+                    let d = j - c.get();
+                    if d >= 0.0 {
+                        c.inc_by(d);
+                    } else {
+                        let _ = self.gpu_energy.remove_label_values(&labels);
+                        self.gpu_energy.with_label_values(&labels).inc_by(j);
+                    }
+                }
+                None => {
+                    let _ = self.gpu_energy.remove_label_values(&labels);
+                }
+            }
             set(&self.gpu_temp, s.temperature_c);
         }
     }
@@ -197,11 +220,11 @@ impl Metrics {
             &self.gpu_util,
             &self.gpu_mem_used,
             &self.gpu_power,
-            &self.gpu_energy,
             &self.gpu_temp,
         ] {
             v.reset();
         }
+        self.gpu_energy.reset();
     }
 
     pub fn render(&self) -> String {

@@ -199,6 +199,9 @@ fn kill_everything(cgroup: Option<&Path>) {
         std::thread::sleep(Duration::from_millis(5));
     }
     while waitpid(None, None).is_ok() {}
+    if let Some(l) = &leaf {
+        l.remove();
+    }
 }
 
 /// Interprets a wait status of the holder itself when it died without reporting.
