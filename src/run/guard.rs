@@ -548,12 +548,10 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
     let grace = settings.kill_grace;
     let mut killed_by: Option<(KillReason, String)> = None;
     if let Some((reason, evidence, first)) = kill {
-        for p in job.members() {
-            st.job_pids.insert(p);
-        }
         st.metrics.kills.with_label_values(&[reason.as_str()]).inc();
         st.emit(EventKind::Killed, Some(reason.as_str()), evidence.clone());
         let report = job.terminate(first, grace, &mut force_rx).await;
+        st.job_pids.extend(report.pids.iter().copied());
         if !report.survivors.is_empty() {
             st.emit(
                 EventKind::AgentError,

@@ -30,7 +30,8 @@ pub async fn run(
     tx: mpsc::Sender<SampleMsg>,
 ) {
     let host = Arc::new(Mutex::new(HostSource::default()));
-    let mut ticker = tokio::time::interval(interval);
+    // The first sample comes one interval in: starting the job comes first.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;

@@ -71,6 +71,8 @@ pub struct KillReport {
     pub took: Duration,
     /// Processes of the job still alive when we gave up (should always be 0).
     pub survivors: Vec<i32>,
+    /// Every pid that was signalled.
+    pub pids: Vec<i32>,
 }
 
 pub struct Job {
@@ -172,27 +174,40 @@ impl Job {
             .unwrap_or_else(|| mpsc::unbounded_channel().1)
     }
 
-    /// Every live process of the job (the holder excluded), from one /proc walk plus the cgroup.
+    /// Every live process of the job (the holder excluded). With a cgroup leaf its member
+    /// list is complete (the job joined it before exec) and no /proc walk is needed; an
+    /// empty leaf (the join failed, or all is over) falls back to the walk.
     pub fn members(&self) -> Vec<i32> {
-        let mut pids = tree::live_descendants(self.holder_pid);
         if let Some(l) = &self.leaf {
-            for p in l.procs() {
-                if p != self.holder_pid
-                    && !pids.contains(&p)
-                    && tree::stat(p).is_some_and(|s| !s.is_zombie())
-                {
-                    pids.push(p);
-                }
+            let procs: Vec<i32> = l
+                .procs()
+                .into_iter()
+                .filter(|p| *p != self.holder_pid && tree::stat(*p).is_some_and(|s| !s.is_zombie()))
+                .collect();
+            if !procs.is_empty() {
+                return procs;
             }
         }
-        pids
+        tree::live_descendants(self.holder_pid)
     }
 
-    /// Sends `sig` to every process of the job; returns how many it reached.
+    /// Sends `sig` to every process of the job; returns the pids it reached.
     pub fn signal_all(&self, sig: Signal) -> Vec<i32> {
+        self.signal_all_then(sig, None)
+    }
+
+    /// Sends `sig`, then `then` (e.g. SIGCONT after SIGTERM), to every process, from one
+    /// enumeration.
+    pub fn signal_all_then(&self, sig: Signal, then: Option<Signal>) -> Vec<i32> {
         let pids = self.members();
         pids.into_iter()
-            .filter(|p| kill(Pid::from_raw(*p), sig).is_ok())
+            .filter(|p| {
+                let ok = kill(Pid::from_raw(*p), sig).is_ok();
+                if let Some(t) = then {
+                    let _ = kill(Pid::from_raw(*p), t);
+                }
+                ok
+            })
             .collect()
     }
 
@@ -232,8 +247,7 @@ impl Job {
     ) -> KillReport {
         let start = Instant::now();
         let mut report = KillReport::default();
-        let mut seen: Vec<i32> = self.signal_all(first);
-        let _ = self.signal_all(Signal::SIGCONT);
+        let mut seen: Vec<i32> = self.signal_all_then(first, Some(Signal::SIGCONT));
         report.signalled = seen.len();
         if !*force.borrow() {
             let forced = async {
@@ -276,11 +290,16 @@ impl Job {
         }
         report.signalled = report.signalled.max(seen.len());
         report.took = start.elapsed();
-        report.survivors = sweep_orphans(&seen);
+        // A holder that exited by itself reaped everything; one that died leaves orphans
+        // with us (we are a subreaper too).
+        if !self.holder_exit.is_some_and(|s| s.success()) {
+            report.survivors = sweep_orphans(&seen);
+        }
         if let Some(l) = &self.leaf {
             report.survivors.extend(l.procs());
             l.remove();
         }
+        report.pids = seen;
         report
     }
 
