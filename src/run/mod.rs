@@ -4,5 +4,6 @@ pub mod guard;
 pub mod output;
 pub mod sampler;
 mod start;
+mod state;
 
 pub use guard::run;

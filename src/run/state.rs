@@ -1,0 +1,274 @@
+//! The run loop's state: events out, metrics and /status refreshed, samples turned into
+//! observations for the policy.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::json;
+
+use super::sampler::SampleMsg;
+use super::start::Pricing;
+use crate::events::{rfc3339, Event, EventKind};
+use crate::metrics::Metrics;
+use crate::policy::{Decision, Engine, GpuObs, Observation};
+use crate::telemetry::{GpuSample, HostSample};
+
+/// Everything the loop keeps between iterations.
+pub(super) struct State {
+    pub(super) t0: Instant,
+    pub(super) started_wall: SystemTime,
+    pub(super) run_id: String,
+    pub(super) host: String,
+    pub(super) engine: Engine,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) status: Arc<RwLock<serde_json::Value>>,
+    pub(super) pricing: Pricing,
+    pub(super) visible: Vec<u32>,
+    pub(super) seq: u64,
+    pub(super) recent: Vec<Event>,
+    pub(super) last_energy: Option<(Instant, f64)>,
+    pub(super) telemetry_error: Option<String>,
+    pub(super) lost: HashSet<u32>,
+    pub(super) last_gpus: Vec<GpuSample>,
+    pub(super) last_host: HostSample,
+    pub(super) job_pids: HashSet<i32>,
+    pub(super) quiet: bool,
+}
+
+impl State {
+    pub(super) fn now(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    pub(super) fn emit(&mut self, kind: EventKind, reason: Option<&str>, message: String) -> Event {
+        self.seq += 1;
+        let now = self.now();
+        let ev = Event {
+            id: format!("{}-{:04}", self.run_id, self.seq),
+            run_id: self.run_id.clone(),
+            kind,
+            reason: reason.map(str::to_string),
+            message,
+            at: rfc3339(SystemTime::now()),
+            elapsed_seconds: now.as_secs_f64(),
+            spend_dollars: self.engine.spend(now),
+            rate_dollars_per_hour: (self.pricing != Pricing::Unknown)
+                .then(|| self.engine.meter().rate()),
+            budget_dollars: self.engine.limits().max_usd,
+            host: self.host.clone(),
+            phase: None,
+            report_path: None,
+        };
+        self.metrics
+            .events
+            .with_label_values(&[kind.as_str()])
+            .inc();
+        let loud = matches!(
+            kind,
+            EventKind::Warning
+                | EventKind::Idle
+                | EventKind::Stalled
+                | EventKind::Killed
+                | EventKind::AgentError
+        );
+        if loud {
+            let r = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+            eprintln!("costguard: {}{r}: {}", kind.as_str(), ev.message);
+        }
+        self.recent.push(ev.clone());
+        if self.recent.len() > 50 {
+            self.recent.remove(0);
+        }
+        self.publish();
+        ev
+    }
+
+    /// Refreshes the metrics and the /status document from the current state.
+    pub(super) fn publish(&mut self) {
+        let now = self.now();
+        let e = &self.engine;
+        let spend = e.spend(now);
+        let m = &self.metrics;
+        Metrics::set_counter(&m.spend, spend);
+        Metrics::set_counter(&m.wasted, e.wasted(now));
+        m.rate.set(e.meter().rate());
+        m.elapsed.set(now.as_secs_f64());
+        m.idle_seconds.set(e.idle_for(now).as_secs_f64());
+        m.since_progress.set(e.since_progress(now).as_secs_f64());
+        if let Some(b) = e.limits().max_usd {
+            m.budget.set(b);
+            m.budget_remaining.set((b - spend).max(0.0));
+        }
+        if let Some(w) = e.limits().max_wall {
+            m.wall_limit.set(w.as_secs_f64());
+        }
+        if let Some(r) = self.last_host.job_rss_bytes {
+            m.job_rss.set(r as f64);
+        }
+        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+        let to_usd = e.usd_deadline(now).map(|t| t.saturating_sub(now));
+        let to_wall = e.limits().max_wall.map(|w| w.saturating_sub(now));
+        let total = e.limits().progress_total;
+        let eta = total.and_then(|t| e.progress().eta(t, now));
+        let projected = eta.map(|eta| spend + e.meter().rate() * eta.as_secs_f64() / 3600.0);
+        let doc = json!({
+            "run_id": self.run_id,
+            "phase": serde_json::Value::Null,
+            "started_at": rfc3339(self.started_wall),
+            "elapsed_seconds": now.as_secs_f64(),
+            "spend_dollars": spend,
+            "wasted_dollars": e.wasted(now),
+            "rate_dollars_per_hour": (self.pricing != Pricing::Unknown).then(|| e.meter().rate()),
+            "budget_dollars": e.limits().max_usd,
+            "budget_remaining_dollars": e.limits().max_usd.map(|b| (b - spend).max(0.0)),
+            "seconds_to_usd_ceiling": secs(to_usd),
+            "seconds_to_wall_ceiling": secs(to_wall),
+            "idle_seconds": e.idle_for(now).as_secs_f64(),
+            "seconds_since_progress": e.since_progress(now).as_secs_f64(),
+            "last_progress": e.progress().last_label(),
+            "projection": {
+                "progress_total": total,
+                "last_step": e.progress().last_step(),
+                "steps_per_second": e.progress().step_rate(),
+                "eta_seconds": secs(eta),
+                "projected_spend_dollars": projected,
+            },
+            "telemetry_error": self.telemetry_error,
+            "gpus": self.last_gpus,
+            "host": self.last_host,
+            "recent_events": self.recent.iter().rev().take(20).collect::<Vec<_>>(),
+        });
+        if let Ok(mut s) = self.status.write() {
+            *s = doc;
+        }
+    }
+
+    /// Turns a telemetry sample into an observation for the policy, plus events.
+    pub(super) fn on_sample(&mut self, s: SampleMsg) -> Vec<Decision> {
+        let now = s.at.saturating_duration_since(self.t0);
+        self.job_pids.extend(s.pids.iter().copied());
+        self.last_host = s.host.clone();
+        let mut obs = Observation {
+            at: now,
+            gpus: Vec::new(),
+            host_rss: s.host.job_rss_bytes,
+        };
+        match s.gpus {
+            None => {}
+            Some(Err(e)) => {
+                self.metrics.telemetry_errors.inc();
+                self.metrics.forget_gpus();
+                let msg = e.to_string();
+                if self.telemetry_error.as_deref() != Some(msg.as_str()) {
+                    self.telemetry_error = Some(msg.clone());
+                    self.emit(
+                        EventKind::AgentError,
+                        Some("telemetry"),
+                        format!("GPU telemetry unknown: {msg}"),
+                    );
+                }
+                obs.gpus = self
+                    .visible
+                    .iter()
+                    .map(|i| GpuObs {
+                        index: *i,
+                        util_pct: None,
+                        job_mem: None,
+                        mem_total: None,
+                    })
+                    .collect();
+            }
+            Some(Ok(gpus)) => {
+                if self.telemetry_error.take().is_some() {
+                    eprintln!("costguard: GPU telemetry is back");
+                }
+                for g in gpus.iter().filter(|g| g.lost) {
+                    if self.lost.insert(g.index) {
+                        self.metrics.telemetry_errors.inc();
+                        self.emit(
+                            EventKind::AgentError,
+                            Some("gpu-lost"),
+                            format!(
+                                "GPU {} is lost (NVML_ERROR_GPU_IS_LOST): its values are unknown",
+                                g.index
+                            ),
+                        );
+                    }
+                }
+                self.metrics.observe_gpus(&gpus);
+                if !gpus.iter().any(|g| g.lost) {
+                    self.metrics.last_sample.set(
+                        s.wall
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_secs_f64(),
+                    );
+                }
+                obs.gpus = self.job_gpus(&gpus, &s.pids);
+                self.energy_rate(now, s.at, &gpus);
+                self.last_gpus = gpus;
+            }
+        }
+        let d = self.engine.observe(&obs);
+        self.publish();
+        d
+    }
+
+    /// The GPUs the job uses: those among the visible ones where NVML lists one of its
+    /// processes; when none is listed (or the list is unsupported), all visible GPUs.
+    fn job_gpus(&self, gpus: &[GpuSample], pids: &[i32]) -> Vec<GpuObs> {
+        let visible: Vec<&GpuSample> = gpus
+            .iter()
+            .filter(|g| self.visible.contains(&g.index))
+            .collect();
+        let mine = |g: &GpuSample| -> Option<u64> {
+            let procs = g.procs.as_ref()?;
+            let mut total = None;
+            for p in procs.iter().filter(|p| pids.contains(&(p.pid as i32))) {
+                total = Some(total.unwrap_or(0) + p.used_bytes.unwrap_or(0));
+            }
+            total
+        };
+        let used: Vec<&&GpuSample> = visible.iter().filter(|g| mine(g).is_some()).collect();
+        let chosen: Vec<&GpuSample> = if used.is_empty() {
+            visible.clone()
+        } else {
+            used.into_iter().copied().collect()
+        };
+        chosen
+            .into_iter()
+            .map(|g| GpuObs {
+                index: g.index,
+                util_pct: if g.lost { None } else { g.util_gpu_pct },
+                job_mem: mine(g).or(g.procs.as_ref().map(|_| 0)),
+                mem_total: g.mem_total,
+            })
+            .collect()
+    }
+
+    /// Energy pricing: the visible GPUs' energy counters (or power when no counter) set the rate.
+    fn energy_rate(&mut self, now: Duration, at: Instant, gpus: &[GpuSample]) {
+        let Pricing::Energy { per_kwh } = self.pricing else {
+            return;
+        };
+        let vis: Vec<&GpuSample> = gpus
+            .iter()
+            .filter(|g| self.visible.contains(&g.index))
+            .collect();
+        let energy: Option<f64> = vis.iter().map(|g| g.energy_joules).sum();
+        let watts = match (energy, self.last_energy) {
+            (Some(e), Some((t, prev))) if at > t && e >= prev => {
+                Some((e - prev) / (at - t).as_secs_f64())
+            }
+            _ => vis.iter().map(|g| g.power_watts).sum::<Option<f64>>(),
+        };
+        if let Some(e) = energy {
+            self.last_energy = Some((at, e));
+        }
+        // Unknown power keeps the last rate: spend never stops accruing for lack of data.
+        if let Some(w) = watts {
+            self.engine.set_rate(now, w / 1000.0 * per_kwh);
+        }
+    }
+}
