@@ -338,7 +338,7 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
 
     if let (Some((reason, _)), Some(gpu)) = (&killed_by, &started.gpu) {
         if reason.is_ceiling() {
-            if let Ok(gpus) = gpu.sample(Duration::from_secs(2)).await {
+            if let Ok(gpus) = gpu.sample_when_free(Duration::from_secs(2)).await {
                 for g in &gpus {
                     for p in g.procs.iter().flatten() {
                         if st.job_pids.contains(&(p.pid as i32)) && p.used_bytes.unwrap_or(1) > 0 {

@@ -114,6 +114,23 @@ impl NvmlSource {
     }
 }
 
+impl NvmlSource {
+    /// Like `sample`, but when an earlier request is still in flight, waits for it (up to
+    /// `timeout` in all) instead of answering "busy".
+    pub async fn sample_when_free(&self, timeout: Duration) -> Result<Vec<GpuSample>, NvmlFailure> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.sample(left).await {
+                Err(NvmlFailure::Busy) if !left.is_zero() => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 fn inventory(nvml: &Nvml) -> Result<Vec<GpuInfo>, NvmlError> {
     let n = nvml.device_count()?;
     let mut out = Vec::with_capacity(n as usize);
