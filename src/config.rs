@@ -367,20 +367,6 @@ impl Settings {
                 )));
             }
         }
-        if let (Some(lead), Some(budget), Some(rate)) =
-            (self.warn_before, self.max_usd, self.usd_per_hour)
-        {
-            let horizon = crate::spend::hours_to_duration(budget / rate);
-            if rate > 0.0 && lead >= horizon {
-                return Err(ConfigError::Invalid(format!(
-                    "invalid --warn-before {}: the warning lead is not shorter than the time --max-usd {} lasts at {}/h ({})",
-                    units::format_duration(lead),
-                    units::format_money(budget),
-                    units::format_money(rate),
-                    units::format_duration(horizon)
-                )));
-            }
-        }
         if self.warn_before.is_some() && self.max_wall.is_none() && self.max_usd.is_none() {
             return Err(ConfigError::Invalid(
                 "--warn-before needs a ceiling to warn before: give --max-usd or --max-wall".into(),

@@ -130,7 +130,7 @@ fn lost_gpu_raises_an_agent_error_and_ceilings_still_fire() {
         "{err}"
     );
     assert!(
-        err.contains("killed: wall: ran 2.0"),
+        err.contains("killed: wall: ran 2."),
         "the wall ceiling, not idle: {err}"
     );
 }

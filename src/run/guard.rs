@@ -242,7 +242,7 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
                 match m {
                     Some(HolderMsg::Ended(s)) => leader = Some(s),
                     Some(HolderMsg::Warn(w)) => eprintln!("costguard: notice: holder: {w}"),
-                    Some(HolderMsg::Spawned(_)) => {}
+                    Some(HolderMsg::Spawned(pid)) => tracing::debug!(pid, "job leader started"),
                     None => holder_gone = true,
                 }
                 Vec::new()
@@ -294,6 +294,13 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
         st.emit(EventKind::Killed, Some(reason.as_str()), evidence.clone());
         let report = job.terminate(first, grace, &mut force_rx).await;
         st.job_pids.extend(report.pids.iter().copied());
+        tracing::info!(
+            reason = reason.as_str(),
+            signalled = report.signalled,
+            escalated_to_kill = report.escalated,
+            took_ms = report.took.as_secs_f64() * 1000.0,
+            "the job's tree is gone"
+        );
         if !report.survivors.is_empty() {
             st.emit(
                 EventKind::AgentError,

@@ -104,6 +104,8 @@ pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
             why,
         });
     }
+    // The one check of the warning lead against the budget: here the rate is known,
+    // whether it came from --usd-per-hour or the price table.
     if let (Some(lead), Some(budget), Pricing::Fixed { per_hour, .. }) =
         (settings.warn_before, settings.max_usd, &pricing)
     {

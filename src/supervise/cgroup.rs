@@ -58,12 +58,6 @@ impl Leaf {
             .unwrap_or_default()
     }
 
-    pub fn populated(&self) -> bool {
-        fs::read_to_string(self.dir.join("cgroup.events"))
-            .map(|t| t.lines().any(|l| l.trim() == "populated 1"))
-            .unwrap_or(false)
-    }
-
     /// SIGKILLs every process in the leaf, atomically with respect to forks.
     pub fn kill_all(&self) -> bool {
         fs::write(self.dir.join("cgroup.kill"), "1").is_ok()

@@ -10,7 +10,6 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::FromRawFd;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -201,14 +200,5 @@ fn kill_everything(cgroup: Option<&Path>) {
     while waitpid(None, None).is_ok() {}
     if let Some(l) = &leaf {
         l.remove();
-    }
-}
-
-/// Interprets a wait status of the holder itself when it died without reporting.
-pub fn describe_exit(status: std::process::ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(c), _) => format!("holder exited with {c}"),
-        (_, Some(s)) => format!("holder killed by signal {s}"),
-        _ => "holder ended".into(),
     }
 }

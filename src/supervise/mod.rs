@@ -228,11 +228,10 @@ impl Job {
         if let Some(st) = self.holder_exit {
             return st;
         }
-        let st = self
-            .holder
-            .wait()
-            .await
-            .unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(0));
+        let st = self.holder.wait().await.unwrap_or_else(|_| {
+            // Unknown is not success: a failed status makes `terminate` sweep for orphans.
+            std::os::unix::process::ExitStatusExt::from_raw(1 << 8)
+        });
         self.holder_exit = Some(st);
         st
     }
