@@ -255,3 +255,54 @@ fn kill_that_did_not_free_the_gpu_is_reported() {
     let err = stderr(&run(c));
     assert!(!err.contains("gpu-not-freed"), "{err}");
 }
+
+#[test]
+fn usd_per_kwh_prices_the_energy_of_the_visible_gpus() {
+    let dir = tempdir();
+    let mut g = gpus(2, "Owned Box GPU", 90);
+    g[0]["timeline"][0]["power_mw"] = json!(1_000_000); // 1 kW: $1/s at $3600/kWh
+    g[1]["timeline"][0]["power_mw"] = json!(500_000); // not visible: not priced
+    let port = free_port();
+    let mut c = costguard_on_gpus(dir.path(), &json!({ "gpus": g }));
+    c.env("CUDA_VISIBLE_DEVICES", "0")
+        .env("COSTGUARD_LISTEN", format!("127.0.0.1:{port}"))
+        .args([
+            "--interval",
+            "200ms",
+            "--usd-per-kwh",
+            "3600",
+            "--max-usd",
+            "3",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .stderr(std::process::Stdio::piped());
+    let start = std::time::Instant::now();
+    let child = c.spawn().expect("spawn");
+    let mut rate = None;
+    assert!(wait_until(Duration::from_secs(5), || {
+        let doc = http_get(port, "/status")
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok());
+        rate = doc.and_then(|d| d["rate_dollars_per_hour"].as_f64());
+        rate.is_some_and(|r| r > 0.0)
+    }));
+    let rate = rate.unwrap();
+    assert!(
+        (3400.0..3800.0).contains(&rate),
+        "1 kW at $3600/kWh is $3600/h, GPU 1 left out; got {rate}"
+    );
+    let out = child.wait_with_output().expect("wait");
+    let took = start.elapsed();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(124), "{err}");
+    assert!(
+        err.contains("energy"),
+        "the start names energy pricing: {err}"
+    );
+    assert!(err.contains("killed: usd: spent $3.00"), "{err}");
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(8),
+        "$3 at $1/s: {took:?}"
+    );
+}
