@@ -33,6 +33,19 @@ pub struct Metrics {
     pub gpu_energy: CounterVec,
     pub gpu_temp: GaugeVec,
     pub job_rss: Gauge,
+    /// Seconds until each ceiling at the current rate; `ceiling` is `usd` or `wall`.
+    pub to_ceiling: GaugeVec,
+    /// Projection from the progress rate (absent until --progress-total and a rate exist).
+    pub eta: GaugeVec,
+    pub projected_spend: GaugeVec,
+}
+
+/// Sets a label-less optional gauge: present when known, absent when not.
+pub fn set_opt(v: &GaugeVec, x: Option<f64>) {
+    match x {
+        Some(x) => v.with_label_values::<&str>(&[]).set(x),
+        None => v.reset(),
+    }
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -98,6 +111,27 @@ impl Metrics {
         for ch in channels {
             notifications_failed.with_label_values(&[ch]);
         }
+        let opt = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let to_ceiling = opt(
+            "costguard_seconds_to_ceiling",
+            "Seconds until a ceiling is reached at the current rate, by ceiling (usd, wall)",
+            &["ceiling"],
+        );
+        let eta = opt(
+            "costguard_projected_seconds_remaining",
+            "Seconds to completion projected from the progress rate and --progress-total",
+            &[],
+        );
+        let projected_spend = opt(
+            "costguard_projected_spend_dollars",
+            "Spend at completion projected from the progress rate and the current price",
+            &[],
+        );
         let _ = r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
@@ -166,6 +200,9 @@ impl Metrics {
             kills,
             events,
             notifications_failed,
+            to_ceiling,
+            eta,
+            projected_spend,
             registry: r,
         }
     }

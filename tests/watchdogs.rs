@@ -179,3 +179,114 @@ fn gpu_memory_ceiling_counts_the_jobs_processes() {
         "{err}"
     );
 }
+
+#[test]
+fn heartbeat_file_is_progress_and_its_silence_is_a_stall() {
+    let dir = tempdir();
+    let hb = dir.path().join("heartbeat");
+    let hb_s = path_str(&hb);
+    // Beats every 100 ms for 2 s, prints nothing: only the heartbeat proves progress.
+    let healthy = format!("for i in $(seq 20); do touch {hb_s}; sleep 0.1; done");
+    let mut c = costguard();
+    c.args(["--stall", "700ms", "--heartbeat-file", &hb_s, "--"])
+        .args(["sh", "-c", &healthy]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // Beats for 0.5 s, then hangs silently.
+    let hung = format!("for i in $(seq 5); do touch {hb_s}; sleep 0.1; done; sleep 30");
+    let mut c = costguard();
+    c.args(["--stall", "700ms", "--heartbeat-file", &hb_s, "--"])
+        .args(["sh", "-c", &hung]);
+    let start = Instant::now();
+    let out = run(c);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(124), "{err}");
+    assert!(err.contains("killed: stall: no progress for 0.7"), "{err}");
+    assert!(
+        err.contains(&format!("last progress \"heartbeat {hb_s}\"")),
+        "{err}"
+    );
+    let took = start.elapsed();
+    assert!(
+        took > Duration::from_millis(1100) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn host_memory_ceiling_counts_the_job_tree() {
+    // The memory is held by a grandchild: the ceiling is on the tree, not the leader.
+    let mut c = costguard();
+    c.args(["--interval", "100ms", "--max-host-mem", "100MiB", "--"])
+        .args([
+            "sh",
+            "-c",
+            "python3 -c 'import time; b = bytearray(300 << 20); time.sleep(30)'; true",
+        ]);
+    let out = run(c);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(124), "{err}");
+    assert!(err.contains("killed: host_mem: job tree RSS "), "{err}");
+    assert!(err.contains("(ceiling 100.0MiB)"), "{err}");
+
+    let mut c = costguard();
+    c.args(["--interval", "100ms", "--max-host-mem", "1GiB", "--"])
+        .args([
+            "python3",
+            "-c",
+            "b = bytearray(50 << 20); import time; time.sleep(1)",
+        ]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn projection_is_served_as_metrics_and_status() {
+    let port = free_port();
+    let mut c = costguard();
+    let script = "i=0; while [ $i -lt 40 ]; do i=$((i+1)); echo \"step $i\"; sleep 0.1; done";
+    c.env("COSTGUARD_LISTEN", format!("127.0.0.1:{port}"))
+        .args([
+            "--usd-per-hour",
+            "36",
+            "--max-usd",
+            "10",
+            "--max-wall",
+            "1h",
+        ])
+        .args(["--progress-regex", r"step (\d+)", "--progress-total", "400"])
+        .args(["--", "sh", "-c", script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let child = c.spawn().expect("spawn");
+    let mut text = String::new();
+    let metric = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let ok = wait_until(Duration::from_secs(5), || {
+        text = http_get(port, "/metrics").unwrap_or_default();
+        metric(&text, "costguard_projected_seconds_remaining").is_some()
+    });
+    let status: serde_json::Value =
+        serde_json::from_str(&http_get(port, "/status").unwrap_or_default()).unwrap_or_default();
+    end(child);
+    assert!(ok, "no projection in {text}");
+    // ~10 steps/s with 400 to go: ~36 s left; $36/h makes ~$0.36 more.
+    let eta = metric(&text, "costguard_projected_seconds_remaining").unwrap();
+    assert!((20.0..80.0).contains(&eta), "eta {eta}");
+    let projected = metric(&text, "costguard_projected_spend_dollars").unwrap();
+    assert!((0.15..1.0).contains(&projected), "projected ${projected}");
+    let to_usd = metric(&text, "costguard_seconds_to_ceiling{ceiling=\"usd\"}").unwrap();
+    assert!((990.0..=1000.0).contains(&to_usd), "$10 at $36/h: {to_usd}");
+    let to_wall = metric(&text, "costguard_seconds_to_ceiling{ceiling=\"wall\"}").unwrap();
+    assert!((3590.0..=3600.0).contains(&to_wall), "{to_wall}");
+    assert_eq!(status["projection"]["progress_total"].as_f64(), Some(400.0));
+    assert!(
+        status["projection"]["eta_seconds"].as_f64().is_some(),
+        "{status}"
+    );
+}

@@ -197,9 +197,13 @@ impl Engine {
             if !self.idle_warned {
                 consider(Some(since + window / 2));
             }
-            // Past the window the kill waits for a fresh idle sample (observe ticks then):
-            // a stale one must not turn this into a busy loop.
-            consider(Some(since + window).filter(|t| *t > now));
+            // Past the window with a fresh idle sample in hand, the kill is due now (a sample
+            // is stamped when it was asked for and may be handled after the deadline). Without
+            // one, the kill waits for the next sample: a stale one must not busy-loop.
+            let fresh = self
+                .last_sample_at
+                .is_some_and(|t| now.saturating_sub(t) <= self.limits.stale_after);
+            consider(Some(since + window).filter(|t| *t > now || (fresh && self.last_sample_idle)));
         }
         if let Some(window) = self.limits.stall {
             if !self.stall_warned {

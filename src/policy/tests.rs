@@ -224,6 +224,29 @@ fn stale_samples_do_not_support_an_idle_kill() {
 }
 
 #[test]
+fn idle_sample_handled_after_the_deadline_still_kills_at_once() {
+    let l = Limits {
+        idle: Some(s(5)),
+        ..limits()
+    };
+    let mut e = Engine::new(l, SpendMeter::new(0.0, 1.0));
+    let sample = |ms: u64| Observation {
+        at: Duration::from_millis(ms),
+        ..obs(0, &[Some(0.0)])
+    };
+    // Idle since 0.003 s; samples are stamped when asked for, a little jittered.
+    for ms in [3, 1_003, 2_003, 3_003, 4_003, 5_002] {
+        assert!(kills(&e.observe(&sample(ms))).is_empty(), "{ms}");
+    }
+    // The 5.002 s sample (4.999 s of idleness) is handled at 5.010 s, past the 5.003 s
+    // deadline: the kill is due now, not one sampling interval later.
+    let now = Duration::from_millis(5_010);
+    let wake = e.next_wakeup(now).expect("the idle deadline stays armed");
+    assert!(wake <= now, "{wake:?}");
+    assert_eq!(kills(&e.tick(now)), vec![KillReason::Idle]);
+}
+
+#[test]
 fn setup_grace_is_respected() {
     let l = Limits {
         idle: Some(s(60)),

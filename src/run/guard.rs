@@ -191,7 +191,12 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
     }
     if let Some(path) = settings.heartbeat_file.clone() {
         let tx = progress_tx.clone();
-        let every = settings.interval.min(Duration::from_secs(1));
+        // Polled several times per stall window, so a beat is never seen too late to count.
+        let every = settings
+            .interval
+            .min(Duration::from_secs(1))
+            .min(settings.stall.map_or(Duration::MAX, |s| s / 4))
+            .max(Duration::from_millis(10));
         tokio::spawn(async move {
             let mut last = None;
             loop {

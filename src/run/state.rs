@@ -111,7 +111,19 @@ impl State {
         let to_wall = e.limits().max_wall.map(|w| w.saturating_sub(now));
         let total = e.limits().progress_total;
         let eta = total.and_then(|t| e.progress().eta(t, now));
-        let projected = eta.map(|eta| spend + e.meter().rate() * eta.as_secs_f64() / 3600.0);
+        let projected = eta
+            .filter(|_| self.pricing != Pricing::Unknown)
+            .map(|eta| spend + e.meter().rate() * eta.as_secs_f64() / 3600.0);
+        for (name, d) in [("usd", to_usd), ("wall", to_wall)] {
+            match d {
+                Some(d) => m.to_ceiling.with_label_values(&[name]).set(d.as_secs_f64()),
+                None => {
+                    let _ = m.to_ceiling.remove_label_values(&[name]);
+                }
+            }
+        }
+        crate::metrics::set_opt(&m.eta, secs(eta));
+        crate::metrics::set_opt(&m.projected_spend, projected);
         let doc = json!({
             "run_id": self.run_id,
             "phase": serde_json::Value::Null,
@@ -196,6 +208,11 @@ impl State {
                         );
                     }
                 }
+                tracing::trace!(
+                    at_ms = now.as_millis() as u64,
+                    util = ?gpus.iter().map(|g| g.util_gpu_pct).collect::<Vec<_>>(),
+                    "gpu sample"
+                );
                 self.metrics.observe_gpus(&gpus);
                 if !gpus.iter().any(|g| g.lost) {
                     self.metrics.last_sample.set(

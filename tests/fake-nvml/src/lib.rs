@@ -36,6 +36,10 @@ struct Scenario {
     gpus: Vec<Gpu>,
     #[serde(default)]
     hang: Vec<Hang>,
+    /// Unix time that timeline `at` values count from (default: nvmlInit), so a benchmark
+    /// knows to the millisecond when a scripted change happens.
+    #[serde(default)]
+    epoch_unix: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize, Clone)]
@@ -96,6 +100,8 @@ struct Hang {
 struct State {
     scenario: Scenario,
     start: Instant,
+    /// Seconds of scenario time already past at `start` (from `epoch_unix`).
+    offset: f64,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -159,13 +165,13 @@ fn with_gpu(call: &str, dev: *mut c_void, f: impl FnOnce(&Gpu, f64) -> Ret) -> R
         if idx == 0 || idx > st.scenario.gpus.len() {
             return INVALID_ARGUMENT;
         }
-        let t = st.start.elapsed().as_secs_f64();
+        let t = st.start.elapsed().as_secs_f64() + st.offset;
         let hang = st
             .scenario
             .hang
             .iter()
             .find(|h| h.call == call && t >= h.after && t < h.after + h.secs)
-            .map(|h| st.start + Duration::from_secs_f64(h.after + h.secs));
+            .map(|h| st.start + Duration::from_secs_f64((h.after + h.secs - st.offset).max(0.0)));
         (st.scenario.gpus[idx - 1].clone(), t, hang)
     };
     if let Some(until) = hang_until {
@@ -241,10 +247,17 @@ pub extern "C" fn nvmlInit_v2() -> Ret {
     if scenario.init_error != SUCCESS {
         return scenario.init_error;
     }
+    let offset = scenario.epoch_unix.map_or(0.0, |e| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        now - e
+    });
     if let Ok(mut g) = STATE.lock() {
         *g = Some(State {
             scenario,
             start: Instant::now(),
+            offset,
         });
     }
     SUCCESS
