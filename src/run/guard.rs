@@ -11,6 +11,7 @@ use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
+use super::live::LiveLine;
 use super::output::{self, LineJudge, LineProgress, Tail};
 use super::sampler::{self, SampleMsg};
 use super::start::{self, Pricing, StartError};
@@ -144,6 +145,7 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
         last_host: HostSample::default(),
         job_pids: HashSet::new(),
         quiet,
+        tracks_progress: capture || settings.heartbeat_file.is_some(),
     };
     let rate_text = match &started.pricing {
         Pricing::Fixed { per_hour, source } => {
@@ -228,6 +230,9 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
     watch_signals(sig_tx, force_tx);
     let mut msgs = job.take_msgs();
 
+    let mut live = LiveLine::new(quiet);
+    let mut redraw = tokio::time::interval(Duration::from_secs(1));
+    redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut leader: Option<JobStatus> = None;
     let mut kill: Option<(KillReason, String, Signal)> = None;
     let mut progress_open = true;
@@ -260,6 +265,12 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
                 Vec::new()
             }
             Some(s) = sample_rx.recv() => st.on_sample(s),
+            _ = redraw.tick(), if live.is_some() => {
+                if let Some(l) = live.as_mut() {
+                    l.draw(&st.live_text(st.now()));
+                }
+                Vec::new()
+            }
         };
         for d in decisions {
             match d {
@@ -292,6 +303,7 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
         }
     }
 
+    drop(live); // gives the terminal's bottom row back before the kill and summary lines
     let grace = settings.kill_grace;
     let mut killed_by: Option<(KillReason, String)> = None;
     if let Some((reason, evidence, first)) = kill {

@@ -13,6 +13,7 @@ use crate::events::{rfc3339, Event, EventKind};
 use crate::metrics::Metrics;
 use crate::policy::{Decision, Engine, GpuObs, Observation};
 use crate::telemetry::{GpuSample, HostSample};
+use crate::units::{format_duration, format_money};
 
 /// Everything the loop keeps between iterations.
 pub(super) struct State {
@@ -34,11 +35,58 @@ pub(super) struct State {
     pub(super) last_host: HostSample,
     pub(super) job_pids: HashSet<i32>,
     pub(super) quiet: bool,
+    /// Whether a progress source exists (output rules or a heartbeat): only then is "time
+    /// since progress" worth showing.
+    pub(super) tracks_progress: bool,
 }
 
 impl State {
     pub(super) fn now(&self) -> Duration {
         self.t0.elapsed()
+    }
+
+    /// The live status line: spend against budget, elapsed, GPU utilization, progress age.
+    pub(super) fn live_text(&self, now: Duration) -> String {
+        let e = &self.engine;
+        let whole = |d: Duration| match d.as_secs() {
+            s @ 0..60 => format!("{s}s"),
+            s => format_duration(Duration::from_secs(s)),
+        };
+        let mut parts = Vec::new();
+        let spend = e.spend(now);
+        parts.push(match (&self.pricing, e.limits().max_usd) {
+            (Pricing::Unknown, _) => "spend unknown".to_string(),
+            (_, Some(b)) => format!("{} / {}", format_money(spend), format_money(b)),
+            (_, None) => format!(
+                "{} at {}/h",
+                format_money(spend),
+                format_money(e.meter().rate())
+            ),
+        });
+        let mut elapsed = whole(now);
+        if let Some(w) = e.limits().max_wall {
+            elapsed += &format!(" / {}", whole(w));
+        }
+        parts.push(elapsed);
+        let gpus: Vec<String> = self
+            .last_gpus
+            .iter()
+            .filter(|g| self.visible.contains(&g.index))
+            .map(|g| match g.util_gpu_pct {
+                Some(u) => format!("{}:{u:.0}%", g.index),
+                None => format!("{}:?", g.index),
+            })
+            .collect();
+        if !gpus.is_empty() {
+            parts.push(format!("GPU {}", gpus.join(" ")));
+        }
+        if self.tracks_progress {
+            parts.push(match e.progress().last_label() {
+                Some(_) => format!("progress {} ago", whole(e.since_progress(now))),
+                None => format!("no progress in {}", whole(e.since_progress(now))),
+            });
+        }
+        format!("costguard: {}", parts.join(" | "))
     }
 
     pub(super) fn emit(&mut self, kind: EventKind, reason: Option<&str>, message: String) -> Event {
