@@ -3,7 +3,7 @@
 mod common;
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::process::Stdio;
 
 use common::*;
@@ -28,7 +28,7 @@ fn on_a_terminal(extra: &[&str]) -> (Option<i32>, String) {
         .args(extra)
         .args(["--", "sh", "-c", "echo step 1; sleep 2.5; echo step 2"])
         .stdout(Stdio::null())
-        .stderr(Stdio::from(OwnedFd::from(pty.slave)));
+        .stderr(Stdio::from(pty.slave));
     let mut child = c.spawn().expect("spawn");
     drop(c); // our copy of the slave end: EOF comes when costguard's closes
     let mut master = std::fs::File::from(pty.master);
