@@ -12,20 +12,20 @@ use crate::telemetry::GpuSample;
 
 pub struct Metrics {
     pub registry: Registry,
-    pub spend: Counter,
-    pub wasted: Counter,
-    pub rate: Gauge,
-    pub budget: Gauge,
-    pub budget_remaining: Gauge,
-    pub wall_limit: Gauge,
+    pub spend: CounterVec,
+    pub wasted: CounterVec,
+    pub rate: GaugeVec,
+    pub budget: GaugeVec,
+    pub budget_remaining: GaugeVec,
+    pub wall_limit: GaugeVec,
     pub elapsed: Gauge,
     pub idle_seconds: Gauge,
-    pub since_progress: Gauge,
+    pub since_progress: GaugeVec,
     pub kills: CounterVec,
     pub events: CounterVec,
     pub notifications_failed: CounterVec,
     pub telemetry_errors: Counter,
-    pub last_sample: Gauge,
+    pub last_sample: GaugeVec,
     pub gpu_util: GaugeVec,
     pub gpu_mem_used: GaugeVec,
     pub gpu_mem_total: GaugeVec,
@@ -58,6 +58,19 @@ impl Metrics {
     pub fn new(channels: &[&str]) -> Metrics {
         let r = Registry::new();
         let g = |name: &str, help: &str| reg(&r, Gauge::new(name, help).expect("valid metric"));
+        // Label-less vectors: series that are absent while their value is unknown or unset.
+        let og = |name: &str, help: &str| {
+            reg(
+                &r,
+                GaugeVec::new(Opts::new(name, help), &[]).expect("valid metric"),
+            )
+        };
+        let oc = |name: &str, help: &str| {
+            reg(
+                &r,
+                CounterVec::new(Opts::new(name, help), &[]).expect("valid metric"),
+            )
+        };
         let c = |name: &str, help: &str| reg(&r, Counter::new(name, help).expect("valid metric"));
         let gpu = |name: &str, help: &str| {
             reg(
@@ -136,27 +149,27 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
         Metrics {
-            spend: c(
+            spend: oc(
                 "costguard_spend_dollars_total",
                 "Dollars spent by the guarded job so far",
             ),
-            wasted: c(
+            wasted: oc(
                 "costguard_wasted_dollars_total",
                 "Dollars spent while the GPUs were idle or the job made no progress",
             ),
-            rate: g(
+            rate: og(
                 "costguard_spend_rate_dollars_per_hour",
                 "Current price of the job in dollars per hour",
             ),
-            budget: g(
+            budget: og(
                 "costguard_budget_dollars",
-                "The dollar ceiling (absent when none)",
+                "The dollar ceiling (absent when there is none)",
             ),
-            budget_remaining: g(
+            budget_remaining: og(
                 "costguard_budget_remaining_dollars",
                 "Dollars left before the dollar ceiling",
             ),
-            wall_limit: g(
+            wall_limit: og(
                 "costguard_wall_limit_seconds",
                 "The wall-clock ceiling (absent when none)",
             ),
@@ -165,7 +178,7 @@ impl Metrics {
                 "costguard_idle_seconds",
                 "Seconds the job's GPUs have been idle (0 when busy or unknown)",
             ),
-            since_progress: g(
+            since_progress: og(
                 "costguard_seconds_since_progress",
                 "Seconds since the last progress signal",
             ),
@@ -173,7 +186,7 @@ impl Metrics {
                 "costguard_telemetry_errors_total",
                 "GPU telemetry samples that failed or timed out",
             ),
-            last_sample: g(
+            last_sample: og(
                 "costguard_last_sample_timestamp_seconds",
                 "Unix time of the last complete GPU sample",
             ),
@@ -207,8 +220,13 @@ impl Metrics {
         }
     }
 
-    /// Brings the spend counter up to `total` (counters only go up).
-    pub fn set_counter(c: &Counter, total: f64) {
+    /// Brings a label-less counter up to `total` (counters only go up); absent when None.
+    pub fn set_counter(v: &CounterVec, total: Option<f64>) {
+        let Some(total) = total else {
+            v.reset();
+            return;
+        };
+        let c = v.with_label_values::<&str>(&[]);
         let d = total - c.get();
         if d > 0.0 {
             c.inc_by(d);

@@ -10,7 +10,7 @@ use serde_json::json;
 use super::sampler::SampleMsg;
 use super::start::Pricing;
 use crate::events::{rfc3339, Event, EventKind};
-use crate::metrics::Metrics;
+use crate::metrics::{set_opt, Metrics};
 use crate::policy::{Decision, Engine, GpuObs, Observation};
 use crate::telemetry::{GpuSample, HostSample};
 use crate::units::{format_duration, format_money};
@@ -138,19 +138,23 @@ impl State {
         let e = &self.engine;
         let spend = e.spend(now);
         let m = &self.metrics;
-        Metrics::set_counter(&m.spend, spend);
-        Metrics::set_counter(&m.wasted, e.wasted(now));
-        m.rate.set(e.meter().rate());
+        let priced = self.pricing != Pricing::Unknown;
+        Metrics::set_counter(&m.spend, priced.then_some(spend));
+        Metrics::set_counter(&m.wasted, priced.then(|| e.wasted(now)));
+        set_opt(&m.rate, priced.then(|| e.meter().rate()));
         m.elapsed.set(now.as_secs_f64());
         m.idle_seconds.set(e.idle_for(now).as_secs_f64());
-        m.since_progress.set(e.since_progress(now).as_secs_f64());
-        if let Some(b) = e.limits().max_usd {
-            m.budget.set(b);
-            m.budget_remaining.set((b - spend).max(0.0));
-        }
-        if let Some(w) = e.limits().max_wall {
-            m.wall_limit.set(w.as_secs_f64());
-        }
+        set_opt(
+            &m.since_progress,
+            self.tracks_progress
+                .then(|| e.since_progress(now).as_secs_f64()),
+        );
+        set_opt(&m.budget, e.limits().max_usd);
+        set_opt(
+            &m.budget_remaining,
+            e.limits().max_usd.map(|b| (b - spend).max(0.0)),
+        );
+        set_opt(&m.wall_limit, e.limits().max_wall.map(|w| w.as_secs_f64()));
         if let Some(r) = self.last_host.job_rss_bytes {
             m.job_rss.set(r as f64);
         }
@@ -170,8 +174,8 @@ impl State {
                 }
             }
         }
-        crate::metrics::set_opt(&m.eta, secs(eta));
-        crate::metrics::set_opt(&m.projected_spend, projected);
+        set_opt(&m.eta, secs(eta));
+        set_opt(&m.projected_spend, projected);
         let doc = json!({
             "run_id": self.run_id,
             "phase": serde_json::Value::Null,
@@ -263,11 +267,14 @@ impl State {
                 );
                 self.metrics.observe_gpus(&gpus);
                 if !gpus.iter().any(|g| g.lost) {
-                    self.metrics.last_sample.set(
-                        s.wall
-                            .duration_since(SystemTime::UNIX_EPOCH)
-                            .unwrap_or_default()
-                            .as_secs_f64(),
+                    set_opt(
+                        &self.metrics.last_sample,
+                        Some(
+                            s.wall
+                                .duration_since(SystemTime::UNIX_EPOCH)
+                                .unwrap_or_default()
+                                .as_secs_f64(),
+                        ),
                     );
                 }
                 obs.gpus = self.job_gpus(&gpus, &s.pids);
