@@ -13,6 +13,10 @@ use serde_json::json;
 /// Starts costguard guarding a long sleep on 8 fake GPUs; returns it and its port once
 /// /metrics shows GPU series.
 fn guarded_job(dir: &std::path::Path) -> (std::process::Child, u16) {
+    guarded(dir, &["--", "sleep", "120"])
+}
+
+fn guarded(dir: &std::path::Path, tail: &[&str]) -> (std::process::Child, u16) {
     let port = free_port();
     let mut c = costguard_on_gpus(dir, &json!({"gpus": gpus(8, "NVIDIA H100 80GB HBM3", 60)}));
     c.args([
@@ -25,10 +29,9 @@ fn guarded_job(dir: &std::path::Path) -> (std::process::Child, u16) {
         "100",
         "--max-wall",
         "1h",
-        "--",
-        "sleep",
-        "120",
     ])
+    .args(tail)
+    .stdout(Stdio::null())
     .stderr(Stdio::null());
     let child = c.spawn().expect("spawn costguard");
     let ready = wait_until(Duration::from_secs(15), || {
@@ -83,35 +86,8 @@ fn promtool_accepts_a_live_scrape() {
 fn prometheus_scrapes_costguard() {
     let dir = tempdir();
     let (child, port) = guarded_job(dir.path());
-    let prom_port = free_port();
-    let cfg = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: costguard\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"),
-    )
-    .expect("write config");
-    let prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus (Debian package) must be installed: scripts/test installs it");
-    let query = |q: &str| -> serde_json::Value {
-        let path = format!(
-            "/api/v1/query?query={}",
-            q.replace(' ', "%20")
-                .replace('(', "%28")
-                .replace(')', "%29")
-        );
-        http_get(prom_port, &path)
-            .and_then(|b| serde_json::from_str(&b).ok())
-            .unwrap_or_default()
-    };
+    let (prom, prom_port) = prometheus(dir.path(), port, None);
+    let query = |q: &str| query(prom_port, q);
     let mut gpus_seen = 0;
     let scraped = wait_until(Duration::from_secs(40), || {
         let r = query("count(costguard_gpu_utilization_ratio)");
@@ -132,4 +108,239 @@ fn prometheus_scrapes_costguard() {
         "{spend}"
     );
     assert_eq!(up["data"]["result"][0]["value"][1], json!("1"), "{up}");
+}
+
+/// Starts Debian's Prometheus scraping costguard on `target` every second, with `rules`
+/// loaded and evaluated every second.
+fn prometheus(
+    dir: &std::path::Path,
+    target: u16,
+    rules: Option<&std::path::Path>,
+) -> (std::process::Child, u16) {
+    let prom_port = free_port();
+    let cfg = dir.join("prometheus.yml");
+    let rule_files = rules.map_or(String::new(), |r| {
+        format!("rule_files:\n  - '{}'\n", r.display())
+    });
+    std::fs::write(
+        &cfg,
+        format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: costguard\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"),
+    )
+    .expect("write config");
+    let prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian package) must be installed: scripts/test installs it");
+    (prom, prom_port)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn query(prom_port: u16, q: &str) -> serde_json::Value {
+    http_get(prom_port, &format!("/api/v1/query?query={}", urlencode(q)))
+        .and_then(|b| serde_json::from_str(&b).ok())
+        .unwrap_or_default()
+}
+
+/// A panel query as Grafana would send it for one job, one instance and all GPUs.
+fn as_grafana_sends_it(expr: &str, instance: &str) -> String {
+    expr.replace("$job", "costguard")
+        .replace("$instance", &instance.replace('.', "\\\\."))
+        .replace("$gpu", ".*")
+        .replace("$__rate_interval", "15s")
+}
+
+#[test]
+fn every_dashboard_query_and_alert_rule_evaluates_against_real_prometheus() {
+    let dir = tempdir();
+    let steps = "i=0; while :; do i=$((i+1)); echo step $i; sleep 0.2; done";
+    let (child, port) = guarded(
+        dir.path(),
+        &[
+            "--progress-regex",
+            r"step (\d+)",
+            "--progress-total",
+            "100000",
+            "--stall",
+            "1h",
+        ]
+        .into_iter()
+        .chain(["--idle", "1h", "--", "sh", "-c", steps])
+        .collect::<Vec<_>>(),
+    );
+    let rules = repo_root().join("deploy/prometheus/costguard-rules.yml");
+    let (prom, prom_port) = prometheus(dir.path(), port, Some(&rules));
+    let instance = format!("127.0.0.1:{port}");
+
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("dashboards/costguard.json")).expect("dashboard"),
+    )
+    .expect("dashboard is JSON");
+    // Enough scrapes for 15 s rate windows.
+    let warm = wait_until(Duration::from_secs(40), || {
+        let r = query(prom_port, "count_over_time(costguard_build_info[1m])");
+        r["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_some_and(|n| n >= 6)
+    });
+    let mut failures = Vec::new();
+    let mut evaluated = 0;
+    if !warm {
+        failures.push("Prometheus never scraped costguard six times".to_string());
+    }
+    // Template variables: label_values(METRIC{SEL}, LABEL) as the matching PromQL.
+    let re = regex::Regex::new(r"^label_values\((.*), (\w+)\)$").expect("regex");
+    for v in dash["templating"]["list"].as_array().expect("variables") {
+        let Some(q) = v["query"]["query"].as_str() else {
+            continue;
+        };
+        let caps = re.captures(q).expect("label_values query");
+        let promql = format!(
+            "group by ({}) ({})",
+            &caps[2],
+            as_grafana_sends_it(&caps[1], &instance)
+        );
+        let r = query(prom_port, &promql);
+        evaluated += 1;
+        if r["status"] != "success" || r["data"]["result"].as_array().is_none_or(Vec::is_empty) {
+            failures.push(format!("variable {}: {promql} -> {r}", v["name"]));
+        }
+    }
+    // Every panel target must parse and run; every panel must show data.
+    // The one target allowed to be empty: failed notifications, with no channel configured.
+    let may_be_empty = ["costguard_notifications_failed_total"];
+    let mut titles = Vec::new();
+    for p in dash["panels"].as_array().expect("panels") {
+        let Some(targets) = p["targets"].as_array() else {
+            continue;
+        };
+        let title = p["title"].as_str().unwrap_or_default().to_string();
+        let mut panel_has_data = false;
+        for t in targets {
+            let expr = as_grafana_sends_it(t["expr"].as_str().expect("expr"), &instance);
+            let r = query(prom_port, &expr);
+            evaluated += 1;
+            let rows = r["data"]["result"].as_array().map_or(0, Vec::len);
+            if r["status"] != "success" {
+                failures.push(format!("{title}: {expr} -> {r}"));
+            } else if rows == 0 && !may_be_empty.iter().any(|m| expr.contains(m)) {
+                failures.push(format!("{title}: no data from {expr}"));
+            }
+            panel_has_data |= rows > 0;
+        }
+        if !panel_has_data {
+            failures.push(format!("panel {title} shows nothing"));
+        }
+        titles.push(title);
+    }
+    // Alert rules: Prometheus evaluated each; each expression also runs as a query, and this
+    // healthy run raises no alert.
+    let rules_doc: serde_json::Value = http_get(prom_port, "/api/v1/rules")
+        .and_then(|b| serde_json::from_str(&b).ok())
+        .unwrap_or_default();
+    let mut alert_rules = 0;
+    for g in rules_doc["data"]["groups"].as_array().into_iter().flatten() {
+        for r in g["rules"].as_array().into_iter().flatten() {
+            alert_rules += 1;
+            let name = r["name"].as_str().unwrap_or_default();
+            if r["health"] != "ok" {
+                failures.push(format!(
+                    "rule {name}: health {} {}",
+                    r["health"], r["lastError"]
+                ));
+            }
+            if r["state"] != "inactive" {
+                failures.push(format!("rule {name} is {} in a healthy run", r["state"]));
+            }
+            let q = query(prom_port, r["query"].as_str().unwrap_or_default());
+            evaluated += 1;
+            if q["status"] != "success" {
+                failures.push(format!("rule {name}: {q}"));
+            }
+        }
+    }
+    end(prom);
+    end(child);
+    assert_eq!(alert_rules, 6, "all six alert rules loaded: {rules_doc}");
+    assert!(titles.len() >= 15, "{titles:?}");
+    assert!(
+        failures.is_empty(),
+        "{evaluated} evaluated; failures:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_their_unit_tests() {
+    let dir = repo_root().join("deploy/prometheus");
+    for args in [
+        &["check", "rules", "costguard-rules.yml"][..],
+        &["test", "rules", "costguard-rules.test.yml"][..],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (Debian package prometheus) must be installed");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn dashboard_is_import_ready() {
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("dashboards/costguard.json")).expect("read"),
+    )
+    .expect("JSON");
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(vars, ["datasource", "job", "instance", "gpu"]);
+    assert_eq!(dash["templating"]["list"][0]["type"], "datasource");
+    assert!(
+        dash.get("id").is_none(),
+        "no instance-specific id: imports as new"
+    );
+    let mut ids = std::collections::HashSet::new();
+    for p in dash["panels"].as_array().expect("panels") {
+        assert!(
+            ids.insert(p["id"].as_u64().expect("id")),
+            "panel ids unique"
+        );
+        if p["type"] != "row" {
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{p}");
+            for t in p["targets"].as_array().expect("targets") {
+                let e = t["expr"].as_str().expect("expr");
+                assert!(
+                    e.contains("job=~\"$job\", instance=~\"$instance\""),
+                    "every query follows the job and instance variables: {e}"
+                );
+            }
+        }
+    }
 }
