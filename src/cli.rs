@@ -44,6 +44,16 @@ pub enum Sub {
     /// Internal: the helper that holds the job's process tree. Not for direct use.
     #[command(name = "__hold", hide = true)]
     Hold(HoldArgs),
+    /// Notification tools.
+    #[command(subcommand)]
+    Notify(NotifyCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCmd {
+    /// Send a test event to every configured channel and report each one.
+    /// Exit 0 when all delivered, 1 when any failed, 125 when none is configured.
+    Test(Box<GuardArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -181,4 +191,122 @@ pub struct GuardArgs {
     /// Show the live status line and notices even where the config file says quiet.
     #[arg(long, conflicts_with = "quiet")]
     pub no_quiet: bool,
+
+    /// Directory for costguard's durable state (the notification outbox)
+    /// [default: $XDG_STATE_HOME/costguard, else ~/.local/state/costguard].
+    #[arg(long, env = "COSTGUARD_STATE_DIR", value_name = "PATH")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Slack incoming-webhook URL (a secret: prefer the env var or --slack-webhook-file).
+    #[arg(
+        long,
+        env = "COSTGUARD_SLACK_WEBHOOK",
+        value_name = "URL",
+        hide_env_values = true,
+        help_heading = "Notifications"
+    )]
+    pub slack_webhook: Option<String>,
+
+    /// File holding the Slack webhook URL.
+    #[arg(
+        long,
+        env = "COSTGUARD_SLACK_WEBHOOK_FILE",
+        value_name = "PATH",
+        help_heading = "Notifications"
+    )]
+    pub slack_webhook_file: Option<PathBuf>,
+
+    /// Generic webhook URL: each event POSTed as JSON (schema costguard.event.v1).
+    #[arg(
+        long,
+        env = "COSTGUARD_WEBHOOK",
+        value_name = "URL",
+        hide_env_values = true,
+        help_heading = "Notifications"
+    )]
+    pub webhook: Option<String>,
+
+    /// File holding the webhook URL.
+    #[arg(
+        long,
+        env = "COSTGUARD_WEBHOOK_FILE",
+        value_name = "PATH",
+        help_heading = "Notifications"
+    )]
+    pub webhook_file: Option<PathBuf>,
+
+    /// Alertmanager base URL (API v2): events become alerts that resolve by themselves.
+    #[arg(
+        long,
+        env = "COSTGUARD_ALERTMANAGER",
+        value_name = "URL",
+        hide_env_values = true,
+        help_heading = "Notifications"
+    )]
+    pub alertmanager: Option<String>,
+
+    /// PagerDuty Events API v2 routing key (a secret: prefer the env var or the file).
+    #[arg(
+        long,
+        env = "COSTGUARD_PAGERDUTY_ROUTING_KEY",
+        value_name = "KEY",
+        hide_env_values = true,
+        help_heading = "Notifications"
+    )]
+    pub pagerduty_routing_key: Option<String>,
+
+    /// File holding the PagerDuty routing key.
+    #[arg(
+        long,
+        env = "COSTGUARD_PAGERDUTY_ROUTING_KEY_FILE",
+        value_name = "PATH",
+        help_heading = "Notifications"
+    )]
+    pub pagerduty_routing_key_file: Option<PathBuf>,
+
+    /// PagerDuty events endpoint [default: https://events.pagerduty.com/v2/enqueue].
+    #[arg(
+        long,
+        env = "COSTGUARD_PAGERDUTY_URL",
+        value_name = "URL",
+        help_heading = "Notifications"
+    )]
+    pub pagerduty_url: Option<String>,
+
+    /// Command run by `sh -c` for each event, the event's JSON on its stdin.
+    #[arg(
+        long,
+        env = "COSTGUARD_NOTIFY_COMMAND",
+        value_name = "CMD",
+        help_heading = "Notifications"
+    )]
+    pub notify_command: Option<String>,
+
+    /// Event kinds to send: all, or a list of kinds, KIND:REASON allowed
+    /// [default: killed,failed,completed,warning:budget,warning:checkpoint].
+    #[arg(
+        long,
+        env = "COSTGUARD_NOTIFY_ON",
+        value_name = "KINDS",
+        help_heading = "Notifications"
+    )]
+    pub notify_on: Option<String>,
+
+    /// How long to keep delivering after the run ends [default: 10s].
+    #[arg(
+        long,
+        env = "COSTGUARD_NOTIFY_FLUSH",
+        value_name = "DURATION",
+        help_heading = "Notifications"
+    )]
+    pub notify_flush: Option<String>,
+
+    /// Bound on one delivery attempt [default: 10s].
+    #[arg(
+        long,
+        env = "COSTGUARD_NOTIFY_TIMEOUT",
+        value_name = "DURATION",
+        help_heading = "Notifications"
+    )]
+    pub notify_timeout: Option<String>,
 }

@@ -14,6 +14,8 @@ use regex::Regex;
 use serde::Deserialize;
 
 use crate::cli::GuardArgs;
+use crate::notify::{Channel, ChannelKind, KindFilter, NotifySettings};
+use crate::redact::Secret;
 use crate::units::{self, MemLimit, UnitError};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9947";
@@ -102,6 +104,55 @@ pub struct FileConfig {
     /// Per-model price overrides in dollars per GPU-hour: `[prices] "NVIDIA H100 80GB HBM3" = 2.5`.
     #[serde(default)]
     pub prices: BTreeMap<String, f64>,
+    #[serde(alias = "state_dir")]
+    pub state_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub notify: NotifyFile,
+}
+
+/// A list given as `"a,b"` or `["a", "b"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StrOrList {
+    Str(String),
+    List(Vec<String>),
+}
+
+impl StrOrList {
+    fn joined(self) -> String {
+        match self {
+            StrOrList::Str(s) => s,
+            StrOrList::List(v) => v.join(","),
+        }
+    }
+}
+
+/// The `[notify]` table. Secrets may be given as `*-file` paths instead of values.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NotifyFile {
+    #[serde(alias = "slack_webhook")]
+    pub slack_webhook: Option<String>,
+    #[serde(alias = "slack_webhook_file")]
+    pub slack_webhook_file: Option<PathBuf>,
+    pub webhook: Option<String>,
+    #[serde(alias = "webhook_file")]
+    pub webhook_file: Option<PathBuf>,
+    pub alertmanager: Option<String>,
+    #[serde(alias = "pagerduty_routing_key")]
+    pub pagerduty_routing_key: Option<String>,
+    #[serde(alias = "pagerduty_routing_key_file")]
+    pub pagerduty_routing_key_file: Option<PathBuf>,
+    #[serde(alias = "pagerduty_url")]
+    pub pagerduty_url: Option<String>,
+    pub command: Option<String>,
+    /// Kinds for every channel.
+    pub on: Option<StrOrList>,
+    /// Kinds per channel: `[notify.on-channel] slack = ["killed", "completed"]`.
+    #[serde(default, alias = "on_channel")]
+    pub on_channel: BTreeMap<String, StrOrList>,
+    pub flush: Option<String>,
+    pub timeout: Option<String>,
 }
 
 impl FileConfig {
@@ -153,6 +204,8 @@ pub struct Settings {
     pub listen_explicit: bool,
     pub quiet: bool,
     pub prices: BTreeMap<String, f64>,
+    pub state_dir: PathBuf,
+    pub notify: NotifySettings,
 }
 
 /// Picks flag/env (already merged by clap) over the file value, and remembers the origin.
@@ -313,6 +366,13 @@ impl Settings {
             }
         }
 
+        let state_dir = args
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(default_state_dir);
+        let notify = resolve_notify(args, file.notify)?;
+
         let settings = Settings {
             max_usd,
             usd_per_hour,
@@ -338,6 +398,8 @@ impl Settings {
             listen_explicit,
             quiet,
             prices: file.prices,
+            state_dir,
+            notify,
         };
         settings.check_consistency()?;
         Ok(settings)
@@ -403,4 +465,158 @@ fn parse_warn_at(v: &str, origin: &str) -> Result<Vec<f64>, ConfigError> {
     out.sort_by(|a, b| a.total_cmp(b));
     out.dedup();
     Ok(out)
+}
+
+/// `$XDG_STATE_HOME/costguard`, else `~/.local/state/costguard`, else a per-user /tmp dir.
+pub fn default_state_dir() -> PathBuf {
+    let nonempty = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(x) = nonempty("XDG_STATE_HOME") {
+        return x.join("costguard");
+    }
+    if let Some(h) = nonempty("HOME") {
+        return h.join(".local/state/costguard");
+    }
+    PathBuf::from(format!("/tmp/costguard-{}", nix::unistd::getuid()))
+}
+
+/// A secret from its flag/env, else its file flag/env, else the config value, else the
+/// config file path. Errors never print the value.
+fn secret(
+    flag: &str,
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+    cfg_value: Option<String>,
+    cfg_file: Option<PathBuf>,
+) -> Result<Option<Secret>, ConfigError> {
+    let read = |p: &PathBuf, origin: &str| -> Result<Option<Secret>, ConfigError> {
+        let text = std::fs::read_to_string(p).map_err(|e| {
+            ConfigError::Invalid(format!("cannot read {origin} {}: {e}", p.display()))
+        })?;
+        let v = text.trim();
+        if v.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "{origin} {} is empty",
+                p.display()
+            )));
+        }
+        Ok(Some(Secret(v.to_string())))
+    };
+    if let Some(v) = value.as_ref().filter(|v| !v.trim().is_empty()) {
+        return Ok(Some(Secret(v.trim().to_string())));
+    }
+    if let Some(p) = file {
+        return read(p, &format!("--{flag}-file"));
+    }
+    if let Some(v) = cfg_value.filter(|v| !v.trim().is_empty()) {
+        return Ok(Some(Secret(v.trim().to_string())));
+    }
+    if let Some(p) = cfg_file {
+        return read(&p, &format!("config key notify.{flag}-file"));
+    }
+    Ok(None)
+}
+
+fn check_url(flag: &str, s: &Secret) -> Result<(), ConfigError> {
+    let v = s.0.as_str();
+    if (v.starts_with("http://") || v.starts_with("https://")) && v.len() > "https://".len() {
+        Ok(())
+    } else {
+        // The value may be a secret: say what is wrong, not what it is.
+        Err(ConfigError::Invalid(format!(
+            "invalid --{flag}: expected an http:// or https:// URL (the value is not shown: it may be a secret)"
+        )))
+    }
+}
+
+fn resolve_notify(args: &GuardArgs, f: NotifyFile) -> Result<NotifySettings, ConfigError> {
+    let dur = |v: &str| units::parse_duration(v);
+    let mut set = NotifySettings::default();
+    let on = match pick(&args.notify_on, f.on.map(StrOrList::joined), "notify-on") {
+        Some((v, origin)) => KindFilter::parse(&v, &origin).map_err(ConfigError::Invalid)?,
+        None => KindFilter::default(),
+    };
+    let mut per: BTreeMap<ChannelKind, KindFilter> = BTreeMap::new();
+    for (name, list) in f.on_channel {
+        let kind = ChannelKind::parse(&name).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "invalid channel {name:?} in [notify.on-channel]: expected slack, webhook, alertmanager, pagerduty or command"
+            ))
+        })?;
+        let filter = KindFilter::parse(&list.joined(), &format!("notify.on-channel.{name}"))
+            .map_err(ConfigError::Invalid)?;
+        per.insert(kind, filter);
+    }
+    let mut add = |kind: ChannelKind, target: Option<Secret>| {
+        if let Some(target) = target {
+            let on = per.get(&kind).cloned().unwrap_or_else(|| on.clone());
+            set.channels.push(Channel { kind, target, on });
+        }
+    };
+    let slack = secret(
+        "slack-webhook",
+        &args.slack_webhook,
+        &args.slack_webhook_file,
+        f.slack_webhook,
+        f.slack_webhook_file,
+    )?;
+    if let Some(s) = &slack {
+        check_url("slack-webhook", s)?;
+    }
+    add(ChannelKind::Slack, slack);
+    let webhook = secret(
+        "webhook",
+        &args.webhook,
+        &args.webhook_file,
+        f.webhook,
+        f.webhook_file,
+    )?;
+    if let Some(s) = &webhook {
+        check_url("webhook", s)?;
+    }
+    add(ChannelKind::Webhook, webhook);
+    let am = secret(
+        "alertmanager",
+        &args.alertmanager,
+        &None,
+        f.alertmanager,
+        None,
+    )?;
+    if let Some(s) = &am {
+        check_url("alertmanager", s)?;
+    }
+    add(ChannelKind::Alertmanager, am);
+    let pd = secret(
+        "pagerduty-routing-key",
+        &args.pagerduty_routing_key,
+        &args.pagerduty_routing_key_file,
+        f.pagerduty_routing_key,
+        f.pagerduty_routing_key_file,
+    )?;
+    add(ChannelKind::Pagerduty, pd);
+    let cmd = args
+        .notify_command
+        .clone()
+        .or(f.command)
+        .filter(|c| !c.trim().is_empty())
+        .map(Secret);
+    add(ChannelKind::Command, cmd);
+    if let Some((v, _)) = pick(&args.pagerduty_url, f.pagerduty_url, "pagerduty-url") {
+        let s = Secret(v);
+        check_url("pagerduty-url", &s)?;
+        set.pagerduty_url = s.0;
+    }
+    if let Some(d) = conv(pick(&args.notify_flush, f.flush, "notify-flush"), dur)? {
+        set.flush = d;
+    }
+    if let Some(d) = positive(
+        conv(pick(&args.notify_timeout, f.timeout, "notify-timeout"), dur)?,
+        "notify-timeout",
+    )? {
+        set.timeout = d;
+    }
+    Ok(set)
 }

@@ -109,6 +109,12 @@ pub struct Event {
     pub phase: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub report_path: Option<String>,
+    /// The job's command line, secret-looking values masked.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub command: Option<String>,
+    /// Sent by `costguard notify test`, not by a run.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub test: bool,
 }
 
 /// RFC 3339 UTC timestamp for a SystemTime, second precision plus milliseconds.

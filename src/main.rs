@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use costguard::cli::{Cli, Sub};
+use costguard::cli::{Cli, NotifyCmd, Sub};
 use costguard::config::Settings;
 use costguard::exit;
 
@@ -32,10 +32,18 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let settings = match Settings::resolve(&cli.guard) {
+    let test_args = match &cli.subcommand {
+        Some(Sub::Notify(NotifyCmd::Test(a))) => Some(a.as_ref()),
+        _ => None,
+    };
+    let settings = match Settings::resolve(test_args.unwrap_or(&cli.guard)) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
+    costguard::redact::install(settings.notify.secrets());
+    if test_args.is_some() {
+        return notify_test(&settings);
+    }
     costguard::supervise::prepare_supervisor();
     // One thread: the job is spawned from the main thread, which lives as long as we do
     // (PDEATHSIG follows the spawning thread).
@@ -52,6 +60,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// `costguard notify test`: 0 when every channel took the test event, 1 when any failed,
+/// 125 when none is configured.
+fn notify_test(settings: &Settings) -> ExitCode {
+    if settings.notify.channels.is_empty() {
+        eprintln!(
+            "costguard: error: no notification channel configured (give --slack-webhook, \
+             --webhook, --alertmanager, --pagerduty-routing-key or --notify-command, or their \
+             COSTGUARD_* variables or [notify] config keys)"
+        );
+        return ExitCode::from(exit::OWN_FAILURE);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut lines = Vec::new();
+    let failed = rt.block_on(costguard::notify::check::run(
+        &settings.notify,
+        &host,
+        &mut lines,
+    ));
+    for l in lines {
+        println!("{l}");
+    }
+    ExitCode::from(u8::from(failed > 0))
+}
+
 /// Prints the whole error chain on one line and exits 125.
 fn fail(e: &dyn std::error::Error) -> ExitCode {
     let mut msg = format!("costguard: error: {e}");
@@ -63,6 +104,6 @@ fn fail(e: &dyn std::error::Error) -> ExitCode {
         }
         src = s.source();
     }
-    eprintln!("{msg}");
+    eprintln!("{}", costguard::redact::text(&msg));
     ExitCode::from(exit::OWN_FAILURE)
 }

@@ -21,6 +21,7 @@ use crate::events::{EventKind, KillReason};
 use crate::exit::{self, JobStatus};
 use crate::http;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::policy::{Decision, Engine, Limits};
 use crate::spend::SpendMeter;
 use crate::supervise::{HolderMsg, Job, SpawnError};
@@ -36,6 +37,12 @@ pub enum GuardError {
     #[error("failed to listen on {addr}: {source}")]
     Listen {
         addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the notification outbox {dir} (set --state-dir or COSTGUARD_STATE_DIR): {source}")]
+    Outbox {
+        dir: String,
         #[source]
         source: std::io::Error,
     },
@@ -96,7 +103,19 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
     }
     let started = start::prepare(&settings).await?;
     let started_wall = SystemTime::now();
-    let run_id = start::default_run_id(&command, started_wall);
+    let base_id = start::default_run_id(&command, started_wall);
+    let run_id = match start::reserve_run_id(&settings.state_dir, &base_id) {
+        Ok((id, _dir)) => id,
+        Err(e) => {
+            if !settings.quiet {
+                eprintln!(
+                    "costguard: notice: cannot record the run under {} ({e}); run id {base_id} may not be unique",
+                    settings.state_dir.display()
+                );
+            }
+            base_id
+        }
+    };
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -104,7 +123,32 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
         Pricing::Fixed { per_hour, .. } => *per_hour,
         _ => 0.0,
     };
-    let metrics = Arc::new(Metrics::new(&[]));
+    let channel_names: Vec<&str> = settings
+        .notify
+        .channels
+        .iter()
+        .map(|c| c.kind.as_str())
+        .collect();
+    let metrics = Arc::new(Metrics::new(&channel_names));
+    let mut notify_notices = Vec::new();
+    let has_outbox = settings.state_dir.join("outbox").is_dir();
+    let notifier = if settings.notify.channels.is_empty() && !has_outbox {
+        None
+    } else {
+        Some(
+            Notifier::start(
+                settings.notify.clone(),
+                &settings.state_dir,
+                metrics.clone(),
+                settings.quiet,
+                &mut notify_notices,
+            )
+            .map_err(|source| GuardError::Outbox {
+                dir: settings.state_dir.join("outbox").display().to_string(),
+                source,
+            })?,
+        )
+    };
     let status = Arc::new(RwLock::new(json!({})));
     let mut listening = None;
     if let Some(addr) = settings.listen {
@@ -118,7 +162,7 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
     }
     let quiet = settings.quiet;
     if !quiet {
-        for n in &started.notices {
+        for n in started.notices.iter().chain(&notify_notices) {
             eprintln!("costguard: notice: {n}");
         }
     }
@@ -144,6 +188,14 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
         last_gpus: Vec::new(),
         last_host: HostSample::default(),
         job_pids: HashSet::new(),
+        command_line: crate::redact::command_line(&command),
+        notifier,
+        notify_channels: settings
+            .notify
+            .channels
+            .iter()
+            .map(|c| c.kind.as_str())
+            .collect(),
         quiet,
         tracks_progress: capture || settings.heartbeat_file.is_some(),
     };
@@ -422,24 +474,15 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
         ),
     };
     match outcome {
-        "completed" => st.emit(EventKind::Completed, None, detail.clone()),
-        "failed" => st.emit(EventKind::Failed, None, detail.clone()),
-        _ => {
-            return Ok(finish(
-                &st,
-                code,
-                outcome,
-                &detail,
-                now,
-                &spent,
-                &wasted_text,
-                &tail,
-                &command,
-                leader,
-            ))
+        "completed" => {
+            st.emit(EventKind::Completed, None, detail.clone());
         }
-    };
-    Ok(finish(
+        "failed" => {
+            st.emit(EventKind::Failed, None, detail.clone());
+        }
+        _ => {}
+    }
+    let code = finish(
         &st,
         code,
         outcome,
@@ -450,7 +493,22 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
         &tail,
         &command,
         leader,
-    ))
+    );
+    if let Some(n) = st.notifier.take() {
+        let report = n.finish(settings.notify.flush).await;
+        if !report.undelivered.is_empty() {
+            eprintln!(
+                "costguard: {} notifications not delivered within {}; they stay in {} and go out on the next start:",
+                report.undelivered.len(),
+                format_duration(settings.notify.flush),
+                report.outbox.display()
+            );
+            for u in &report.undelivered {
+                eprintln!("costguard:   {u}");
+            }
+        }
+    }
+    Ok(code)
 }
 
 /// The one summary line on stderr (and the last output line after a kill).

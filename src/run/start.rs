@@ -141,16 +141,32 @@ pub fn default_run_id(command: &[std::ffi::OsString], now: std::time::SystemTime
         "srun",
         "accelerate",
     ];
-    let name = command
-        .iter()
-        .map(|a| {
-            std::path::Path::new(a)
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        })
-        .find(|n| !n.is_empty() && !n.starts_with('-') && !INTERPRETERS.contains(&n.as_str()))
-        .unwrap_or_else(|| "job".into());
+    // The program's name: not an interpreter, a flag, an assignment (VAR=value may hold a
+    // secret) or a flag's value; for a script (`sh -c "…"`) its first word.
+    let mut after_flag = false;
+    let mut name = None;
+    for a in command {
+        let a = a.to_string_lossy();
+        let was_flag = std::mem::replace(&mut after_flag, a.starts_with('-') && !a.contains('='));
+        let script = a.contains(char::is_whitespace);
+        if a.starts_with('-') || (a.contains('=') && !script) {
+            continue;
+        }
+        // A flag's value (`--nproc 8`, `--api-key K`), unless it looks like a file or script.
+        if was_flag && !script && !a.contains('.') && !a.contains('/') {
+            continue;
+        }
+        let word = a.split_whitespace().next().unwrap_or("");
+        let stem = std::path::Path::new(word)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !stem.is_empty() && !INTERPRETERS.contains(&stem.as_str()) && !stem.contains('=') {
+            name = Some(stem);
+            break;
+        }
+    }
+    let name = name.unwrap_or_else(|| "job".into());
     let name: String = name
         .chars()
         .map(|c| {
@@ -175,6 +191,30 @@ pub fn default_run_id(command: &[std::ffi::OsString], now: std::time::SystemTime
     )
 }
 
+/// Claims `<state-dir>/runs/<id>` for this run: `base`, else `base-2`, `base-3`, … so two
+/// runs started in the same minute never share an id (nor event ids).
+pub fn reserve_run_id(
+    state_dir: &std::path::Path,
+    base: &str,
+) -> std::io::Result<(String, std::path::PathBuf)> {
+    let runs = state_dir.join("runs");
+    crate::fsutil::private_dir(&runs)?;
+    for n in 1u32.. {
+        let id = if n == 1 {
+            base.to_string()
+        } else {
+            format!("{base}-{n}")
+        };
+        let dir = runs.join(&id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok((id, dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("u32 run suffixes exhausted")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +228,19 @@ mod tests {
             .map(Into::into)
             .collect();
         assert_eq!(default_run_id(&cmd, t), "train-2026-11-24-1147");
+        let os = |v: &[&str]| -> Vec<std::ffi::OsString> { v.iter().map(Into::into).collect() };
+        let secret = os(&["env", "HF_TOKEN=abc", "sh", "-c", "make bench --token x"]);
+        assert_eq!(default_run_id(&secret, t), "make-2026-11-24-1147");
+        let flagged = os(&["torchrun", "--nproc", "8", "fit.py"]);
+        assert_eq!(default_run_id(&flagged, t), "fit-2026-11-24-1147");
+    }
+
+    #[test]
+    fn run_ids_are_reserved_once() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (a, da) = reserve_run_id(d.path(), "x-2026").expect("first");
+        let (b, _) = reserve_run_id(d.path(), "x-2026").expect("second");
+        assert_eq!((a.as_str(), b.as_str()), ("x-2026", "x-2026-2"));
+        assert!(da.is_dir());
     }
 }

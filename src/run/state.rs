@@ -34,6 +34,11 @@ pub(super) struct State {
     pub(super) last_gpus: Vec<GpuSample>,
     pub(super) last_host: HostSample,
     pub(super) job_pids: HashSet<i32>,
+    /// The job's command line, secrets masked.
+    pub(super) command_line: String,
+    pub(super) notifier: Option<crate::notify::Notifier>,
+    /// Names of the configured channels (never their URLs or keys).
+    pub(super) notify_channels: Vec<&'static str>,
     pub(super) quiet: bool,
     /// Whether a progress source exists (output rules or a heartbeat): only then is "time
     /// since progress" worth showing.
@@ -90,6 +95,7 @@ impl State {
     }
 
     pub(super) fn emit(&mut self, kind: EventKind, reason: Option<&str>, message: String) -> Event {
+        let message = crate::redact::text(&message).into_owned();
         self.seq += 1;
         let now = self.now();
         let ev = Event {
@@ -107,6 +113,8 @@ impl State {
             host: self.host.clone(),
             phase: None,
             report_path: None,
+            command: Some(self.command_line.clone()),
+            test: false,
         };
         self.metrics
             .events
@@ -123,6 +131,9 @@ impl State {
         if loud {
             let r = reason.map(|r| format!(" ({r})")).unwrap_or_default();
             eprintln!("costguard: {}{r}: {}", kind.as_str(), ev.message);
+        }
+        if let Some(n) = &self.notifier {
+            n.send(&ev);
         }
         self.recent.push(ev.clone());
         if self.recent.len() > 50 {
@@ -178,6 +189,8 @@ impl State {
         set_opt(&m.projected_spend, projected);
         let doc = json!({
             "run_id": self.run_id,
+            "command": self.command_line,
+            "notify_channels": self.notify_channels,
             "phase": serde_json::Value::Null,
             "started_at": rfc3339(self.started_wall),
             "elapsed_seconds": now.as_secs_f64(),

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod receiver;
+
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_costguard")
 }
@@ -23,6 +25,12 @@ pub fn costguard() -> Command {
     c.env("COSTGUARD_GPU", "none");
     // An ephemeral port: tests run in parallel and never fight over the default one.
     c.env("COSTGUARD_LISTEN", "127.0.0.1:0");
+    // Never the user's state: a path that exists only if a test configures notifications
+    // without giving its own directory.
+    c.env(
+        "COSTGUARD_STATE_DIR",
+        std::env::temp_dir().join(format!("costguard-test-state-{}", std::process::id())),
+    );
     c.stdin(Stdio::null());
     c
 }

@@ -1,0 +1,181 @@
+//! Notifications: every configured channel gets the events it asked for, through a durable
+//! outbox (written before it is sent, retried with backoff, flushed at exit, delivered by the
+//! next start when something was left). Delivery runs in its own task: it never delays a kill.
+
+pub mod check;
+pub mod deliver;
+pub mod outbox;
+pub mod payload;
+pub mod worker;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::{Event, EventKind};
+use crate::redact::Secret;
+
+pub use worker::{Notifier, Report};
+
+pub const DEFAULT_PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+/// Kinds sent when a channel does not say: kills, failures, completion, budget warnings.
+pub const DEFAULT_KINDS: &str = "killed,failed,completed,warning:budget,warning:checkpoint";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    Slack,
+    Webhook,
+    Alertmanager,
+    Pagerduty,
+    Command,
+}
+
+impl ChannelKind {
+    pub const ALL: [ChannelKind; 5] = [
+        ChannelKind::Slack,
+        ChannelKind::Webhook,
+        ChannelKind::Alertmanager,
+        ChannelKind::Pagerduty,
+        ChannelKind::Command,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Slack => "slack",
+            ChannelKind::Webhook => "webhook",
+            ChannelKind::Alertmanager => "alertmanager",
+            ChannelKind::Pagerduty => "pagerduty",
+            ChannelKind::Command => "command",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChannelKind> {
+        ChannelKind::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// Which events a channel gets: `all`, a kind (`killed`), or a kind with a reason
+/// (`warning:budget`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KindFilter(Vec<String>);
+
+impl KindFilter {
+    pub fn parse(list: &str, origin: &str) -> Result<KindFilter, String> {
+        let mut out = Vec::new();
+        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let kind = part.split_once(':').map_or(part, |(k, _)| k);
+            if part != "all" && !EventKind::ALL.iter().any(|k| k.as_str() == kind) {
+                let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+                return Err(format!(
+                    "invalid {origin} entry {part:?}: expected all, or one of {} (optionally KIND:REASON)",
+                    known.join(", ")
+                ));
+            }
+            out.push(part.to_string());
+        }
+        if out.is_empty() {
+            return Err(format!("invalid {origin} {list:?}: no event kinds given"));
+        }
+        Ok(KindFilter(out))
+    }
+
+    pub fn matches(&self, e: &Event) -> bool {
+        self.0.iter().any(|f| {
+            f == "all"
+                || f == e.kind.as_str()
+                || f.split_once(':')
+                    .is_some_and(|(k, r)| k == e.kind.as_str() && e.reason.as_deref() == Some(r))
+        })
+    }
+}
+
+impl Default for KindFilter {
+    fn default() -> Self {
+        KindFilter::parse(DEFAULT_KINDS, "default").expect("valid default")
+    }
+}
+
+/// One configured destination. `target` is the URL, routing key or command: a secret.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub kind: ChannelKind,
+    pub target: Secret,
+    pub on: KindFilter,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    pub channels: Vec<Channel>,
+    pub pagerduty_url: String,
+    /// How long to keep delivering after the run ended.
+    pub flush: Duration,
+    /// Bound on one delivery attempt (an HTTP request, or the notify command).
+    pub timeout: Duration,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        NotifySettings {
+            channels: Vec::new(),
+            pagerduty_url: DEFAULT_PAGERDUTY_URL.into(),
+            flush: Duration::from_secs(10),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl NotifySettings {
+    pub fn channel(&self, kind: ChannelKind) -> Option<&Channel> {
+        self.channels.iter().find(|c| c.kind == kind)
+    }
+
+    /// The secret values to mask everywhere.
+    pub fn secrets(&self) -> Vec<String> {
+        self.channels
+            .iter()
+            .filter(|c| c.kind != ChannelKind::Command)
+            .map(|c| c.target.0.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: EventKind, reason: Option<&str>) -> Event {
+        Event {
+            id: "r-0001".into(),
+            run_id: "r".into(),
+            kind,
+            reason: reason.map(str::to_string),
+            message: String::new(),
+            at: String::new(),
+            elapsed_seconds: 0.0,
+            spend_dollars: 0.0,
+            rate_dollars_per_hour: None,
+            budget_dollars: None,
+            host: String::new(),
+            phase: None,
+            report_path: None,
+            command: None,
+            test: false,
+        }
+    }
+
+    #[test]
+    fn default_filter_is_kills_failures_completion_and_budget_warnings() {
+        let f = KindFilter::default();
+        assert!(f.matches(&ev(EventKind::Killed, Some("usd"))));
+        assert!(f.matches(&ev(EventKind::Failed, None)));
+        assert!(f.matches(&ev(EventKind::Completed, None)));
+        assert!(f.matches(&ev(EventKind::Warning, Some("budget"))));
+        assert!(!f.matches(&ev(EventKind::Warning, Some("idle-suspected"))));
+        assert!(!f.matches(&ev(EventKind::Started, None)));
+        let all = KindFilter::parse("all", "x").expect("all");
+        assert!(all.matches(&ev(EventKind::Started, None)));
+        let err = KindFilter::parse("killed,kiled", "--notify-on").unwrap_err();
+        assert!(err.contains("\"kiled\""), "{err}");
+    }
+}

@@ -1,0 +1,160 @@
+//! Secrets never leave costguard in clear: webhook URLs, routing keys and tokens given to it,
+//! and the values of the job's own secret-looking flags and variables wherever its command
+//! line is shown. The secret list is installed once at start and applied to every line
+//! costguard prints, every event, /status and every notification error.
+
+use std::borrow::Cow;
+use std::ffi::OsString;
+use std::sync::{OnceLock, RwLock};
+
+use regex::Regex;
+
+pub const MASK: &str = "[redacted]";
+
+static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// A secret value: `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(MASK)
+    }
+}
+
+/// Adds values to mask from now on (empty and very short values are ignored: masking "a"
+/// would garble every line).
+pub fn install<I: IntoIterator<Item = String>>(values: I) {
+    if let Ok(mut s) = SECRETS.write() {
+        for v in values {
+            if v.len() >= 6 && !s.contains(&v) {
+                s.push(v);
+            }
+        }
+        // Longest first, so a secret containing another is masked whole.
+        s.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    }
+}
+
+fn userinfo() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| Regex::new(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@").expect("regex"))
+}
+
+/// Masks every installed secret and any `user:password@` in a URL.
+pub fn text(s: &str) -> Cow<'_, str> {
+    let mut out = Cow::Borrowed(s);
+    if let Ok(secrets) = SECRETS.read() {
+        for v in secrets.iter() {
+            if out.contains(v.as_str()) {
+                out = Cow::Owned(out.replace(v.as_str(), MASK));
+            }
+        }
+    }
+    if userinfo().is_match(&out) {
+        out = Cow::Owned(
+            userinfo()
+                .replace_all(&out, format!("${{1}}{MASK}@"))
+                .into_owned(),
+        );
+    }
+    out
+}
+
+/// Whether a flag or variable name looks like it holds a secret.
+pub fn secret_name(name: &str) -> bool {
+    let n = name.trim_start_matches('-').to_ascii_lowercase();
+    ["key", "token", "secret", "password", "passwd", "credential"]
+        .iter()
+        .any(|w| n.contains(w))
+}
+
+fn inline() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(
+            r"(?i)((?:--?|\b)[A-Za-z0-9_.-]*(?:key|token|secret|password|passwd|credential)[A-Za-z0-9_.-]*)(=|\s+)('[^']*'|\S+)",
+        )
+        .expect("regex")
+    })
+}
+
+/// The job's command line for display, with secret-looking values masked: `--api-key V`,
+/// `--token=V`, `WANDB_API_KEY=V`, and the same inside a `sh -c` script.
+pub fn command_line(args: &[OsString]) -> String {
+    let mut out: Vec<String> = Vec::with_capacity(args.len());
+    let mut mask_next = false;
+    for a in args {
+        let a = a.to_string_lossy();
+        if mask_next {
+            out.push(MASK.into());
+            mask_next = false;
+            continue;
+        }
+        if a.chars().any(char::is_whitespace) {
+            out.push(format!(
+                "'{}'",
+                inline().replace_all(&a, format!("$1$2{MASK}"))
+            ));
+        } else if let Some((name, _)) = a.split_once('=') {
+            if secret_name(name) {
+                out.push(format!("{name}={MASK}"));
+            } else {
+                out.push(a.into_owned());
+            }
+        } else {
+            mask_next = a.starts_with('-') && secret_name(&a);
+            out.push(a.into_owned());
+        }
+    }
+    text(&out.join(" ")).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn job_flags_and_variables_are_masked() {
+        let line = command_line(&os(&[
+            "env",
+            "WANDB_API_KEY=abc123456",
+            "HOME=/root",
+            "python",
+            "train.py",
+            "--api-key",
+            "k-999999",
+            "--hf-token=t-888888",
+            "--lr",
+            "3e-4",
+        ]));
+        assert_eq!(
+            line,
+            "env WANDB_API_KEY=[redacted] HOME=/root python train.py --api-key [redacted] \
+             --hf-token=[redacted] --lr 3e-4"
+        );
+        let script = command_line(&os(&[
+            "sh",
+            "-c",
+            "train --db-password hunter22 --epochs 3",
+        ]));
+        assert_eq!(script, "sh -c 'train --db-password [redacted] --epochs 3'");
+    }
+
+    #[test]
+    fn installed_secrets_and_url_passwords_are_masked() {
+        install(["https://hooks.example/services/T1/B2/XYZSECRET".to_string()]);
+        let s = text("POST https://hooks.example/services/T1/B2/XYZSECRET failed");
+        assert_eq!(s, "POST [redacted] failed");
+        assert_eq!(
+            text("http://user:pw@am.local:9093/api"),
+            "http://[redacted]@am.local:9093/api"
+        );
+        assert_eq!(format!("{:?}", Secret("x".repeat(10))), "[redacted]");
+    }
+}
