@@ -47,6 +47,63 @@ pub enum Sub {
     /// Notification tools.
     #[command(subcommand)]
     Notify(NotifyCmd),
+    /// Run a job under the guard (as `costguard [flags] -- CMD`), optionally detached.
+    Run(Box<RunArgs>),
+    /// Preflight: is the run safe to leave? (notification path, watchdog, exit hook)
+    Check(Box<RunArgs>),
+    /// The runs in the state directory, newest first.
+    List(StateArg),
+    /// One run's check-in: phase, elapsed, ETA, kills, spend, what it waits on.
+    Status(RunRef),
+    /// A run's output (output.log); -f follows it while the run lives.
+    Logs(LogsArgs),
+    /// Stop a running run: TERM to its costguard, which ends the job's tree.
+    Stop(RunRef),
+    /// Print a run's postmortem (writing report.md again from its ledger).
+    Report(RunRef),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    /// Start in the background: print the run id and return; the run survives the terminal.
+    #[arg(long)]
+    pub detach: bool,
+    /// Start even when the preflight has unanswered questions (recorded in status and report).
+    #[arg(long)]
+    pub no_preflight: bool,
+    /// The command to guard, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StateArg {
+    /// costguard's state directory [default: $XDG_STATE_HOME/costguard, else ~/.local/state/costguard].
+    #[arg(long, env = "COSTGUARD_STATE_DIR", value_name = "PATH")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunRef {
+    /// The run id [default for status: the newest run].
+    pub run: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub state: StateArg,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    pub run: String,
+    /// Keep printing new output until the run ends.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    #[command(flatten)]
+    pub state: StateArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -196,6 +253,20 @@ pub struct GuardArgs {
     /// [default: $XDG_STATE_HOME/costguard, else ~/.local/state/costguard].
     #[arg(long, env = "COSTGUARD_STATE_DIR", value_name = "PATH")]
     pub state_dir: Option<PathBuf>,
+
+    /// Run id: a new run, or an earlier one to resume (its spend carries over)
+    /// [default: <program>-YYYY-MM-DD-HHMM].
+    #[arg(long, env = "COSTGUARD_RUN_ID", value_name = "ID")]
+    pub run_id: Option<String>,
+
+    /// Exit hook: run by `sh -c` after the run with its facts in COSTGUARD_* variables.
+    /// Commands that push, deploy, publish or send are refused (see README).
+    #[arg(long, env = "COSTGUARD_ON_EXIT", value_name = "CMD")]
+    pub on_exit: Option<String>,
+
+    /// Let --on-exit run a command that pushes, deploys, publishes or sends.
+    #[arg(long)]
+    pub allow_side_effects: bool,
 
     /// Slack incoming-webhook URL (a secret: prefer the env var or --slack-webhook-file).
     #[arg(

@@ -106,6 +106,10 @@ pub struct FileConfig {
     pub prices: BTreeMap<String, f64>,
     #[serde(alias = "state_dir")]
     pub state_dir: Option<PathBuf>,
+    #[serde(alias = "on_exit")]
+    pub on_exit: Option<String>,
+    #[serde(alias = "allow_side_effects")]
+    pub allow_side_effects: Option<bool>,
     #[serde(default)]
     pub notify: NotifyFile,
 }
@@ -206,6 +210,10 @@ pub struct Settings {
     pub prices: BTreeMap<String, f64>,
     pub state_dir: PathBuf,
     pub notify: NotifySettings,
+    pub run_id: Option<String>,
+    pub on_exit: Option<String>,
+    /// Started with --no-preflight: recorded in status and the report.
+    pub no_preflight: bool,
 }
 
 /// Picks flag/env (already merged by clap) over the file value, and remembers the origin.
@@ -372,6 +380,19 @@ impl Settings {
             .or(file.state_dir)
             .unwrap_or_else(default_state_dir);
         let notify = resolve_notify(args, file.notify)?;
+        let on_exit = args
+            .on_exit
+            .clone()
+            .or(file.on_exit)
+            .filter(|c| !c.trim().is_empty());
+        if let Some(cmd) = &on_exit {
+            let allowed = args.allow_side_effects || file.allow_side_effects.unwrap_or(false);
+            if let (false, Some(pattern)) = (allowed, crate::hook::side_effect(cmd)) {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing --on-exit {cmd:?}: it matches {pattern:?}, which pushes, deploys, publishes or sends; an exit hook should leave results somewhere known, not ship them (pass --allow-side-effects to run it anyway)"
+                )));
+            }
+        }
 
         let settings = Settings {
             max_usd,
@@ -400,6 +421,9 @@ impl Settings {
             prices: file.prices,
             state_dir,
             notify,
+            run_id: args.run_id.clone(),
+            on_exit,
+            no_preflight: false,
         };
         settings.check_consistency()?;
         Ok(settings)

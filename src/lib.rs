@@ -1,15 +1,19 @@
 //! costguard: guards metered GPU time. See ARCHITECTURE.md for the map of the code.
 
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod events;
 pub mod exit;
 pub mod fsutil;
+pub mod hook;
 pub mod http;
+pub mod ledger;
 pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod redact;
+pub mod report;
 pub mod run;
 pub mod spend;
 pub mod supervise;

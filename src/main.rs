@@ -5,7 +5,40 @@ use std::process::ExitCode;
 use clap::Parser;
 use costguard::cli::{Cli, NotifyCmd, Sub};
 use costguard::config::Settings;
-use costguard::exit;
+use costguard::{cmd, exit};
+
+enum Mode {
+    Run,
+    Check,
+    NotifyTest,
+}
+
+fn host() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Prints the three answers; true when all are answered.
+fn preflight(settings: &Settings) -> bool {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return false;
+    };
+    let answers = rt.block_on(cmd::preflight(settings, &host()));
+    let ok = cmd::print_preflight(&answers);
+    println!(
+        "{}",
+        if ok {
+            "preflight: all three answered: safe to leave"
+        } else {
+            "preflight: not safe to leave yet"
+        }
+    );
+    ok
+}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -32,17 +65,43 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let test_args = match &cli.subcommand {
-        Some(Sub::Notify(NotifyCmd::Test(a))) => Some(a.as_ref()),
-        _ => None,
+    let sd = |a: &costguard::cli::StateArg| cmd::state_dir(&a.state_dir);
+    let (args, command, detach, no_preflight, mode) = match cli.subcommand {
+        Some(Sub::List(a)) => return cmd::list(&sd(&a)),
+        Some(Sub::Status(r)) => return cmd::status(&sd(&r.state), r.run.as_deref(), r.json),
+        Some(Sub::Report(r)) => return cmd::report(&sd(&r.state), r.run.as_deref()),
+        Some(Sub::Stop(r)) => return cmd::stop(&sd(&r.state), r.run.as_deref()),
+        Some(Sub::Logs(l)) => return cmd::logs(&sd(&l.state), &l.run, l.follow),
+        Some(Sub::Notify(NotifyCmd::Test(a))) => (*a, Vec::new(), false, false, Mode::NotifyTest),
+        Some(Sub::Run(r)) => (r.guard, r.command, r.detach, r.no_preflight, Mode::Run),
+        Some(Sub::Check(r)) => (r.guard, r.command, false, false, Mode::Check),
+        Some(Sub::Hold(_)) | None => (cli.guard, cli.command, false, false, Mode::Run),
     };
-    let settings = match Settings::resolve(test_args.unwrap_or(&cli.guard)) {
+    let mut settings = match Settings::resolve(&args) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
+    settings.no_preflight = no_preflight;
     costguard::redact::install(settings.notify.secrets());
-    if test_args.is_some() {
-        return notify_test(&settings);
+    match mode {
+        Mode::NotifyTest => return notify_test(&settings),
+        Mode::Check => {
+            let ok = preflight(&settings);
+            return ExitCode::from(u8::from(!ok));
+        }
+        Mode::Run if detach => {
+            if command.is_empty() {
+                return fail(&costguard::run::guard::GuardError::NoCommand);
+            }
+            if !no_preflight && !preflight(&settings) {
+                eprintln!(
+                    "costguard: error: refusing to start in the background until the preflight is answered (or pass --no-preflight, which status and the report will show)"
+                );
+                return ExitCode::from(exit::OWN_FAILURE);
+            }
+            return cmd::detach(&settings, &command);
+        }
+        Mode::Run => {}
     }
     costguard::supervise::prepare_supervisor();
     // One thread: the job is spawned from the main thread, which lives as long as we do
@@ -54,7 +113,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    match rt.block_on(costguard::run::run(settings, cli.command)) {
+    match rt.block_on(costguard::run::run(settings, command)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => fail(&e),
     }
@@ -78,9 +137,7 @@ fn notify_test(settings: &Settings) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let host = host();
     let mut lines = Vec::new();
     let failed = rt.block_on(costguard::notify::check::run(
         &settings.notify,

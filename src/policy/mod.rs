@@ -94,10 +94,16 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(limits: Limits, meter: SpendMeter) -> Self {
+        // A resumed run does not repeat the warnings its carried-over spend already passed.
+        let carried = meter.spend_at(Duration::ZERO);
+        let warned_fracs = match limits.max_usd {
+            Some(b) => limits.warn_at.iter().filter(|f| **f * b <= carried).count(),
+            None => 0,
+        };
         Engine {
             limits,
             meter,
-            warned_fracs: 0,
+            warned_fracs,
             warn_signal_sent: false,
             idle_since: None,
             idle_gpus: Vec::new(),

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::live::LiveLine;
 use super::output::{self, LineJudge, LineProgress, Tail};
+use super::record::{RecordError, Recorder};
 use super::sampler::{self, SampleMsg};
 use super::start::{self, Pricing, StartError};
 use super::state::State;
@@ -46,14 +47,46 @@ pub enum GuardError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Record(#[from] RecordError),
     #[error("nothing to run: give the command after `--`, e.g. costguard --max-wall 1h -- python train.py")]
     NoCommand,
 }
 
-fn limits_of(s: &Settings) -> Limits {
+/// The watchdogs in words, for status and the report.
+fn watchdogs_of(s: &Settings) -> Vec<String> {
+    let d = |x: Duration| format_duration(x);
+    let mut w = Vec::new();
+    if let Some(b) = s.max_usd {
+        w.push(format!("usd {}", format_money(b)));
+    }
+    if let Some(x) = s.max_wall {
+        w.push(format!("wall {}", d(x)));
+    }
+    w.push(match s.idle {
+        Some(x) => format!("idle {} below {}%", d(x), s.idle_below),
+        None => "idle off".into(),
+    });
+    w.push(match s.stall {
+        Some(x) => format!("stall {}", d(x)),
+        None => "stall off".into(),
+    });
+    if s.max_gpu_mem.is_some() {
+        w.push("gpu memory".into());
+    }
+    if let Some(x) = s.max_host_mem {
+        w.push(format!("host memory {}", crate::units::format_bytes(x)));
+    }
+    w
+}
+
+/// The run's limits; `carried` seconds of earlier sessions count against the wall ceiling.
+fn limits_of(s: &Settings, carried: f64) -> Limits {
     Limits {
         max_usd: s.max_usd,
-        max_wall: s.max_wall,
+        max_wall: s
+            .max_wall
+            .map(|w| w.saturating_sub(Duration::from_secs_f64(carried.max(0.0)))),
         warn_before: s.warn_before,
         warn_at: s.warn_at.clone(),
         idle: s.idle,
@@ -104,21 +137,25 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
     let started = start::prepare(&settings).await?;
     let started_wall = SystemTime::now();
     let base_id = start::default_run_id(&command, started_wall);
-    let run_id = match start::reserve_run_id(&settings.state_dir, &base_id) {
-        Ok((id, _dir)) => id,
-        Err(e) => {
-            if !settings.quiet {
-                eprintln!(
-                    "costguard: notice: cannot record the run under {} ({e}); run id {base_id} may not be unique",
-                    settings.state_dir.display()
-                );
-            }
-            base_id
+    let mut record_notices = Vec::new();
+    let (run_id, rec) = Recorder::open(&settings, &base_id, &mut record_notices)?;
+    let prev = rec.prev.clone().unwrap_or_default();
+    rec.update(|l| {
+        l.command = crate::redact::command_line(&command);
+        if l.started_at.is_empty() {
+            l.started_at = crate::events::rfc3339(started_wall);
         }
-    };
+        l.on_exit = settings
+            .on_exit
+            .as_deref()
+            .map(|c| crate::redact::text(c).into_owned());
+        l.watchdogs = watchdogs_of(&settings);
+        l.no_preflight = settings.no_preflight;
+    });
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
+    rec.update(|l| l.host = host.clone());
     let rate = match &started.pricing {
         Pricing::Fixed { per_hour, .. } => *per_hour,
         _ => 0.0,
@@ -162,25 +199,37 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
     }
     let quiet = settings.quiet;
     if !quiet {
-        for n in started.notices.iter().chain(&notify_notices) {
+        for n in record_notices
+            .iter()
+            .chain(&started.notices)
+            .chain(&notify_notices)
+        {
             eprintln!("costguard: notice: {n}");
         }
     }
 
     let capture = settings.needs_output();
     let mut job = Job::spawn(&command, capture, true)?;
+    rec.update(|l| {
+        l.holder = crate::ledger::Proc::of(job.holder_pid);
+        l.pgid = Some(job.holder_pid);
+        l.cgroup = job.leaf.as_ref().map(|x| x.dir.clone());
+    });
     let t0 = Instant::now();
     let mut st = State {
         t0,
         started_wall,
         run_id,
         host,
-        engine: Engine::new(limits_of(&settings), SpendMeter::new(0.0, rate)),
+        engine: Engine::new(
+            limits_of(&settings, prev.elapsed_seconds),
+            SpendMeter::new(prev.spend_dollars, rate),
+        ),
         metrics,
         status,
         pricing: started.pricing.clone(),
         visible: started.visible.clone(),
-        seq: 0,
+        seq: prev.events,
         recent: Vec::new(),
         last_energy: None,
         telemetry_error: None,
@@ -198,6 +247,11 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
             .collect(),
         quiet,
         tracks_progress: capture || settings.heartbeat_file.is_some(),
+        rec: Some(rec),
+        wasted_carried: prev.wasted_dollars,
+        elapsed_carried: prev.elapsed_seconds,
+        longest_idle: 0.0,
+        waiting_on: None,
     };
     let rate_text = match &started.pricing {
         Pricing::Fixed { per_hour, source } => {
@@ -225,6 +279,18 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<LineProgress>();
     let tail = Tail::default();
     let judge = Arc::new(Mutex::new(LineJudge::new(settings.progress_regex.clone())));
+    let log = st
+        .rec
+        .as_ref()
+        .filter(|_| capture && std::env::var_os("COSTGUARD_OUTPUT_LOG_IS_STDOUT").is_none())
+        .and_then(|r| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(r.run_dir.join("output.log"))
+                .ok()
+        })
+        .map(|f| Arc::new(Mutex::new(f)));
     if let Some(out) = job.stdout.take() {
         tokio::spawn(output::pump(
             out,
@@ -232,6 +298,7 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
             judge.clone(),
             tail.clone(),
             progress_tx.clone(),
+            log.clone(),
         ));
     }
     if let Some(err) = job.stderr.take() {
@@ -241,6 +308,7 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
             judge.clone(),
             tail.clone(),
             progress_tx.clone(),
+            log.clone(),
         ));
     }
     if let Some(path) = settings.heartbeat_file.clone() {
@@ -361,6 +429,7 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
     if let Some((reason, evidence, first)) = kill {
         st.metrics.kills.with_label_values(&[reason.as_str()]).inc();
         st.emit(EventKind::Killed, Some(reason.as_str()), evidence.clone());
+        st.record_kill(reason.as_str(), &evidence, tail.snapshot());
         let report = job.terminate(first, grace, &mut force_rx).await;
         st.job_pids.extend(report.pids.iter().copied());
         tracing::info!(
@@ -494,6 +563,15 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
         &command,
         leader,
     );
+    let ledger = close_record(&mut st, outcome, code, &detail).await;
+    if let (Some(l), false) = (&ledger, st.quiet) {
+        if let Some(p) = &l.report_path {
+            eprintln!("costguard: report: {}", p.display());
+        }
+    }
+    if let (Some(cmd), Some(l)) = (&settings.on_exit, &ledger) {
+        super::exit_hook::run(cmd, l, st.quiet).await;
+    }
     if let Some(n) = st.notifier.take() {
         let report = n.finish(settings.notify.flush).await;
         if !report.undelivered.is_empty() {
@@ -509,6 +587,44 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
         }
     }
     Ok(code)
+}
+
+/// Final ledger state, then the report from the ledger and the event log.
+async fn close_record(
+    st: &mut State,
+    outcome: &str,
+    code: u8,
+    detail: &str,
+) -> Option<crate::ledger::Ledger> {
+    st.publish();
+    let rec = st.rec.take()?;
+    let dir = rec.run_dir.clone();
+    let state = match outcome {
+        "killed" | "stopped" | "completed" | "failed" => outcome,
+        _ => "failed",
+    };
+    rec.update(|l| {
+        l.state = state.into();
+        l.exit_code = Some(code);
+        l.outcome_detail = Some(detail.to_string());
+        l.report_path = Some(dir.join("report.md"));
+    });
+    let ledger = rec.close().await;
+    let d = dir.clone();
+    let l = ledger.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let events = crate::ledger::read_events(&d);
+        let text = crate::report::render(&l, &events);
+        crate::fsutil::write_atomic(&d.join("report.md"), text.as_bytes())
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        eprintln!(
+            "costguard: notice: could not write {}",
+            dir.join("report.md").display()
+        );
+    }
+    Some(ledger)
 }
 
 /// The one summary line on stderr (and the last output line after a kill).

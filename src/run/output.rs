@@ -79,6 +79,7 @@ pub async fn pump<R, W>(
     judge: Arc<Mutex<LineJudge>>,
     tail: Tail,
     tx: mpsc::UnboundedSender<LineProgress>,
+    log: Option<Arc<Mutex<std::fs::File>>>,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -93,6 +94,12 @@ pub async fn pump<R, W>(
         // The job's bytes first: never hold them back for our own parsing.
         let _ = to.write_all(&buf[..n]).await;
         let _ = to.flush().await;
+        if let Some(l) = &log {
+            // The run's output.log: a page-cache write, no fsync.
+            if let Ok(mut f) = l.lock() {
+                let _ = std::io::Write::write_all(&mut *f, &buf[..n]);
+            }
+        }
         partial.extend_from_slice(&buf[..n]);
         while let Some(pos) = partial.iter().position(|b| *b == b'\n' || *b == b'\r') {
             let line: Vec<u8> = partial.drain(..=pos).collect();

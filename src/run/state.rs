@@ -43,11 +43,74 @@ pub(super) struct State {
     /// Whether a progress source exists (output rules or a heartbeat): only then is "time
     /// since progress" worth showing.
     pub(super) tracks_progress: bool,
+    /// The run's record on disk (None only after it was closed).
+    pub(super) rec: Option<super::record::Recorder>,
+    /// Wasted dollars and elapsed seconds of earlier sessions of this run.
+    pub(super) wasted_carried: f64,
+    pub(super) elapsed_carried: f64,
+    pub(super) longest_idle: f64,
+    /// What the run waits on next, in words.
+    pub(super) waiting_on: Option<String>,
 }
 
 impl State {
     pub(super) fn now(&self) -> Duration {
         self.t0.elapsed()
+    }
+
+    pub(super) fn report_path(&self) -> Option<String> {
+        self.rec
+            .as_ref()
+            .map(|r| r.run_dir.join("report.md").display().to_string())
+    }
+
+    /// A kill, with its evidence and the job's last lines, into the ledger.
+    pub(super) fn record_kill(&self, reason: &str, evidence: &str, last_output: Vec<String>) {
+        let now = self.now();
+        let elapsed = self.elapsed_carried + now.as_secs_f64();
+        if let Some(r) = &self.rec {
+            r.update(|l| {
+                l.kills.push(crate::ledger::Kill {
+                    reason: reason.into(),
+                    evidence: evidence.into(),
+                    at: rfc3339(SystemTime::now()),
+                    elapsed_seconds: elapsed,
+                    phase: l.phase.clone(),
+                    last_output,
+                })
+            });
+        }
+    }
+
+    /// The next thing that will happen on its own, in words: the nearest ceiling or window.
+    pub(super) fn waiting_text(&self, now: Duration) -> String {
+        let e = &self.engine;
+        let mut next: Vec<(Duration, String)> = Vec::new();
+        if let Some(t) = e.usd_deadline(now) {
+            next.push((t.saturating_sub(now), "the dollar ceiling".into()));
+        }
+        if let Some(w) = e.limits().max_wall {
+            next.push((w.saturating_sub(now), "the wall ceiling".into()));
+        }
+        if let Some(w) = e.limits().idle {
+            let idle = e.idle_for(now);
+            if !idle.is_zero() {
+                next.push((
+                    w.saturating_sub(idle),
+                    "the idle kill (GPUs idle now)".into(),
+                ));
+            }
+        }
+        if let Some(w) = e.limits().stall {
+            next.push((
+                w.saturating_sub(e.since_progress(now)),
+                "the stall kill unless progress comes".into(),
+            ));
+        }
+        match next.into_iter().min_by_key(|(d, _)| *d) {
+            Some((d, what)) => format!("{what} in {}", format_duration(d)),
+            None => "the job to finish (no ceiling or watchdog will end it)".into(),
+        }
     }
 
     /// The live status line: spend against budget, elapsed, GPU utilization, progress age.
@@ -112,7 +175,12 @@ impl State {
             budget_dollars: self.engine.limits().max_usd,
             host: self.host.clone(),
             phase: None,
-            report_path: None,
+            report_path: matches!(
+                kind,
+                EventKind::Killed | EventKind::Completed | EventKind::Failed
+            )
+            .then(|| self.report_path())
+            .flatten(),
             command: Some(self.command_line.clone()),
             test: false,
         };
@@ -134,6 +202,17 @@ impl State {
         }
         if let Some(n) = &self.notifier {
             n.send(&ev);
+        }
+        if let Some(r) = &self.rec {
+            r.event(&ev);
+            r.update(|l| {
+                l.events = self.seq;
+                match kind {
+                    EventKind::Warning => l.warnings += 1,
+                    EventKind::AgentError => l.errors += 1,
+                    _ => {}
+                }
+            });
         }
         self.recent.push(ev.clone());
         if self.recent.len() > 50 {
@@ -219,12 +298,57 @@ impl State {
         if let Ok(mut s) = self.status.write() {
             *s = doc;
         }
+        self.longest_idle = self.longest_idle.max(e.idle_for(now).as_secs_f64());
+        self.waiting_on = Some(self.waiting_text(now));
+        let e = &self.engine;
+        if let Some(r) = &self.rec {
+            let (wasted, elapsed) = (
+                self.wasted_carried + e.wasted(now),
+                self.elapsed_carried + now.as_secs_f64(),
+            );
+            let rate = priced.then(|| e.meter().rate());
+            let (budget, wall) = (
+                e.limits().max_usd,
+                e.limits()
+                    .max_wall
+                    .map(|w| w.as_secs_f64() + self.elapsed_carried),
+            );
+            let last_progress = e.progress().last_label().map(str::to_string);
+            let last_step = e.progress().last_step();
+            let longest = self.longest_idle;
+            let waiting = self.waiting_on.clone();
+            r.update(|l| {
+                l.updated_at = rfc3339(SystemTime::now());
+                l.spend_dollars = spend;
+                l.wasted_dollars = wasted;
+                l.elapsed_seconds = elapsed;
+                l.priced = priced;
+                l.rate_dollars_per_hour = rate;
+                l.budget_dollars = budget;
+                l.max_wall_seconds = wall;
+                l.last_progress = last_progress;
+                l.last_step = last_step;
+                l.progress_total = total;
+                l.eta_seconds = secs(eta);
+                l.projected_spend_dollars = projected;
+                l.longest_idle_seconds = l.longest_idle_seconds.max(longest);
+                l.waiting_on = waiting;
+            });
+        }
     }
 
     /// Turns a telemetry sample into an observation for the policy, plus events.
     pub(super) fn on_sample(&mut self, s: SampleMsg) -> Vec<Decision> {
         let now = s.at.saturating_duration_since(self.t0);
         self.job_pids.extend(s.pids.iter().copied());
+        if let Some(r) = &self.rec {
+            let members: Vec<crate::ledger::Proc> = s
+                .pids
+                .iter()
+                .filter_map(|p| crate::ledger::Proc::of(*p))
+                .collect();
+            r.update(|l| l.members = members);
+        }
         self.last_host = s.host.clone();
         let mut obs = Observation {
             at: now,

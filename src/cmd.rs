@@ -1,0 +1,430 @@
+//! The run-management commands: check, run --detach, list, status, logs, stop, report. They
+//! read the run directories under the state directory; only `stop` touches a live run (a
+//! TERM to its costguard, which then ends the job as it would on Ctrl-C).
+
+use std::ffi::OsString;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::config::{default_state_dir, Settings};
+use crate::exit::OWN_FAILURE;
+use crate::ledger::{self, Ledger};
+use crate::units::{format_duration, format_money};
+
+fn dur(s: f64) -> String {
+    format_duration(Duration::from_secs_f64(s.max(0.0)))
+}
+
+pub fn state_dir(p: &Option<PathBuf>) -> PathBuf {
+    p.clone().unwrap_or_else(default_state_dir)
+}
+
+fn err(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!(
+        "costguard: error: {}",
+        crate::redact::text(&msg.to_string())
+    );
+    ExitCode::from(OWN_FAILURE)
+}
+
+/// The run directory of `id`, or of the newest run.
+fn find(state: &Path, id: Option<&str>) -> Result<(PathBuf, Ledger), String> {
+    match id {
+        Some(id) => {
+            let dir = ledger::runs_dir(state).join(id);
+            match Ledger::load(&dir) {
+                Ok(Some(l)) => Ok((dir, l)),
+                Ok(None) => Err(format!(
+                    "no run {id:?} in {} (costguard list shows the runs)",
+                    state.display()
+                )),
+                Err(e) => Err(format!("cannot read run {id:?}: {e}")),
+            }
+        }
+        None => ledger::list(state)
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("no runs in {}", state.display())),
+    }
+}
+
+fn state_word(l: &Ledger) -> String {
+    if l.crashed() {
+        "crashed".into()
+    } else {
+        l.state.clone()
+    }
+}
+
+pub fn list(state: &Path) -> ExitCode {
+    let runs = ledger::list(state);
+    if runs.is_empty() {
+        println!("no runs in {}", state.display());
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<36} {:<9} {:>10} {:>11} {:<24}",
+        "RUN", "STATE", "SPEND", "ELAPSED", "STARTED"
+    );
+    for (_, l) in runs {
+        let spend = if l.priced {
+            format_money(l.spend_dollars)
+        } else {
+            "unknown".into()
+        };
+        println!(
+            "{:<36} {:<9} {:>10} {:>11} {:<24}",
+            l.run_id,
+            state_word(&l),
+            spend,
+            dur(l.elapsed_seconds),
+            l.started_at
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+pub fn status(state: &Path, id: Option<&str>, json: bool) -> ExitCode {
+    let (dir, l) = match find(state, id) {
+        Ok(x) => x,
+        Err(e) => return err(e),
+    };
+    let st = state_word(&l);
+    let phase_text = match (l.phase_index, l.phases_total) {
+        (Some(i), Some(n)) => format!(
+            "{} of {n}{}",
+            i + 1,
+            l.phase
+                .as_deref()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default()
+        ),
+        _ => "single command".into(),
+    };
+    let eta = l.eta_seconds.map(dur);
+    if json {
+        let mut v = serde_json::to_value(&l).unwrap_or_default();
+        v["status"] = serde_json::json!(st);
+        v["run_dir"] = serde_json::json!(dir);
+        v["phase_text"] = serde_json::json!(phase_text);
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    let spend = if l.priced {
+        let mut s = format_money(l.spend_dollars);
+        if let Some(b) = l.budget_dollars {
+            s += &format!(" of {}", format_money(b));
+        }
+        if let Some(r) = l.rate_dollars_per_hour {
+            s += &format!(" at {}/h", format_money(r));
+        }
+        if l.wasted_dollars > 0.0 {
+            s += &format!(", wasted {}", format_money(l.wasted_dollars));
+        }
+        s
+    } else {
+        "unknown (no price)".into()
+    };
+    let kills = if l.kills.is_empty() {
+        "none".to_string()
+    } else {
+        l.kills
+            .iter()
+            .map(|k| format!("{} after {}", k.reason, dur(k.elapsed_seconds)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("run:       {} ({st})", l.run_id);
+    println!("command:   {}", l.command);
+    println!("phase:     {phase_text}");
+    println!(
+        "elapsed:   {}{}",
+        dur(l.elapsed_seconds),
+        l.max_wall_seconds
+            .map(|w| format!(" of {}", dur(w)))
+            .unwrap_or_default()
+    );
+    println!(
+        "eta:       {}",
+        eta.map_or(
+            "unknown (give --progress-total, or expected phase durations)".into(),
+            |e| {
+                format!(
+                    "{e} more{}",
+                    l.projected_spend_dollars
+                        .map(|p| format!(", {} projected at completion", format_money(p)))
+                        .unwrap_or_default()
+                )
+            }
+        )
+    );
+    println!("spend:     {spend}");
+    println!("kills:     {kills}");
+    println!("warnings:  {}   errors: {}", l.warnings, l.errors);
+    println!(
+        "progress:  {}",
+        l.last_progress
+            .as_deref()
+            .unwrap_or("no progress signal seen")
+    );
+    if st == "running" {
+        println!(
+            "waiting:   {}",
+            l.waiting_on.as_deref().unwrap_or("the first sample")
+        );
+    } else {
+        println!(
+            "outcome:   {}",
+            l.outcome_detail
+                .as_deref()
+                .unwrap_or("costguard died mid-run: resume with --run-id")
+        );
+    }
+    println!("watchdogs: {}", l.watchdogs.join(", "));
+    if l.no_preflight {
+        println!("preflight: skipped (--no-preflight)");
+    }
+    println!("directory: {}", dir.display());
+    ExitCode::SUCCESS
+}
+
+pub fn report(state: &Path, id: Option<&str>) -> ExitCode {
+    let (dir, l) = match find(state, id) {
+        Ok(x) => x,
+        Err(e) => return err(e),
+    };
+    let text = crate::report::render(&l, &ledger::read_events(&dir));
+    if let Err(e) = crate::fsutil::write_atomic(&dir.join("report.md"), text.as_bytes()) {
+        eprintln!("costguard: notice: could not write report.md: {e}");
+    }
+    print!("{text}");
+    ExitCode::SUCCESS
+}
+
+pub fn logs(state: &Path, id: &str, follow: bool) -> ExitCode {
+    let (dir, _) = match find(state, Some(id)) {
+        Ok(x) => x,
+        Err(e) => return err(e),
+    };
+    let path = dir.join("output.log");
+    let mut f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(_) => {
+            return err(format!(
+                "run {id} has no output.log: costguard keeps the output of detached runs, and of runs whose output it reads (--stall, --progress-regex)"
+            ))
+        }
+    };
+    let mut out = std::io::stdout();
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let _ = f.read_to_end(&mut buf);
+        let _ = out.write_all(&buf);
+        let _ = out.flush();
+        if !follow {
+            return ExitCode::SUCCESS;
+        }
+        let live = Ledger::load(&dir).ok().flatten().is_some_and(|l| l.live());
+        if !live {
+            // One last read after the end, then stop.
+            buf.clear();
+            let _ = f.read_to_end(&mut buf);
+            let _ = out.write_all(&buf);
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = f.stream_position();
+    }
+}
+
+pub fn stop(state: &Path, id: Option<&str>) -> ExitCode {
+    let Some(id) = id else {
+        return err("costguard stop needs a run id (costguard list shows them)");
+    };
+    let (dir, l) = match find(state, Some(id)) {
+        Ok(x) => x,
+        Err(e) => return err(e),
+    };
+    let Some(cg) = l.costguard.filter(|_| l.live()) else {
+        println!("run {id} is not running ({})", state_word(&l));
+        return ExitCode::SUCCESS;
+    };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(cg.pid),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    // costguard forwards TERM, waits its kill grace, then KILLs: allow for that.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while cg.alive() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if cg.alive() {
+        return err(format!("run {id}: costguard pid {} did not stop", cg.pid));
+    }
+    let l = Ledger::load(&dir).ok().flatten().unwrap_or(l);
+    println!(
+        "run {id} stopped: {}",
+        l.outcome_detail.as_deref().unwrap_or("ended")
+    );
+    ExitCode::SUCCESS
+}
+
+/// One answer of the preflight.
+pub struct Answer {
+    pub question: &'static str,
+    pub ok: bool,
+    pub text: String,
+}
+
+/// The three questions: notification path (with a real test send), watchdog, exit hook.
+pub async fn preflight(settings: &Settings, host: &str) -> Vec<Answer> {
+    let mut out = Vec::new();
+    if settings.notify.channels.is_empty() {
+        out.push(Answer {
+            question: "notification path",
+            ok: false,
+            text: "no channel configured: give --slack-webhook, --webhook, --alertmanager, --pagerduty-routing-key or --notify-command".into(),
+        });
+    } else {
+        let mut lines = Vec::new();
+        let failed = crate::notify::check::run(&settings.notify, host, &mut lines).await;
+        out.push(Answer {
+            question: "notification path",
+            ok: failed == 0,
+            text: format!("test event sent: {}", lines.join(", ")),
+        });
+    }
+    let mut w = Vec::new();
+    if let Some(b) = settings.max_usd {
+        w.push(format!("dollar ceiling {}", format_money(b)));
+    }
+    if let Some(x) = settings.max_wall {
+        w.push(format!("wall ceiling {}", format_duration(x)));
+    }
+    let ceilings = !w.is_empty();
+    w.push(match settings.idle {
+        Some(x) => format!("idle on ({})", format_duration(x)),
+        None => "idle off".into(),
+    });
+    w.push(match settings.stall {
+        Some(x) => format!("stall on ({})", format_duration(x)),
+        None => "stall off".into(),
+    });
+    out.push(Answer {
+        question: "watchdog",
+        ok: ceilings,
+        text: if ceilings {
+            w.join(", ")
+        } else {
+            format!(
+                "{}: no dollar or wall ceiling, so nothing ends a forgotten run (give --max-usd or --max-wall)",
+                w.join(", ")
+            )
+        },
+    });
+    let land = ledger::runs_dir(&settings.state_dir).join("<run id>");
+    out.push(match &settings.on_exit {
+        Some(cmd) => Answer {
+            question: "exit hook",
+            ok: true,
+            text: format!(
+                "runs `{}` after the run; the report, ledger and logs land in {}",
+                crate::redact::text(cmd),
+                land.display()
+            ),
+        },
+        None => Answer {
+            question: "exit hook",
+            ok: false,
+            text: format!(
+                "none given: say where results go with --on-exit CMD (e.g. copy outputs somewhere known), or --on-exit : for none; the report lands in {}",
+                land.display()
+            ),
+        },
+    });
+    out
+}
+
+pub fn print_preflight(answers: &[Answer]) -> bool {
+    for a in answers {
+        println!(
+            "{:<18} {} — {}",
+            format!("{}:", a.question),
+            if a.ok { "ok" } else { "NOT ANSWERED" },
+            a.text
+        );
+    }
+    answers.iter().all(|a| a.ok)
+}
+
+/// `run --detach`: reserve the id, start this binary again in a new session with output to
+/// the run's output.log, print the id, return.
+pub fn detach(settings: &Settings, command: &[OsString]) -> ExitCode {
+    let base = crate::run::default_run_id(command, std::time::SystemTime::now());
+    let (id, dir) = match &settings.run_id {
+        Some(id) => {
+            let dir = ledger::runs_dir(&settings.state_dir).join(id);
+            if let Err(e) = crate::fsutil::private_dir(&dir) {
+                return err(format!("cannot create {}: {e}", dir.display()));
+            }
+            (id.clone(), dir)
+        }
+        None => match crate::run::reserve_run_id(&settings.state_dir, &base) {
+            Ok(x) => x,
+            Err(e) => return err(format!("cannot create a run directory: {e}")),
+        },
+    };
+    let log = match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("output.log"))
+    {
+        Ok(f) => f,
+        Err(e) => {
+            return err(format!(
+                "cannot open {}: {e}",
+                dir.join("output.log").display()
+            ))
+        }
+    };
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    args.retain(|a| a != "--detach");
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let mut c = std::process::Command::new(exe);
+    // The id and state directory reach the child through the environment (a flag the user
+    // gave still wins, and names the same values).
+    c.args(&args)
+        .env("COSTGUARD_RUN_ID", &id)
+        .env("COSTGUARD_STATE_DIR", &settings.state_dir)
+        .env("COSTGUARD_OUTPUT_LOG_IS_STDOUT", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(
+            log.try_clone()
+                .map(Into::into)
+                .unwrap_or_else(|_| std::process::Stdio::null()),
+        )
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it gives the run its own session, away from the
+    // terminal's hangup.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        c.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    match c.spawn() {
+        Ok(child) => {
+            println!("{id}");
+            eprintln!(
+                "costguard: run {id} started in the background (costguard pid {}); costguard status {id} · costguard logs {id} -f · costguard stop {id}",
+                child.id()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => err(format!("cannot start the background run: {e}")),
+    }
+}

@@ -1,0 +1,356 @@
+//! The postmortem: `report.md` in the run directory, written at the end of every run and
+//! printed by `costguard report RUN`. Built only from the ledger and the event log, so it can
+//! be written again at any time.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::events::{Event, EventKind};
+use crate::ledger::Ledger;
+use crate::units::{format_duration, format_money};
+
+fn dur(secs: f64) -> String {
+    format_duration(Duration::from_secs_f64(secs.max(0.0)))
+}
+
+/// Rounds a suggested limit up to a readable step.
+fn round_up_secs(secs: f64) -> Duration {
+    let step = match secs {
+        s if s < 120.0 => 10.0,
+        s if s < 3600.0 => 60.0,
+        _ => 600.0,
+    };
+    Duration::from_secs_f64(((secs / step).ceil() * step).max(step))
+}
+
+fn round_up_money(d: f64) -> f64 {
+    let step = if d < 10.0 {
+        0.5
+    } else if d < 100.0 {
+        5.0
+    } else {
+        50.0
+    };
+    ((d / step).ceil() * step).max(step)
+}
+
+pub fn render(l: &Ledger, events: &[Event]) -> String {
+    let mut o = String::new();
+    let outcome = if l.state == "running" {
+        "unfinished (costguard died)"
+    } else {
+        l.state.as_str()
+    };
+    let _ = writeln!(o, "# costguard report: {}\n", l.run_id);
+    let _ = writeln!(
+        o,
+        "- **Outcome:** {outcome}{}",
+        l.outcome_detail
+            .as_deref()
+            .map(|d| format!(" — {d}"))
+            .unwrap_or_default()
+    );
+    if let Some(c) = l.exit_code {
+        let _ = writeln!(o, "- **Exit status:** {c}");
+    }
+    let _ = writeln!(o, "- **Command:** `{}`", l.command);
+    let _ = writeln!(
+        o,
+        "- **Host:** {} · **started** {} · **last update** {}",
+        l.host, l.started_at, l.updated_at
+    );
+    if l.sessions > 1 {
+        let _ = writeln!(
+            o,
+            "- **Sessions:** {} (costguard was restarted with the same run id; spend carried over)",
+            l.sessions
+        );
+    }
+    let _ = writeln!(
+        o,
+        "- **Watchdogs:** {}",
+        if l.watchdogs.is_empty() {
+            "none".into()
+        } else {
+            l.watchdogs.join(", ")
+        }
+    );
+    if l.no_preflight {
+        let _ = writeln!(o, "- **Preflight:** skipped with --no-preflight");
+    }
+    if let Some(h) = &l.on_exit {
+        let _ = writeln!(o, "- **Exit hook:** `{h}`");
+    }
+
+    let _ = writeln!(o, "\n## Planned against actual\n");
+    let _ = writeln!(o, "| | planned | actual |\n|---|---|---|");
+    let spend = if l.priced {
+        format_money(l.spend_dollars)
+    } else {
+        "unknown".into()
+    };
+    match l.budget_dollars {
+        Some(b) => {
+            let _ = writeln!(
+                o,
+                "| spend | {} budget | {spend} ({:.0}%) |",
+                format_money(b),
+                100.0 * l.spend_dollars / b.max(1e-9)
+            );
+        }
+        None => {
+            let _ = writeln!(o, "| spend | no budget | {spend} |");
+        }
+    }
+    match l.max_wall_seconds {
+        Some(w) => {
+            let _ = writeln!(o, "| time | {} wall | {} |", dur(w), dur(l.elapsed_seconds));
+        }
+        None => {
+            let _ = writeln!(o, "| time | no wall limit | {} |", dur(l.elapsed_seconds));
+        }
+    }
+    if let Some(total) = l.progress_total {
+        let _ = writeln!(
+            o,
+            "| steps | {total} | {} |",
+            l.last_step.map_or("none seen".into(), |s| s.to_string())
+        );
+    }
+    if let Some(n) = l.phases_total {
+        let done = l.phases.iter().filter(|p| p.outcome == "completed").count();
+        let _ = writeln!(
+            o,
+            "| phases | {n} | {done} completed, {} recorded |",
+            l.phases.len()
+        );
+    }
+    if !l.phases.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n| phase | expected | actual | spend | outcome |\n|---|---|---|---|---|"
+        );
+        for p in &l.phases {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {}{} |",
+                p.name,
+                p.expected_seconds.map_or("—".into(), dur),
+                dur(p.elapsed_seconds),
+                format_money(p.spend_dollars),
+                p.outcome,
+                p.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+
+    let _ = writeln!(o, "\n## Kills\n");
+    if l.kills.is_empty() {
+        let _ = writeln!(o, "None.");
+    }
+    for (i, k) in l.kills.iter().enumerate() {
+        let phase = k
+            .phase
+            .as_deref()
+            .map(|p| format!(" in phase {p}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "{}. **{}** after {}{phase}: {}",
+            i + 1,
+            k.reason,
+            dur(k.elapsed_seconds),
+            k.evidence
+        );
+        if k.last_output.is_empty() {
+            let _ = writeln!(o, "   (the job's output was not read by costguard: give --stall or --progress-regex to keep its last lines)");
+        } else {
+            let _ = writeln!(o, "\n   Last output before the kill:\n\n   ```");
+            for line in &k.last_output {
+                let _ = writeln!(o, "   {line}");
+            }
+            let _ = writeln!(o, "   ```");
+        }
+    }
+
+    let _ = writeln!(o, "\n## Cost\n");
+    let _ = writeln!(
+        o,
+        "- Spend: {spend}{}",
+        l.rate_dollars_per_hour
+            .map(|r| format!(" at {}/h at the end", format_money(r)))
+            .unwrap_or_default()
+    );
+    if l.priced {
+        let share = if l.spend_dollars > 0.0 {
+            100.0 * l.wasted_dollars / l.spend_dollars
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            o,
+            "- Wasted (GPUs idle or no progress): {} ({share:.0}% of spend)",
+            format_money(l.wasted_dollars)
+        );
+    }
+    let _ = writeln!(o, "- Time: {}", dur(l.elapsed_seconds));
+
+    let _ = writeln!(o, "\n## Surprises\n");
+    let mut surprises = Vec::new();
+    for p in &l.phases {
+        if let Some(exp) = p.expected_seconds.filter(|e| *e > 0.0) {
+            let r = p.elapsed_seconds / exp;
+            if !(0.5..=1.5).contains(&r) {
+                surprises.push(format!(
+                    "phase {} took {} against {} expected ({r:.1}×)",
+                    p.name,
+                    dur(p.elapsed_seconds),
+                    dur(exp)
+                ));
+            }
+        }
+    }
+    if l.longest_idle_seconds >= 60.0 {
+        surprises.push(format!(
+            "the GPUs sat idle for {} at a stretch",
+            dur(l.longest_idle_seconds)
+        ));
+    }
+    if l.priced && l.spend_dollars > 0.0 && l.wasted_dollars / l.spend_dollars > 0.2 {
+        surprises.push(format!(
+            "{:.0}% of the spend was wasted",
+            100.0 * l.wasted_dollars / l.spend_dollars
+        ));
+    }
+    let errors: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::AgentError)
+        .collect();
+    if !errors.is_empty() {
+        surprises.push(format!(
+            "{} costguard errors, the first: {}",
+            errors.len(),
+            errors[0].message
+        ));
+    }
+    if surprises.is_empty() {
+        let _ = writeln!(o, "Nothing stood out.");
+    }
+    for s in surprises {
+        let _ = writeln!(o, "- {s}");
+    }
+
+    let _ = writeln!(o, "\n## Suggested limits for the next similar run\n");
+    let killed_by = |r: &str| l.kills.iter().any(|k| k.reason == r);
+    let completed = l.state == "completed";
+    if completed {
+        let wall = round_up_secs(l.elapsed_seconds * 1.3);
+        let _ = writeln!(
+            o,
+            "- `--max-wall {}`: the observed {} plus 30%.",
+            format_duration(wall),
+            dur(l.elapsed_seconds)
+        );
+        if l.priced {
+            let _ = writeln!(
+                o,
+                "- `--max-usd {}`: the observed {} plus 30%.",
+                round_up_money(l.spend_dollars * 1.3),
+                format_money(l.spend_dollars)
+            );
+        }
+    } else if killed_by("wall") || killed_by("usd") {
+        let _ = writeln!(o, "- A ceiling ended the run at {} ({}). If it was still progressing (last progress: {}), raise that ceiling; if not, the job needs fixing, not more budget.",
+            dur(l.elapsed_seconds), spend, l.last_progress.as_deref().unwrap_or("none seen"));
+    }
+    if killed_by("idle") {
+        let _ = writeln!(o, "- The idle watchdog fired: if the job loads data or compiles for long at the start, set `--idle-grace` past that; otherwise the job was stuck.");
+    } else if !l
+        .watchdogs
+        .iter()
+        .any(|w| w.starts_with("idle ") && !w.ends_with("off"))
+        && l.longest_idle_seconds > 0.0
+    {
+        let _ = writeln!(
+            o,
+            "- `--idle {}`: twice the longest idle stretch seen ({}).",
+            format_duration(round_up_secs(l.longest_idle_seconds * 2.0)),
+            dur(l.longest_idle_seconds)
+        );
+    }
+    if killed_by("stall") {
+        let _ = writeln!(o, "- The stall watchdog fired: read the last output above; if a step can honestly take longer, raise `--stall`.");
+    } else if l.watchdogs.iter().any(|w| w == "stall off") {
+        let _ = writeln!(o, "- Turn on `--stall` (e.g. `--stall 15m`) with `--progress-regex`: a hang at 100% GPU is invisible to utilization.");
+    }
+    for p in &l.phases {
+        let _ = writeln!(
+            o,
+            "- phase {}: `expected = \"{}\"`, `max_wall = \"{}\"`.",
+            p.name,
+            format_duration(round_up_secs(p.elapsed_seconds)),
+            format_duration(round_up_secs(p.elapsed_seconds * 1.5))
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Kill, PhaseRecord};
+
+    #[test]
+    fn a_killed_run_reads_as_a_postmortem() {
+        let l = Ledger {
+            run_id: "sweep-1".into(),
+            state: "killed".into(),
+            command: "python train.py --api-key [redacted]".into(),
+            priced: true,
+            spend_dollars: 10.0,
+            wasted_dollars: 4.0,
+            budget_dollars: Some(40.0),
+            elapsed_seconds: 3600.0,
+            longest_idle_seconds: 900.0,
+            watchdogs: vec![
+                "usd $40.00".into(),
+                "idle off".into(),
+                "stall 15m00s".into(),
+            ],
+            kills: vec![Kill {
+                reason: "stall".into(),
+                evidence: "stall: no progress for 15m00s; last progress \"step 4120\" 15m ago"
+                    .into(),
+                elapsed_seconds: 3600.0,
+                phase: Some("train".into()),
+                last_output: vec!["step 4120 loss 1.93".into()],
+                ..Kill::default()
+            }],
+            phases: vec![PhaseRecord {
+                name: "prep".into(),
+                outcome: "completed".into(),
+                elapsed_seconds: 1800.0,
+                expected_seconds: Some(600.0),
+                spend_dollars: 5.0,
+                reason: None,
+            }],
+            ..Ledger::default()
+        };
+        let r = render(&l, &[]);
+        for want in [
+            "| spend | $40.00 budget | $10.00 (25%) |",
+            "**stall** after 1h00m00s in phase train",
+            "   step 4120 loss 1.93",
+            "Wasted (GPUs idle or no progress): $4.00 (40% of spend)",
+            "phase prep took 30m00s against 10m00s expected (3.0×)",
+            "the GPUs sat idle for 15m00s at a stretch",
+            "raise `--stall`",
+            "`--idle 30m00s`",
+        ] {
+            assert!(r.contains(want), "missing {want:?} in\n{r}");
+        }
+    }
+}

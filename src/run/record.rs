@@ -1,0 +1,170 @@
+//! The run's record on disk while it runs: the run directory, resume of an earlier session,
+//! and a writer task that keeps `ledger.json` and `events.jsonl` current without the run
+//! loop ever waiting on a disk.
+
+use std::path::PathBuf;
+
+use tokio::sync::{mpsc, watch};
+
+use super::start;
+use crate::config::Settings;
+use crate::events::Event;
+use crate::fsutil::private_dir;
+use crate::ledger::{self, Ledger, Proc};
+
+pub struct Recorder {
+    pub run_dir: PathBuf,
+    /// The earlier session's ledger when this run resumes one.
+    pub prev: Option<Ledger>,
+    tx: watch::Sender<Ledger>,
+    ev_tx: mpsc::UnboundedSender<Event>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("invalid --run-id {0:?}: use letters, digits, '.', '_' and '-' (at most 100, not starting with '.')")]
+    BadId(String),
+    #[error(
+        "run {id} is already running (costguard pid {pid}); stop it first: costguard stop {id}"
+    )]
+    Running { id: String, pid: i32 },
+    #[error("cannot write the run directory {dir}: {source}")]
+    Io {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 100
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+impl Recorder {
+    /// Opens (or resumes) the run directory. `notices` gets what the user should know.
+    pub fn open(
+        settings: &Settings,
+        base_id: &str,
+        notices: &mut Vec<String>,
+    ) -> Result<(String, Recorder), RecordError> {
+        let io = |dir: &std::path::Path| {
+            let dir = dir.display().to_string();
+            move |source| RecordError::Io { dir, source }
+        };
+        let runs = ledger::runs_dir(&settings.state_dir);
+        let (id, run_dir, prev) = match &settings.run_id {
+            Some(id) => {
+                if !valid_id(id) {
+                    return Err(RecordError::BadId(id.clone()));
+                }
+                let dir = runs.join(id);
+                private_dir(&dir).map_err(io(&dir))?;
+                let prev = Ledger::load(&dir).map_err(io(&dir))?;
+                if let Some(p) = &prev {
+                    if p.live() {
+                        return Err(RecordError::Running {
+                            id: id.clone(),
+                            pid: p.costguard.map_or(0, |c| c.pid),
+                        });
+                    }
+                    if p.crashed() {
+                        let hit = p.kill_leftovers();
+                        notices.push(format!(
+                            "run {id}: the previous costguard died without ending its job; killed {} leftover processes {:?} (a job cannot be adopted: its parent, output and exit status are gone)",
+                            hit.len(),
+                            hit
+                        ));
+                    }
+                    notices.push(format!(
+                        "resuming run {id}: {} spent over {} earlier sessions; spend continues from there",
+                        crate::units::format_money(p.spend_dollars),
+                        p.sessions
+                    ));
+                }
+                (id.clone(), dir, prev)
+            }
+            None => {
+                let (id, dir) =
+                    start::reserve_run_id(&settings.state_dir, base_id).map_err(io(&runs))?;
+                (id, dir, None)
+            }
+        };
+        let mut l = prev.clone().unwrap_or_default();
+        l.run_id = id.clone();
+        l.state = "running".into();
+        l.sessions = l.sessions.saturating_add(1);
+        l.costguard = Proc::of(std::process::id() as i32);
+        l.holder = None;
+        l.pgid = None;
+        l.cgroup = None;
+        l.exit_code = None;
+        l.outcome_detail = None;
+        l.save(&run_dir).map_err(io(&run_dir))?;
+        let (tx, mut rx) = watch::channel(l);
+        let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
+        let dir = run_dir.clone();
+        let task = tokio::spawn(async move {
+            let (mut ledger_open, mut events_open) = (true, true);
+            while ledger_open || events_open {
+                tokio::select! {
+                    biased;
+                    e = ev_rx.recv(), if events_open => match e {
+                        Some(e) => {
+                            let d = dir.clone();
+                            let _ = tokio::task::spawn_blocking(move || ledger::append_event(&d, &e)).await;
+                        }
+                        None => events_open = false,
+                    },
+                    c = rx.changed(), if ledger_open => match c {
+                        Ok(()) => {
+                            let l = rx.borrow_and_update().clone();
+                            let d = dir.clone();
+                            let _ = tokio::task::spawn_blocking(move || l.save(&d)).await;
+                        }
+                        Err(_) => ledger_open = false,
+                    },
+                }
+            }
+        });
+        Ok((
+            id,
+            Recorder {
+                run_dir,
+                prev,
+                tx,
+                ev_tx,
+                task,
+            },
+        ))
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut Ledger)) {
+        self.tx.send_modify(f);
+    }
+
+    pub fn snapshot(&self) -> Ledger {
+        self.tx.borrow().clone()
+    }
+
+    pub fn event(&self, e: &Event) {
+        let _ = self.ev_tx.send(e.clone());
+    }
+
+    /// Waits for the writer, then writes the final ledger itself.
+    pub async fn close(self) -> Ledger {
+        let last = self.tx.borrow().clone();
+        drop(self.tx);
+        drop(self.ev_tx);
+        let _ = self.task.await;
+        let dir = self.run_dir.clone();
+        let l = last.clone();
+        let _ = tokio::task::spawn_blocking(move || l.save(&dir)).await;
+        last
+    }
+}

@@ -1,0 +1,295 @@
+//! Runs you can walk away from: the ledger, resume after a crash, detach/status/stop, the
+//! report, the preflight and the exit-hook guard.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn guard(state: &std::path::Path) -> Command {
+    let mut c = costguard();
+    c.env("COSTGUARD_STATE_DIR", state);
+    c
+}
+
+fn ledger(state: &std::path::Path, id: &str) -> serde_json::Value {
+    let p = state.join("runs").join(id).join("ledger.json");
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_default()).unwrap_or_default()
+}
+
+fn out_text(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn sigkilled_costguard_resumes_its_budget_and_ends_the_old_tree() {
+    let state = tempdir();
+    let pid_file = state.path().join("job.pid");
+    // A job that survives TERM, so only the next session's kill ends it.
+    let job = format!(
+        "trap '' TERM; echo $$ > {}; while :; do sleep 0.1; done",
+        pid_file.display()
+    );
+    let mut c = guard(state.path());
+    c.args([
+        "--run-id",
+        "resume-me",
+        "--usd-per-hour",
+        "3600",
+        "--max-usd",
+        "4",
+    ])
+    .args(["--interval", "200ms", "--", "sh", "-c", &job])
+    .stderr(Stdio::null());
+    let first = c.spawn().expect("spawn");
+    let old_job = read_pid(&pid_file);
+    // Spend about $1.5, with the job's processes on record.
+    assert!(wait_until(Duration::from_secs(5), || {
+        let l = ledger(state.path(), "resume-me");
+        l["spend_dollars"].as_f64().unwrap_or(0.0) > 1.5
+            && l["members"].as_array().is_some_and(|m| !m.is_empty())
+    }));
+    let l = ledger(state.path(), "resume-me");
+    let holder = l["holder"]["pid"].as_i64().expect("holder pid") as i32;
+    // costguard and its holder die together: nothing is left to end the job.
+    let kill9 = |pid: i32| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
+    kill9(first.id() as i32);
+    kill9(holder);
+    let mut first = first;
+    let _ = first.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(alive(old_job), "the old job outlived both, as intended");
+    let spent_before = ledger(state.path(), "resume-me")["spend_dollars"]
+        .as_f64()
+        .expect("spend");
+
+    std::fs::remove_file(&pid_file).expect("rm pid");
+    let mut c = guard(state.path());
+    c.args([
+        "--run-id",
+        "resume-me",
+        "--usd-per-hour",
+        "3600",
+        "--max-usd",
+        "4",
+    ])
+    .args([
+        "--interval",
+        "200ms",
+        "--kill-grace",
+        "300ms",
+        "--",
+        "sh",
+        "-c",
+        &job,
+    ]);
+    let start = std::time::Instant::now();
+    let out = run(c);
+    let took = start.elapsed();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(124), "{err}");
+    assert!(!alive(old_job), "the old tree was killed: {err}");
+    assert!(err.contains("died without ending its job; killed"), "{err}");
+    assert!(err.contains("resuming run resume-me"), "{err}");
+    // The budget continued: about $4 - spent_before at $1/s, not a fresh $4.
+    let left = 4.0 - spent_before;
+    assert!(
+        took.as_secs_f64() < left + 1.5 && took.as_secs_f64() > left - 0.5,
+        "{took:?} for ${left:.2} left"
+    );
+    let l = ledger(state.path(), "resume-me");
+    assert_eq!(l["sessions"], 2);
+    assert_eq!(l["state"], "killed");
+    let total = l["spend_dollars"].as_f64().expect("spend");
+    // $4 at the kill, plus what the 300 ms grace accrued at $1/s.
+    assert!((4.0..4.5).contains(&total), "spend never reset: {total}");
+}
+
+#[test]
+fn detach_status_logs_and_stop() {
+    let state = tempdir();
+    let job = "i=0; while :; do i=$((i+1)); echo step $i; sleep 0.2; done";
+    let mut c = guard(state.path());
+    c.args(["run", "--detach", "--no-preflight", "--run-id", "bg"])
+        .args(["--usd-per-hour", "36", "--max-wall", "1h", "--stall", "1m"])
+        .args(["--progress-regex", r"step (\d+)", "--", "sh", "-c", job]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out_text(&out).trim(), "bg", "prints the run id and returns");
+    assert!(wait_until(Duration::from_secs(10), || {
+        ledger(state.path(), "bg")["last_progress"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("step"))
+    }));
+    let mut c = guard(state.path());
+    c.args(["status", "bg"]);
+    let st = out_text(&run(c));
+    for want in [
+        "run:       bg (running)",
+        "phase:     single command",
+        " of 1h00m00s",
+        "at $36.00/h",
+        "kills:     none",
+        "progress:  step",
+        "waiting:   the stall kill unless progress comes in",
+        "preflight: skipped (--no-preflight)",
+    ] {
+        assert!(st.contains(want), "{want:?} in\n{st}");
+    }
+    let mut c = guard(state.path());
+    c.args(["status", "bg", "--json"]);
+    let j: serde_json::Value = serde_json::from_str(&out_text(&run(c))).expect("json");
+    assert_eq!(j["status"], "running");
+    assert_eq!(j["no_preflight"], true);
+    let mut c = guard(state.path());
+    c.args(["logs", "bg"]);
+    assert!(out_text(&run(c)).contains("step 2\n"));
+    let mut c = guard(state.path());
+    c.args(["list"]);
+    assert!(out_text(&run(c)).contains("bg "));
+
+    let mut c = guard(state.path());
+    c.args(["stop", "bg"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        out_text(&out).contains("run bg stopped"),
+        "{}",
+        out_text(&out)
+    );
+    let l = ledger(state.path(), "bg");
+    assert_eq!(l["state"], "stopped");
+    assert!(state.path().join("runs/bg/report.md").is_file());
+    // The job's tree is gone: no process of the group is left.
+    let members: Vec<i64> = l["members"]
+        .as_array()
+        .map(|m| m.iter().filter_map(|p| p["pid"].as_i64()).collect())
+        .unwrap_or_default();
+    assert!(!members.is_empty());
+    for p in members {
+        assert!(
+            wait_until(Duration::from_secs(2), || !alive(p as i32)),
+            "pid {p} survived stop"
+        );
+    }
+}
+
+#[test]
+fn the_report_is_a_postmortem() {
+    let state = tempdir();
+    let mut c = guard(state.path());
+    c.args(["--run-id", "pm", "--usd-per-hour", "36", "--stall", "700ms"])
+        .args(["--progress-regex", r"step (\d+)", "--"])
+        .args([
+            "sh",
+            "-c",
+            "echo step 1; echo step 2; echo loading shard 7; sleep 30",
+        ]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    let report = std::fs::read_to_string(state.path().join("runs/pm/report.md")).expect("report");
+    for want in [
+        "# costguard report: pm",
+        "**Outcome:** killed",
+        "| spend | no budget |",
+        "**stall** after 0.7",
+        "   loading shard 7",
+        "## Cost",
+        "- Spend: $0.00",
+        "## Suggested limits for the next similar run",
+        "raise `--stall`",
+    ] {
+        assert!(report.contains(want), "{want:?} in\n{report}");
+    }
+    let mut c = guard(state.path());
+    c.args(["report", "pm"]);
+    let printed = out_text(&run(c));
+    assert!(printed.contains("**stall** after 0.7"), "{printed}");
+    // The completion path of the notification names it too.
+    let events =
+        std::fs::read_to_string(state.path().join("runs/pm/events.jsonl")).expect("events");
+    assert!(events.contains("report.md"), "{events}");
+}
+
+#[test]
+fn detach_refuses_an_unanswered_preflight() {
+    let state = tempdir();
+    let mut c = guard(state.path());
+    c.args(["run", "--detach", "--usd-per-hour", "1", "--", "sleep", "5"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(125));
+    let text = out_text(&out);
+    assert!(text.contains("notification path: NOT ANSWERED"), "{text}");
+    assert!(text.contains("watchdog:          NOT ANSWERED"), "{text}");
+    assert!(text.contains("exit hook:         NOT ANSWERED"), "{text}");
+    assert!(stderr(&out).contains("refusing to start in the background"));
+    assert!(!state.path().join("runs").exists(), "nothing started");
+
+    let rx = common::receiver::Receiver::start(vec![]);
+    let mut c = guard(state.path());
+    c.args(["check", "--webhook", &rx.url("/h"), "--max-wall", "1h"])
+        .args(["--on-exit", "cp -r out /mnt/results", "--", "true"]);
+    let out = run(c);
+    let text = out_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("notification path: ok — test event sent: webhook: ok"),
+        "{text}"
+    );
+    assert!(text.contains("watchdog:          ok — wall ceiling 1h00m00s, idle off, stall off"));
+    assert!(text.contains("exit hook:         ok — runs `cp -r out /mnt/results`"));
+    assert_eq!(rx.accepted().len(), 1, "the check really sent a test");
+}
+
+#[test]
+fn the_exit_hook_runs_with_the_facts_and_refuses_to_ship() {
+    let state = tempdir();
+    let facts = state.path().join("facts");
+    let mut c = guard(state.path());
+    c.args(["--run-id", "hooked", "--usd-per-hour", "36", "--max-wall", "300ms"])
+        .args([
+            "--on-exit",
+            &format!(
+                "echo \"$COSTGUARD_RUN_ID $COSTGUARD_OUTCOME $COSTGUARD_REASON $COSTGUARD_REPORT\" > {}",
+                facts.display()
+            ),
+        ])
+        .args(["--", "sleep", "5"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    let f = std::fs::read_to_string(&facts).expect("hook ran");
+    assert!(f.starts_with("hooked killed wall "), "{f}");
+    assert!(f.trim_end().ends_with("runs/hooked/report.md"), "{f}");
+
+    for (cmd, pattern) in [
+        ("make summary && git push origin results", "git push"),
+        ("kubectl apply -f serve.yaml", "kubectl apply"),
+        ("twine upload dist/*", "twine upload"),
+        ("mail -s done team@example.com < r.md", "mail/sendmail"),
+    ] {
+        let mut c = guard(state.path());
+        c.args(["--on-exit", cmd, "--", "true"]);
+        let out = run(c);
+        assert_eq!(out.status.code(), Some(125), "{cmd}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("refusing --on-exit") && err.contains(pattern),
+            "{err}"
+        );
+    }
+    let marker = state.path().join("pushed");
+    let mut c = guard(state.path());
+    c.args(["--allow-side-effects", "--on-exit"])
+        .arg(format!("true git push; touch {}", marker.display()))
+        .args(["--", "true"]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(marker.exists(), "--allow-side-effects lets it run");
+}
