@@ -259,6 +259,10 @@ pub struct GuardArgs {
     #[arg(long, env = "COSTGUARD_RUN_ID", value_name = "ID")]
     pub run_id: Option<String>,
 
+    /// A plan file (TOML) of ordered phases, each with its command and caps, instead of CMD.
+    #[arg(long, env = "COSTGUARD_PLAN", value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+
     /// Exit hook: run by `sh -c` after the run with its facts in COSTGUARD_* variables.
     /// Commands that push, deploy, publish or send are refused (see README).
     #[arg(long, env = "COSTGUARD_ON_EXIT", value_name = "CMD")]

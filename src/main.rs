@@ -90,7 +90,11 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::from(!ok));
         }
         Mode::Run if detach => {
-            if command.is_empty() {
+            if let Some(plan) = &settings.plan {
+                if let Err(e) = costguard::run::plan::load(plan) {
+                    return fail(&costguard::run::guard::GuardError::Plan(e));
+                }
+            } else if command.is_empty() {
                 return fail(&costguard::run::guard::GuardError::NoCommand);
             }
             if !no_preflight && !preflight(&settings) {
@@ -113,7 +117,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    match rt.block_on(costguard::run::run(settings, command)) {
+    match rt.block_on(costguard::run::run_main(settings, command)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => fail(&e),
     }

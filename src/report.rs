@@ -59,7 +59,7 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
         "- **Host:** {} · **started** {} · **last update** {}",
         l.host, l.started_at, l.updated_at
     );
-    if l.sessions > 1 {
+    if l.sessions > 1 && l.phases_total.is_none() {
         let _ = writeln!(
             o,
             "- **Sessions:** {} (costguard was restarted with the same run id; spend carried over)",

@@ -3,6 +3,7 @@
 //! next start when something was left). Delivery runs in its own task: it never delays a kill.
 
 pub mod check;
+pub mod config;
 pub mod deliver;
 pub mod outbox;
 pub mod payload;

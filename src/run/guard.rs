@@ -11,6 +11,7 @@ use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
+use super::ending::{conclude, finish, limits_of, watchdogs_of};
 use super::live::LiveLine;
 use super::output::{self, LineJudge, LineProgress, Tail};
 use super::record::{RecordError, Recorder};
@@ -23,7 +24,7 @@ use crate::exit::{self, JobStatus};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::policy::{Decision, Engine, Limits};
+use crate::policy::{Decision, Engine};
 use crate::spend::SpendMeter;
 use crate::supervise::{HolderMsg, Job, SpawnError};
 use crate::telemetry::HostSample;
@@ -49,55 +50,10 @@ pub enum GuardError {
     },
     #[error(transparent)]
     Record(#[from] RecordError),
+    #[error("{0}")]
+    Plan(String),
     #[error("nothing to run: give the command after `--`, e.g. costguard --max-wall 1h -- python train.py")]
     NoCommand,
-}
-
-/// The watchdogs in words, for status and the report.
-fn watchdogs_of(s: &Settings) -> Vec<String> {
-    let d = |x: Duration| format_duration(x);
-    let mut w = Vec::new();
-    if let Some(b) = s.max_usd {
-        w.push(format!("usd {}", format_money(b)));
-    }
-    if let Some(x) = s.max_wall {
-        w.push(format!("wall {}", d(x)));
-    }
-    w.push(match s.idle {
-        Some(x) => format!("idle {} below {}%", d(x), s.idle_below),
-        None => "idle off".into(),
-    });
-    w.push(match s.stall {
-        Some(x) => format!("stall {}", d(x)),
-        None => "stall off".into(),
-    });
-    if s.max_gpu_mem.is_some() {
-        w.push("gpu memory".into());
-    }
-    if let Some(x) = s.max_host_mem {
-        w.push(format!("host memory {}", crate::units::format_bytes(x)));
-    }
-    w
-}
-
-/// The run's limits; `carried` seconds of earlier sessions count against the wall ceiling.
-fn limits_of(s: &Settings, carried: f64) -> Limits {
-    Limits {
-        max_usd: s.max_usd,
-        max_wall: s
-            .max_wall
-            .map(|w| w.saturating_sub(Duration::from_secs_f64(carried.max(0.0)))),
-        warn_before: s.warn_before,
-        warn_at: s.warn_at.clone(),
-        idle: s.idle,
-        idle_below: s.idle_below,
-        idle_grace: s.idle_grace,
-        stall: s.stall,
-        max_gpu_mem: s.max_gpu_mem,
-        max_host_mem: s.max_host_mem,
-        stale_after: s.interval * 3,
-        progress_total: s.progress_total,
-    }
 }
 
 /// Forwards TERM, INT and HUP to the loop; the second one sets `force` (KILL now).
@@ -131,6 +87,15 @@ fn watch_signals(tx: mpsc::UnboundedSender<Signal>, force: watch::Sender<bool>) 
 
 /// Runs `command` under the guard; returns the exit code to leave with.
 pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, GuardError> {
+    run_session(settings, command).await.map(|(code, _)| code)
+}
+
+/// One session of a run (the whole run, or one phase of a plan). Returns the exit code and
+/// whether the run ended with it (a plan goes on to its next phase otherwise).
+pub async fn run_session(
+    settings: Settings,
+    command: Vec<OsString>,
+) -> Result<(u8, bool), GuardError> {
     if command.is_empty() {
         return Err(GuardError::NoCommand);
     }
@@ -141,7 +106,10 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
     let (run_id, rec) = Recorder::open(&settings, &base_id, &mut record_notices)?;
     let prev = rec.prev.clone().unwrap_or_default();
     rec.update(|l| {
-        l.command = crate::redact::command_line(&command);
+        l.command = match &settings.plan {
+            Some(p) if settings.phase.is_some() => format!("plan {}", p.display()),
+            _ => crate::redact::command_line(&command),
+        };
         if l.started_at.is_empty() {
             l.started_at = crate::events::rfc3339(started_wall);
         }
@@ -151,6 +119,11 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
             .map(|c| crate::redact::text(c).into_owned());
         l.watchdogs = watchdogs_of(&settings);
         l.no_preflight = settings.no_preflight;
+        if let Some(p) = &settings.phase {
+            l.phase = Some(p.name.clone());
+            l.phase_index = Some(p.index);
+            l.phases_total = Some(p.total);
+        }
     });
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -222,7 +195,7 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
         run_id,
         host,
         engine: Engine::new(
-            limits_of(&settings, prev.elapsed_seconds),
+            limits_of(&settings, prev.elapsed_seconds, prev.spend_dollars),
             SpendMeter::new(prev.spend_dollars, rate),
         ),
         metrics,
@@ -249,6 +222,11 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
         tracks_progress: capture || settings.heartbeat_file.is_some(),
         rec: Some(rec),
         wasted_carried: prev.wasted_dollars,
+        spent_carried: prev.spend_dollars,
+        phase_expected: settings
+            .phase
+            .as_ref()
+            .and_then(|p| Some((p.expected?, p.expected_after?))),
         elapsed_carried: prev.elapsed_seconds,
         longest_idle: 0.0,
         waiting_on: None,
@@ -260,7 +238,12 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
         Pricing::Energy { per_kwh } => format!("GPU energy at {}/kWh", format_money(*per_kwh)),
         Pricing::Unknown => "rate unknown (spend not metered)".into(),
     };
-    let mut start_msg = format!("run {} started: {rate_text}", st.run_id);
+    let phase_text = settings
+        .phase
+        .as_ref()
+        .map(|p| format!(" phase {}/{} {}", p.index + 1, p.total, p.name))
+        .unwrap_or_default();
+    let mut start_msg = format!("run {}{phase_text} started: {rate_text}", st.run_id);
     if let Some(b) = settings.max_usd {
         start_msg += &format!(", budget {}", format_money(b));
     }
@@ -542,15 +525,6 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
             "the holder process was lost; the job's status is unknown".into(),
         ),
     };
-    match outcome {
-        "completed" => {
-            st.emit(EventKind::Completed, None, detail.clone());
-        }
-        "failed" => {
-            st.emit(EventKind::Failed, None, detail.clone());
-        }
-        _ => {}
-    }
     let code = finish(
         &st,
         code,
@@ -563,99 +537,6 @@ pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, Guard
         &command,
         leader,
     );
-    let ledger = close_record(&mut st, outcome, code, &detail).await;
-    if let (Some(l), false) = (&ledger, st.quiet) {
-        if let Some(p) = &l.report_path {
-            eprintln!("costguard: report: {}", p.display());
-        }
-    }
-    if let (Some(cmd), Some(l)) = (&settings.on_exit, &ledger) {
-        super::exit_hook::run(cmd, l, st.quiet).await;
-    }
-    if let Some(n) = st.notifier.take() {
-        let report = n.finish(settings.notify.flush).await;
-        if !report.undelivered.is_empty() {
-            eprintln!(
-                "costguard: {} notifications not delivered within {}; they stay in {} and go out on the next start:",
-                report.undelivered.len(),
-                format_duration(settings.notify.flush),
-                report.outbox.display()
-            );
-            for u in &report.undelivered {
-                eprintln!("costguard:   {u}");
-            }
-        }
-    }
-    Ok(code)
-}
-
-/// Final ledger state, then the report from the ledger and the event log.
-async fn close_record(
-    st: &mut State,
-    outcome: &str,
-    code: u8,
-    detail: &str,
-) -> Option<crate::ledger::Ledger> {
-    st.publish();
-    let rec = st.rec.take()?;
-    let dir = rec.run_dir.clone();
-    let state = match outcome {
-        "killed" | "stopped" | "completed" | "failed" => outcome,
-        _ => "failed",
-    };
-    rec.update(|l| {
-        l.state = state.into();
-        l.exit_code = Some(code);
-        l.outcome_detail = Some(detail.to_string());
-        l.report_path = Some(dir.join("report.md"));
-    });
-    let ledger = rec.close().await;
-    let d = dir.clone();
-    let l = ledger.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        let events = crate::ledger::read_events(&d);
-        let text = crate::report::render(&l, &events);
-        crate::fsutil::write_atomic(&d.join("report.md"), text.as_bytes())
-    })
-    .await;
-    if !matches!(written, Ok(Ok(()))) {
-        eprintln!(
-            "costguard: notice: could not write {}",
-            dir.join("report.md").display()
-        );
-    }
-    Some(ledger)
-}
-
-/// The one summary line on stderr (and the last output line after a kill).
-#[expect(clippy::too_many_arguments)]
-fn finish(
-    st: &State,
-    code: u8,
-    outcome: &str,
-    detail: &str,
-    now: Duration,
-    spent: &str,
-    wasted_text: &str,
-    tail: &Tail,
-    command: &[OsString],
-    leader: Option<JobStatus>,
-) -> u8 {
-    if let Some(JobStatus::ExecFailed(_)) = leader {
-        eprintln!(
-            "costguard: cannot run {:?}: {}",
-            command[0],
-            detail.trim_start_matches("could not execute: ")
-        );
-    }
-    if outcome == "killed" || outcome == "stopped" {
-        if let (Some(line), false) = (tail.snapshot().last(), st.quiet) {
-            eprintln!("costguard: last output: {line}");
-        }
-    }
-    eprintln!(
-        "costguard: {outcome}: {detail}; ran {}, {spent}{wasted_text}",
-        format_duration(now)
-    );
-    code
+    let ended = conclude(&mut st, &settings, outcome, code, &detail).await;
+    Ok((code, ended))
 }

@@ -66,7 +66,12 @@ impl Recorder {
                 let dir = runs.join(id);
                 private_dir(&dir).map_err(io(&dir))?;
                 let prev = Ledger::load(&dir).map_err(io(&dir))?;
-                if let Some(p) = &prev {
+                let me = std::process::id() as i32;
+                // The next phase of a plan in this same process continues the record.
+                let ours = prev
+                    .as_ref()
+                    .is_some_and(|p| p.costguard.is_some_and(|c| c.pid == me) && p.live());
+                if let Some(p) = prev.as_ref().filter(|_| !ours) {
                     if p.live() {
                         return Err(RecordError::Running {
                             id: id.clone(),

@@ -47,6 +47,9 @@ pub(super) struct State {
     pub(super) rec: Option<super::record::Recorder>,
     /// Wasted dollars and elapsed seconds of earlier sessions of this run.
     pub(super) wasted_carried: f64,
+    pub(super) spent_carried: f64,
+    /// A plan's phase: (expected duration of this phase, expected seconds of the rest).
+    pub(super) phase_expected: Option<(Duration, f64)>,
     pub(super) elapsed_carried: f64,
     pub(super) longest_idle: f64,
     /// What the run waits on next, in words.
@@ -252,7 +255,10 @@ impl State {
         let to_usd = e.usd_deadline(now).map(|t| t.saturating_sub(now));
         let to_wall = e.limits().max_wall.map(|w| w.saturating_sub(now));
         let total = e.limits().progress_total;
-        let eta = total.and_then(|t| e.progress().eta(t, now));
+        let eta = total.and_then(|t| e.progress().eta(t, now)).or_else(|| {
+            self.phase_expected
+                .map(|(this, rest)| this.saturating_sub(now) + Duration::from_secs_f64(rest))
+        });
         let projected = eta
             .filter(|_| self.pricing != Pricing::Unknown)
             .map(|eta| spend + e.meter().rate() * eta.as_secs_f64() / 3600.0);
