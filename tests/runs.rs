@@ -208,6 +208,12 @@ fn the_report_is_a_postmortem() {
     ] {
         assert!(report.contains(want), "{want:?} in\n{report}");
     }
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(state.path().join("runs/pm/config.json")).expect("config.json"),
+    )
+    .expect("json");
+    assert_eq!(cfg["stall_seconds"], 0.7);
+    assert!(state.path().join("runs/pm/output.log").is_file());
     let mut c = guard(state.path());
     c.args(["report", "pm"]);
     let printed = out_text(&run(c));
