@@ -272,6 +272,43 @@ pub struct GuardArgs {
     #[arg(long)]
     pub allow_side_effects: bool,
 
+    /// Fleet budget: kill this workload when the fleet's total spend (read from Prometheus)
+    /// reaches this amount.
+    #[arg(
+        long,
+        env = "COSTGUARD_FLEET_MAX_USD",
+        value_name = "AMOUNT",
+        help_heading = "Fleet"
+    )]
+    pub fleet_max_usd: Option<String>,
+
+    /// Prometheus base URL that scrapes every costguard of the fleet.
+    #[arg(
+        long,
+        env = "COSTGUARD_PROMETHEUS_URL",
+        value_name = "URL",
+        help_heading = "Fleet"
+    )]
+    pub prometheus_url: Option<String>,
+
+    /// Label selector of the fleet's costguards, e.g. '{experiment="bert"}' [default: all].
+    #[arg(
+        long,
+        env = "COSTGUARD_FLEET_SELECTOR",
+        value_name = "SELECTOR",
+        help_heading = "Fleet"
+    )]
+    pub fleet_selector: Option<String>,
+
+    /// How often to read the fleet's total [default: 15s].
+    #[arg(
+        long,
+        env = "COSTGUARD_FLEET_INTERVAL",
+        value_name = "DURATION",
+        help_heading = "Fleet"
+    )]
+    pub fleet_interval: Option<String>,
+
     /// Slack incoming-webhook URL (a secret: prefer the env var or --slack-webhook-file).
     #[arg(
         long,

@@ -108,6 +108,14 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     #[serde(alias = "on_exit")]
     pub on_exit: Option<String>,
+    #[serde(alias = "fleet_max_usd")]
+    pub fleet_max_usd: Option<Scalar>,
+    #[serde(alias = "prometheus_url")]
+    pub prometheus_url: Option<String>,
+    #[serde(alias = "fleet_selector")]
+    pub fleet_selector: Option<String>,
+    #[serde(alias = "fleet_interval")]
+    pub fleet_interval: Option<String>,
     pub plan: Option<PathBuf>,
     #[serde(alias = "allow_side_effects")]
     pub allow_side_effects: Option<bool>,
@@ -173,6 +181,7 @@ pub struct Settings {
     /// Set by a plan for each of its phases.
     pub phase: Option<PhaseCtx>,
     pub plan: Option<PathBuf>,
+    pub fleet: Option<crate::fleet::FleetSettings>,
 }
 
 /// The phase a session runs, with its own caps (counted from the phase's start).
@@ -358,6 +367,12 @@ impl Settings {
             .or(file.state_dir)
             .unwrap_or_else(default_state_dir);
         let notify = resolve_notify(args, file.notify)?;
+        let mut file_fleet = (
+            file.fleet_max_usd.map(Scalar::into_string),
+            file.prometheus_url,
+            file.fleet_selector,
+            file.fleet_interval,
+        );
         let on_exit = args
             .on_exit
             .clone()
@@ -404,6 +419,7 @@ impl Settings {
             no_preflight: false,
             phase: None,
             plan: args.plan.clone().or(file.plan),
+            fleet: resolve_fleet(args, &mut file_fleet)?,
         };
         settings.check_consistency()?;
         Ok(settings)
@@ -485,4 +501,54 @@ pub fn default_state_dir() -> PathBuf {
         return h.join(".local/state/costguard");
     }
     PathBuf::from(format!("/tmp/costguard-{}", nix::unistd::getuid()))
+}
+
+type FleetFile = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+fn resolve_fleet(
+    args: &GuardArgs,
+    f: &mut FleetFile,
+) -> Result<Option<crate::fleet::FleetSettings>, ConfigError> {
+    let max = conv(
+        pick(&args.fleet_max_usd, f.0.take(), "fleet-max-usd"),
+        units::parse_money,
+    )?;
+    let url = pick(&args.prometheus_url, f.1.take(), "prometheus-url");
+    let selector = pick(&args.fleet_selector, f.2.take(), "fleet-selector");
+    let interval = positive(
+        conv(
+            pick(&args.fleet_interval, f.3.take(), "fleet-interval"),
+            units::parse_duration,
+        )?,
+        "fleet-interval",
+    )?;
+    match (max, url) {
+        (None, None) if selector.is_none() => Ok(None),
+        (Some(max), Some((url, origin))) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "invalid {origin} {url:?}: expected an http:// or https:// URL"
+                )));
+            }
+            Ok(Some(crate::fleet::FleetSettings {
+                max_usd: max,
+                prometheus_url: url,
+                selector: selector.map(|s| s.0).unwrap_or_default(),
+                interval: interval.unwrap_or(Duration::from_secs(15)),
+                window: Duration::from_secs(7 * 86_400),
+            }))
+        }
+        (Some(_), None) => Err(ConfigError::Invalid(
+            "--fleet-max-usd needs --prometheus-url (where the fleet's spend is read)".into(),
+        )),
+        _ => Err(ConfigError::Invalid(
+            "--prometheus-url and --fleet-selector need --fleet-max-usd (the fleet's budget)"
+                .into(),
+        )),
+    }
 }

@@ -5,6 +5,7 @@ pub mod cmd;
 pub mod config;
 pub mod events;
 pub mod exit;
+pub mod fleet;
 pub mod fsutil;
 pub mod hook;
 pub mod http;

@@ -117,6 +117,19 @@ fn prometheus(
     target: u16,
     rules: Option<&std::path::Path>,
 ) -> (std::process::Child, u16) {
+    prometheus_of(dir, &[target], rules)
+}
+
+fn prometheus_of(
+    dir: &std::path::Path,
+    targets: &[u16],
+    rules: Option<&std::path::Path>,
+) -> (std::process::Child, u16) {
+    let list = targets
+        .iter()
+        .map(|t| format!("'127.0.0.1:{t}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let prom_port = free_port();
     let cfg = dir.join("prometheus.yml");
     let rule_files = rules.map_or(String::new(), |r| {
@@ -124,7 +137,7 @@ fn prometheus(
     });
     std::fs::write(
         &cfg,
-        format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: costguard\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"),
+        format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: costguard\n    static_configs:\n      - targets: [{list}]\n"),
     )
     .expect("write config");
     let prom = Command::new("prometheus")
@@ -343,4 +356,92 @@ fn dashboard_is_import_ready() {
             }
         }
     }
+}
+
+/// The final "spent $X" of a summary line.
+fn final_spend(err: &str) -> f64 {
+    let re = regex::Regex::new(r"spent \$([0-9.]+)").expect("regex");
+    re.captures_iter(err)
+        .last()
+        .and_then(|c| c[1].parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+#[test]
+fn a_fleet_budget_read_from_prometheus_stops_every_member() {
+    let dir = tempdir();
+    let ports = [free_port(), free_port(), free_port()];
+    let (prom, prom_port) = prometheus_of(dir.path(), &ports, None);
+    let ready = wait_until(Duration::from_secs(20), || {
+        http_get(prom_port, "/-/ready").is_some()
+    });
+    let members: Vec<std::process::Child> = ports
+        .iter()
+        .map(|p| {
+            let mut c = costguard();
+            c.args([
+                "--listen",
+                &format!("127.0.0.1:{p}"),
+                "--usd-per-hour",
+                "3600",
+            ])
+            .args(["--fleet-max-usd", "15", "--fleet-interval", "500ms"])
+            .args(["--prometheus-url", &format!("http://127.0.0.1:{prom_port}")])
+            .args([
+                "--fleet-selector",
+                "{job=\"costguard\"}",
+                "--max-wall",
+                "60s",
+            ])
+            .args(["--", "sleep", "60"])
+            .stderr(Stdio::piped());
+            c.spawn().expect("spawn member")
+        })
+        .collect();
+    let outs: Vec<std::process::Output> = members
+        .into_iter()
+        .map(|m| m.wait_with_output().expect("wait"))
+        .collect();
+    end(prom);
+    assert!(ready, "Prometheus never became ready");
+    let mut total = 0.0;
+    for o in &outs {
+        let err = stderr(o);
+        assert_eq!(o.status.code(), Some(124), "{err}");
+        assert!(err.contains("killed: fleet: the fleet spent $"), "{err}");
+        total += final_spend(&err);
+    }
+    // Three members at $1/s each reach $15 after 5 s, past Prometheus' first scrapes. The
+    // query projects each member past its last scrape, so what is left is the fleet interval
+    // (0.5 s), the metric refresh (0.2 s) and the query: 3 × $1/s × ~0.7 s, bounded here by
+    // 3 × $1/s × 2 s.
+    let overshoot = total - 15.0;
+    eprintln!(
+        "fleet budget $15.00: the members spent ${total:.2} in all (overshoot ${overshoot:.2})"
+    );
+    assert!(total >= 15.0 && overshoot < 6.0, "total ${total:.2}");
+
+    // Prometheus unreachable: an agent-error, and the local ceiling still fires on time.
+    let closed = free_port();
+    let mut c = costguard();
+    c.args([
+        "--usd-per-hour",
+        "36",
+        "--fleet-max-usd",
+        "1",
+        "--fleet-interval",
+        "200ms",
+    ])
+    .args(["--prometheus-url", &format!("http://127.0.0.1:{closed}")])
+    .args(["--max-wall", "1500ms", "--", "sleep", "30"]);
+    let start = std::time::Instant::now();
+    let out = run(c);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(124), "{err}");
+    assert!(
+        err.contains("agent-error (fleet-unreachable): fleet budget unknown"),
+        "{err}"
+    );
+    assert!(err.contains("killed: wall"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(5));
 }

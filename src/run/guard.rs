@@ -265,6 +265,8 @@ pub async fn run_session(
         elapsed_carried: prev.elapsed_seconds,
         longest_idle: 0.0,
         waiting_on: None,
+        fleet_total: None,
+        fleet_error: None,
     };
     let rate_text = match &started.pricing {
         Pricing::Fixed { per_hour, source } => {
@@ -367,8 +369,15 @@ pub async fn run_session(
     let (force_tx, mut force_rx) = watch::channel(false);
     watch_signals(sig_tx, force_tx);
     let mut msgs = job.take_msgs();
+    let (fleet_tx, mut fleet_rx) = mpsc::unbounded_channel();
+    let fleet_task = settings
+        .fleet
+        .clone()
+        .map(|f| tokio::spawn(crate::fleet::poll(f, fleet_tx)));
 
     let mut live = LiveLine::new(quiet);
+    let mut meters = tokio::time::interval(Duration::from_millis(200));
+    meters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut redraw = tokio::time::interval(Duration::from_secs(1));
     redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut leader: Option<JobStatus> = None;
@@ -403,6 +412,14 @@ pub async fn run_session(
                 Vec::new()
             }
             Some(s) = sample_rx.recv() => st.on_sample(s),
+            Some(f) = fleet_rx.recv(), if fleet_task.is_some() => match &settings.fleet {
+                Some(fs) => st.on_fleet(f, fs),
+                None => Vec::new(),
+            },
+            _ = meters.tick() => {
+                st.refresh_meters();
+                Vec::new()
+            }
             _ = redraw.tick(), if live.is_some() => {
                 if let Some(l) = live.as_mut() {
                     l.draw(&st.live_text(st.now()));
@@ -498,6 +515,9 @@ pub async fn run_session(
         }
     }
     sampler.abort();
+    if let Some(t) = &fleet_task {
+        t.abort();
+    }
 
     if let (Some((reason, _)), Some(gpu)) = (&killed_by, &started.gpu) {
         if reason.is_ceiling() {

@@ -54,6 +54,9 @@ pub(super) struct State {
     pub(super) longest_idle: f64,
     /// What the run waits on next, in words.
     pub(super) waiting_on: Option<String>,
+    /// The fleet's total spend last read from Prometheus, and the current read error.
+    pub(super) fleet_total: Option<f64>,
+    pub(super) fleet_error: Option<String>,
 }
 
 impl State {
@@ -83,6 +86,57 @@ impl State {
                 })
             });
         }
+    }
+
+    /// Brings the spend counters up to now (cheap: a few atomics), so a scrape is never more
+    /// than one refresh tick behind the meter.
+    pub(super) fn refresh_meters(&self) {
+        if self.pricing == Pricing::Unknown {
+            return;
+        }
+        let now = self.now();
+        Metrics::set_counter(&self.metrics.spend, Some(self.engine.spend(now)));
+        Metrics::set_counter(&self.metrics.wasted, Some(self.engine.wasted(now)));
+        self.metrics.elapsed.set(now.as_secs_f64());
+    }
+
+    /// A reading of the fleet's total spend (or why there is none).
+    pub(super) fn on_fleet(
+        &mut self,
+        m: crate::fleet::FleetMsg,
+        f: &crate::fleet::FleetSettings,
+    ) -> Vec<Decision> {
+        match m {
+            crate::fleet::FleetMsg::Total(t) => {
+                if self.fleet_error.take().is_some() && !self.quiet {
+                    eprintln!("costguard: fleet budget readable again");
+                }
+                self.fleet_total = Some(t);
+                if t >= f.max_usd {
+                    return vec![Decision::Kill {
+                        reason: crate::events::KillReason::Fleet,
+                        evidence: format!(
+                            "fleet: the fleet spent {} of {} ({} at {})",
+                            format_money(t),
+                            format_money(f.max_usd),
+                            f.query(),
+                            crate::redact::text(&f.prometheus_url)
+                        ),
+                    }];
+                }
+            }
+            crate::fleet::FleetMsg::Error(e) => {
+                if self.fleet_error.is_none() {
+                    self.emit(
+                        EventKind::AgentError,
+                        Some("fleet-unreachable"),
+                        format!("fleet budget unknown: {e}; the local ceilings still hold"),
+                    );
+                }
+                self.fleet_error = Some(e);
+            }
+        }
+        Vec::new()
     }
 
     /// The next thing that will happen on its own, in words: the nearest ceiling or window.
@@ -297,6 +351,8 @@ impl State {
                 "projected_spend_dollars": projected,
             },
             "telemetry_error": self.telemetry_error,
+            "fleet_spend_dollars": self.fleet_total,
+            "fleet_error": self.fleet_error,
             "gpus": self.last_gpus,
             "host": self.last_host,
             "recent_events": self.recent.iter().rev().take(20).collect::<Vec<_>>(),
