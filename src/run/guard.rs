@@ -90,59 +90,24 @@ fn write_config(dir: &std::path::Path, s: &Settings, command: &[OsString]) {
     }
 }
 
-/// Forwards TERM, INT and HUP to the loop; the second one sets `force` (KILL now).
-fn watch_signals(tx: mpsc::UnboundedSender<Signal>, force: watch::Sender<bool>) {
-    let kinds = [
-        (SignalKind::terminate(), Signal::SIGTERM),
-        (SignalKind::interrupt(), Signal::SIGINT),
-        (SignalKind::hangup(), Signal::SIGHUP),
-    ];
-    let count = Arc::new(Mutex::new(0u32));
-    let force = Arc::new(force);
-    for (kind, sig) in kinds {
-        let Ok(mut stream) = signal(kind) else {
-            continue;
-        };
-        let (tx, count, force) = (tx.clone(), count.clone(), force.clone());
-        tokio::spawn(async move {
-            while stream.recv().await.is_some() {
-                let n = count.lock().map(|mut c| {
-                    *c += 1;
-                    *c
-                });
-                if n.unwrap_or(1) >= 2 {
-                    let _ = force.send(true);
-                }
-                let _ = tx.send(sig);
-            }
-        });
-    }
-}
-
-/// Runs `command` under the guard; returns the exit code to leave with.
-pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, GuardError> {
-    run_session(settings, command).await.map(|(code, _)| code)
-}
-
-/// One session of a run (the whole run, or one phase of a plan). Returns the exit code and
-/// whether the run ended with it (a plan goes on to its next phase otherwise).
-pub async fn run_session(
-    settings: Settings,
-    command: Vec<OsString>,
-) -> Result<(u8, bool), GuardError> {
-    if command.is_empty() {
-        return Err(GuardError::NoCommand);
-    }
-    let started = start::prepare(&settings).await?;
+/// Everything before the job starts: prices and NVML, the run record, metrics and the
+/// endpoint, notifications, the state and the `started` event. Shared by the guard and the
+/// agent.
+pub(super) async fn open(
+    settings: &Settings,
+    command: &[OsString],
+    base_id: &str,
+    capture: bool,
+) -> Result<(State, start::Started), GuardError> {
+    let started = start::prepare(settings).await?;
     let started_wall = SystemTime::now();
-    let base_id = start::default_run_id(&command, started_wall);
     let mut record_notices = Vec::new();
-    let (run_id, rec) = Recorder::open(&settings, &base_id, &mut record_notices)?;
+    let (run_id, rec) = Recorder::open(settings, base_id, &mut record_notices)?;
     let prev = rec.prev.clone().unwrap_or_default();
     rec.update(|l| {
         l.command = match &settings.plan {
             Some(p) if settings.phase.is_some() => format!("plan {}", p.display()),
-            _ => crate::redact::command_line(&command),
+            _ => crate::redact::command_line(command),
         };
         if l.started_at.is_empty() {
             l.started_at = crate::events::rfc3339(started_wall);
@@ -151,7 +116,7 @@ pub async fn run_session(
             .on_exit
             .as_deref()
             .map(|c| crate::redact::text(c).into_owned());
-        l.watchdogs = watchdogs_of(&settings);
+        l.watchdogs = watchdogs_of(settings);
         l.no_preflight = settings.no_preflight;
         if let Some(p) = &settings.phase {
             l.phase = Some(p.name.clone());
@@ -159,7 +124,7 @@ pub async fn run_session(
             l.phases_total = Some(p.total);
         }
     });
-    write_config(&rec.run_dir, &settings, &command);
+    write_config(&rec.run_dir, settings, command);
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -216,13 +181,6 @@ pub async fn run_session(
         }
     }
 
-    let capture = settings.needs_output();
-    let mut job = Job::spawn(&command, capture, true)?;
-    rec.update(|l| {
-        l.holder = crate::ledger::Proc::of(job.holder_pid);
-        l.pgid = Some(job.holder_pid);
-        l.cgroup = job.leaf.as_ref().map(|x| x.dir.clone());
-    });
     let t0 = Instant::now();
     let mut st = State {
         t0,
@@ -230,7 +188,7 @@ pub async fn run_session(
         run_id,
         host,
         engine: Engine::new(
-            limits_of(&settings, prev.elapsed_seconds, prev.spend_dollars),
+            limits_of(settings, prev.elapsed_seconds, prev.spend_dollars),
             SpendMeter::new(prev.spend_dollars, rate),
         ),
         metrics,
@@ -245,7 +203,7 @@ pub async fn run_session(
         last_gpus: Vec::new(),
         last_host: HostSample::default(),
         job_pids: HashSet::new(),
-        command_line: crate::redact::command_line(&command),
+        command_line: crate::redact::command_line(command),
         notifier,
         notify_channels: settings
             .notify
@@ -294,6 +252,62 @@ pub async fn run_session(
         eprintln!("costguard: {start_msg}");
     }
     st.emit(EventKind::Started, None, start_msg);
+    Ok((st, started))
+}
+
+/// Forwards TERM, INT and HUP to the loop; the second one sets `force` (KILL now).
+fn watch_signals(tx: mpsc::UnboundedSender<Signal>, force: watch::Sender<bool>) {
+    let kinds = [
+        (SignalKind::terminate(), Signal::SIGTERM),
+        (SignalKind::interrupt(), Signal::SIGINT),
+        (SignalKind::hangup(), Signal::SIGHUP),
+    ];
+    let count = Arc::new(Mutex::new(0u32));
+    let force = Arc::new(force);
+    for (kind, sig) in kinds {
+        let Ok(mut stream) = signal(kind) else {
+            continue;
+        };
+        let (tx, count, force) = (tx.clone(), count.clone(), force.clone());
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                let n = count.lock().map(|mut c| {
+                    *c += 1;
+                    *c
+                });
+                if n.unwrap_or(1) >= 2 {
+                    let _ = force.send(true);
+                }
+                let _ = tx.send(sig);
+            }
+        });
+    }
+}
+
+/// Runs `command` under the guard; returns the exit code to leave with.
+pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, GuardError> {
+    run_session(settings, command).await.map(|(code, _)| code)
+}
+
+/// One session of a run (the whole run, or one phase of a plan). Returns the exit code and
+/// whether the run ended with it (a plan goes on to its next phase otherwise).
+pub async fn run_session(
+    settings: Settings,
+    command: Vec<OsString>,
+) -> Result<(u8, bool), GuardError> {
+    if command.is_empty() {
+        return Err(GuardError::NoCommand);
+    }
+    let base_id = start::default_run_id(&command, SystemTime::now());
+    let capture = settings.needs_output();
+    let (mut st, started) = open(&settings, &command, &base_id, capture).await?;
+    let quiet = st.quiet;
+    let mut job = Job::spawn(&command, capture, true)?;
+    st.rec.as_ref().expect("open").update(|l| {
+        l.holder = crate::ledger::Proc::of(job.holder_pid);
+        l.pgid = Some(job.holder_pid);
+        l.cgroup = job.leaf.as_ref().map(|x| x.dir.clone());
+    });
 
     // Progress from output and heartbeat.
     let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<LineProgress>();
@@ -343,7 +357,7 @@ pub async fn run_session(
             let mut last = None;
             loop {
                 if let Ok(m) = tokio::fs::metadata(&path).await.and_then(|m| m.modified()) {
-                    if last.is_some_and(|l| m > l) || (last.is_none() && m > started_wall) {
+                    if last.is_some_and(|l| m > l) || (last.is_none() && m > st.started_wall) {
                         let _ = tx.send(LineProgress {
                             label: format!("heartbeat {}", path.display()),
                             step: None,
@@ -385,7 +399,7 @@ pub async fn run_session(
     let mut progress_open = true;
     let mut holder_gone = false;
     while kill.is_none() && leader.is_none() && !holder_gone {
-        let wake = st.engine.next_wakeup(st.now()).map(|d| t0 + d);
+        let wake = st.engine.next_wakeup(st.now()).map(|d| st.t0 + d);
         let decisions: Vec<Decision> = tokio::select! {
             biased;
             Some(sig) = sig_rx.recv() => {
