@@ -61,6 +61,26 @@ pub enum Sub {
     Stop(RunRef),
     /// Print a run's postmortem (writing report.md again from its ledger).
     Report(RunRef),
+    /// Sidecar / node agent: guard the GPU processes it can see (no command of its own).
+    Agent(Box<AgentArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub guard: GuardArgs,
+    /// Which GPU processes to guard: all, cgroup:TEXT (in /proc/PID/cgroup, e.g. a pod uid
+    /// or container id), or cmdline:REGEX.
+    #[arg(
+        long,
+        env = "COSTGUARD_TARGET",
+        default_value = "all",
+        value_name = "SELECTOR"
+    )]
+    pub target: String,
+    /// Never touch processes whose command line matches (e.g. other sidecars).
+    #[arg(long, env = "COSTGUARD_EXCLUDE", value_name = "REGEX")]
+    pub exclude: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -72,6 +72,7 @@ fn main() -> ExitCode {
         Some(Sub::Report(r)) => return cmd::report(&sd(&r.state), r.run.as_deref()),
         Some(Sub::Stop(r)) => return cmd::stop(&sd(&r.state), r.run.as_deref()),
         Some(Sub::Logs(l)) => return cmd::logs(&sd(&l.state), &l.run, l.follow),
+        Some(Sub::Agent(a)) => return agent(*a),
         Some(Sub::Notify(NotifyCmd::Test(a))) => (*a, Vec::new(), false, false, Mode::NotifyTest),
         Some(Sub::Run(r)) => (r.guard, r.command, r.detach, r.no_preflight, Mode::Run),
         Some(Sub::Check(r)) => (r.guard, r.command, false, false, Mode::Check),
@@ -152,6 +153,44 @@ fn notify_test(settings: &Settings) -> ExitCode {
         println!("{l}");
     }
     ExitCode::from(u8::from(failed > 0))
+}
+
+/// `costguard agent`: the selector, then the agent loop on a one-thread runtime.
+fn agent(a: costguard::cli::AgentArgs) -> ExitCode {
+    use costguard::run::agent::{Selector, Target};
+    let settings = match Settings::resolve(&a.guard) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    costguard::redact::install(settings.notify.secrets());
+    let target = match Target::parse(&a.target) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("costguard: error: {e}");
+            return ExitCode::from(exit::OWN_FAILURE);
+        }
+    };
+    let exclude = match a.exclude.as_deref().map(regex::Regex::new).transpose() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("costguard: error: invalid --exclude: {e}");
+            return ExitCode::from(exit::OWN_FAILURE);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    match rt.block_on(costguard::run::agent::run(
+        settings,
+        Selector::new(target, exclude),
+    )) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => fail(&e),
+    }
 }
 
 /// Prints the whole error chain on one line and exits 125.

@@ -1,5 +1,6 @@
 //! One guarded run: start-up checks, the run loop, and what it reports.
 
+pub mod agent;
 mod ending;
 mod exit_hook;
 pub mod guard;
