@@ -1,0 +1,263 @@
+//! The deploy/ files, checked offline: YAML structure of the Kubernetes manifests (no
+//! cluster or schema server here), the PrometheusRule against the rules file, the systemd
+//! unit and Slurm script, and every costguard command line in them accepted by the binary.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn deploy(p: &str) -> PathBuf {
+    repo_root().join("deploy").join(p)
+}
+
+fn docs(p: &str) -> Vec<Yaml> {
+    let text = std::fs::read_to_string(deploy(p)).expect("read manifest");
+    YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+fn s<'a>(y: &'a Yaml, path: &[&str]) -> &'a Yaml {
+    path.iter().fold(y, |y, k| &y[*k])
+}
+
+/// The costguard container of a pod spec.
+fn costguard_container(spec: &Yaml) -> &Yaml {
+    spec["containers"]
+        .as_vec()
+        .expect("containers")
+        .iter()
+        .find(|c| c["command"][0].as_str() == Some("costguard"))
+        .expect("a container running costguard")
+}
+
+fn args_of(c: &Yaml) -> Vec<String> {
+    c["args"]
+        .as_vec()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string arg").to_string())
+        .collect()
+}
+
+/// The binary accepts the flags (NVML, secrets and cluster addresses aside).
+fn accepted(args: &[String]) {
+    // Addresses and paths of the target machine are left out (with their values).
+    let mut flags: Vec<String> = Vec::new();
+    let mut skip = false;
+    for a in args.iter().take_while(|a| *a != "--") {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        if a == "--listen" || a == "--state-dir" {
+            skip = true;
+            continue;
+        }
+        if a.starts_with("--listen=") || a.starts_with("--state-dir=") {
+            continue;
+        }
+        flags.push(a.replace("$(NODE_NAME)", "node1"));
+    }
+    let agent = flags.first().is_some_and(|f| f == "agent");
+    let dir = tempdir();
+    let mut c = costguard();
+    c.env("COSTGUARD_STATE_DIR", dir.path());
+    // A stand-in price (on a GPU node the price table gives it); a Prometheus is not
+    // needed to parse.
+    flags.retain(|f| !f.starts_with("--fleet") && !f.starts_with("--prometheus-url"));
+    if !flags.iter().any(|f| f.starts_with("--usd-per-hour")) {
+        flags.push("--usd-per-hour=1".into());
+    }
+    if !agent {
+        flags.extend(["--".into(), "true".into()]);
+    }
+    c.args(&flags);
+    let out = c.output().expect("run costguard");
+    let err = stderr(&out);
+    if agent {
+        assert!(
+            err.contains("needs NVML"),
+            "agent flags rejected: {flags:?}: {err}"
+        );
+    } else {
+        assert_eq!(out.status.code(), Some(0), "{flags:?}: {err}");
+    }
+}
+
+#[test]
+fn the_job_runs_the_trainer_under_costguard() {
+    let d = &docs("kubernetes/job.yaml")[0];
+    assert_eq!(d["apiVersion"].as_str(), Some("batch/v1"));
+    assert_eq!(d["kind"].as_str(), Some("Job"));
+    assert_eq!(d["spec"]["backoffLimit"].as_i64(), Some(0));
+    let spec = s(d, &["spec", "template", "spec"]);
+    assert_eq!(spec["restartPolicy"].as_str(), Some("Never"));
+    let c = costguard_container(spec);
+    let args = args_of(c);
+    let dash = args.iter().position(|a| a == "--").expect("--");
+    assert_eq!(args[dash + 1], "python", "the trainer runs under costguard");
+    assert!(args.iter().any(|a| a.starts_with("--max-usd=")));
+    assert!(args.iter().any(|a| a.starts_with("--fleet-max-usd=")));
+    assert!(
+        c["env"]
+            .as_vec()
+            .expect("env")
+            .iter()
+            .any(|e| e["valueFrom"]["secretKeyRef"].is_hash()),
+        "secrets come from a Secret, not the command line"
+    );
+    accepted(&args);
+}
+
+#[test]
+fn the_sidecar_shares_the_pid_namespace_with_only_cap_kill() {
+    let d = &docs("kubernetes/sidecar-pod.yaml")[0];
+    assert_eq!(d["kind"].as_str(), Some("Pod"));
+    let spec = &d["spec"];
+    assert_eq!(spec["shareProcessNamespace"].as_bool(), Some(true));
+    let c = costguard_container(spec);
+    let caps = s(c, &["securityContext", "capabilities"]);
+    assert_eq!(caps["drop"][0].as_str(), Some("ALL"));
+    assert_eq!(caps["add"].as_vec().map(Vec::len), Some(1));
+    assert_eq!(caps["add"][0].as_str(), Some("KILL"));
+    assert_eq!(
+        s(c, &["securityContext", "allowPrivilegeEscalation"]).as_bool(),
+        Some(false)
+    );
+    let args = args_of(c);
+    assert_eq!(args[0], "agent");
+    accepted(&args);
+}
+
+#[test]
+fn the_node_agent_sees_every_process_of_the_node() {
+    let d = &docs("kubernetes/node-agent-daemonset.yaml")[0];
+    assert_eq!(d["kind"].as_str(), Some("DaemonSet"));
+    let spec = s(d, &["spec", "template", "spec"]);
+    assert_eq!(spec["hostPID"].as_bool(), Some(true));
+    assert_eq!(
+        s(d, &["spec", "selector", "matchLabels"]),
+        s(d, &["spec", "template", "metadata", "labels"]),
+        "the selector matches the pod labels"
+    );
+    let c = costguard_container(spec);
+    let args = args_of(c);
+    assert!(args.iter().any(|a| a == "--run-id=node-$(NODE_NAME)"));
+    accepted(&args);
+}
+
+#[test]
+fn the_service_monitor_scrapes_the_service_port() {
+    let d = docs("kubernetes/service-monitor.yaml");
+    let svc = d
+        .iter()
+        .find(|x| x["kind"].as_str() == Some("Service"))
+        .expect("Service");
+    let sm = d
+        .iter()
+        .find(|x| x["kind"].as_str() == Some("ServiceMonitor"))
+        .expect("ServiceMonitor");
+    let port = svc["spec"]["ports"][0]["name"].as_str().expect("port name");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"].as_str(), Some(port));
+    assert_eq!(svc["spec"]["ports"][0]["port"].as_i64(), Some(9947));
+    assert_eq!(
+        sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"],
+        "the ServiceMonitor selects the Service"
+    );
+    assert_eq!(
+        sm["spec"]["jobLabel"].as_str(),
+        Some("app.kubernetes.io/name"),
+        "the job label is \"costguard\", as the alert rules expect"
+    );
+    // Every pod manifest carries the label the Service selects.
+    for f in [
+        "kubernetes/job.yaml",
+        "kubernetes/sidecar-pod.yaml",
+        "kubernetes/node-agent-daemonset.yaml",
+    ] {
+        let m = &docs(f)[0];
+        let labels = if m["kind"].as_str() == Some("Pod") {
+            &m["metadata"]["labels"]
+        } else {
+            s(m, &["spec", "template", "metadata", "labels"])
+        };
+        assert_eq!(
+            labels["app.kubernetes.io/name"].as_str(),
+            Some("costguard"),
+            "{f}"
+        );
+    }
+}
+
+#[test]
+fn the_prometheus_rule_holds_the_tested_alert_rules() {
+    let pr = &docs("kubernetes/prometheusrule.yaml")[0];
+    assert_eq!(pr["kind"].as_str(), Some("PrometheusRule"));
+    let rules = &docs("prometheus/costguard-rules.yml")[0];
+    assert_eq!(
+        pr["spec"]["groups"], rules["groups"],
+        "in sync with the promtool-tested file"
+    );
+}
+
+#[test]
+fn the_systemd_unit_and_slurm_script_wrap_the_job() {
+    let unit = std::fs::read_to_string(deploy("systemd/costguard@.service")).expect("unit");
+    for want in [
+        "[Service]",
+        "KillMode=control-group",
+        "Restart=no",
+        "SuccessExitStatus=124",
+        "ExecStart=/usr/local/bin/costguard ",
+    ] {
+        assert!(unit.contains(want), "{want} in the unit");
+    }
+    let exec = unit
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .expect("ExecStart");
+    let mut args: Vec<String> = Vec::new();
+    let mut skip = false;
+    for a in exec.split_whitespace().skip(1) {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        // Paths of the target machine: not here.
+        if a == "--config" || a == "--state-dir" {
+            skip = true;
+            continue;
+        }
+        args.push(a.replace("%i", "job1"));
+    }
+    let dash = args.iter().position(|a| a == "--").expect("--");
+    args.truncate(dash);
+    accepted(&args);
+
+    let sb = std::fs::read_to_string(deploy("slurm/train.sbatch")).expect("sbatch");
+    assert!(sb.starts_with("#!/bin/bash"));
+    assert!(sb.contains("#SBATCH --time="));
+    let joined = sb.replace("\\\n", " ");
+    let line = joined
+        .lines()
+        .find(|l| l.contains("srun"))
+        .expect("srun line");
+    // Split the words as the shell will.
+    let rest = line
+        .split_once("costguard")
+        .expect("costguard on the srun line")
+        .1;
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("for a in {rest}; do printf '%s\\0' \"$a\"; done"))
+        .env("SLURM_JOB_ID", "42")
+        .output()
+        .expect("sh");
+    let args: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    assert!(args.iter().any(|a| a == "--warn-signal"));
+    accepted(&args);
+}
