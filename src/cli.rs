@@ -320,6 +320,16 @@ pub struct GuardArgs {
     )]
     pub fleet_selector: Option<String>,
 
+    /// A PromQL expression giving the fleet's total instead of the built-in query (for
+    /// large fleets: a recording rule evaluated once by Prometheus).
+    #[arg(
+        long,
+        env = "COSTGUARD_FLEET_QUERY",
+        value_name = "PROMQL",
+        help_heading = "Fleet"
+    )]
+    pub fleet_query: Option<String>,
+
     /// How often to read the fleet's total [default: 15s].
     #[arg(
         long,

@@ -541,6 +541,7 @@ fn resolve_fleet(
                 selector: selector.map(|s| s.0).unwrap_or_default(),
                 interval: interval.unwrap_or(Duration::from_secs(15)),
                 window: Duration::from_secs(7 * 86_400),
+                query_override: args.fleet_query.clone().filter(|q| !q.trim().is_empty()),
             }))
         }
         (Some(_), None) => Err(ConfigError::Invalid(

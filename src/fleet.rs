@@ -23,10 +23,15 @@ pub struct FleetSettings {
     pub interval: Duration,
     /// How far back finished members' spend still counts.
     pub window: Duration,
+    /// A PromQL expression that replaces the built-in query (e.g. a recording rule).
+    pub query_override: Option<String>,
 }
 
 impl FleetSettings {
     pub fn query(&self) -> String {
+        if let Some(q) = &self.query_override {
+            return q.clone();
+        }
         let sel = self.selector.trim();
         let sel = if sel.is_empty() {
             "{}".to_string()
@@ -117,6 +122,7 @@ mod tests {
             selector: "experiment=\"bert\"".into(),
             interval: Duration::from_secs(1),
             window: Duration::from_secs(3600),
+            query_override: None,
         };
         let q = f.query();
         assert!(
