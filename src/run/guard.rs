@@ -56,40 +56,6 @@ pub enum GuardError {
     NoCommand,
 }
 
-/// The session's effective configuration, secrets masked, as `config.json` in the run dir.
-fn write_config(dir: &std::path::Path, s: &Settings, command: &[OsString]) {
-    let d = |x: Option<Duration>| x.map(|x| x.as_secs_f64());
-    let doc = json!({
-        "command": crate::redact::command_line(command),
-        "plan": s.plan,
-        "phase": s.phase.as_ref().map(|p| &p.name),
-        "max_usd": s.max_usd,
-        "usd_per_hour": s.usd_per_hour,
-        "usd_per_kwh": s.usd_per_kwh,
-        "max_wall_seconds": d(s.max_wall),
-        "kill_grace_seconds": s.kill_grace.as_secs_f64(),
-        "warn_at": s.warn_at,
-        "warn_before_seconds": d(s.warn_before),
-        "interval_seconds": s.interval.as_secs_f64(),
-        "idle_seconds": d(s.idle),
-        "idle_below_percent": s.idle_below,
-        "idle_grace_seconds": s.idle_grace.as_secs_f64(),
-        "stall_seconds": d(s.stall),
-        "progress_regex": s.progress_regex.as_ref().map(|r| r.as_str()),
-        "progress_total": s.progress_total,
-        "heartbeat_file": s.heartbeat_file,
-        "max_host_mem_bytes": s.max_host_mem,
-        "listen": s.listen.map(|a| a.to_string()),
-        "notify_channels": s.notify.channels.iter().map(|c| c.kind.as_str()).collect::<Vec<_>>(),
-        "on_exit": s.on_exit.as_deref().map(|c| crate::redact::text(c).into_owned()),
-        "no_preflight": s.no_preflight,
-    });
-    let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-    if let Err(e) = crate::fsutil::write_atomic(&dir.join("config.json"), &bytes) {
-        eprintln!("costguard: notice: could not write config.json: {e}");
-    }
-}
-
 /// Everything before the job starts: prices and NVML, the run record, metrics and the
 /// endpoint, notifications, the state and the `started` event. Shared by the guard and the
 /// agent.
@@ -124,7 +90,7 @@ pub(super) async fn open(
             l.phases_total = Some(p.total);
         }
     });
-    write_config(&rec.run_dir, settings, command);
+    super::record::write_config(&rec.run_dir, settings, command);
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
