@@ -414,3 +414,64 @@ fn a_plan_goes_on_after_a_phase_is_killed_by_its_own_cap() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_detached_run_survives_its_terminal_closing() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let state = tempdir();
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    // Only this test holds the terminal's master side: closing it is the terminal closing.
+    // SAFETY: F_SETFD on a descriptor we own.
+    assert_eq!(
+        unsafe { libc::fcntl(pty.master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) },
+        0
+    );
+    // A shell whose controlling terminal is the pty, as in a terminal window.
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!(
+            "{} run --detach --no-preflight --run-id hup --usd-per-hour 1 --max-wall 1h -- sleep 30; sleep 30",
+            bin()
+        ))
+        .env("COSTGUARD_STATE_DIR", state.path())
+        .env("COSTGUARD_GPU", "none")
+        .env("COSTGUARD_LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::from(pty.slave.try_clone().expect("dup")))
+        .stdout(Stdio::from(pty.slave.try_clone().expect("dup")))
+        .stderr(Stdio::from(pty.slave));
+    // SAFETY: setsid and ioctl are async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if libc::ioctl(0, libc::TIOCSCTTY as _, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut sh = c.spawn().expect("sh on a pty");
+    drop(c);
+    assert!(wait_until(Duration::from_secs(10), || {
+        ledger(state.path(), "hup")["state"] == "running"
+    }));
+    // The terminal goes away: its session gets SIGHUP.
+    drop(pty.master);
+    let st = sh.wait().expect("sh");
+    assert_eq!(
+        st.signal(),
+        Some(libc::SIGHUP),
+        "the terminal's shell got the hangup"
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let l = ledger(state.path(), "hup");
+    let pid = l["costguard"]["pid"].as_i64().expect("pid") as i32;
+    assert!(alive(pid), "the detached run outlived its terminal");
+    let mut c = guard(state.path());
+    c.args(["status", "hup"]);
+    assert!(out_text(&run(c)).contains("(running)"));
+    let mut c = guard(state.path());
+    c.args(["stop", "hup"]);
+    assert_eq!(run(c).status.code(), Some(0));
+    assert!(!alive(pid));
+}
