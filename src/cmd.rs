@@ -196,7 +196,7 @@ pub fn report(state: &Path, id: Option<&str>) -> ExitCode {
         Err(e) => return err(e),
     };
     let text = crate::report::render(&l, &ledger::read_events(&dir));
-    if let Err(e) = crate::fsutil::write_atomic(&dir.join("report.md"), text.as_bytes()) {
+    if let Err(e) = crate::fsutil::write_replace(&dir.join("report.md"), text.as_bytes()) {
         eprintln!("costguard: notice: could not write report.md: {e}");
     }
     print!("{text}");

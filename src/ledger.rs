@@ -203,10 +203,7 @@ pub fn append_event(run_dir: &Path, e: &Event) -> std::io::Result<()> {
     line.push(b'\n');
     f.write_all(&line)?;
     use crate::events::EventKind as K;
-    if matches!(
-        e.kind,
-        K::Killed | K::Completed | K::Failed | K::PhaseCompleted
-    ) {
+    if matches!(e.kind, K::Killed) {
         f.sync_data()?;
     }
     Ok(())

@@ -220,12 +220,19 @@ pub(super) async fn conclude(
         }
     }
     if let Some(n) = st.notifier.take() {
-        let report = n.finish(settings.notify.flush).await;
+        // Between phases the next phase must not wait on a slow endpoint: what is not out
+        // within a second stays in the outbox, and the next phase's notifier sends it.
+        let flush = if ended {
+            settings.notify.flush
+        } else {
+            settings.notify.flush.min(Duration::from_secs(1))
+        };
+        let report = n.finish(flush).await;
         if !report.undelivered.is_empty() {
             eprintln!(
                 "costguard: {} notifications not delivered within {}; they stay in {} and go out on the next start:",
                 report.undelivered.len(),
-                format_duration(settings.notify.flush),
+                format_duration(flush),
                 report.outbox.display()
             );
             for u in &report.undelivered {
@@ -264,7 +271,7 @@ async fn close_record(
     let written = tokio::task::spawn_blocking(move || {
         let events = crate::ledger::read_events(&d);
         let text = crate::report::render(&l, &events);
-        crate::fsutil::write_atomic(&d.join("report.md"), text.as_bytes())
+        crate::fsutil::write_replace(&d.join("report.md"), text.as_bytes())
     })
     .await;
     if !matches!(written, Ok(Ok(()))) {

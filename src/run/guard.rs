@@ -182,6 +182,10 @@ pub(super) async fn open(
         rec: Some(rec),
         wasted_carried: prev.wasted_dollars,
         spent_carried: prev.spend_dollars,
+        phase_name: settings
+            .phase
+            .as_ref()
+            .map(|p| format!("{}/{} {}", p.index + 1, p.total, p.name)),
         phase_expected: settings
             .phase
             .as_ref()

@@ -114,8 +114,10 @@ impl Recorder {
         l.cgroup = None;
         l.exit_code = None;
         l.outcome_detail = None;
-        l.save(&run_dir).map_err(io(&run_dir))?;
+        // The first write goes through the writer task too: nothing is on record yet that a
+        // crash in the next milliseconds could lose, and the job must not wait on a disk.
         let (tx, mut rx) = watch::channel(l);
+        rx.mark_changed();
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
         let dir = run_dir.clone();
         let task = tokio::spawn(async move {
@@ -165,20 +167,16 @@ impl Recorder {
         let _ = self.ev_tx.send(e.clone());
     }
 
-    /// Waits for the writer, then writes the final ledger itself.
+    /// Lets the writer drain the events and write the latest ledger, and waits for it.
     pub async fn close(self) -> Ledger {
         let last = self.tx.borrow().clone();
         drop(self.tx);
         drop(self.ev_tx);
         let _ = self.task.await;
-        let dir = self.run_dir.clone();
-        let l = last.clone();
-        let _ = tokio::task::spawn_blocking(move || l.save(&dir)).await;
         last
     }
 }
 
-/// The session's effective configuration, secrets masked, as `config.json` in the run dir.
 pub(super) fn write_config(dir: &std::path::Path, s: &Settings, command: &[OsString]) {
     let d = |x: Option<Duration>| x.map(|x| x.as_secs_f64());
     let doc = json!({
@@ -207,7 +205,7 @@ pub(super) fn write_config(dir: &std::path::Path, s: &Settings, command: &[OsStr
         "no_preflight": s.no_preflight,
     });
     let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-    if let Err(e) = crate::fsutil::write_atomic(&dir.join("config.json"), &bytes) {
+    if let Err(e) = crate::fsutil::write_replace(&dir.join("config.json"), &bytes) {
         eprintln!("costguard: notice: could not write config.json: {e}");
     }
 }

@@ -48,6 +48,8 @@ pub(super) struct State {
     /// Wasted dollars and elapsed seconds of earlier sessions of this run.
     pub(super) wasted_carried: f64,
     pub(super) spent_carried: f64,
+    /// A plan's phase, "i/n name".
+    pub(super) phase_name: Option<String>,
     /// A plan's phase: (expected duration of this phase, expected seconds of the rest).
     pub(super) phase_expected: Option<(Duration, f64)>,
     pub(super) elapsed_carried: f64,
@@ -330,7 +332,7 @@ impl State {
             "run_id": self.run_id,
             "command": self.command_line,
             "notify_channels": self.notify_channels,
-            "phase": serde_json::Value::Null,
+            "phase": self.phase_name,
             "started_at": rfc3339(self.started_wall),
             "elapsed_seconds": now.as_secs_f64(),
             "spend_dollars": spend,
