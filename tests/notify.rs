@@ -318,6 +318,22 @@ fn secrets_never_appear_in_any_output() {
             }
         }
     }
+    // The run's own record: ledger, events, config snapshot, report, output.
+    let mut record = String::new();
+    for run in std::fs::read_dir(state.path().join("runs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for f in std::fs::read_dir(run.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            record += &std::fs::read_to_string(f.path()).unwrap_or_default();
+        }
+    }
+    assert!(record.contains("report"), "the run directory was written");
     let payloads: String = [&hook, &slack, &pd]
         .iter()
         .flat_map(|r| r.all())
@@ -335,6 +351,10 @@ fn secrets_never_appear_in_any_output() {
         ("/status", status.as_str()),
         ("/metrics", metrics.as_str()),
         ("outbox", outbox.as_str()),
+        (
+            "the run directory (ledger, events, config, report)",
+            record.as_str(),
+        ),
     ] {
         for s in secrets {
             assert!(!text.contains(s), "{s} leaked into {name}: {text}");
