@@ -13,6 +13,14 @@ enum Mode {
     NotifyTest,
 }
 
+/// One thread: the job is spawned from the main thread, which lives as long as we do
+/// (PDEATHSIG follows the spawning thread); NVML and disk writes have threads of their own.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 fn host() -> String {
     nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -21,10 +29,7 @@ fn host() -> String {
 
 /// Prints the three answers; true when all are answered.
 fn preflight(settings: &Settings) -> bool {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
+    let Ok(rt) = runtime() else {
         return false;
     };
     let answers = rt.block_on(cmd::preflight(settings, &host()));
@@ -111,10 +116,7 @@ fn main() -> ExitCode {
     costguard::supervise::prepare_supervisor();
     // One thread: the job is spawned from the main thread, which lives as long as we do
     // (PDEATHSIG follows the spawning thread).
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
@@ -135,10 +137,7 @@ fn notify_test(settings: &Settings) -> ExitCode {
         );
         return ExitCode::from(exit::OWN_FAILURE);
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
@@ -177,10 +176,7 @@ fn agent(a: costguard::cli::AgentArgs) -> ExitCode {
             return ExitCode::from(exit::OWN_FAILURE);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
