@@ -441,7 +441,6 @@ pub async fn run_session(
             }
         }
     }
-
     drop(live); // gives the terminal's bottom row back before the kill and summary lines
     let grace = settings.kill_grace;
     let mut killed_by: Option<(KillReason, String)> = None;
@@ -478,8 +477,15 @@ pub async fn run_session(
                 "costguard: notice: the job's leader exited; ending {} leftover processes",
                 left.len()
             );
+            let _ = job.terminate(Signal::SIGTERM, grace, &mut force_rx).await;
+        } else if tokio::time::timeout(Duration::from_millis(200), job.wait_gone())
+            .await
+            .is_err()
+        {
+            // Nothing seemed left, yet the holder (which exits once it has reaped its last
+            // child) is still there: something was missed; end it the long way.
+            let _ = job.terminate(Signal::SIGTERM, grace, &mut force_rx).await;
         }
-        let _ = job.terminate(Signal::SIGTERM, grace, &mut force_rx).await;
     }
     job.wait_gone().await;
     job.cleanup();

@@ -75,6 +75,9 @@ pub fn descendants_in(procs: &[ProcStat], root: i32) -> Vec<ProcStat> {
 
 /// The pids a process tree rooted at `root` has that are still alive (not zombies).
 pub fn live_descendants(root: i32) -> Vec<i32> {
+    if let Some(v) = descendants_by_children(root) {
+        return v;
+    }
     descendants(root)
         .into_iter()
         .filter(|p| !p.is_zombie())
@@ -82,9 +85,79 @@ pub fn live_descendants(root: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Children of `pid` from `/proc/PID/task/*/children` (CONFIG_PROC_CHILDREN); None when the
+/// kernel has no such file or the process is gone.
+fn children_of(pid: i32) -> Option<Vec<i32>> {
+    let mut out = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let text = fs::read_to_string(t.path().join("children")).ok()?;
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|x| x.parse::<i32>().ok()),
+        );
+    }
+    Some(out)
+}
+
+/// The live descendants found by following children lists: a few reads for a small tree
+/// instead of one per process on the machine. The lists can miss a process forked during the
+/// read; callers that must be complete repeat (the kill loop) or check (the holder's exit).
+fn descendants_by_children(root: i32) -> Option<Vec<i32>> {
+    let mut out = Vec::new();
+    let mut queue = children_of(root)?;
+    let mut seen = HashSet::new();
+    while let Some(p) = queue.pop() {
+        if !seen.insert(p) {
+            continue;
+        }
+        match stat(p) {
+            Some(s) if !s.is_zombie() => out.push(p),
+            Some(_) => {}
+            None => continue,
+        }
+        if let Some(c) = children_of(p) {
+            queue.extend(c);
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn children_lists_find_the_same_tree_as_a_walk() {
+        let mut c = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .spawn()
+            .expect("sh");
+        let pid = c.id() as i32;
+        let mut fast = Vec::new();
+        for _ in 0..200 {
+            fast = descendants_by_children(pid).unwrap_or_default();
+            if fast.len() == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut walk: Vec<i32> = descendants(pid)
+            .into_iter()
+            .filter(|p| !p.is_zombie())
+            .map(|p| p.pid)
+            .collect();
+        fast.sort_unstable();
+        walk.sort_unstable();
+        for p in &fast {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = c.wait();
+        assert_eq!(fast.len(), 2, "two sleeps");
+        assert_eq!(fast, walk);
+    }
 
     #[test]
     fn parses_names_with_parens() {
