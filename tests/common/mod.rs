@@ -25,11 +25,13 @@ pub fn costguard() -> Command {
     c.env("COSTGUARD_GPU", "none");
     // An ephemeral port: tests run in parallel and never fight over the default one.
     c.env("COSTGUARD_LISTEN", "127.0.0.1:0");
-    // Never the user's state: a path that exists only if a test configures notifications
-    // without giving its own directory.
+    // Never the user's state: run records of tests that give no directory of their own land
+    // under target/ (ignored by git, gone with `cargo clean`).
     c.env(
         "COSTGUARD_STATE_DIR",
-        std::env::temp_dir().join(format!("costguard-test-state-{}", std::process::id())),
+        repo_root()
+            .join("target/test-state")
+            .join(std::process::id().to_string()),
     );
     c.stdin(Stdio::null());
     c
