@@ -10,6 +10,10 @@ Examples:
   costguard --max-usd 40 --usd-per-hour 24.5 -- python train.py
   costguard --max-wall 6h --kill-grace 30s -- ./train.sh
   COSTGUARD_USD_PER_HOUR=2.49 costguard --max-usd 5 --warn-signal USR1 --warn-before 2m -- make bench
+  costguard run --detach --max-usd 40 --stall 20m --progress-regex 'step (\\d+)' \\
+      --slack-webhook-file ~/.slack --on-exit 'cp -r out /data/runs/$COSTGUARD_RUN_ID' -- python train.py
+  costguard status; costguard logs RUN -f; costguard report RUN
+  costguard agent --target 'cmdline:^python train' --idle 15m --max-usd 40
 
 Exit status: the job's own status when it ends by itself; 128+N when it died of signal N;
 124 when a ceiling killed it; 125 for costguard's own failures (bad flags, values, config);
