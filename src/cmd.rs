@@ -36,6 +36,15 @@ fn find(state: &Path, id: Option<&str>) -> Result<(PathBuf, Ledger), String> {
             let dir = ledger::runs_dir(state).join(id);
             match Ledger::load(&dir) {
                 Ok(Some(l)) => Ok((dir, l)),
+                // Reserved by `run --detach`, its costguard not yet on record.
+                Ok(None) if dir.is_dir() => Ok((
+                    dir,
+                    Ledger {
+                        run_id: id.to_string(),
+                        state: "starting".into(),
+                        ..Ledger::default()
+                    },
+                )),
                 Ok(None) => Err(format!(
                     "no run {id:?} in {} (costguard list shows the runs)",
                     state.display()
@@ -219,6 +228,7 @@ pub fn logs(state: &Path, id: &str, follow: bool) -> ExitCode {
     };
     let mut out = std::io::stdout();
     let mut buf = Vec::new();
+    let started = std::time::Instant::now();
     loop {
         buf.clear();
         let _ = f.read_to_end(&mut buf);
@@ -227,7 +237,11 @@ pub fn logs(state: &Path, id: &str, follow: bool) -> ExitCode {
         if !follow {
             return ExitCode::SUCCESS;
         }
-        let live = Ledger::load(&dir).ok().flatten().is_some_and(|l| l.live());
+        let live = match Ledger::load(&dir).ok().flatten() {
+            Some(l) => l.live(),
+            // Not on record yet: a detached run just starting.
+            None => started.elapsed() < Duration::from_secs(10),
+        };
         if !live {
             // One last read after the end, then stop.
             buf.clear();

@@ -475,3 +475,36 @@ fn a_detached_run_survives_its_terminal_closing() {
     assert_eq!(run(c).status.code(), Some(0));
     assert!(!alive(pid));
 }
+
+#[test]
+fn logs_follow_a_detached_run_to_its_end() {
+    let state = tempdir();
+    let mut c = guard(state.path());
+    c.args(["run", "--detach", "--no-preflight", "--run-id", "tail"])
+        .args(["--usd-per-hour", "1", "--max-wall", "1h", "--"])
+        .args([
+            "sh",
+            "-c",
+            "for i in 1 2 3 4; do echo line $i; sleep 0.3; done",
+        ]);
+    assert_eq!(run(c).status.code(), Some(0));
+    let start = std::time::Instant::now();
+    let mut c = guard(state.path());
+    c.args(["logs", "tail", "-f"]);
+    let out = run(c);
+    let text = out_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        text.contains("line 1\n") && text.contains("line 4\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("costguard: completed: exit status 0"),
+        "costguard's own lines land in the same log: {text}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "-f ends with the run"
+    );
+    assert_eq!(ledger(state.path(), "tail")["state"], "completed");
+}
