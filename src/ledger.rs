@@ -78,6 +78,9 @@ pub struct Ledger {
     pub host: String,
     pub started_at: String,
     pub updated_at: String,
+    /// `updated_at` as Unix seconds, for arithmetic.
+    #[serde(default)]
+    pub updated_unix: f64,
     /// Sessions of this run (1 + number of resumes).
     pub sessions: u32,
     pub costguard: Option<Proc>,

@@ -100,8 +100,10 @@ fn sigkilled_costguard_resumes_its_budget_and_ends_the_old_tree() {
     assert!(err.contains("resuming run resume-me"), "{err}");
     // The budget continued: about $4 - spent_before at $1/s, not a fresh $4.
     let left = 4.0 - spent_before;
+    // The time the old job ran unguarded (since the last record) is charged too.
+    assert!(err.contains("ran unguarded"), "{err}");
     assert!(
-        took.as_secs_f64() < left + 1.5 && took.as_secs_f64() > left - 0.5,
+        took.as_secs_f64() < left + 1.5 && took.as_secs_f64() > left - 2.5,
         "{took:?} for ${left:.2} left"
     );
     let l = ledger(state.path(), "resume-me");
@@ -507,4 +509,76 @@ fn logs_follow_a_detached_run_to_its_end() {
         "-f ends with the run"
     );
     assert_eq!(ledger(state.path(), "tail")["state"], "completed");
+}
+
+#[test]
+fn a_plan_started_again_after_a_crash_skips_what_its_ledger_records() {
+    let state = tempdir();
+    let marker = state.path().join("second-time");
+    let plan = state.path().join("p.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            "[[phase]]\nname = \"prep\"\ncommand = \"echo prep-ran\"\n\
+             [[phase]]\nname = \"train\"\ncommand = \"test -e {m} && echo train-resumed || {{ touch {m}; sleep 30; }}\"\n\
+             [[phase]]\nname = \"eval\"\ncommand = \"echo eval-ran\"\n",
+            m = marker.display()
+        ),
+    )
+    .expect("plan");
+    let mut c = guard(state.path());
+    c.args([
+        "--plan",
+        &path_str(&plan),
+        "--run-id",
+        "crashy",
+        "--usd-per-hour",
+        "3600",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut first = c.spawn().expect("spawn");
+    // In phase train, with spend on record (put there about once a second).
+    assert!(wait_until(Duration::from_secs(10), || {
+        let l = ledger(state.path(), "crashy");
+        marker.exists() && l["phase"] == "train" && l["spend_dollars"].as_f64().unwrap_or(0.0) > 0.3
+    }));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let _ = first.wait();
+    let spent = ledger(state.path(), "crashy")["spend_dollars"]
+        .as_f64()
+        .expect("spend");
+    assert!(spent > 0.3, "{spent}");
+
+    let mut c = guard(state.path());
+    c.args([
+        "--plan",
+        &path_str(&plan),
+        "--run-id",
+        "crashy",
+        "--usd-per-hour",
+        "3600",
+    ]);
+    let out = run(c);
+    let (text, err) = (out_text(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("phase prep already recorded (completed); skipping it"),
+        "{err}"
+    );
+    assert!(!text.contains("prep-ran"), "prep did not run again: {text}");
+    assert!(
+        text.contains("train-resumed") && text.contains("eval-ran"),
+        "{text}"
+    );
+    let l = ledger(state.path(), "crashy");
+    assert_eq!(l["state"], "completed");
+    assert_eq!(l["phases"].as_array().map(Vec::len), Some(3));
+    assert!(
+        l["spend_dollars"].as_f64().expect("spend") >= spent,
+        "spend carried over"
+    );
 }

@@ -180,6 +180,7 @@ pub(super) async fn open(
         quiet,
         tracks_progress: capture || settings.heartbeat_file.is_some(),
         rec: Some(rec),
+        recorded_at: Duration::ZERO,
         wasted_carried: prev.wasted_dollars,
         spent_carried: prev.spend_dollars,
         phase_name: settings

@@ -2,6 +2,8 @@
 //! and one ledger. Each phase is a session of the run with its own caps; a watchdog kill of a
 //! phase is recorded and the plan goes on (`on_kill = "continue"`, the default) or stops
 //! (`"abort"`). A phase that fails by itself, a stop, or the run's own ceiling ends the plan.
+//! Started again with the same `--run-id`, a plan skips the phases its ledger records and
+//! resumes the rest with the spend carried over.
 //!
 //! ```toml
 //! on_kill = "continue"
@@ -168,8 +170,27 @@ pub async fn run(settings: Settings, phases: Vec<Phase>, plan: &Path) -> Result<
                 source,
             })?,
     };
+    // A plan started again with the same run id (after a crash, say) skips the phases its
+    // ledger already records: they ran, were killed, or failed once already.
+    let done: Vec<(String, String)> =
+        crate::ledger::Ledger::load(&crate::ledger::runs_dir(&settings.state_dir).join(&run_id))
+            .ok()
+            .flatten()
+            .map(|l| l.phases.into_iter().map(|p| (p.name, p.outcome)).collect())
+            .unwrap_or_default();
     let mut code = 0;
+    let mut ran = false;
     for p in phases {
+        if let Some((_, outcome)) = done.iter().find(|(n, _)| *n == p.ctx.name) {
+            if !settings.quiet {
+                eprintln!(
+                    "costguard: run {run_id}: phase {} already recorded ({outcome}); skipping it",
+                    p.ctx.name
+                );
+            }
+            continue;
+        }
+        ran = true;
         let mut s = settings.clone();
         s.run_id = Some(run_id.clone());
         s.idle = p.idle.or(s.idle);
@@ -180,6 +201,11 @@ pub async fn run(settings: Settings, phases: Vec<Phase>, plan: &Path) -> Result<
         if ended {
             break;
         }
+    }
+    if !ran {
+        eprintln!(
+            "costguard: run {run_id}: every phase of the plan is already recorded; nothing to run"
+        );
     }
     // A plan whose kills were all "continue" and whose last phase completed still reports
     // the kills: 124 when any phase was killed.

@@ -41,6 +41,12 @@ pub enum RecordError {
     },
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 100
@@ -62,6 +68,7 @@ impl Recorder {
             move |source| RecordError::Io { dir, source }
         };
         let runs = ledger::runs_dir(&settings.state_dir);
+        let mut carried_gap = 0.0;
         let (id, run_dir, prev) = match &settings.run_id {
             Some(id) => {
                 if !valid_id(id) {
@@ -84,11 +91,27 @@ impl Recorder {
                     }
                     if p.crashed() {
                         let hit = p.kill_leftovers();
-                        notices.push(format!(
-                            "run {id}: the previous costguard died without ending its job; killed {} leftover processes {:?} (a job cannot be adopted: its parent, output and exit status are gone)",
-                            hit.len(),
-                            hit
-                        ));
+                        if !hit.is_empty() {
+                            notices.push(format!(
+                                "run {id}: the previous costguard died without ending its job; killed {} leftover processes {:?} (a job cannot be adopted: its parent, output and exit status are gone)",
+                                hit.len(),
+                                hit
+                            ));
+                            // The job verifiably ran on unguarded since the last record: that
+                            // time is spend too.
+                            let gap = (unix_now() - p.updated_unix).max(0.0);
+                            if let (Some(rate), true) =
+                                (p.rate_dollars_per_hour, p.updated_unix > 0.0)
+                            {
+                                let extra = rate * gap / 3600.0;
+                                notices.push(format!(
+                                    "run {id}: charging {} for the {} the leftovers ran unguarded",
+                                    crate::units::format_money(extra),
+                                    crate::units::format_duration(Duration::from_secs_f64(gap))
+                                ));
+                                carried_gap = extra;
+                            }
+                        }
                     }
                     notices.push(format!(
                         "resuming run {id}: {} spent over {} earlier sessions; spend continues from there",
@@ -105,6 +128,11 @@ impl Recorder {
             }
         };
         let mut l = prev.clone().unwrap_or_default();
+        l.spend_dollars += carried_gap;
+        let prev = prev.map(|mut p| {
+            p.spend_dollars += carried_gap;
+            p
+        });
         l.run_id = id.clone();
         l.state = "running".into();
         l.sessions = l.sessions.saturating_add(1);

@@ -45,6 +45,8 @@ pub(super) struct State {
     pub(super) tracks_progress: bool,
     /// The run's record on disk (None only after it was closed).
     pub(super) rec: Option<super::record::Recorder>,
+    /// When spend was last put on record (run time).
+    pub(super) recorded_at: Duration,
     /// Wasted dollars and elapsed seconds of earlier sessions of this run.
     pub(super) wasted_carried: f64,
     pub(super) spent_carried: f64,
@@ -59,6 +61,12 @@ pub(super) struct State {
     /// The fleet's total spend last read from Prometheus, and the current read error.
     pub(super) fleet_total: Option<f64>,
     pub(super) fleet_error: Option<String>,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl State {
@@ -92,14 +100,33 @@ impl State {
 
     /// Brings the spend counters up to now (cheap: a few atomics), so a scrape is never more
     /// than one refresh tick behind the meter.
-    pub(super) fn refresh_meters(&self) {
-        if self.pricing == Pricing::Unknown {
-            return;
-        }
+    /// Also puts spend and elapsed on record about once a second, whatever `--interval` is:
+    /// a crash loses at most that much of the meter.
+    pub(super) fn refresh_meters(&mut self) {
         let now = self.now();
-        Metrics::set_counter(&self.metrics.spend, Some(self.engine.spend(now)));
-        Metrics::set_counter(&self.metrics.wasted, Some(self.engine.wasted(now)));
+        if self.pricing != Pricing::Unknown {
+            Metrics::set_counter(&self.metrics.spend, Some(self.engine.spend(now)));
+            Metrics::set_counter(&self.metrics.wasted, Some(self.engine.wasted(now)));
+        }
         self.metrics.elapsed.set(now.as_secs_f64());
+        if now.saturating_sub(self.recorded_at) >= Duration::from_secs(1) {
+            self.recorded_at = now;
+            let (spend, wasted, elapsed) = (
+                self.engine.spend(now),
+                self.wasted_carried + self.engine.wasted(now),
+                self.elapsed_carried + now.as_secs_f64(),
+            );
+            if let Some(r) = &self.rec {
+                r.update(|l| {
+                    l.spend_dollars = spend;
+                    l.wasted_dollars = wasted;
+                    l.elapsed_seconds = elapsed;
+                    l.updated_at = rfc3339(SystemTime::now());
+                    l.updated_unix = unix_now();
+                    l.updated_unix = unix_now();
+                });
+            }
+        }
     }
 
     /// A reading of the fleet's total spend (or why there is none).
@@ -383,6 +410,7 @@ impl State {
             let waiting = self.waiting_on.clone();
             r.update(|l| {
                 l.updated_at = rfc3339(SystemTime::now());
+                l.updated_unix = unix_now();
                 l.spend_dollars = spend;
                 l.wasted_dollars = wasted;
                 l.elapsed_seconds = elapsed;
