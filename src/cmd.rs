@@ -405,7 +405,11 @@ pub fn detach(settings: &Settings, command: &[OsString]) -> ExitCode {
         }
     };
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    args.retain(|a| a != "--detach");
+    // Only costguard's own `--detach`: the job's arguments after `--` stay as they are.
+    let end = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    if let Some(i) = args[..end].iter().position(|a| a == "--detach") {
+        args.remove(i);
+    }
     let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
     let mut c = std::process::Command::new(exe);
     // The id and state directory reach the child through the environment (a flag the user
