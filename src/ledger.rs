@@ -3,8 +3,8 @@
 //! - `ledger.json` — spend, wasted, elapsed (over every session of the run), kills with their
 //!   evidence and last output lines, counts, what the run waits on, and the kill targets
 //!   (costguard's and the holder's pid with their start times, the process group, the cgroup
-//!   leaf). Rewritten atomically (`fsutil::write_atomic`) about once a second and at each
-//!   event, by a writer task that always writes the latest snapshot.
+//!   leaf). Rewritten atomically (`fsutil::write_atomic`) at most once a second and at the
+//!   end, by a writer task that always writes the latest snapshot.
 //! - `events.jsonl` — every event, appended.
 //! - `output.log` — the job's output, when costguard reads it.
 //! - `report.md` — the postmortem, written at the end of every run.

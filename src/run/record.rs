@@ -149,7 +149,11 @@ impl Recorder {
         let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
         let dir = run_dir.clone();
         let task = tokio::spawn(async move {
-            let (mut ledger_open, mut events_open) = (true, true);
+            // The ledger is written at most once a second (the latest snapshot wins) and at
+            // once when the run closes; every event is appended as it comes.
+            let (mut ledger_open, mut events_open, mut pending) = (true, true, false);
+            let mut next_save = tokio::time::Instant::now();
+            let save = |l: Ledger, d: PathBuf| tokio::task::spawn_blocking(move || l.save(&d));
             while ledger_open || events_open {
                 tokio::select! {
                     biased;
@@ -162,12 +166,22 @@ impl Recorder {
                     },
                     c = rx.changed(), if ledger_open => match c {
                         Ok(()) => {
-                            let l = rx.borrow_and_update().clone();
-                            let d = dir.clone();
-                            let _ = tokio::task::spawn_blocking(move || l.save(&d)).await;
+                            rx.borrow_and_update();
+                            pending = true;
                         }
                         Err(_) => ledger_open = false,
                     },
+                    _ = tokio::time::sleep_until(next_save), if pending && ledger_open => {
+                        let l = rx.borrow().clone();
+                        let _ = save(l, dir.clone()).await;
+                        pending = false;
+                        next_save = tokio::time::Instant::now() + Duration::from_secs(1);
+                    }
+                }
+                if !ledger_open && pending {
+                    let l = rx.borrow().clone();
+                    let _ = save(l, dir.clone()).await;
+                    pending = false;
                 }
             }
         });
