@@ -71,14 +71,15 @@ pub(super) fn limits_of(s: &Settings, carried: f64, spent: f64) -> Limits {
 }
 
 /// Emits the ending events, closes the record, runs the hook and flushes notifications.
-/// Returns whether the run ended (false: a plan's next phase follows).
+/// Returns the exit code (a plan's when it ends: 124 if any phase was killed) and whether the
+/// run ended (false: a plan's next phase follows).
 pub(super) async fn conclude(
     st: &mut State,
     settings: &Settings,
     outcome: &str,
     code: u8,
     detail: &str,
-) -> bool {
+) -> (u8, bool) {
     let now = st.now();
     let spend = st.engine.spend(now);
     let elapsed = st.elapsed_carried + now.as_secs_f64();
@@ -240,7 +241,7 @@ pub(super) async fn conclude(
             }
         }
     }
-    ended
+    (code, ended)
 }
 
 /// Final ledger state, then the report from the ledger and the event log.

@@ -583,6 +583,5 @@ pub async fn run_session(
         &command,
         leader,
     );
-    let ended = conclude(&mut st, &settings, outcome, code, &detail).await;
-    Ok((code, ended))
+    Ok(conclude(&mut st, &settings, outcome, code, &detail).await)
 }

@@ -207,16 +207,5 @@ pub async fn run(settings: Settings, phases: Vec<Phase>, plan: &Path) -> Result<
             "costguard: run {run_id}: every phase of the plan is already recorded; nothing to run"
         );
     }
-    // A plan whose kills were all "continue" and whose last phase completed still reports
-    // the kills: 124 when any phase was killed.
-    let l =
-        crate::ledger::Ledger::load(&crate::ledger::runs_dir(&settings.state_dir).join(&run_id))
-            .ok()
-            .flatten();
-    if let Some(l) = l {
-        if code == 0 && l.phases.iter().any(|p| p.outcome == "killed") {
-            code = crate::exit::CEILING_KILLED;
-        }
-    }
     Ok(code)
 }
