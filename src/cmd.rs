@@ -11,11 +11,7 @@ use std::time::Duration;
 use crate::config::{default_state_dir, Settings};
 use crate::exit::OWN_FAILURE;
 use crate::ledger::{self, Ledger};
-use crate::units::{format_duration, format_money};
-
-fn dur(s: f64) -> String {
-    format_duration(Duration::from_secs_f64(s.max(0.0)))
-}
+use crate::units::{format_duration, format_money, format_secs};
 
 pub fn state_dir(p: &Option<PathBuf>) -> PathBuf {
     p.clone().unwrap_or_else(default_state_dir)
@@ -88,7 +84,7 @@ pub fn list(state: &Path) -> ExitCode {
             l.run_id,
             state_word(&l),
             spend,
-            dur(l.elapsed_seconds),
+            format_secs(l.elapsed_seconds),
             l.started_at
         );
     }
@@ -112,7 +108,7 @@ pub fn status(state: &Path, id: Option<&str>, json: bool) -> ExitCode {
         ),
         _ => "single command".into(),
     };
-    let eta = l.eta_seconds.map(dur);
+    let eta = l.eta_seconds.map(format_secs);
     if json {
         let mut v = serde_json::to_value(&l).unwrap_or_default();
         v["status"] = serde_json::json!(st);
@@ -141,7 +137,7 @@ pub fn status(state: &Path, id: Option<&str>, json: bool) -> ExitCode {
     } else {
         l.kills
             .iter()
-            .map(|k| format!("{} after {}", k.reason, dur(k.elapsed_seconds)))
+            .map(|k| format!("{} after {}", k.reason, format_secs(k.elapsed_seconds)))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -150,9 +146,9 @@ pub fn status(state: &Path, id: Option<&str>, json: bool) -> ExitCode {
     println!("phase:     {phase_text}");
     println!(
         "elapsed:   {}{}",
-        dur(l.elapsed_seconds),
+        format_secs(l.elapsed_seconds),
         l.max_wall_seconds
-            .map(|w| format!(" of {}", dur(w)))
+            .map(|w| format!(" of {}", format_secs(w)))
             .unwrap_or_default()
     );
     println!(

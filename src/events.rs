@@ -118,6 +118,20 @@ pub struct Event {
 }
 
 /// RFC 3339 UTC timestamp for a SystemTime, second precision plus milliseconds.
+/// This machine's name, as events and notifications report it.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Seconds since the Unix epoch, for arithmetic on recorded times.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 pub fn rfc3339(t: std::time::SystemTime) -> String {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;

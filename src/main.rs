@@ -21,18 +21,12 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn host() -> String {
-    nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 /// Prints the three answers; true when all are answered.
 fn preflight(settings: &Settings) -> bool {
     let Ok(rt) = runtime() else {
         return false;
     };
-    let answers = rt.block_on(cmd::preflight(settings, &host()));
+    let answers = rt.block_on(cmd::preflight(settings, &costguard::events::hostname()));
     let ok = cmd::print_preflight(&answers);
     println!(
         "{}",
@@ -141,7 +135,7 @@ fn notify_test(settings: &Settings) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    let host = host();
+    let host = costguard::events::hostname();
     let mut lines = Vec::new();
     let failed = rt.block_on(costguard::notify::check::run(
         &settings.notify,

@@ -7,11 +7,7 @@ use std::time::Duration;
 
 use crate::events::{Event, EventKind};
 use crate::ledger::Ledger;
-use crate::units::{format_duration, format_money};
-
-fn dur(secs: f64) -> String {
-    format_duration(Duration::from_secs_f64(secs.max(0.0)))
-}
+use crate::units::{format_duration, format_money, format_secs};
 
 /// Rounds a suggested limit up to a readable step.
 fn round_up_secs(secs: f64) -> Duration {
@@ -104,10 +100,19 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
     }
     match l.max_wall_seconds {
         Some(w) => {
-            let _ = writeln!(o, "| time | {} wall | {} |", dur(w), dur(l.elapsed_seconds));
+            let _ = writeln!(
+                o,
+                "| time | {} wall | {} |",
+                format_secs(w),
+                format_secs(l.elapsed_seconds)
+            );
         }
         None => {
-            let _ = writeln!(o, "| time | no wall limit | {} |", dur(l.elapsed_seconds));
+            let _ = writeln!(
+                o,
+                "| time | no wall limit | {} |",
+                format_secs(l.elapsed_seconds)
+            );
         }
     }
     if let Some(total) = l.progress_total {
@@ -135,8 +140,8 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
                 o,
                 "| {} | {} | {} | {} | {}{} |",
                 p.name,
-                p.expected_seconds.map_or("—".into(), dur),
-                dur(p.elapsed_seconds),
+                p.expected_seconds.map_or("—".into(), format_secs),
+                format_secs(p.elapsed_seconds),
                 format_money(p.spend_dollars),
                 p.outcome,
                 p.reason
@@ -162,7 +167,7 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
             "{}. **{}** after {}{phase}: {}",
             i + 1,
             k.reason,
-            dur(k.elapsed_seconds),
+            format_secs(k.elapsed_seconds),
             k.evidence
         );
         if k.last_output.is_empty() {
@@ -196,7 +201,7 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
             format_money(l.wasted_dollars)
         );
     }
-    let _ = writeln!(o, "- Time: {}", dur(l.elapsed_seconds));
+    let _ = writeln!(o, "- Time: {}", format_secs(l.elapsed_seconds));
 
     let _ = writeln!(o, "\n## Surprises\n");
     let mut surprises = Vec::new();
@@ -207,8 +212,8 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
                 surprises.push(format!(
                     "phase {} took {} against {} expected ({r:.1}×)",
                     p.name,
-                    dur(p.elapsed_seconds),
-                    dur(exp)
+                    format_secs(p.elapsed_seconds),
+                    format_secs(exp)
                 ));
             }
         }
@@ -216,7 +221,7 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
     if l.longest_idle_seconds >= 60.0 {
         surprises.push(format!(
             "the GPUs sat idle for {} at a stretch",
-            dur(l.longest_idle_seconds)
+            format_secs(l.longest_idle_seconds)
         ));
     }
     if l.priced && l.spend_dollars > 0.0 && l.wasted_dollars / l.spend_dollars > 0.2 {
@@ -252,7 +257,7 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
             o,
             "- `--max-wall {}`: the observed {} plus 30%.",
             format_duration(wall),
-            dur(l.elapsed_seconds)
+            format_secs(l.elapsed_seconds)
         );
         if l.priced {
             let _ = writeln!(
@@ -264,7 +269,7 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
         }
     } else if killed_by("wall") || killed_by("usd") {
         let _ = writeln!(o, "- A ceiling ended the run at {} ({}). If it was still progressing (last progress: {}), raise that ceiling; if not, the job needs fixing, not more budget.",
-            dur(l.elapsed_seconds), spend, l.last_progress.as_deref().unwrap_or("none seen"));
+            format_secs(l.elapsed_seconds), spend, l.last_progress.as_deref().unwrap_or("none seen"));
     }
     if killed_by("idle") {
         let _ = writeln!(o, "- The idle watchdog fired: if the job loads data or compiles for long at the start, set `--idle-grace` past that; otherwise the job was stuck.");
@@ -278,7 +283,7 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
             o,
             "- `--idle {}`: twice the longest idle stretch seen ({}).",
             format_duration(round_up_secs(l.longest_idle_seconds * 2.0)),
-            dur(l.longest_idle_seconds)
+            format_secs(l.longest_idle_seconds)
         );
     }
     if killed_by("stall") {

@@ -83,6 +83,12 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// `format_duration` of a number of seconds (negative or non-finite counts as zero).
+pub fn format_secs(secs: f64) -> String {
+    let s = if secs.is_finite() { secs.max(0.0) } else { 0.0 };
+    format_duration(Duration::from_secs_f64(s.min(1e15)))
+}
+
 /// Prints dollars with cents, or with four decimals below one dollar so small spends show.
 pub fn format_money(dollars: f64) -> String {
     if !dollars.is_finite() {

@@ -128,12 +128,10 @@ async fn kill_targets(pids: &[i32], grace: Duration) -> Vec<i32> {
 }
 
 pub async fn run(settings: Settings, selector: Selector) -> Result<u8, GuardError> {
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let host = crate::events::hostname();
     let base = format!(
         "agent-{host}-{}",
-        &super::start::default_run_id(&["x".into()], std::time::SystemTime::now())[2..]
+        super::start::run_id_stamp(std::time::SystemTime::now())
     );
     let label = vec![std::ffi::OsString::from("costguard agent")];
     let (mut st, started) = open(&settings, &label, &base, false).await?;

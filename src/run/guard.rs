@@ -91,9 +91,7 @@ pub(super) async fn open(
         }
     });
     super::record::write_config(&rec.run_dir, settings, command);
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let host = crate::events::hostname();
     rec.update(|l| l.host = host.clone());
     let rate = match &started.pricing {
         Pricing::Fixed { per_hour, .. } => *per_hour,

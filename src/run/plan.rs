@@ -159,7 +159,7 @@ pub async fn run(settings: Settings, phases: Vec<Phase>, plan: &Path) -> Result<
         plan.file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "plan".into()),
-        &super::start::default_run_id(&["x".into()], std::time::SystemTime::now())[2..]
+        super::start::run_id_stamp(std::time::SystemTime::now())
     );
     let run_id = match &settings.run_id {
         Some(id) => id.clone(),

@@ -41,12 +41,6 @@ pub enum RecordError {
     },
 }
 
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 100
@@ -99,7 +93,7 @@ impl Recorder {
                             ));
                             // The job verifiably ran on unguarded since the last record: that
                             // time is spend too.
-                            let gap = (unix_now() - p.updated_unix).max(0.0);
+                            let gap = (crate::events::unix_now() - p.updated_unix).max(0.0);
                             if let (Some(rate), true) =
                                 (p.rate_dollars_per_hour, p.updated_unix > 0.0)
                             {

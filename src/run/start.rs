@@ -178,6 +178,11 @@ pub fn default_run_id(command: &[std::ffi::OsString], now: std::time::SystemTime
         })
         .take(40)
         .collect();
+    format!("{name}-{}", run_id_stamp(now))
+}
+
+/// The time part of a default run id: `YYYY-MM-DD-HHMM` (UTC).
+pub fn run_id_stamp(now: std::time::SystemTime) -> String {
     let secs = now
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -185,7 +190,7 @@ pub fn default_run_id(command: &[std::ffi::OsString], now: std::time::SystemTime
     let (y, m, d) = crate::events::civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
     format!(
-        "{name}-{y:04}-{m:02}-{d:02}-{:02}{:02}",
+        "{y:04}-{m:02}-{d:02}-{:02}{:02}",
         rem / 3600,
         (rem % 3600) / 60
     )

@@ -63,12 +63,6 @@ pub(super) struct State {
     pub(super) fleet_error: Option<String>,
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
-
 impl State {
     pub(super) fn now(&self) -> Duration {
         self.t0.elapsed()
@@ -122,8 +116,8 @@ impl State {
                     l.wasted_dollars = wasted;
                     l.elapsed_seconds = elapsed;
                     l.updated_at = rfc3339(SystemTime::now());
-                    l.updated_unix = unix_now();
-                    l.updated_unix = unix_now();
+                    l.updated_unix = crate::events::unix_now();
+                    l.updated_unix = crate::events::unix_now();
                 });
             }
         }
@@ -410,7 +404,7 @@ impl State {
             let waiting = self.waiting_on.clone();
             r.update(|l| {
                 l.updated_at = rfc3339(SystemTime::now());
-                l.updated_unix = unix_now();
+                l.updated_unix = crate::events::unix_now();
                 l.spend_dollars = spend;
                 l.wasted_dollars = wasted;
                 l.elapsed_seconds = elapsed;
