@@ -55,25 +55,11 @@ pub enum FleetMsg {
     Error(String),
 }
 
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 async fn once(client: &reqwest::Client, f: &FleetSettings) -> Result<f64, String> {
-    let url = format!(
-        "{}/api/v1/query?query={}",
-        f.prometheus_url.trim_end_matches('/'),
-        encode(&f.query())
-    );
+    let url = format!("{}/api/v1/query", f.prometheus_url.trim_end_matches('/'));
     let resp = client
         .get(url)
+        .query(&[("query", f.query())])
         .timeout(f.interval.max(Duration::from_secs(2)))
         .send()
         .await

@@ -136,7 +136,7 @@ pub async fn run(settings: Settings, selector: Selector) -> Result<u8, GuardErro
     let label = vec![std::ffi::OsString::from("costguard agent")];
     let (mut st, started) = open(&settings, &label, &base, false).await?;
     if started.gpu.is_none() {
-        return Err(GuardError::Plan(
+        return Err(GuardError::Agent(
             "costguard agent needs NVML to see GPU processes (--gpu nvml, --nvml-lib PATH)".into(),
         ));
     }
@@ -149,9 +149,9 @@ pub async fn run(settings: Settings, selector: Selector) -> Result<u8, GuardErro
         sample_tx,
     ));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| GuardError::Plan(format!("cannot watch signals: {e}")))?;
+        .map_err(|e| GuardError::Agent(format!("cannot watch signals: {e}")))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| GuardError::Plan(format!("cannot watch signals: {e}")))?;
+        .map_err(|e| GuardError::Agent(format!("cannot watch signals: {e}")))?;
     let mut targets: Vec<i32> = Vec::new();
     let mut seen: HashSet<i32> = HashSet::new();
     let kill: Option<(KillReason, String)> = loop {

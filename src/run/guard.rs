@@ -52,6 +52,8 @@ pub enum GuardError {
     Record(#[from] RecordError),
     #[error("{0}")]
     Plan(String),
+    #[error("{0}")]
+    Agent(String),
     #[error("nothing to run: give the command after `--`, e.g. costguard --max-wall 1h -- python train.py")]
     NoCommand,
 }
