@@ -3,7 +3,7 @@
 //! TERM to its costguard, which then ends the job as it would on Ctrl-C).
 
 use std::ffi::OsString;
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -246,7 +246,6 @@ pub fn logs(state: &Path, id: &str, follow: bool) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         std::thread::sleep(Duration::from_millis(200));
-        let _ = f.stream_position();
     }
 }
 
@@ -376,6 +375,9 @@ pub fn detach(settings: &Settings, command: &[OsString]) -> ExitCode {
     let base = crate::run::default_run_id(command, std::time::SystemTime::now());
     let (id, dir) = match &settings.run_id {
         Some(id) => {
+            if !crate::run::record::valid_id(id) {
+                return err(crate::run::record::RecordError::BadId(id.clone()));
+            }
             let dir = ledger::runs_dir(&settings.state_dir).join(id);
             if let Err(e) = crate::fsutil::private_dir(&dir) {
                 return err(format!("cannot create {}: {e}", dir.display()));

@@ -238,6 +238,23 @@ fn detach_refuses_an_unanswered_preflight() {
     assert!(text.contains("watchdog:          NOT ANSWERED"), "{text}");
     assert!(text.contains("exit hook:         NOT ANSWERED"), "{text}");
     assert!(stderr(&out).contains("refusing to start in the background"));
+    let mut c = guard(state.path());
+    c.args([
+        "run",
+        "--detach",
+        "--no-preflight",
+        "--run-id",
+        "../escape",
+        "--",
+        "true",
+    ]);
+    let out = run(c);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("invalid --run-id \"../escape\""),
+        "{}",
+        stderr(&out)
+    );
     assert!(!state.path().join("runs").exists(), "nothing started");
 
     let rx = common::receiver::Receiver::start(vec![]);

@@ -41,7 +41,8 @@ pub enum RecordError {
     },
 }
 
-fn valid_id(id: &str) -> bool {
+/// Whether `id` can name a run directory (no path separators, no hidden names).
+pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 100
         && !id.starts_with('.')
