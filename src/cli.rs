@@ -273,7 +273,8 @@ pub struct GuardArgs {
     #[arg(long, conflicts_with = "quiet")]
     pub no_quiet: bool,
 
-    /// Directory for costguard's durable state (the notification outbox)
+    /// Directory for costguard's durable state: the run records (runs/) and the
+    /// notification outbox (outbox/)
     /// [default: $XDG_STATE_HOME/costguard, else ~/.local/state/costguard].
     #[arg(long, env = "COSTGUARD_STATE_DIR", value_name = "PATH")]
     pub state_dir: Option<PathBuf>,

@@ -18,10 +18,7 @@ pub fn state_dir(p: &Option<PathBuf>) -> PathBuf {
 }
 
 fn err(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!(
-        "costguard: error: {}",
-        crate::redact::text(&msg.to_string())
-    );
+    crate::console::error(crate::redact::text(&msg.to_string()));
     ExitCode::from(OWN_FAILURE)
 }
 
@@ -37,7 +34,7 @@ fn find(state: &Path, id: Option<&str>) -> Result<(PathBuf, Ledger), String> {
                     dir,
                     Ledger {
                         run_id: id.to_string(),
-                        state: "starting".into(),
+                        state: ledger::RunState::Starting,
                         ..Ledger::default()
                     },
                 )),
@@ -59,27 +56,30 @@ fn state_word(l: &Ledger) -> String {
     if l.crashed() {
         "crashed".into()
     } else {
-        l.state.clone()
+        l.state.as_str().into()
     }
 }
 
 pub fn list(state: &Path) -> ExitCode {
     let runs = ledger::list(state);
     if runs.is_empty() {
-        println!("no runs in {}", state.display());
+        crate::console::outln(format!("no runs in {}", state.display()));
         return ExitCode::SUCCESS;
     }
-    println!(
+    let header = format!(
         "{:<36} {:<9} {:>10} {:>11} {:<24}",
         "RUN", "STATE", "SPEND", "ELAPSED", "STARTED"
     );
+    if !crate::console::outln(header) {
+        return ExitCode::SUCCESS; // stdout closed (`| head`): nothing more to say
+    }
     for (_, l) in runs {
         let spend = if l.priced {
             format_money(l.spend_dollars)
         } else {
             "unknown".into()
         };
-        println!(
+        let line = format!(
             "{:<36} {:<9} {:>10} {:>11} {:<24}",
             l.run_id,
             state_word(&l),
@@ -87,6 +87,9 @@ pub fn list(state: &Path) -> ExitCode {
             format_secs(l.elapsed_seconds),
             l.started_at
         );
+        if !crate::console::outln(line) {
+            break;
+        }
     }
     ExitCode::SUCCESS
 }
@@ -108,30 +111,51 @@ pub fn status(state: &Path, id: Option<&str>, json: bool) -> ExitCode {
         ),
         _ => "single command".into(),
     };
-    let eta = l.eta_seconds.map(format_secs);
     if json {
         let mut v = serde_json::to_value(&l).unwrap_or_default();
         v["status"] = serde_json::json!(st);
         v["run_dir"] = serde_json::json!(dir);
         v["phase_text"] = serde_json::json!(phase_text);
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        crate::console::outln(serde_json::to_string_pretty(&v).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
-    let spend = if l.priced {
-        let mut s = format_money(l.spend_dollars);
-        if let Some(b) = l.budget_dollars {
-            s += &format!(" of {}", format_money(b));
-        }
-        if let Some(r) = l.rate_dollars_per_hour {
-            s += &format!(" at {}/h", format_money(r));
-        }
-        if l.wasted_dollars > 0.0 {
-            s += &format!(", wasted {}", format_money(l.wasted_dollars));
-        }
-        s
-    } else {
-        "unknown (no price)".into()
-    };
+    crate::console::out(status_text(&dir, &l, &st, &phase_text));
+    ExitCode::SUCCESS
+}
+
+/// Spend against budget, rate and waste, in one line.
+fn spend_text(l: &Ledger) -> String {
+    if !l.priced {
+        return "unknown (no price)".into();
+    }
+    let mut s = format_money(l.spend_dollars);
+    if let Some(b) = l.budget_dollars {
+        s += &format!(" of {}", format_money(b));
+    }
+    if let Some(r) = l.rate_dollars_per_hour {
+        s += &format!(" at {}/h", format_money(r));
+    }
+    if l.wasted_dollars > 0.0 {
+        s += &format!(", wasted {}", format_money(l.wasted_dollars));
+    }
+    s
+}
+
+fn eta_text(l: &Ledger) -> String {
+    match l.eta_seconds.map(format_secs) {
+        None => "unknown (give --progress-total, or expected phase durations)".into(),
+        Some(e) => format!(
+            "{e} more{}",
+            l.projected_spend_dollars
+                .map(|p| format!(", {} projected at completion", format_money(p)))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// The check-in, as a person reads it.
+fn status_text(dir: &Path, l: &Ledger, st: &str, phase_text: &str) -> String {
+    use std::fmt::Write;
     let kills = if l.kills.is_empty() {
         "none".to_string()
     } else {
@@ -141,58 +165,43 @@ pub fn status(state: &Path, id: Option<&str>, json: bool) -> ExitCode {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!("run:       {} ({st})", l.run_id);
-    println!("command:   {}", l.command);
-    println!("phase:     {phase_text}");
-    println!(
+    let wall = l
+        .max_wall_seconds
+        .map(|w| format!(" of {}", format_secs(w)));
+    let mut o = String::new();
+    let _ = writeln!(o, "run:       {} ({st})", l.run_id);
+    let _ = writeln!(o, "command:   {}", l.command);
+    let _ = writeln!(o, "phase:     {phase_text}");
+    let _ = writeln!(
+        o,
         "elapsed:   {}{}",
         format_secs(l.elapsed_seconds),
-        l.max_wall_seconds
-            .map(|w| format!(" of {}", format_secs(w)))
-            .unwrap_or_default()
+        wall.unwrap_or_default()
     );
-    println!(
-        "eta:       {}",
-        eta.map_or(
-            "unknown (give --progress-total, or expected phase durations)".into(),
-            |e| {
-                format!(
-                    "{e} more{}",
-                    l.projected_spend_dollars
-                        .map(|p| format!(", {} projected at completion", format_money(p)))
-                        .unwrap_or_default()
-                )
-            }
-        )
-    );
-    println!("spend:     {spend}");
-    println!("kills:     {kills}");
-    println!("warnings:  {}   errors: {}", l.warnings, l.errors);
-    println!(
+    let _ = writeln!(o, "eta:       {}", eta_text(l));
+    let _ = writeln!(o, "spend:     {}", spend_text(l));
+    let _ = writeln!(o, "kills:     {kills}");
+    let _ = writeln!(o, "warnings:  {}   errors: {}", l.warnings, l.errors);
+    let progress = l.last_progress.as_deref();
+    let _ = writeln!(
+        o,
         "progress:  {}",
-        l.last_progress
-            .as_deref()
-            .unwrap_or("no progress signal seen")
+        progress.unwrap_or("no progress signal seen")
     );
     if st == "running" {
-        println!(
-            "waiting:   {}",
-            l.waiting_on.as_deref().unwrap_or("the first sample")
-        );
+        let w = l.waiting_on.as_deref().unwrap_or("the first sample");
+        let _ = writeln!(o, "waiting:   {w}");
     } else {
-        println!(
-            "outcome:   {}",
-            l.outcome_detail
-                .as_deref()
-                .unwrap_or("costguard died mid-run: resume with --run-id")
-        );
+        let d = l.outcome_detail.as_deref();
+        let d = d.unwrap_or("costguard died mid-run: resume with --run-id");
+        let _ = writeln!(o, "outcome:   {d}");
     }
-    println!("watchdogs: {}", l.watchdogs.join(", "));
+    let _ = writeln!(o, "watchdogs: {}", l.watchdogs.join(", "));
     if l.no_preflight {
-        println!("preflight: skipped (--no-preflight)");
+        let _ = writeln!(o, "preflight: skipped (--no-preflight)");
     }
-    println!("directory: {}", dir.display());
-    ExitCode::SUCCESS
+    let _ = writeln!(o, "directory: {}", dir.display());
+    o
 }
 
 pub fn report(state: &Path, id: Option<&str>) -> ExitCode {
@@ -202,9 +211,9 @@ pub fn report(state: &Path, id: Option<&str>) -> ExitCode {
     };
     let text = crate::report::render(&l, &ledger::read_events(&dir));
     if let Err(e) = crate::fsutil::write_replace(&dir.join("report.md"), text.as_bytes()) {
-        eprintln!("costguard: notice: could not write report.md: {e}");
+        crate::console::notice(format!("could not write report.md: {e}"));
     }
-    print!("{text}");
+    crate::console::out(text);
     ExitCode::SUCCESS
 }
 
@@ -228,8 +237,9 @@ pub fn logs(state: &Path, id: &str, follow: bool) -> ExitCode {
     loop {
         buf.clear();
         let _ = f.read_to_end(&mut buf);
-        let _ = out.write_all(&buf);
-        let _ = out.flush();
+        if out.write_all(&buf).and_then(|_| out.flush()).is_err() {
+            return ExitCode::SUCCESS; // stdout closed (`| head`): stop quietly
+        }
         if !follow {
             return ExitCode::SUCCESS;
         }
@@ -258,7 +268,7 @@ pub fn stop(state: &Path, id: Option<&str>) -> ExitCode {
         Err(e) => return err(e),
     };
     let Some(cg) = l.costguard.filter(|_| l.live()) else {
-        println!("run {id} is not running ({})", state_word(&l));
+        crate::console::outln(format!("run {id} is not running ({})", state_word(&l)));
         return ExitCode::SUCCESS;
     };
     let _ = nix::sys::signal::kill(
@@ -274,10 +284,10 @@ pub fn stop(state: &Path, id: Option<&str>) -> ExitCode {
         return err(format!("run {id}: costguard pid {} did not stop", cg.pid));
     }
     let l = Ledger::load(&dir).ok().flatten().unwrap_or(l);
-    println!(
+    crate::console::outln(format!(
         "run {id} stopped: {}",
         l.outcome_detail.as_deref().unwrap_or("ended")
-    );
+    ));
     ExitCode::SUCCESS
 }
 
@@ -359,12 +369,12 @@ pub async fn preflight(settings: &Settings, host: &str) -> Vec<Answer> {
 
 pub fn print_preflight(answers: &[Answer]) -> bool {
     for a in answers {
-        println!(
+        crate::console::outln(format!(
             "{:<18} {} — {}",
             format!("{}:", a.question),
             if a.ok { "ok" } else { "NOT ANSWERED" },
             a.text
-        );
+        ));
     }
     answers.iter().all(|a| a.ok)
 }
@@ -434,11 +444,11 @@ pub fn detach(settings: &Settings, command: &[OsString]) -> ExitCode {
     }
     match c.spawn() {
         Ok(child) => {
-            println!("{id}");
-            eprintln!(
-                "costguard: run {id} started in the background (costguard pid {}); costguard status {id} · costguard logs {id} -f · costguard stop {id}",
+            crate::console::outln(&id);
+            crate::console::say(format!(
+                "run {id} started in the background (costguard pid {}); costguard status {id} · costguard logs {id} -f · costguard stop {id}",
                 child.id()
-            );
+            ));
             ExitCode::SUCCESS
         }
         Err(e) => err(format!("cannot start the background run: {e}")),

@@ -229,13 +229,170 @@ pub(crate) fn positive(d: Option<Duration>, flag: &str) -> Result<Option<Duratio
     }
 }
 
+type Picked = Option<(String, String)>;
+
+fn gpu_mode(p: Picked) -> Result<GpuMode, ConfigError> {
+    let Some((v, origin)) = p else {
+        return Ok(GpuMode::Auto);
+    };
+    match v.as_str() {
+        "auto" => Ok(GpuMode::Auto),
+        "nvml" => Ok(GpuMode::Nvml),
+        "none" => Ok(GpuMode::None),
+        _ => Err(ConfigError::Invalid(format!(
+            "invalid {origin} value {v:?}: expected auto, nvml or none"
+        ))),
+    }
+}
+
+fn progress_regex(p: Picked) -> Result<Option<Regex>, ConfigError> {
+    let Some((v, origin)) = p else {
+        return Ok(None);
+    };
+    let re =
+        Regex::new(&v).map_err(|e| ConfigError::Invalid(format!("invalid {origin} {v:?}: {e}")))?;
+    if re.captures_len() < 2 {
+        return Err(ConfigError::Invalid(format!(
+            "invalid {origin} {v:?}: needs a capture group around the step number, e.g. 'step (\\d+)'"
+        )));
+    }
+    Ok(Some(re))
+}
+
+fn progress_total(p: Picked) -> Result<Option<f64>, ConfigError> {
+    let Some((v, origin)) = p else {
+        return Ok(None);
+    };
+    match v.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n > 0.0 => Ok(Some(n)),
+        _ => Err(ConfigError::Invalid(format!(
+            "invalid {origin} {v:?}: expected a positive number of steps"
+        ))),
+    }
+}
+
+/// The listen address and whether the user chose it (a default that is taken is a notice).
+fn listen_addr(p: Picked) -> Result<(Option<SocketAddr>, bool), ConfigError> {
+    let Some((v, origin)) = p else {
+        return Ok((DEFAULT_LISTEN.parse().ok(), false));
+    };
+    let addr = v.parse::<SocketAddr>().map_err(|_| {
+        ConfigError::Invalid(format!(
+            "invalid {origin} {v:?}: expected HOST:PORT such as 127.0.0.1:9947"
+        ))
+    })?;
+    Ok((Some(addr), true))
+}
+
+fn check_prices(prices: &BTreeMap<String, f64>) -> Result<(), ConfigError> {
+    for (model, price) in prices {
+        if !price.is_finite() || *price < 0.0 {
+            return Err(ConfigError::Invalid(format!(
+                "invalid price {price} for {model:?} in [prices]: expected dollars per GPU-hour >= 0"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The exit hook, refused when it ships results somewhere unless side effects are allowed.
+fn on_exit(cmd: Option<String>, allowed: bool) -> Result<Option<String>, ConfigError> {
+    let Some(cmd) = cmd.filter(|c| !c.trim().is_empty()) else {
+        return Ok(None);
+    };
+    if let (false, Some(pattern)) = (allowed, crate::hook::side_effect(&cmd)) {
+        return Err(ConfigError::Invalid(format!(
+            "refusing --on-exit {cmd:?}: it matches {pattern:?}, which pushes, deploys, publishes or sends; an exit hook should leave results somewhere known, not ship them (pass --allow-side-effects to run it anyway)"
+        )));
+    }
+    Ok(Some(cmd))
+}
+
+/// The watchdogs' settings: sampling, idle, stall, progress and memory ceilings.
+struct Watchdogs {
+    interval: Duration,
+    idle: Option<Duration>,
+    idle_below: f64,
+    idle_grace: Duration,
+    stall: Option<Duration>,
+    progress_regex: Option<Regex>,
+    progress_total: Option<f64>,
+    max_gpu_mem: Option<MemLimit>,
+    max_host_mem: Option<u64>,
+}
+
+impl Watchdogs {
+    fn resolve(args: &GuardArgs, file: &mut FileConfig) -> Result<Watchdogs, ConfigError> {
+        let s = |x: Option<Scalar>| x.map(Scalar::into_string);
+        let dur = |v: &str| units::parse_duration(v);
+        let interval = positive(
+            conv(pick(&args.interval, file.interval.take(), "interval"), dur)?,
+            "interval",
+        )?
+        .unwrap_or(Duration::from_secs(1));
+        let idle = positive(
+            conv(pick(&args.idle, file.idle.take(), "idle"), dur)?,
+            "idle",
+        )?;
+        let idle_below = conv(
+            pick(&args.idle_below, s(file.idle_below.take()), "idle-below"),
+            units::parse_percent,
+        )?
+        .unwrap_or(5.0);
+        let idle_grace = conv(
+            pick(&args.idle_grace, file.idle_grace.take(), "idle-grace"),
+            dur,
+        )?
+        .unwrap_or(Duration::ZERO);
+        let stall = positive(
+            conv(pick(&args.stall, file.stall.take(), "stall"), dur)?,
+            "stall",
+        )?;
+        let progress_regex = progress_regex(pick(
+            &args.progress_regex,
+            file.progress_regex.take(),
+            "progress-regex",
+        ))?;
+        let progress_total = progress_total(pick(
+            &args.progress_total,
+            s(file.progress_total.take()),
+            "progress-total",
+        ))?;
+        let max_gpu_mem = conv(
+            pick(&args.max_gpu_mem, s(file.max_gpu_mem.take()), "max-gpu-mem"),
+            units::parse_mem_limit,
+        )?;
+        let max_host_mem = conv(
+            pick(
+                &args.max_host_mem,
+                s(file.max_host_mem.take()),
+                "max-host-mem",
+            ),
+            units::parse_size,
+        )?;
+        Ok(Watchdogs {
+            interval,
+            idle,
+            idle_below,
+            idle_grace,
+            stall,
+            progress_regex,
+            progress_total,
+            max_gpu_mem,
+            max_host_mem,
+        })
+    }
+}
+
 impl Settings {
     /// Layers the file under the flags/env and validates everything.
     pub fn resolve(args: &GuardArgs) -> Result<Settings, ConfigError> {
-        let file = match &args.config {
+        let mut file = match &args.config {
             Some(p) => FileConfig::load(p)?,
             None => FileConfig::default(),
         };
+        let w = Watchdogs::resolve(args, &mut file)?;
+        let fleet = resolve_fleet(args, &mut file)?;
         let s = |x: Option<Scalar>| x.map(Scalar::into_string);
         let money = |v: &str| units::parse_money(v);
         let dur = |v: &str| units::parse_duration(v);
@@ -267,99 +424,15 @@ impl Settings {
             None => vec![0.5, 0.8, 0.95],
             Some((v, origin)) => parse_warn_at(&v, &origin)?,
         };
-        let gpu = match pick(&args.gpu, file.gpu, "gpu") {
-            None => GpuMode::Auto,
-            Some((v, origin)) => match v.as_str() {
-                "auto" => GpuMode::Auto,
-                "nvml" => GpuMode::Nvml,
-                "none" => GpuMode::None,
-                _ => {
-                    return Err(ConfigError::Invalid(format!(
-                        "invalid {origin} value {v:?}: expected auto, nvml or none"
-                    )))
-                }
-            },
-        };
-        let interval = positive(
-            conv(pick(&args.interval, file.interval, "interval"), dur)?,
-            "interval",
-        )?
-        .unwrap_or(Duration::from_secs(1));
-        let idle = positive(conv(pick(&args.idle, file.idle, "idle"), dur)?, "idle")?;
-        let idle_below = conv(
-            pick(&args.idle_below, s(file.idle_below), "idle-below"),
-            units::parse_percent,
-        )?
-        .unwrap_or(5.0);
-        let idle_grace = conv(pick(&args.idle_grace, file.idle_grace, "idle-grace"), dur)?
-            .unwrap_or(Duration::ZERO);
-        let stall = positive(conv(pick(&args.stall, file.stall, "stall"), dur)?, "stall")?;
-        let progress_regex = match pick(&args.progress_regex, file.progress_regex, "progress-regex")
-        {
-            None => None,
-            Some((v, origin)) => {
-                let re = Regex::new(&v)
-                    .map_err(|e| ConfigError::Invalid(format!("invalid {origin} {v:?}: {e}")))?;
-                if re.captures_len() < 2 {
-                    return Err(ConfigError::Invalid(format!(
-                        "invalid {origin} {v:?}: needs a capture group around the step number, e.g. 'step (\\d+)'"
-                    )));
-                }
-                Some(re)
-            }
-        };
-        let progress_total = match pick(
-            &args.progress_total,
-            s(file.progress_total),
-            "progress-total",
-        ) {
-            None => None,
-            Some((v, origin)) => match v.trim().parse::<f64>() {
-                Ok(n) if n.is_finite() && n > 0.0 => Some(n),
-                _ => {
-                    return Err(ConfigError::Invalid(format!(
-                        "invalid {origin} {v:?}: expected a positive number of steps"
-                    )))
-                }
-            },
-        };
-        let max_gpu_mem = conv(
-            pick(&args.max_gpu_mem, s(file.max_gpu_mem), "max-gpu-mem"),
-            units::parse_mem_limit,
-        )?;
-        let max_host_mem = conv(
-            pick(&args.max_host_mem, s(file.max_host_mem), "max-host-mem"),
-            units::parse_size,
-        )?;
+        let gpu = gpu_mode(pick(&args.gpu, file.gpu.take(), "gpu"))?;
         let (listen, listen_explicit) = if args.no_listen {
             (None, false)
         } else {
-            match pick(&args.listen, file.listen, "listen") {
-                None => (DEFAULT_LISTEN.parse().ok(), false),
-                Some((v, origin)) => (
-                    Some(v.parse::<SocketAddr>().map_err(|_| {
-                        ConfigError::Invalid(format!(
-                            "invalid {origin} {v:?}: expected HOST:PORT such as 127.0.0.1:9947"
-                        ))
-                    })?),
-                    true,
-                ),
-            }
+            listen_addr(pick(&args.listen, file.listen, "listen"))?
         };
-        let quiet = if args.quiet {
-            true
-        } else if args.no_quiet {
-            false
-        } else {
-            file.quiet.unwrap_or(false)
-        };
-        for (model, price) in &file.prices {
-            if !price.is_finite() || *price < 0.0 {
-                return Err(ConfigError::Invalid(format!(
-                    "invalid price {price} for {model:?} in [prices]: expected dollars per GPU-hour >= 0"
-                )));
-            }
-        }
+        // --quiet and --no-quiet win over the file.
+        let quiet = (args.quiet || file.quiet.unwrap_or(false)) && !args.no_quiet;
+        check_prices(&file.prices)?;
 
         let state_dir = args
             .state_dir
@@ -367,25 +440,10 @@ impl Settings {
             .or(file.state_dir)
             .unwrap_or_else(default_state_dir);
         let notify = resolve_notify(args, file.notify)?;
-        let mut file_fleet = (
-            file.fleet_max_usd.map(Scalar::into_string),
-            file.prometheus_url,
-            file.fleet_selector,
-            file.fleet_interval,
-        );
-        let on_exit = args
-            .on_exit
-            .clone()
-            .or(file.on_exit)
-            .filter(|c| !c.trim().is_empty());
-        if let Some(cmd) = &on_exit {
-            let allowed = args.allow_side_effects || file.allow_side_effects.unwrap_or(false);
-            if let (false, Some(pattern)) = (allowed, crate::hook::side_effect(cmd)) {
-                return Err(ConfigError::Invalid(format!(
-                    "refusing --on-exit {cmd:?}: it matches {pattern:?}, which pushes, deploys, publishes or sends; an exit hook should leave results somewhere known, not ship them (pass --allow-side-effects to run it anyway)"
-                )));
-            }
-        }
+        let on_exit = on_exit(
+            args.on_exit.clone().or(file.on_exit),
+            args.allow_side_effects || file.allow_side_effects.unwrap_or(false),
+        )?;
 
         let settings = Settings {
             max_usd,
@@ -398,16 +456,16 @@ impl Settings {
             warn_at,
             gpu,
             nvml_lib: args.nvml_lib.clone().or(file.nvml_lib),
-            interval,
-            idle,
-            idle_below,
-            idle_grace,
-            stall,
-            progress_regex,
-            progress_total,
+            interval: w.interval,
+            idle: w.idle,
+            idle_below: w.idle_below,
+            idle_grace: w.idle_grace,
+            stall: w.stall,
+            progress_regex: w.progress_regex,
+            progress_total: w.progress_total,
             heartbeat_file: args.heartbeat_file.clone().or(file.heartbeat_file),
-            max_gpu_mem,
-            max_host_mem,
+            max_gpu_mem: w.max_gpu_mem,
+            max_host_mem: w.max_host_mem,
             listen,
             listen_explicit,
             quiet,
@@ -419,7 +477,7 @@ impl Settings {
             no_preflight: false,
             phase: None,
             plan: args.plan.clone().or(file.plan),
-            fleet: resolve_fleet(args, &mut file_fleet)?,
+            fleet,
         };
         settings.check_consistency()?;
         Ok(settings)
@@ -503,26 +561,35 @@ pub fn default_state_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/costguard-{}", nix::unistd::getuid()))
 }
 
-type FleetFile = (
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
-
 fn resolve_fleet(
     args: &GuardArgs,
-    f: &mut FleetFile,
+    f: &mut FileConfig,
 ) -> Result<Option<crate::fleet::FleetSettings>, ConfigError> {
     let max = conv(
-        pick(&args.fleet_max_usd, f.0.take(), "fleet-max-usd"),
+        pick(
+            &args.fleet_max_usd,
+            f.fleet_max_usd.take().map(Scalar::into_string),
+            "fleet-max-usd",
+        ),
         units::parse_money,
     )?;
-    let url = pick(&args.prometheus_url, f.1.take(), "prometheus-url");
-    let selector = pick(&args.fleet_selector, f.2.take(), "fleet-selector");
+    let url = pick(
+        &args.prometheus_url,
+        f.prometheus_url.take(),
+        "prometheus-url",
+    );
+    let selector = pick(
+        &args.fleet_selector,
+        f.fleet_selector.take(),
+        "fleet-selector",
+    );
     let interval = positive(
         conv(
-            pick(&args.fleet_interval, f.3.take(), "fleet-interval"),
+            pick(
+                &args.fleet_interval,
+                f.fleet_interval.take(),
+                "fleet-interval",
+            ),
             units::parse_duration,
         )?,
         "fleet-interval",

@@ -2,7 +2,7 @@
 //! costguard. When the total reaches `--fleet-max-usd`, each costguard kills its own workload.
 //! Prometheus unreachable: an agent-error, and the local ceilings still hold.
 //!
-//! The query counts each member's highest spend within `--fleet-window` (finished members
+//! The query counts each member's highest spend within a window of a week (finished members
 //! too, while Prometheus keeps their series) and projects the live members' spend from their
 //! last scrape to now at their current rate, which removes the scrape lag from the estimate.
 //! Overshoot bound: what is left is the time between reads — one `--fleet-interval` plus the

@@ -57,10 +57,86 @@ impl Proc {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// How a session, a phase or a run ended. The serialized names are the ledger's and the
+/// webhooks' vocabulary and never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The job exited 0 (a plan: every phase did).
+    Completed,
+    /// The job exited non-zero, could not start, or its status was lost.
+    Failed,
+    /// A ceiling or watchdog ended it.
+    Killed,
+    /// A signal to costguard (Ctrl-C, `costguard stop`, the scheduler) ended it.
+    Stopped,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Failed => "failed",
+            Outcome::Killed => "killed",
+            Outcome::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A run's state in its ledger: running, or how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Reserved by `run --detach`, its costguard not yet on record (never written).
+    Starting,
+    #[default]
+    Running,
+    Completed,
+    Failed,
+    Killed,
+    Stopped,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Starting => "starting",
+            RunState::Running => "running",
+            RunState::Completed => "completed",
+            RunState::Failed => "failed",
+            RunState::Killed => "killed",
+            RunState::Stopped => "stopped",
+        }
+    }
+}
+
+impl From<Outcome> for RunState {
+    fn from(o: Outcome) -> RunState {
+        match o {
+            Outcome::Completed => RunState::Completed,
+            Outcome::Failed => RunState::Failed,
+            Outcome::Killed => RunState::Killed,
+            Outcome::Stopped => RunState::Stopped,
+        }
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PhaseRecord {
     pub name: String,
-    pub outcome: String,
+    pub outcome: Outcome,
     pub elapsed_seconds: f64,
     #[serde(default)]
     pub expected_seconds: Option<f64>,
@@ -73,7 +149,7 @@ pub struct PhaseRecord {
 pub struct Ledger {
     pub run_id: String,
     /// `running`, then the outcome: `completed`, `failed`, `killed`, `stopped`.
-    pub state: String,
+    pub state: RunState,
     pub command: String,
     pub host: String,
     pub started_at: String,
@@ -109,7 +185,7 @@ pub struct Ledger {
     pub last_step: Option<f64>,
     pub eta_seconds: Option<f64>,
     pub projected_spend_dollars: Option<f64>,
-    /// Idle time, summed per streak when it ends, and the longest streak.
+    /// The longest idle streak of the run, in seconds.
     pub longest_idle_seconds: f64,
     pub exit_code: Option<u8>,
     pub outcome_detail: Option<String>,
@@ -145,54 +221,25 @@ impl Ledger {
 
     /// A run whose costguard is gone while its ledger still says running: it crashed.
     pub fn crashed(&self) -> bool {
-        self.state == "running" && !self.costguard.is_some_and(|p| p.alive())
+        self.state == RunState::Running && !self.costguard.is_some_and(|p| p.alive())
     }
 
     pub fn live(&self) -> bool {
-        self.state == "running" && self.costguard.is_some_and(|p| p.alive())
+        self.state == RunState::Running && self.costguard.is_some_and(|p| p.alive())
     }
 
-    /// Kills what a crashed session left: its holder, the job's recorded processes (checked
-    /// by start time, so a reused pid is never hit) and their descendants, and the cgroup
-    /// leaf. Returns the pids signalled.
-    pub fn kill_leftovers(&self) -> Vec<i32> {
-        use nix::sys::signal::{kill, Signal};
-        use nix::unistd::Pid;
-        let mut targets: Vec<i32> = Vec::new();
-        if let Some(cg) = &self.cgroup {
-            if let Ok(t) = std::fs::read_to_string(cg.join("cgroup.procs")) {
-                targets.extend(t.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
-            }
-            let _ = std::fs::write(cg.join("cgroup.kill"), "1");
+    /// What a crashed session left, as a scope of the kill protocol: its holder, the job's
+    /// recorded processes (checked by start time, so a reused pid is never hit) and their
+    /// descendants, and the cgroup leaf. The ledger only describes; the caller kills.
+    pub fn leftovers(&self) -> crate::supervise::kill::Procs {
+        crate::supervise::kill::Procs {
+            roots: self.holder.iter().chain(&self.members).copied().collect(),
+            leaf: self
+                .cgroup
+                .clone()
+                .map(|dir| crate::supervise::cgroup::Leaf { dir }),
+            spare: vec![std::process::id() as i32],
         }
-        let roots: Vec<Proc> = self
-            .holder
-            .iter()
-            .chain(&self.members)
-            .copied()
-            .filter(Proc::alive)
-            .collect();
-        let all = tree::all();
-        for r in &roots {
-            targets.push(r.pid);
-            targets.extend(tree::descendants_in(&all, r.pid).iter().map(|p| p.pid));
-        }
-        targets.sort_unstable();
-        targets.dedup();
-        targets.retain(|p| *p > 1 && *p != std::process::id() as i32);
-        for p in &targets {
-            let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
-        }
-        if let Some(cg) = &self.cgroup {
-            // Empty now (or soon): remove the leaf, as a clean exit would have.
-            for _ in 0..50 {
-                if std::fs::remove_dir(cg).is_ok() || !cg.exists() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        }
-        targets
     }
 }
 
@@ -255,7 +302,7 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         let mut l = Ledger {
             run_id: "r".into(),
-            state: "running".into(),
+            state: RunState::Running,
             costguard: Proc::of(std::process::id() as i32),
             spend_dollars: 1.25,
             ..Ledger::default()

@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod console;
 pub mod events;
 pub mod exit;
 pub mod fleet;

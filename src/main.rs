@@ -28,14 +28,11 @@ fn preflight(settings: &Settings) -> bool {
     };
     let answers = rt.block_on(cmd::preflight(settings, &costguard::events::hostname()));
     let ok = cmd::print_preflight(&answers);
-    println!(
-        "{}",
-        if ok {
-            "preflight: all three answered: safe to leave"
-        } else {
-            "preflight: not safe to leave yet"
-        }
-    );
+    costguard::console::outln(if ok {
+        "preflight: all three answered: safe to leave"
+    } else {
+        "preflight: not safe to leave yet"
+    });
     ok
 }
 
@@ -82,6 +79,7 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     settings.no_preflight = no_preflight;
+    costguard::console::set_quiet(settings.quiet);
     costguard::redact::install(settings.notify.secrets());
     match mode {
         Mode::NotifyTest => return notify_test(&settings),
@@ -92,14 +90,14 @@ fn main() -> ExitCode {
         Mode::Run if detach => {
             if let Some(plan) = &settings.plan {
                 if let Err(e) = costguard::run::plan::load(plan) {
-                    return fail(&costguard::run::guard::GuardError::Plan(e));
+                    return fail(&costguard::run::GuardError::Plan(e));
                 }
             } else if command.is_empty() {
-                return fail(&costguard::run::guard::GuardError::NoCommand);
+                return fail(&costguard::run::GuardError::NoCommand);
             }
             if !no_preflight && !preflight(&settings) {
-                eprintln!(
-                    "costguard: error: refusing to start in the background until the preflight is answered (or pass --no-preflight, which status and the report will show)"
+                costguard::console::error(
+                    "refusing to start in the background until the preflight is answered (or pass --no-preflight, which status and the report will show)",
                 );
                 return ExitCode::from(exit::OWN_FAILURE);
             }
@@ -124,10 +122,10 @@ fn main() -> ExitCode {
 /// 125 when none is configured.
 fn notify_test(settings: &Settings) -> ExitCode {
     if settings.notify.channels.is_empty() {
-        eprintln!(
-            "costguard: error: no notification channel configured (give --slack-webhook, \
-             --webhook, --alertmanager, --pagerduty-routing-key or --notify-command, or their \
-             COSTGUARD_* variables or [notify] config keys)"
+        costguard::console::error(
+            "no notification channel configured (give --slack-webhook, --webhook, \
+             --alertmanager, --pagerduty-routing-key or --notify-command, or their COSTGUARD_* \
+             variables or [notify] config keys)",
         );
         return ExitCode::from(exit::OWN_FAILURE);
     }
@@ -143,30 +141,31 @@ fn notify_test(settings: &Settings) -> ExitCode {
         &mut lines,
     ));
     for l in lines {
-        println!("{l}");
+        costguard::console::outln(l);
     }
     ExitCode::from(u8::from(failed > 0))
 }
 
 /// `costguard agent`: the selector, then the agent loop on a one-thread runtime.
 fn agent(a: costguard::cli::AgentArgs) -> ExitCode {
-    use costguard::run::agent::{Selector, Target};
+    use costguard::run::agent::{Selection, Selector};
     let settings = match Settings::resolve(&a.guard) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
+    costguard::console::set_quiet(settings.quiet);
     costguard::redact::install(settings.notify.secrets());
-    let target = match Target::parse(&a.target) {
+    let target = match Selection::parse(&a.target) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("costguard: error: {e}");
+            costguard::console::error(e);
             return ExitCode::from(exit::OWN_FAILURE);
         }
     };
     let exclude = match a.exclude.as_deref().map(regex::Regex::new).transpose() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("costguard: error: invalid --exclude: {e}");
+            costguard::console::error(format!("invalid --exclude: {e}"));
             return ExitCode::from(exit::OWN_FAILURE);
         }
     };
@@ -174,7 +173,7 @@ fn agent(a: costguard::cli::AgentArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    match rt.block_on(costguard::run::agent::run(
+    match rt.block_on(costguard::run::session::run_agent(
         settings,
         Selector::new(target, exclude),
     )) {
@@ -185,7 +184,7 @@ fn agent(a: costguard::cli::AgentArgs) -> ExitCode {
 
 /// Prints the whole error chain on one line and exits 125.
 fn fail(e: &dyn std::error::Error) -> ExitCode {
-    let mut msg = format!("costguard: error: {e}");
+    let mut msg = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
         let text = s.to_string();
@@ -194,6 +193,6 @@ fn fail(e: &dyn std::error::Error) -> ExitCode {
         }
         src = s.source();
     }
-    eprintln!("{}", costguard::redact::text(&msg));
+    costguard::console::error(costguard::redact::text(&msg));
     ExitCode::from(exit::OWN_FAILURE)
 }

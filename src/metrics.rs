@@ -26,18 +26,43 @@ pub struct Metrics {
     pub notifications_failed: CounterVec,
     pub telemetry_errors: Counter,
     pub last_sample: GaugeVec,
-    pub gpu_util: GaugeVec,
-    pub gpu_mem_used: GaugeVec,
-    pub gpu_mem_total: GaugeVec,
-    pub gpu_power: GaugeVec,
-    pub gpu_energy: CounterVec,
-    pub gpu_temp: GaugeVec,
+    /// Per-GPU series.
+    gpu: GpuSeries,
     pub job_rss: Gauge,
     /// Seconds until each ceiling at the current rate; `ceiling` is `usd` or `wall`.
     pub to_ceiling: GaugeVec,
     /// Projection from the progress rate (absent until --progress-total and a rate exist).
     pub eta: GaugeVec,
     pub projected_spend: GaugeVec,
+}
+
+/// The per-GPU series, labelled gpu, uuid, model.
+struct GpuSeries {
+    util: GaugeVec,
+    mem_used: GaugeVec,
+    mem_total: GaugeVec,
+    power: GaugeVec,
+    energy: CounterVec,
+    temp: GaugeVec,
+}
+
+impl GpuSeries {
+    fn new(r: &Reg) -> GpuSeries {
+        let g = |name: &str, help: &str| r.gauges(name, help, &GPU_LABELS);
+        GpuSeries {
+            util: g("costguard_gpu_utilization_ratio", "GPU utilization, 0 to 1"),
+            mem_used: g("costguard_gpu_memory_used_bytes", "GPU memory in use"),
+            mem_total: g("costguard_gpu_memory_total_bytes", "GPU memory installed"),
+            power: g("costguard_gpu_power_watts", "GPU power draw"),
+            energy: r.counters(
+                "costguard_gpu_energy_joules_total",
+                "GPU energy since the driver loaded",
+                &GPU_LABELS,
+                &[],
+            ),
+            temp: g("costguard_gpu_temperature_celsius", "GPU temperature"),
+        }
+    }
 }
 
 /// Sets a label-less optional gauge: present when known, absent when not.
@@ -54,33 +79,41 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
     c
 }
 
+/// Registers metrics on one registry; names are static and distinct.
+struct Reg(Registry);
+
+const GPU_LABELS: [&str; 3] = ["gpu", "uuid", "model"];
+
+impl Reg {
+    fn gauge(&self, name: &str, help: &str) -> Gauge {
+        reg(&self.0, Gauge::new(name, help).expect("valid metric"))
+    }
+    fn counter(&self, name: &str, help: &str) -> Counter {
+        reg(&self.0, Counter::new(name, help).expect("valid metric"))
+    }
+    /// A gauge with labels; label-less, a series that is absent while unknown or unset.
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        let v = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+        reg(&self.0, v)
+    }
+    /// A counter with labels, each of `values` present from the start at 0.
+    fn counters(&self, name: &str, help: &str, labels: &[&str], values: &[&str]) -> CounterVec {
+        let v = reg(
+            &self.0,
+            CounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+        );
+        for x in values {
+            v.with_label_values(&[*x]);
+        }
+        v
+    }
+}
+
 impl Metrics {
     pub fn new(channels: &[&str]) -> Metrics {
-        let r = Registry::new();
-        let g = |name: &str, help: &str| reg(&r, Gauge::new(name, help).expect("valid metric"));
-        // Label-less vectors: series that are absent while their value is unknown or unset.
-        let og = |name: &str, help: &str| {
-            reg(
-                &r,
-                GaugeVec::new(Opts::new(name, help), &[]).expect("valid metric"),
-            )
-        };
-        let oc = |name: &str, help: &str| {
-            reg(
-                &r,
-                CounterVec::new(Opts::new(name, help), &[]).expect("valid metric"),
-            )
-        };
-        let c = |name: &str, help: &str| reg(&r, Counter::new(name, help).expect("valid metric"));
-        let gpu = |name: &str, help: &str| {
-            reg(
-                &r,
-                GaugeVec::new(Opts::new(name, help), &["gpu", "uuid", "model"])
-                    .expect("valid metric"),
-            )
-        };
+        let r = Reg(Registry::new());
         let build = reg(
-            &r,
+            &r.0,
             IntGaugeVec::new(
                 Opts::new("costguard_build_info", "costguard build, always 1"),
                 &["version"],
@@ -88,66 +121,13 @@ impl Metrics {
             .expect("valid metric"),
         );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let kills = reg(
-            &r,
-            CounterVec::new(
-                Opts::new("costguard_kills_total", "Kills of the job, by reason"),
-                &["reason"],
-            )
-            .expect("valid metric"),
-        );
-        for k in KillReason::ALL {
-            kills.with_label_values(&[k.as_str()]);
-        }
-        let events = reg(
-            &r,
-            CounterVec::new(
-                Opts::new("costguard_events_total", "Events raised, by kind"),
-                &["kind"],
-            )
-            .expect("valid metric"),
-        );
-        for k in EventKind::ALL {
-            events.with_label_values(&[k.as_str()]);
-        }
-        let notifications_failed = reg(
-            &r,
-            CounterVec::new(
-                Opts::new(
-                    "costguard_notifications_failed_total",
-                    "Notification deliveries that failed, by channel",
-                ),
-                &["channel"],
-            )
-            .expect("valid metric"),
-        );
-        for ch in channels {
-            notifications_failed.with_label_values(&[ch]);
-        }
-        let opt = |name: &str, help: &str, labels: &[&str]| {
-            reg(
-                &r,
-                GaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
-            )
-        };
-        let to_ceiling = opt(
-            "costguard_seconds_to_ceiling",
-            "Seconds until a ceiling is reached at the current rate, by ceiling (usd, wall)",
-            &["ceiling"],
-        );
-        let eta = opt(
-            "costguard_projected_seconds_remaining",
-            "Seconds to completion projected from the progress rate and --progress-total",
-            &[],
-        );
-        let projected_spend = opt(
-            "costguard_projected_spend_dollars",
-            "Spend at completion projected from the progress rate and the current price",
-            &[],
-        );
-        let _ = r.register(Box::new(
+        let _ = r.0.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ));
+        let kill_reasons: Vec<&str> = KillReason::ALL.iter().map(|k| k.as_str()).collect();
+        let kinds: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        let og = |n: &str, h: &str| r.gauges(n, h, &[]);
+        let oc = |n: &str, h: &str| r.counters(n, h, &[], &[]);
         Metrics {
             spend: oc(
                 "costguard_spend_dollars_total",
@@ -173,8 +153,8 @@ impl Metrics {
                 "costguard_wall_limit_seconds",
                 "The wall-clock ceiling (absent when none)",
             ),
-            elapsed: g("costguard_elapsed_seconds", "Seconds since the job started"),
-            idle_seconds: g(
+            elapsed: r.gauge("costguard_elapsed_seconds", "Seconds since the job started"),
+            idle_seconds: r.gauge(
                 "costguard_idle_seconds",
                 "Seconds the job's GPUs have been idle (0 when busy or unknown)",
             ),
@@ -182,7 +162,25 @@ impl Metrics {
                 "costguard_seconds_since_progress",
                 "Seconds since the last progress signal",
             ),
-            telemetry_errors: c(
+            kills: r.counters(
+                "costguard_kills_total",
+                "Kills of the job, by reason",
+                &["reason"],
+                &kill_reasons,
+            ),
+            events: r.counters(
+                "costguard_events_total",
+                "Events raised, by kind",
+                &["kind"],
+                &kinds,
+            ),
+            notifications_failed: r.counters(
+                "costguard_notifications_failed_total",
+                "Notification deliveries that failed, by channel",
+                &["channel"],
+                channels,
+            ),
+            telemetry_errors: r.counter(
                 "costguard_telemetry_errors_total",
                 "GPU telemetry samples that failed or timed out",
             ),
@@ -190,33 +188,25 @@ impl Metrics {
                 "costguard_last_sample_timestamp_seconds",
                 "Unix time of the last complete GPU sample",
             ),
-            gpu_util: gpu("costguard_gpu_utilization_ratio", "GPU utilization, 0 to 1"),
-            gpu_mem_used: gpu("costguard_gpu_memory_used_bytes", "GPU memory in use"),
-            gpu_mem_total: gpu("costguard_gpu_memory_total_bytes", "GPU memory installed"),
-            gpu_power: gpu("costguard_gpu_power_watts", "GPU power draw"),
-            gpu_energy: reg(
-                &r,
-                CounterVec::new(
-                    Opts::new(
-                        "costguard_gpu_energy_joules_total",
-                        "GPU energy since the driver loaded",
-                    ),
-                    &["gpu", "uuid", "model"],
-                )
-                .expect("valid metric"),
-            ),
-            gpu_temp: gpu("costguard_gpu_temperature_celsius", "GPU temperature"),
-            job_rss: g(
+            gpu: GpuSeries::new(&r),
+            job_rss: r.gauge(
                 "costguard_job_resident_memory_bytes",
                 "RSS of the job's whole process tree",
             ),
-            kills,
-            events,
-            notifications_failed,
-            to_ceiling,
-            eta,
-            projected_spend,
-            registry: r,
+            to_ceiling: r.gauges(
+                "costguard_seconds_to_ceiling",
+                "Seconds until a ceiling is reached at the current rate, by ceiling (usd, wall)",
+                &["ceiling"],
+            ),
+            eta: og(
+                "costguard_projected_seconds_remaining",
+                "Seconds to completion projected from the progress rate and --progress-total",
+            ),
+            projected_spend: og(
+                "costguard_projected_spend_dollars",
+                "Spend at completion projected from the progress rate and the current price",
+            ),
+            registry: r.0,
         }
     }
 
@@ -244,42 +234,43 @@ impl Metrics {
                     let _ = v.remove_label_values(&labels);
                 }
             };
-            set(&self.gpu_util, s.util_gpu_pct.map(|u| u / 100.0));
-            set(&self.gpu_mem_used, s.mem_used.map(|b| b as f64));
-            set(&self.gpu_mem_total, s.mem_total.map(|b| b as f64));
-            set(&self.gpu_power, s.power_watts);
+            set(&self.gpu.util, s.util_gpu_pct.map(|u| u / 100.0));
+            set(&self.gpu.mem_used, s.mem_used.map(|b| b as f64));
+            set(&self.gpu.mem_total, s.mem_total.map(|b| b as f64));
+            set(&self.gpu.power, s.power_watts);
             match s.energy_joules {
                 // A counter that follows the driver's own: it only goes up; a smaller
                 // reading means the driver reloaded, which is a counter reset.
                 Some(j) => {
-                    let c = self.gpu_energy.with_label_values(&labels);
+                    let c = self.gpu.energy.with_label_values(&labels);
                     let d = j - c.get();
                     if d >= 0.0 {
                         c.inc_by(d);
                     } else {
-                        let _ = self.gpu_energy.remove_label_values(&labels);
-                        self.gpu_energy.with_label_values(&labels).inc_by(j);
+                        let _ = self.gpu.energy.remove_label_values(&labels);
+                        self.gpu.energy.with_label_values(&labels).inc_by(j);
                     }
                 }
                 None => {
-                    let _ = self.gpu_energy.remove_label_values(&labels);
+                    let _ = self.gpu.energy.remove_label_values(&labels);
                 }
             }
-            set(&self.gpu_temp, s.temperature_c);
+            set(&self.gpu.temp, s.temperature_c);
         }
     }
 
     /// Drops every per-GPU series (telemetry went away: unknown, not zero).
     pub fn forget_gpus(&self) {
         for v in [
-            &self.gpu_util,
-            &self.gpu_mem_used,
-            &self.gpu_power,
-            &self.gpu_temp,
+            &self.gpu.util,
+            &self.gpu.mem_used,
+            &self.gpu.mem_total,
+            &self.gpu.power,
+            &self.gpu.temp,
         ] {
             v.reset();
         }
-        self.gpu_energy.reset();
+        self.gpu.energy.reset();
     }
 
     pub fn render(&self) -> String {

@@ -30,9 +30,29 @@ fn round_up_money(d: f64) -> f64 {
     ((d / step).ceil() * step).max(step)
 }
 
+/// The whole report: header, planned against actual, kills, cost, surprises, suggestions.
 pub fn render(l: &Ledger, events: &[Event]) -> String {
     let mut o = String::new();
-    let outcome = if l.state == "running" {
+    header(&mut o, l);
+    planned(&mut o, l);
+    kills(&mut o, l);
+    cost(&mut o, l);
+    surprises(&mut o, l, events);
+    suggestions(&mut o, l);
+    o
+}
+
+/// Spend in words: dollars, or "unknown" when the run was not priced.
+fn spend_text(l: &Ledger) -> String {
+    if l.priced {
+        format_money(l.spend_dollars)
+    } else {
+        "unknown".into()
+    }
+}
+
+fn header(o: &mut String, l: &Ledger) {
+    let outcome = if l.state == crate::ledger::RunState::Running {
         "unfinished (costguard died)"
     } else {
         l.state.as_str()
@@ -77,14 +97,12 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
     if let Some(h) = &l.on_exit {
         let _ = writeln!(o, "- **Exit hook:** `{h}`");
     }
+}
 
+fn planned(o: &mut String, l: &Ledger) {
     let _ = writeln!(o, "\n## Planned against actual\n");
     let _ = writeln!(o, "| | planned | actual |\n|---|---|---|");
-    let spend = if l.priced {
-        format_money(l.spend_dollars)
-    } else {
-        "unknown".into()
-    };
+    let spend = spend_text(l);
     match l.budget_dollars {
         Some(b) => {
             let _ = writeln!(
@@ -123,13 +141,21 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
         );
     }
     if let Some(n) = l.phases_total {
-        let done = l.phases.iter().filter(|p| p.outcome == "completed").count();
+        let done = l
+            .phases
+            .iter()
+            .filter(|p| p.outcome == crate::ledger::Outcome::Completed)
+            .count();
         let _ = writeln!(
             o,
             "| phases | {n} | {done} completed, {} recorded |",
             l.phases.len()
         );
     }
+    phases(o, l);
+}
+
+fn phases(o: &mut String, l: &Ledger) {
     if !l.phases.is_empty() {
         let _ = writeln!(
             o,
@@ -151,7 +177,9 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
             );
         }
     }
+}
 
+fn kills(o: &mut String, l: &Ledger) {
     let _ = writeln!(o, "\n## Kills\n");
     if l.kills.is_empty() {
         let _ = writeln!(o, "None.");
@@ -180,7 +208,10 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
             let _ = writeln!(o, "   ```");
         }
     }
+}
 
+fn cost(o: &mut String, l: &Ledger) {
+    let spend = spend_text(l);
     let _ = writeln!(o, "\n## Cost\n");
     let _ = writeln!(
         o,
@@ -202,7 +233,9 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
         );
     }
     let _ = writeln!(o, "- Time: {}", format_secs(l.elapsed_seconds));
+}
 
+fn surprises(o: &mut String, l: &Ledger, events: &[Event]) {
     let _ = writeln!(o, "\n## Surprises\n");
     let mut surprises = Vec::new();
     for p in &l.phases {
@@ -247,10 +280,13 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
     for s in surprises {
         let _ = writeln!(o, "- {s}");
     }
+}
 
+fn suggestions(o: &mut String, l: &Ledger) {
+    let spend = spend_text(l);
     let _ = writeln!(o, "\n## Suggested limits for the next similar run\n");
     let killed_by = |r: &str| l.kills.iter().any(|k| k.reason == r);
-    let completed = l.state == "completed";
+    let completed = l.state == crate::ledger::RunState::Completed;
     if completed {
         let wall = round_up_secs(l.elapsed_seconds * 1.3);
         let _ = writeln!(
@@ -300,7 +336,6 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
             format_duration(round_up_secs(p.elapsed_seconds * 1.5))
         );
     }
-    o
 }
 
 #[cfg(test)]
@@ -312,7 +347,7 @@ mod tests {
     fn a_killed_run_reads_as_a_postmortem() {
         let l = Ledger {
             run_id: "sweep-1".into(),
-            state: "killed".into(),
+            state: crate::ledger::RunState::Killed,
             command: "python train.py --api-key [redacted]".into(),
             priced: true,
             spend_dollars: 10.0,
@@ -336,7 +371,7 @@ mod tests {
             }],
             phases: vec![PhaseRecord {
                 name: "prep".into(),
-                outcome: "completed".into(),
+                outcome: crate::ledger::Outcome::Completed,
                 elapsed_seconds: 1800.0,
                 expected_seconds: Some(600.0),
                 spend_dollars: 5.0,

@@ -87,3 +87,126 @@ fn the_agent_needs_nvml_and_a_valid_selector() {
     assert_eq!(out.status.code(), Some(125));
     assert!(stderr(&out).contains("needs NVML"), "{}", stderr(&out));
 }
+
+/// An agent over one GPU process, `victim`, listed by the fake NVML at full utilization (so
+/// no idle kill interferes); returns the command, ready for the test's own flags.
+fn agent_over(dir: &std::path::Path, victim: &std::process::Child, marker: &str) -> Command {
+    std::fs::write(dir.join("victim.pid"), victim.id().to_string()).expect("pid");
+    let mut g = gpus(1, "NVIDIA H100 80GB HBM3", 100);
+    g[0]["processes"] = json!([{"pid_file": dir.join("victim.pid"), "mem": 1u64 << 30}]);
+    let mut c = costguard_on_gpus(dir, &json!({ "gpus": g }));
+    c.env("COSTGUARD_STATE_DIR", dir.join("state")).args([
+        "agent",
+        "--target",
+        &format!("cmdline:{marker}"),
+        "--interval",
+        "100ms",
+        "--kill-grace",
+        "1s",
+    ]);
+    c
+}
+
+/// A stand-in for Prometheus' query API that always answers this fleet total.
+fn fake_prometheus(total: f64) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = format!(
+                r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[0,"{total}"]}}]}}}}"#
+            );
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// A shell "trainer" with a marker in its command line, in a group of its own.
+fn trainer(script: &str) -> std::process::Child {
+    Command::new("sh")
+        .args(["-c", script])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("sh")
+}
+
+#[test]
+fn the_agent_honours_the_fleet_budget() {
+    let dir = tempdir();
+    let mut victim = trainer("exec sleep 64");
+    let port = fake_prometheus(150.0);
+    let mut c = agent_over(dir.path(), &victim, "^sleep 64$");
+    c.args(["--usd-per-hour", "1", "--fleet-max-usd", "100"])
+        .args(["--prometheus-url", &format!("http://127.0.0.1:{port}")])
+        .args(["--fleet-interval", "200ms"]);
+    let out = c.output().expect("agent");
+    let err = stderr(&out);
+    let gone = wait_until(Duration::from_secs(3), || {
+        victim.try_wait().ok().flatten().is_some()
+    });
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert_eq!(out.status.code(), Some(124), "{err}");
+    assert!(err.contains("killed (fleet)"), "{err}");
+    assert!(err.contains("the fleet spent $150.00 of $100.00"), "{err}");
+    assert!(gone, "the fleet kill ended the target: {err}");
+}
+
+#[test]
+fn the_agent_sends_the_warning_signal_to_its_targets_before_the_ceiling() {
+    let dir = tempdir();
+    let got = dir.path().join("got-usr1");
+    // The trainer checkpoints on USR1 (writes a file) and goes on.
+    let script = format!(
+        "trap 'touch {}' USR1; while :; do sleep 0.05; done # agent-warn-marker",
+        got.display()
+    );
+    let mut victim = trainer(&script);
+    let mut c = agent_over(dir.path(), &victim, "agent-warn-marker");
+    c.args(["--max-wall", "3s", "--warn-signal", "USR1", "--warn-before", "2s"]);
+    let out = c.output().expect("agent");
+    let err = stderr(&out);
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert_eq!(out.status.code(), Some(124), "{err}");
+    assert!(got.exists(), "the target got USR1 before the kill: {err}");
+    assert!(err.contains("warning (checkpoint)"), "{err}");
+    assert!(err.contains("(SIGUSR1 to "), "{err}");
+}
+
+#[test]
+fn the_agent_counts_heartbeats_as_progress_and_kills_when_they_stop() {
+    let dir = tempdir();
+    let beat = dir.path().join("beat");
+    // Beats every 200 ms for 3 s, then silence: the 1.5 s stall window must not fire while
+    // it beats, and must fire after.
+    let script = format!(
+        "i=0; while [ $i -lt 15 ]; do touch {}; sleep 0.2; i=$((i+1)); done; sleep 60 # agent-beat-marker",
+        beat.display()
+    );
+    let mut victim = trainer(&script);
+    let mut c = agent_over(dir.path(), &victim, "agent-beat-marker");
+    c.args(["--stall", "1500ms"])
+        .args(["--heartbeat-file", &beat.display().to_string()]);
+    let start = Instant::now();
+    let out = c.output().expect("agent");
+    let took = start.elapsed();
+    let err = stderr(&out);
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert_eq!(out.status.code(), Some(124), "{err}");
+    assert!(err.contains("killed (stall)"), "{err}");
+    assert!(
+        took >= Duration::from_secs(4),
+        "no stall kill while the heartbeat went on ({took:?}): {err}"
+    );
+}

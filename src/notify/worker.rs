@@ -40,10 +40,26 @@ pub struct Notifier {
 struct Pending {
     path: PathBuf,
     item: Item,
+    /// Stable address of this delivery while the queue changes.
+    serial: usize,
     due: Instant,
     attempts: u32,
     last_error: Option<String>,
     in_flight: bool,
+}
+
+impl Pending {
+    fn new(path: PathBuf, item: Item, serial: usize) -> Pending {
+        Pending {
+            path,
+            item,
+            serial,
+            due: Instant::now(),
+            attempts: 0,
+            last_error: None,
+            in_flight: false,
+        }
+    }
 }
 
 impl Notifier {
@@ -53,7 +69,6 @@ impl Notifier {
         settings: NotifySettings,
         state_dir: &Path,
         metrics: Arc<Metrics>,
-        quiet: bool,
         notices: &mut Vec<String>,
     ) -> std::io::Result<Notifier> {
         let outbox = Outbox::open(state_dir)?;
@@ -65,14 +80,8 @@ impl Notifier {
         let mut unconfigured: BTreeSet<&str> = BTreeSet::new();
         for (path, item) in left {
             if settings.channel(item.channel).is_some() {
-                queue.push(Pending {
-                    path,
-                    item,
-                    due: Instant::now(),
-                    attempts: 0,
-                    last_error: None,
-                    in_flight: false,
-                });
+                let serial = queue.len();
+                queue.push(Pending::new(path, item, serial));
             } else {
                 unconfigured.insert(item.channel.as_str());
             }
@@ -97,7 +106,7 @@ impl Notifier {
             .connect_timeout(settings.timeout)
             .build()
             .map_err(std::io::Error::other)?;
-        let task = tokio::spawn(run(settings, outbox, client, metrics, queue, rx, quiet));
+        let task = tokio::spawn(run(settings, outbox, client, metrics, queue, rx));
         Ok(Notifier { tx, task })
     }
 
@@ -144,58 +153,58 @@ fn items_for(set: &NotifySettings, e: &Event, triggered: &mut HashSet<String>) -
     out
 }
 
+/// The delivery task's state: the queue (each item addressed by a serial number, stable
+/// while the queue changes), the deliveries in flight, and what the flush will report.
+struct Worker {
+    set: Arc<NotifySettings>,
+    outbox: Outbox,
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    queue: Vec<Pending>,
+    next_serial: usize,
+    /// PagerDuty dedup keys this run triggered (completion resolves them).
+    triggered: HashSet<String>,
+    flights: JoinSet<(usize, Outcome)>,
+    report: Report,
+}
+
 async fn run(
     set: NotifySettings,
     outbox: Outbox,
     client: reqwest::Client,
     metrics: Arc<Metrics>,
-    mut queue: Vec<Pending>,
+    queue: Vec<Pending>,
     mut rx: mpsc::UnboundedReceiver<Msg>,
-    quiet: bool,
 ) -> Report {
-    let set = Arc::new(set);
-    let mut report = Report {
-        outbox: outbox.dir().to_path_buf(),
-        ..Report::default()
+    let mut w = Worker {
+        report: Report {
+            outbox: outbox.dir().to_path_buf(),
+            ..Report::default()
+        },
+        set: Arc::new(set),
+        outbox,
+        client,
+        metrics,
+        next_serial: queue.len(),
+        queue,
+        triggered: HashSet::new(),
+        flights: JoinSet::new(),
     };
-    let mut triggered = HashSet::new();
-    let mut flights: JoinSet<(usize, Outcome)> = JoinSet::new();
     let mut deadline: Option<Instant> = None;
     let mut rx_open = true;
-    // Items are addressed by a serial number, stable while the queue changes.
-    let mut serials: Vec<usize> = (0..queue.len()).collect();
-    let mut next_serial = queue.len();
     loop {
-        let idle = queue.iter().all(|p| !p.in_flight) && flights.is_empty();
-        if deadline.is_some() && (queue.is_empty() || Some(Instant::now()) >= deadline) && idle {
+        let idle = w.queue.iter().all(|p| !p.in_flight) && w.flights.is_empty();
+        if deadline.is_some() && (w.queue.is_empty() || Some(Instant::now()) >= deadline) && idle {
             break;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             // Out of time: what is in flight is abandoned (and stays in the outbox).
-            flights.abort_all();
+            w.flights.abort_all();
             break;
         }
-        // Start every due delivery.
-        let now = Instant::now();
-        for (i, p) in queue.iter_mut().enumerate() {
-            if !p.in_flight && p.due <= now {
-                p.in_flight = true;
-                let (set, client, item, serial) =
-                    (set.clone(), client.clone(), p.item.clone(), serials[i]);
-                flights.spawn(async move {
-                    let Some(ch) = set.channel(item.channel) else {
-                        return (
-                            serial,
-                            Outcome::Refused {
-                                why: "channel not configured".into(),
-                            },
-                        );
-                    };
-                    (serial, deliver::send(&client, &set, ch, &item).await)
-                });
-            }
-        }
-        let next_due = queue
+        w.start_due();
+        let next_due = w
+            .queue
             .iter()
             .filter(|p| !p.in_flight)
             .map(|p| p.due)
@@ -205,73 +214,16 @@ async fn run(
             .min();
         tokio::select! {
             m = rx.recv(), if rx_open => match m {
-                Some(Msg::Event(e)) => {
-                    for item in items_for(&set, &e, &mut triggered) {
-                        let ob = outbox.clone();
-                        let it = item.clone();
-                        // The outbox write is a blocking fsync: off the runtime's thread.
-                        let path = tokio::task::spawn_blocking(move || ob.put(&it)).await;
-                        let path = match path {
-                            Ok(Ok(p)) => p,
-                            Ok(Err(err)) => {
-                                eprintln!("costguard: notice: cannot write the outbox ({err}); sending {} without it", item.delivery_id());
-                                PathBuf::new()
-                            }
-                            Err(_) => PathBuf::new(),
-                        };
-                        queue.push(Pending { path, item, due: Instant::now(), attempts: 0, last_error: None, in_flight: false });
-                        serials.push(next_serial);
-                        next_serial += 1;
-                    }
-                }
+                Some(Msg::Event(e)) => w.enqueue(&e).await,
                 Some(Msg::Flush(d)) => deadline = Some(Instant::now() + d),
                 None => {
                     rx_open = false;
-                    deadline.get_or_insert_with(|| Instant::now() + set.flush);
+                    deadline.get_or_insert_with(|| Instant::now() + w.set.flush);
                 }
             },
-            Some(done) = flights.join_next(), if !flights.is_empty() => {
-                let Ok((serial, outcome)) = done else { continue };
-                let Some(i) = serials.iter().position(|s| *s == serial) else { continue };
-                let ch = queue[i].item.channel.as_str();
-                match outcome {
-                    Outcome::Delivered => {
-                        let p = queue.remove(i);
-                        serials.remove(i);
-                        report.delivered += 1;
-                        let ob = outbox.clone();
-                        let _ = tokio::task::spawn_blocking(move || ob.delivered(&p.path)).await;
-                    }
-                    Outcome::Retry { after, why } => {
-                        metrics.notifications_failed.with_label_values(&[ch]).inc();
-                        let p = &mut queue[i];
-                        let wait = deliver::backoff(p.attempts, after);
-                        if p.attempts == 0 && !quiet {
-                            eprintln!(
-                                "costguard: notice: {ch}: delivery of {} failed ({}); retrying",
-                                p.item.delivery_id(),
-                                redact::text(&why)
-                            );
-                        }
-                        tracing::debug!(channel = ch, attempt = p.attempts, wait_ms = wait.as_millis() as u64, why = %redact::text(&why), "notification retry");
-                        p.attempts += 1;
-                        p.last_error = Some(why);
-                        p.due = Instant::now() + wait;
-                        p.in_flight = false;
-                    }
-                    Outcome::Refused { why } => {
-                        metrics.notifications_failed.with_label_values(&[ch]).inc();
-                        let p = queue.remove(i);
-                        serials.remove(i);
-                        eprintln!(
-                            "costguard: notice: {ch} refused {} ({}); not retried, kept in {}",
-                            p.item.delivery_id(),
-                            redact::text(&why),
-                            outbox.dir().join("failed").display()
-                        );
-                        let ob = outbox.clone();
-                        let _ = tokio::task::spawn_blocking(move || ob.refused(&p.path, &p.item, &why)).await;
-                    }
+            Some(done) = w.flights.join_next(), if !w.flights.is_empty() => {
+                if let Ok((serial, outcome)) = done {
+                    w.settle(serial, outcome).await;
                 }
             }
             _ = async {
@@ -282,13 +234,118 @@ async fn run(
             } => {}
         }
     }
-    for p in &queue {
-        report.undelivered.push(format!(
-            "{}: {} ({})",
-            p.item.channel.as_str(),
-            p.item.delivery_id(),
-            redact::text(p.last_error.as_deref().unwrap_or("not attempted"))
-        ));
+    w.finish()
+}
+
+impl Worker {
+    /// Starts every due delivery.
+    fn start_due(&mut self) {
+        let now = Instant::now();
+        for p in self
+            .queue
+            .iter_mut()
+            .filter(|p| !p.in_flight && p.due <= now)
+        {
+            p.in_flight = true;
+            let (set, client, item, serial) = (
+                self.set.clone(),
+                self.client.clone(),
+                p.item.clone(),
+                p.serial,
+            );
+            self.flights.spawn(async move {
+                let Some(ch) = set.channel(item.channel) else {
+                    let why = "channel not configured".into();
+                    return (serial, Outcome::Refused { why });
+                };
+                (serial, deliver::send(&client, &set, ch, &item).await)
+            });
+        }
     }
-    report
+
+    /// One event: a delivery per channel that wants it, each in the outbox before it goes.
+    async fn enqueue(&mut self, e: &Event) {
+        for item in items_for(&self.set, e, &mut self.triggered) {
+            let (ob, it) = (self.outbox.clone(), item.clone());
+            // The outbox write is a blocking fsync: off the runtime's thread.
+            let path = match tokio::task::spawn_blocking(move || ob.put(&it)).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(err)) => {
+                    crate::console::notice(format!(
+                        "cannot write the outbox ({err}); sending {} without it",
+                        item.delivery_id()
+                    ));
+                    PathBuf::new()
+                }
+                Err(_) => PathBuf::new(),
+            };
+            self.queue.push(Pending::new(path, item, self.next_serial));
+            self.next_serial += 1;
+        }
+    }
+
+    /// A delivery's result: done, retried with backoff, or refused for good.
+    async fn settle(&mut self, serial: usize, outcome: Outcome) {
+        let Some(i) = self.queue.iter().position(|p| p.serial == serial) else {
+            return;
+        };
+        let ch = self.queue[i].item.channel.as_str();
+        match outcome {
+            Outcome::Delivered => {
+                let p = self.queue.remove(i);
+                self.report.delivered += 1;
+                let ob = self.outbox.clone();
+                let _ = tokio::task::spawn_blocking(move || ob.delivered(&p.path)).await;
+            }
+            Outcome::Retry { after, why } => {
+                self.metrics
+                    .notifications_failed
+                    .with_label_values(&[ch])
+                    .inc();
+                let p = &mut self.queue[i];
+                let wait = deliver::backoff(p.attempts, after);
+                if p.attempts == 0 {
+                    crate::console::notice(format!(
+                        "{ch}: delivery of {} failed ({}); retrying",
+                        p.item.delivery_id(),
+                        redact::text(&why)
+                    ));
+                }
+                tracing::debug!(channel = ch, attempt = p.attempts, wait_ms = wait.as_millis() as u64, why = %redact::text(&why), "notification retry");
+                p.attempts += 1;
+                p.last_error = Some(why);
+                p.due = Instant::now() + wait;
+                p.in_flight = false;
+            }
+            Outcome::Refused { why } => {
+                self.metrics
+                    .notifications_failed
+                    .with_label_values(&[ch])
+                    .inc();
+                let p = self.queue.remove(i);
+                // A refusal is final: seen even with --quiet.
+                crate::console::alert(format!(
+                    "{ch} refused {} ({}); not retried, kept in {}",
+                    p.item.delivery_id(),
+                    redact::text(&why),
+                    self.outbox.dir().join("failed").display()
+                ));
+                let ob = self.outbox.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || ob.refused(&p.path, &p.item, &why)).await;
+            }
+        }
+    }
+
+    fn finish(mut self) -> Report {
+        for p in &self.queue {
+            self.report.undelivered.push(format!(
+                "{}: {} ({})",
+                p.item.channel.as_str(),
+                p.item.delivery_id(),
+                redact::text(p.last_error.as_deref().unwrap_or("not attempted"))
+            ));
+        }
+        self.report
+    }
 }

@@ -55,11 +55,35 @@ pub struct Observation {
     pub host_rss: Option<u64>,
 }
 
+/// Why a `warning` event was raised. Serialized names are the events' `reason` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarnReason {
+    /// `--warn-before`: the ceiling is this close; the job may checkpoint.
+    Checkpoint,
+    /// `--warn-at`: a fraction of the budget is spent.
+    Budget,
+    /// The GPUs went idle; the idle kill follows unless they get busy.
+    IdleSuspected,
+    /// No progress for part of the stall window.
+    StallSuspected,
+}
+
+impl WarnReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WarnReason::Checkpoint => "checkpoint",
+            WarnReason::Budget => "budget",
+            WarnReason::IdleSuspected => "idle-suspected",
+            WarnReason::StallSuspected => "stall-suspected",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// A `warning` event; `signal` asks the driver to send the configured warning signal.
     Warn {
-        reason: &'static str,
+        reason: WarnReason,
         message: String,
         signal: bool,
     },
@@ -233,7 +257,7 @@ impl Engine {
                 if now + lead >= deadline {
                     self.warn_signal_sent = true;
                     out.push(Decision::Warn {
-                        reason: "checkpoint",
+                        reason: WarnReason::Checkpoint,
                         message: format!(
                             "{} ceiling in {}: sending the warning signal",
                             reason.as_str(),
@@ -325,7 +349,7 @@ impl Engine {
             }
             self.warned_fracs += 1;
             out.push(Decision::Warn {
-                reason: "budget",
+                reason: WarnReason::Budget,
                 message: format!(
                     "{:.0}% of the budget spent: {} of {}",
                     frac * 100.0,
@@ -379,7 +403,7 @@ impl Engine {
         if !self.idle_warned && now >= since + window / 2 {
             self.idle_warned = true;
             out.push(Decision::Warn {
-                reason: "idle-suspected",
+                reason: WarnReason::IdleSuspected,
                 message: format!(
                     "GPU {gpus} below {}% for {} (kill at {})",
                     self.limits.idle_below,
@@ -406,7 +430,7 @@ impl Engine {
         if !self.stall_warned && now >= base + window / 2 {
             self.stall_warned = true;
             out.push(Decision::Warn {
-                reason: "stall-suspected",
+                reason: WarnReason::StallSuspected,
                 message: format!(
                     "no progress for {} (kill at {}); {}",
                     format_duration(now - self.progress.last_at()),

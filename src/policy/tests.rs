@@ -119,7 +119,7 @@ fn budget_warnings_in_order_and_once() {
         .iter()
         .filter_map(|d| match d {
             Decision::Warn {
-                reason: "budget",
+                reason: WarnReason::Budget,
                 message,
                 ..
             } => Some(message.clone()),
@@ -175,7 +175,7 @@ fn idle_kill_after_window_with_evidence() {
     assert!(d.iter().any(|d| matches!(
         d,
         Decision::Warn {
-            reason: "idle-suspected",
+            reason: WarnReason::IdleSuspected,
             ..
         }
     )));
@@ -293,7 +293,7 @@ fn hung_at_full_utilization_is_a_stall() {
     assert!(matches!(
         e.tick(s(450)).as_slice(),
         [Decision::Warn {
-            reason: "stall-suspected",
+            reason: WarnReason::StallSuspected,
             ..
         }]
     ));

@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use crate::ledger::Ledger;
 
-pub async fn run(cmd: &str, l: &Ledger, quiet: bool) {
+pub async fn run(cmd: &str, l: &Ledger) {
     let reason = l.kills.last().map(|k| k.reason.clone()).unwrap_or_default();
     let report = l
         .report_path
@@ -23,7 +23,7 @@ pub async fn run(cmd: &str, l: &Ledger, quiet: bool) {
     c.arg("-c")
         .arg(cmd)
         .env("COSTGUARD_RUN_ID", &l.run_id)
-        .env("COSTGUARD_OUTCOME", &l.state)
+        .env("COSTGUARD_OUTCOME", l.state.as_str())
         .env("COSTGUARD_REASON", &reason)
         .env("COSTGUARD_EXIT_CODE", l.exit_code.unwrap_or(0).to_string())
         .env("COSTGUARD_REPORT", &report)
@@ -39,12 +39,9 @@ pub async fn run(cmd: &str, l: &Ledger, quiet: bool) {
         )
         .stdin(Stdio::null());
     match c.status().await {
-        Ok(s) if s.success() => {
-            if !quiet {
-                eprintln!("costguard: exit hook done");
-            }
-        }
-        Ok(s) => eprintln!("costguard: notice: exit hook failed: {s}"),
-        Err(e) => eprintln!("costguard: notice: exit hook could not start: {e}"),
+        Ok(s) if s.success() => crate::console::say("exit hook done"),
+        // The results may not have landed: seen even with --quiet.
+        Ok(s) => crate::console::alert(format!("notice: exit hook failed: {s}")),
+        Err(e) => crate::console::alert(format!("notice: exit hook could not start: {e}")),
     }
 }

@@ -1,33 +1,46 @@
 //! One guarded run: start-up checks, the run loop, and what it reports.
+//!
+//! The loop's shape: `sources` turn signals, deadlines, the holder, progress, samples, the
+//! fleet and ticks into a `LoopEvent`; `state::RunState::handle` answers each with
+//! `Action`s; the `session` performs them and `sinks` apply them (metrics, /status, the
+//! record, the notifier, the console). What is guarded is a `target`: the wrapped job's
+//! tree or the agent's GPU processes.
 
+pub mod action;
 pub mod agent;
-mod ending;
 mod exit_hook;
-pub mod guard;
 mod live;
 pub mod output;
 pub mod plan;
 pub mod record;
 pub mod sampler;
+pub mod session;
+mod sinks;
+pub mod sources;
 mod start;
-mod state;
+pub mod state;
+#[cfg(test)]
+mod state_tests;
+pub mod target;
+mod telemetry_cache;
+mod view;
 
-pub use guard::run;
+pub use session::{run, GuardError};
 pub use start::{default_run_id, reserve_run_id};
 
 /// The entry point of a guarded run: a plan's phases, or one command.
 pub async fn run_main(
     settings: crate::config::Settings,
     command: Vec<std::ffi::OsString>,
-) -> Result<u8, guard::GuardError> {
+) -> Result<u8, GuardError> {
     if let Some(path) = settings.plan.clone() {
         if !command.is_empty() {
-            return Err(guard::GuardError::Plan(
+            return Err(GuardError::Plan(
                 "give either --plan FILE or a command after `--`, not both".into(),
             ));
         }
-        let phases = plan::load(&path).map_err(guard::GuardError::Plan)?;
+        let phases = plan::load(&path).map_err(GuardError::Plan)?;
         return plan::run(settings, phases, &path).await;
     }
-    guard::run(settings, command).await
+    session::run(settings, command).await
 }

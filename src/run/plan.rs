@@ -23,7 +23,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::guard::{run_session, GuardError};
+use super::session::{run_session, GuardError};
 use crate::config::{PhaseCtx, Scalar, Settings};
 use crate::units;
 
@@ -165,14 +165,18 @@ pub async fn run(settings: Settings, phases: Vec<Phase>, plan: &Path) -> Result<
         Some(id) => id.clone(),
         None => super::start::reserve_run_id(&settings.state_dir, &base)
             .map(|(id, _)| id)
-            .map_err(|source| GuardError::Outbox {
-                dir: settings.state_dir.display().to_string(),
-                source,
+            .map_err(|source| {
+                GuardError::Record(super::record::RecordError::Io {
+                    dir: crate::ledger::runs_dir(&settings.state_dir)
+                        .display()
+                        .to_string(),
+                    source,
+                })
             })?,
     };
     // A plan started again with the same run id (after a crash, say) skips the phases its
     // ledger already records: they ran, were killed, or failed once already.
-    let done: Vec<(String, String)> =
+    let done: Vec<(String, crate::ledger::Outcome)> =
         crate::ledger::Ledger::load(&crate::ledger::runs_dir(&settings.state_dir).join(&run_id))
             .ok()
             .flatten()
@@ -182,12 +186,10 @@ pub async fn run(settings: Settings, phases: Vec<Phase>, plan: &Path) -> Result<
     let mut ran = false;
     for p in phases {
         if let Some((_, outcome)) = done.iter().find(|(n, _)| *n == p.ctx.name) {
-            if !settings.quiet {
-                eprintln!(
-                    "costguard: run {run_id}: phase {} already recorded ({outcome}); skipping it",
-                    p.ctx.name
-                );
-            }
+            crate::console::say(format!(
+                "run {run_id}: phase {} already recorded ({outcome}); skipping it",
+                p.ctx.name
+            ));
             continue;
         }
         ran = true;
@@ -203,9 +205,9 @@ pub async fn run(settings: Settings, phases: Vec<Phase>, plan: &Path) -> Result<
         }
     }
     if !ran {
-        eprintln!(
-            "costguard: run {run_id}: every phase of the plan is already recorded; nothing to run"
-        );
+        crate::console::alert(format!(
+            "run {run_id}: every phase of the plan is already recorded; nothing to run"
+        ));
     }
     Ok(code)
 }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::supervise::tree;
 use crate::telemetry::host::HostSource;
@@ -22,11 +22,12 @@ pub struct SampleMsg {
     pub pids: Vec<i32>,
 }
 
-/// Runs until the receiver is dropped. `root` is the holder's pid (changes between phases).
+/// Runs until the receiver is dropped. `root` is the holder's pid, whose descendants are
+/// the job (0 for the agent, whose targets come from the GPU processes instead).
 pub async fn run(
     gpu: Option<NvmlSource>,
     interval: Duration,
-    root: watch::Receiver<i32>,
+    root: i32,
     tx: mpsc::Sender<SampleMsg>,
 ) {
     let host = Arc::new(Mutex::new(HostSource::default()));
@@ -37,7 +38,7 @@ pub async fn run(
         ticker.tick().await;
         let at = Instant::now();
         let wall = SystemTime::now();
-        let holder = *root.borrow();
+        let holder = root;
         let gpu_fut = async {
             match &gpu {
                 Some(g) => Some(g.sample(interval.max(Duration::from_millis(200))).await),

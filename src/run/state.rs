@@ -1,441 +1,395 @@
-//! The run loop's state: events out, metrics and /status refreshed, samples turned into
-//! observations for the policy.
+//! `RunState`: what the run knows, and the one place where a loop event becomes actions.
+//!
+//! Pure: `handle(event, now)` reads no clock, file or socket and performs nothing; it updates
+//! the policy engine, the telemetry cache, carried spend, the fleet reading and the phase, and
+//! answers with [`Action`]s for the session and its sinks. `now` is the run's monotonic time
+//! since this session started, so tests drive hours of a run on simulated time.
 
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::json;
+use nix::sys::signal::Signal;
 
+use super::action::{Action, Ending, LoopEvent};
 use super::sampler::SampleMsg;
 use super::start::Pricing;
-use crate::events::{rfc3339, Event, EventKind};
-use crate::metrics::{set_opt, Metrics};
-use crate::policy::{Decision, Engine, GpuObs, Observation};
-use crate::telemetry::{GpuSample, HostSample};
-use crate::units::{format_duration, format_money};
+use super::telemetry_cache::TelemetryCache;
+use crate::events::{rfc3339, Event, EventKind, KillReason};
+use crate::fleet::FleetMsg;
+use crate::policy::{Decision, Engine, Observation};
+use crate::units::format_money;
 
-/// Everything the loop keeps between iterations.
-pub(super) struct State {
-    pub(super) t0: Instant,
-    pub(super) started_wall: SystemTime,
-    pub(super) run_id: String,
-    pub(super) host: String,
-    pub(super) engine: Engine,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) status: Arc<RwLock<serde_json::Value>>,
-    pub(super) pricing: Pricing,
-    pub(super) visible: Vec<u32>,
-    pub(super) seq: u64,
-    pub(super) recent: Vec<Event>,
-    pub(super) last_energy: Option<(Instant, f64)>,
-    pub(super) telemetry_error: Option<String>,
-    pub(super) lost: HashSet<u32>,
-    pub(super) last_gpus: Vec<GpuSample>,
-    pub(super) last_host: HostSample,
-    pub(super) job_pids: HashSet<i32>,
-    /// The job's command line, secrets masked.
-    pub(super) command_line: String,
-    pub(super) notifier: Option<crate::notify::Notifier>,
-    /// Names of the configured channels (never their URLs or keys).
-    pub(super) notify_channels: Vec<&'static str>,
-    pub(super) quiet: bool,
-    /// Whether a progress source exists (output rules or a heartbeat): only then is "time
-    /// since progress" worth showing.
-    pub(super) tracks_progress: bool,
-    /// The run's record on disk (None only after it was closed).
-    pub(super) rec: Option<super::record::Recorder>,
-    /// When spend was last put on record (run time).
-    pub(super) recorded_at: Duration,
-    /// Wasted dollars and elapsed seconds of earlier sessions of this run.
-    pub(super) wasted_carried: f64,
-    pub(super) spent_carried: f64,
-    /// A plan's phase, "i/n name".
-    pub(super) phase_name: Option<String>,
-    /// A plan's phase: (expected duration of this phase, expected seconds of the rest).
-    pub(super) phase_expected: Option<(Duration, f64)>,
-    pub(super) elapsed_carried: f64,
-    pub(super) longest_idle: f64,
-    /// What the run waits on next, in words.
-    pub(super) waiting_on: Option<String>,
-    /// The fleet's total spend last read from Prometheus, and the current read error.
-    pub(super) fleet_total: Option<f64>,
-    pub(super) fleet_error: Option<String>,
+/// What is guarded: the wrapped job's tree, or the agent's GPU processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    Job,
+    Agent,
 }
 
-impl State {
-    pub(super) fn now(&self) -> Duration {
-        self.t0.elapsed()
-    }
+/// Who and what the run is; fixed for the session.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub run_id: String,
+    pub host: String,
+    /// The job's command line, secrets masked.
+    pub command_line: String,
+    pub started_wall: SystemTime,
+    pub run_dir: Option<PathBuf>,
+    /// Names of the configured channels (never their URLs or keys).
+    pub notify_channels: Vec<&'static str>,
+}
 
-    pub(super) fn report_path(&self) -> Option<String> {
-        self.rec
-            .as_ref()
-            .map(|r| r.run_dir.join("report.md").display().to_string())
-    }
+/// A plan's phase.
+#[derive(Debug, Clone)]
+pub struct PhaseInfo {
+    pub name: String,
+    pub index: usize,
+    pub total: usize,
+    /// (expected duration of this phase, expected seconds of the phases after it).
+    pub expected: Option<(Duration, f64)>,
+}
 
-    /// A kill, with its evidence and the job's last lines, into the ledger.
-    pub(super) fn record_kill(&self, reason: &str, evidence: &str, last_output: Vec<String>) {
-        let now = self.now();
-        let elapsed = self.elapsed_carried + now.as_secs_f64();
-        if let Some(r) = &self.rec {
-            r.update(|l| {
-                l.kills.push(crate::ledger::Kill {
-                    reason: reason.into(),
-                    evidence: evidence.into(),
-                    at: rfc3339(SystemTime::now()),
-                    elapsed_seconds: elapsed,
-                    phase: l.phase.clone(),
-                    last_output,
-                })
-            });
+impl PhaseInfo {
+    /// "i/n name", as status shows it.
+    pub fn label(&self) -> String {
+        format!("{}/{} {}", self.index + 1, self.total, self.name)
+    }
+}
+
+/// What earlier sessions (or phases) of this run used.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Carried {
+    pub spend: f64,
+    pub wasted: f64,
+    pub elapsed: f64,
+}
+
+/// The fleet budget as this run reads it.
+#[derive(Debug, Clone)]
+pub struct FleetView {
+    pub max_usd: f64,
+    /// The query and where it is asked, for the kill evidence (URL masked).
+    pub source: String,
+    pub total: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// Everything `RunState::new` needs.
+pub struct Init {
+    pub t0: Instant,
+    pub id: Identity,
+    pub kind: TargetKind,
+    pub engine: Engine,
+    pub pricing: Pricing,
+    pub visible: Vec<u32>,
+    pub carried: Carried,
+    /// The event sequence number to continue from (a resumed run's event count).
+    pub seq: u64,
+    pub phase: Option<PhaseInfo>,
+    pub fleet: Option<FleetView>,
+    pub warn_signal: Option<Signal>,
+    /// Whether a progress source exists (output rules or a heartbeat).
+    pub tracks_progress: bool,
+}
+
+/// The events so far: the sequence number and the recent ones for /status.
+#[derive(Debug, Clone, Default)]
+struct EventLog {
+    seq: u64,
+    recent: VecDeque<Event>,
+}
+
+const RECENT: usize = 50;
+
+pub struct RunState {
+    t0: Instant,
+    id: Identity,
+    kind: TargetKind,
+    engine: Engine,
+    pricing: Pricing,
+    telemetry: TelemetryCache,
+    carried: Carried,
+    phase: Option<PhaseInfo>,
+    fleet: Option<FleetView>,
+    warn_signal: Option<Signal>,
+    tracks_progress: bool,
+    events: EventLog,
+    /// Every pid ever seen as the target's (for the "GPU freed?" check after a kill).
+    job_pids: HashSet<i32>,
+    /// When spend was last put on record, and the longest idle streak so far.
+    recorded_at: Duration,
+    longest_idle: f64,
+}
+
+impl RunState {
+    pub fn new(i: Init) -> RunState {
+        RunState {
+            t0: i.t0,
+            id: i.id,
+            kind: i.kind,
+            engine: i.engine,
+            pricing: i.pricing,
+            telemetry: TelemetryCache::new(i.visible),
+            carried: i.carried,
+            phase: i.phase,
+            fleet: i.fleet,
+            warn_signal: i.warn_signal,
+            tracks_progress: i.tracks_progress,
+            events: EventLog {
+                seq: i.seq,
+                recent: VecDeque::new(),
+            },
+            job_pids: HashSet::new(),
+            recorded_at: Duration::ZERO,
+            longest_idle: 0.0,
         }
     }
 
-    /// Brings the spend counters up to now (cheap: a few atomics), so a scrape is never more
-    /// than one refresh tick behind the meter.
-    /// Also puts spend and elapsed on record about once a second, whatever `--interval` is:
-    /// a crash loses at most that much of the meter.
-    pub(super) fn refresh_meters(&mut self) {
-        let now = self.now();
-        if self.pricing != Pricing::Unknown {
-            Metrics::set_counter(&self.metrics.spend, Some(self.engine.spend(now)));
-            Metrics::set_counter(&self.metrics.wasted, Some(self.engine.wasted(now)));
-        }
-        self.metrics.elapsed.set(now.as_secs_f64());
-        if now.saturating_sub(self.recorded_at) >= Duration::from_secs(1) {
-            self.recorded_at = now;
-            let (spend, wasted, elapsed) = (
-                self.engine.spend(now),
-                self.wasted_carried + self.engine.wasted(now),
-                self.elapsed_carried + now.as_secs_f64(),
-            );
-            if let Some(r) = &self.rec {
-                r.update(|l| {
-                    l.spend_dollars = spend;
-                    l.wasted_dollars = wasted;
-                    l.elapsed_seconds = elapsed;
-                    l.updated_at = rfc3339(SystemTime::now());
-                    l.updated_unix = crate::events::unix_now();
-                    l.updated_unix = crate::events::unix_now();
-                });
-            }
-        }
+    pub fn t0(&self) -> Instant {
+        self.t0
+    }
+    pub fn id(&self) -> &Identity {
+        &self.id
+    }
+    pub fn kind(&self) -> TargetKind {
+        self.kind
+    }
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+    pub fn pricing(&self) -> &Pricing {
+        &self.pricing
+    }
+    pub fn priced(&self) -> bool {
+        self.pricing != Pricing::Unknown
+    }
+    pub fn telemetry(&self) -> &TelemetryCache {
+        &self.telemetry
+    }
+    pub fn carried(&self) -> Carried {
+        self.carried
+    }
+    pub fn phase(&self) -> Option<&PhaseInfo> {
+        self.phase.as_ref()
+    }
+    pub fn fleet(&self) -> Option<&FleetView> {
+        self.fleet.as_ref()
+    }
+    pub fn tracks_progress(&self) -> bool {
+        self.tracks_progress
+    }
+    pub fn recent(&self) -> impl DoubleEndedIterator<Item = &Event> {
+        self.events.recent.iter()
+    }
+    pub fn job_pids(&self) -> &HashSet<i32> {
+        &self.job_pids
+    }
+    pub fn longest_idle(&self) -> f64 {
+        self.longest_idle
     }
 
-    /// A reading of the fleet's total spend (or why there is none).
-    pub(super) fn on_fleet(
+    /// Pids reached by the kill count as the job's too.
+    pub fn note_pids(&mut self, pids: &[i32]) {
+        self.job_pids.extend(pids.iter().copied());
+    }
+
+    /// The one way an event is made: a stable id, the run's numbers at `now`, masked text.
+    pub fn event(
         &mut self,
-        m: crate::fleet::FleetMsg,
-        f: &crate::fleet::FleetSettings,
-    ) -> Vec<Decision> {
-        match m {
-            crate::fleet::FleetMsg::Total(t) => {
-                if self.fleet_error.take().is_some() && !self.quiet {
-                    eprintln!("costguard: fleet budget readable again");
-                }
-                self.fleet_total = Some(t);
-                if t >= f.max_usd {
-                    return vec![Decision::Kill {
-                        reason: crate::events::KillReason::Fleet,
-                        evidence: format!(
-                            "fleet: the fleet spent {} of {} ({} at {})",
-                            format_money(t),
-                            format_money(f.max_usd),
-                            f.query(),
-                            crate::redact::text(&f.prometheus_url)
-                        ),
-                    }];
-                }
-            }
-            crate::fleet::FleetMsg::Error(e) => {
-                if self.fleet_error.is_none() {
-                    self.emit(
-                        EventKind::AgentError,
-                        Some("fleet-unreachable"),
-                        format!("fleet budget unknown: {e}; the local ceilings still hold"),
-                    );
-                }
-                self.fleet_error = Some(e);
-            }
-        }
-        Vec::new()
-    }
-
-    /// The next thing that will happen on its own, in words: the nearest ceiling or window.
-    pub(super) fn waiting_text(&self, now: Duration) -> String {
-        let e = &self.engine;
-        let mut next: Vec<(Duration, String)> = Vec::new();
-        if let Some(t) = e.usd_deadline(now) {
-            next.push((t.saturating_sub(now), "the dollar ceiling".into()));
-        }
-        if let Some(w) = e.limits().max_wall {
-            next.push((w.saturating_sub(now), "the wall ceiling".into()));
-        }
-        if let Some(w) = e.limits().idle {
-            let idle = e.idle_for(now);
-            if !idle.is_zero() {
-                next.push((
-                    w.saturating_sub(idle),
-                    "the idle kill (GPUs idle now)".into(),
-                ));
-            }
-        }
-        if let Some(w) = e.limits().stall {
-            next.push((
-                w.saturating_sub(e.since_progress(now)),
-                "the stall kill unless progress comes".into(),
-            ));
-        }
-        match next.into_iter().min_by_key(|(d, _)| *d) {
-            Some((d, what)) => format!("{what} in {}", format_duration(d)),
-            None => "the job to finish (no ceiling or watchdog will end it)".into(),
-        }
-    }
-
-    /// The live status line: spend against budget, elapsed, GPU utilization, progress age.
-    pub(super) fn live_text(&self, now: Duration) -> String {
-        let e = &self.engine;
-        let whole = |d: Duration| match d.as_secs() {
-            s @ 0..60 => format!("{s}s"),
-            s => format_duration(Duration::from_secs(s)),
-        };
-        let mut parts = Vec::new();
-        let spend = e.spend(now);
-        parts.push(match (&self.pricing, e.limits().max_usd) {
-            (Pricing::Unknown, _) => "spend unknown".to_string(),
-            (_, Some(b)) => format!("{} / {}", format_money(spend), format_money(b)),
-            (_, None) => format!(
-                "{} at {}/h",
-                format_money(spend),
-                format_money(e.meter().rate())
-            ),
-        });
-        let mut elapsed = whole(now);
-        if let Some(w) = e.limits().max_wall {
-            elapsed += &format!(" / {}", whole(w));
-        }
-        parts.push(elapsed);
-        let gpus: Vec<String> = self
-            .last_gpus
-            .iter()
-            .filter(|g| self.visible.contains(&g.index))
-            .map(|g| match g.util_gpu_pct {
-                Some(u) => format!("{}:{u:.0}%", g.index),
-                None => format!("{}:?", g.index),
-            })
-            .collect();
-        if !gpus.is_empty() {
-            parts.push(format!("GPU {}", gpus.join(" ")));
-        }
-        if self.tracks_progress {
-            parts.push(match e.progress().last_label() {
-                Some(_) => format!("progress {} ago", whole(e.since_progress(now))),
-                None => format!("no progress in {}", whole(e.since_progress(now))),
-            });
-        }
-        format!("costguard: {}", parts.join(" | "))
-    }
-
-    pub(super) fn emit(&mut self, kind: EventKind, reason: Option<&str>, message: String) -> Event {
-        let message = crate::redact::text(&message).into_owned();
-        self.seq += 1;
-        let now = self.now();
+        kind: EventKind,
+        reason: Option<&str>,
+        message: String,
+        now: Duration,
+    ) -> Event {
+        self.events.seq += 1;
+        let final_kind = matches!(
+            kind,
+            EventKind::Killed | EventKind::Completed | EventKind::Failed
+        );
         let ev = Event {
-            id: format!("{}-{:04}", self.run_id, self.seq),
-            run_id: self.run_id.clone(),
+            id: format!("{}-{:04}", self.id.run_id, self.events.seq),
+            run_id: self.id.run_id.clone(),
             kind,
             reason: reason.map(str::to_string),
-            message,
-            at: rfc3339(SystemTime::now()),
+            message: crate::redact::text(&message).into_owned(),
+            at: rfc3339(self.id.started_wall + now),
             elapsed_seconds: now.as_secs_f64(),
             spend_dollars: self.engine.spend(now),
-            rate_dollars_per_hour: (self.pricing != Pricing::Unknown)
-                .then(|| self.engine.meter().rate()),
+            rate_dollars_per_hour: self.priced().then(|| self.engine.meter().rate()),
             budget_dollars: self.engine.limits().max_usd,
-            host: self.host.clone(),
-            phase: None,
-            report_path: matches!(
-                kind,
-                EventKind::Killed | EventKind::Completed | EventKind::Failed
-            )
-            .then(|| self.report_path())
-            .flatten(),
-            command: Some(self.command_line.clone()),
+            host: self.id.host.clone(),
+            phase: self.phase.as_ref().map(|p| p.name.clone()),
+            report_path: self
+                .id
+                .run_dir
+                .as_ref()
+                .filter(|_| final_kind)
+                .map(|d| d.join("report.md").display().to_string()),
+            command: Some(self.id.command_line.clone()),
             test: false,
         };
-        self.metrics
-            .events
-            .with_label_values(&[kind.as_str()])
-            .inc();
-        let loud = matches!(
-            kind,
-            EventKind::Warning
-                | EventKind::Idle
-                | EventKind::Stalled
-                | EventKind::Killed
-                | EventKind::AgentError
-        );
-        if loud {
-            let r = reason.map(|r| format!(" ({r})")).unwrap_or_default();
-            eprintln!("costguard: {}{r}: {}", kind.as_str(), ev.message);
+        self.events.recent.push_back(ev.clone());
+        if self.events.recent.len() > RECENT {
+            self.events.recent.pop_front();
         }
-        if let Some(n) = &self.notifier {
-            n.send(&ev);
-        }
-        if let Some(r) = &self.rec {
-            r.event(&ev);
-            r.update(|l| {
-                l.events = self.seq;
-                match kind {
-                    EventKind::Warning => l.warnings += 1,
-                    EventKind::AgentError => l.errors += 1,
-                    _ => {}
-                }
-            });
-        }
-        self.recent.push(ev.clone());
-        if self.recent.len() > 50 {
-            self.recent.remove(0);
-        }
-        self.publish();
         ev
     }
 
-    /// Refreshes the metrics and the /status document from the current state.
-    pub(super) fn publish(&mut self) {
-        let now = self.now();
-        let e = &self.engine;
-        let spend = e.spend(now);
-        let m = &self.metrics;
-        let priced = self.pricing != Pricing::Unknown;
-        Metrics::set_counter(&m.spend, priced.then_some(spend));
-        Metrics::set_counter(&m.wasted, priced.then(|| e.wasted(now)));
-        set_opt(&m.rate, priced.then(|| e.meter().rate()));
-        m.elapsed.set(now.as_secs_f64());
-        m.idle_seconds.set(e.idle_for(now).as_secs_f64());
-        set_opt(
-            &m.since_progress,
-            self.tracks_progress
-                .then(|| e.since_progress(now).as_secs_f64()),
-        );
-        set_opt(&m.budget, e.limits().max_usd);
-        set_opt(
-            &m.budget_remaining,
-            e.limits().max_usd.map(|b| (b - spend).max(0.0)),
-        );
-        set_opt(&m.wall_limit, e.limits().max_wall.map(|w| w.as_secs_f64()));
-        if let Some(r) = self.last_host.job_rss_bytes {
-            m.job_rss.set(r as f64);
-        }
-        let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
-        let to_usd = e.usd_deadline(now).map(|t| t.saturating_sub(now));
-        let to_wall = e.limits().max_wall.map(|w| w.saturating_sub(now));
-        let total = e.limits().progress_total;
-        let eta = total.and_then(|t| e.progress().eta(t, now)).or_else(|| {
-            self.phase_expected
-                .map(|(this, rest)| this.saturating_sub(now) + Duration::from_secs_f64(rest))
-        });
-        let projected = eta
-            .filter(|_| self.pricing != Pricing::Unknown)
-            .map(|eta| spend + e.meter().rate() * eta.as_secs_f64() / 3600.0);
-        for (name, d) in [("usd", to_usd), ("wall", to_wall)] {
-            match d {
-                Some(d) => m.to_ceiling.with_label_values(&[name]).set(d.as_secs_f64()),
-                None => {
-                    let _ = m.to_ceiling.remove_label_values(&[name]);
-                }
-            }
-        }
-        set_opt(&m.eta, secs(eta));
-        set_opt(&m.projected_spend, projected);
-        let doc = json!({
-            "run_id": self.run_id,
-            "command": self.command_line,
-            "notify_channels": self.notify_channels,
-            "phase": self.phase_name,
-            "started_at": rfc3339(self.started_wall),
-            "elapsed_seconds": now.as_secs_f64(),
-            "spend_dollars": spend,
-            "wasted_dollars": e.wasted(now),
-            "rate_dollars_per_hour": (self.pricing != Pricing::Unknown).then(|| e.meter().rate()),
-            "budget_dollars": e.limits().max_usd,
-            "budget_remaining_dollars": e.limits().max_usd.map(|b| (b - spend).max(0.0)),
-            "seconds_to_usd_ceiling": secs(to_usd),
-            "seconds_to_wall_ceiling": secs(to_wall),
-            "idle_seconds": e.idle_for(now).as_secs_f64(),
-            "seconds_since_progress": e.since_progress(now).as_secs_f64(),
-            "last_progress": e.progress().last_label(),
-            "projection": {
-                "progress_total": total,
-                "last_step": e.progress().last_step(),
-                "steps_per_second": e.progress().step_rate(),
-                "eta_seconds": secs(eta),
-                "projected_spend_dollars": projected,
+    fn emit(&mut self, kind: EventKind, reason: &str, message: String, now: Duration) -> Action {
+        Action::Emit(Box::new(self.event(kind, Some(reason), message, now)))
+    }
+
+    /// The next instant (run time) at which the policy may decide something on its own.
+    pub fn next_wakeup(&self, now: Duration) -> Option<Duration> {
+        self.engine.next_wakeup(now)
+    }
+
+    /// One loop event in, the actions it calls for out.
+    pub fn handle(&mut self, ev: LoopEvent, now: Duration) -> Vec<Action> {
+        let mut acts = match ev {
+            LoopEvent::Signal(sig) => vec![Action::End(self.on_signal(sig))],
+            LoopEvent::Forward(sig) => match self.kind {
+                TargetKind::Job => vec![Action::Forward(sig)],
+                TargetKind::Agent => Vec::new(),
             },
-            "telemetry_error": self.telemetry_error,
-            "fleet_spend_dollars": self.fleet_total,
-            "fleet_error": self.fleet_error,
-            "gpus": self.last_gpus,
-            "host": self.last_host,
-            "recent_events": self.recent.iter().rev().take(20).collect::<Vec<_>>(),
-        });
-        if let Ok(mut s) = self.status.write() {
-            *s = doc;
+            LoopEvent::Deadline => {
+                let d = self.engine.tick(now);
+                self.decide(d, now)
+            }
+            LoopEvent::LeaderEnded(s) => vec![Action::End(Ending::Leader(s))],
+            LoopEvent::HolderNotice(w) => vec![Action::Notice(format!("holder: {w}"))],
+            LoopEvent::HolderLost => vec![Action::End(Ending::HolderLost)],
+            LoopEvent::Progress(p) => {
+                self.engine.on_progress(now, p.label, p.step);
+                Vec::new()
+            }
+            LoopEvent::Sample(s) => self.on_sample(s),
+            LoopEvent::NewTarget(pid, cmd) => vec![self.emit(
+                EventKind::Started,
+                "target",
+                format!("watching GPU process {pid}: {cmd}"),
+                now,
+            )],
+            LoopEvent::Fleet(m) => self.on_fleet(m, now),
+            LoopEvent::Tick => self.on_tick(now),
+            LoopEvent::Redraw => vec![Action::Redraw],
+        };
+        self.longest_idle = self
+            .longest_idle
+            .max(self.engine.idle_for(now).as_secs_f64());
+        let emitted = acts.iter().any(|a| matches!(a, Action::Emit(_)));
+        if emitted && !acts.contains(&Action::Publish) {
+            acts.push(Action::Publish);
         }
-        self.longest_idle = self.longest_idle.max(e.idle_for(now).as_secs_f64());
-        self.waiting_on = Some(self.waiting_text(now));
-        let e = &self.engine;
-        if let Some(r) = &self.rec {
-            let (wasted, elapsed) = (
-                self.wasted_carried + e.wasted(now),
-                self.elapsed_carried + now.as_secs_f64(),
-            );
-            let rate = priced.then(|| e.meter().rate());
-            let (budget, wall) = (
-                e.limits().max_usd,
-                e.limits()
-                    .max_wall
-                    .map(|w| w.as_secs_f64() + self.elapsed_carried),
-            );
-            let last_progress = e.progress().last_label().map(str::to_string);
-            let last_step = e.progress().last_step();
-            let longest = self.longest_idle;
-            let waiting = self.waiting_on.clone();
-            r.update(|l| {
-                l.updated_at = rfc3339(SystemTime::now());
-                l.updated_unix = crate::events::unix_now();
-                l.spend_dollars = spend;
-                l.wasted_dollars = wasted;
-                l.elapsed_seconds = elapsed;
-                l.priced = priced;
-                l.rate_dollars_per_hour = rate;
-                l.budget_dollars = budget;
-                l.max_wall_seconds = wall;
-                l.last_progress = last_progress;
-                l.last_step = last_step;
-                l.progress_total = total;
-                l.eta_seconds = secs(eta);
-                l.projected_spend_dollars = projected;
-                l.longest_idle_seconds = l.longest_idle_seconds.max(longest);
-                l.waiting_on = waiting;
-            });
+        acts
+    }
+
+    fn on_signal(&self, sig: Signal) -> Ending {
+        match self.kind {
+            TargetKind::Job => Ending::Kill {
+                reason: KillReason::Signal,
+                evidence: format!(
+                    "signal: costguard received {}; forwarded to the job",
+                    sig.as_str()
+                ),
+                first: sig,
+            },
+            TargetKind::Agent => {
+                Ending::Stop(format!("agent stopped by a signal ({})", sig.as_str()))
+            }
         }
     }
 
-    /// Turns a telemetry sample into an observation for the policy, plus events.
-    pub(super) fn on_sample(&mut self, s: SampleMsg) -> Vec<Decision> {
+    /// The policy's decisions as actions.
+    fn decide(&mut self, decisions: Vec<Decision>, now: Duration) -> Vec<Action> {
+        let mut acts = Vec::new();
+        for d in decisions {
+            acts.push(match d {
+                Decision::Warn {
+                    reason,
+                    message,
+                    signal,
+                } => match (signal, self.warn_signal) {
+                    (true, Some(signal)) => Action::WarnSignal {
+                        signal,
+                        reason,
+                        message,
+                    },
+                    _ => self.emit(EventKind::Warning, reason.as_str(), message, now),
+                },
+                Decision::Idle { message } => self.emit(EventKind::Idle, "idle", message, now),
+                Decision::Stalled { message } => {
+                    self.emit(EventKind::Stalled, "stall", message, now)
+                }
+                Decision::Kill { reason, evidence } => Action::End(Ending::Kill {
+                    reason,
+                    evidence,
+                    first: Signal::SIGTERM,
+                }),
+            });
+        }
+        acts
+    }
+
+    fn on_tick(&mut self, now: Duration) -> Vec<Action> {
+        let mut acts = vec![Action::Meters];
+        if now.saturating_sub(self.recorded_at) >= Duration::from_secs(1) {
+            self.recorded_at = now;
+            acts.push(Action::Record);
+        }
+        acts
+    }
+
+    /// A reading of the fleet's total spend (or why there is none).
+    fn on_fleet(&mut self, m: FleetMsg, now: Duration) -> Vec<Action> {
+        let Some(f) = self.fleet.as_mut() else {
+            return Vec::new();
+        };
+        match m {
+            FleetMsg::Total(t) => {
+                let mut acts = Vec::new();
+                if f.error.take().is_some() {
+                    acts.push(Action::Say("fleet budget readable again".into()));
+                }
+                f.total = Some(t);
+                if t >= f.max_usd {
+                    acts.push(Action::End(Ending::Kill {
+                        reason: KillReason::Fleet,
+                        evidence: format!(
+                            "fleet: the fleet spent {} of {} ({})",
+                            format_money(t),
+                            format_money(f.max_usd),
+                            f.source
+                        ),
+                        first: Signal::SIGTERM,
+                    }));
+                }
+                acts
+            }
+            FleetMsg::Error(e) => {
+                let first = f.error.is_none();
+                f.error = Some(e.clone());
+                if first {
+                    vec![self.emit(
+                        EventKind::AgentError,
+                        "fleet-unreachable",
+                        format!("fleet budget unknown: {e}; the local ceilings still hold"),
+                        now,
+                    )]
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+
+    /// A telemetry sample: the cache, events for what went wrong, the policy's verdict.
+    fn on_sample(&mut self, s: SampleMsg) -> Vec<Action> {
         let now = s.at.saturating_duration_since(self.t0);
         self.job_pids.extend(s.pids.iter().copied());
-        if let Some(r) = &self.rec {
-            let members: Vec<crate::ledger::Proc> = s
-                .pids
-                .iter()
-                .filter_map(|p| crate::ledger::Proc::of(*p))
-                .collect();
-            r.update(|l| l.members = members);
-        }
-        self.last_host = s.host.clone();
+        self.telemetry.host = s.host.clone();
+        let mut acts = vec![Action::Members(s.pids.clone())];
         let mut obs = Observation {
             at: now,
             gpus: Vec::new(),
@@ -444,125 +398,74 @@ impl State {
         match s.gpus {
             None => {}
             Some(Err(e)) => {
-                self.metrics.telemetry_errors.inc();
-                self.metrics.forget_gpus();
+                let t = &mut self.telemetry;
+                t.errors += 1;
+                t.current = false;
+                t.generation += 1;
                 let msg = e.to_string();
-                if self.telemetry_error.as_deref() != Some(msg.as_str()) {
-                    self.telemetry_error = Some(msg.clone());
-                    self.emit(
+                if t.error.as_deref() != Some(msg.as_str()) {
+                    t.error = Some(msg.clone());
+                    acts.push(self.emit(
                         EventKind::AgentError,
-                        Some("telemetry"),
+                        "telemetry",
                         format!("GPU telemetry unknown: {msg}"),
-                    );
+                        now,
+                    ));
                 }
-                obs.gpus = self
-                    .visible
-                    .iter()
-                    .map(|i| GpuObs {
-                        index: *i,
-                        util_pct: None,
-                        job_mem: None,
-                        mem_total: None,
-                    })
-                    .collect();
+                obs.gpus = self.telemetry.unknown_gpus();
             }
             Some(Ok(gpus)) => {
-                if self.telemetry_error.take().is_some() {
-                    eprintln!("costguard: GPU telemetry is back");
-                }
-                for g in gpus.iter().filter(|g| g.lost) {
-                    if self.lost.insert(g.index) {
-                        self.metrics.telemetry_errors.inc();
-                        self.emit(
-                            EventKind::AgentError,
-                            Some("gpu-lost"),
-                            format!(
-                                "GPU {} is lost (NVML_ERROR_GPU_IS_LOST): its values are unknown",
-                                g.index
-                            ),
-                        );
-                    }
-                }
-                tracing::trace!(
-                    at_ms = now.as_millis() as u64,
-                    util = ?gpus.iter().map(|g| g.util_gpu_pct).collect::<Vec<_>>(),
-                    "gpu sample"
-                );
-                self.metrics.observe_gpus(&gpus);
-                if !gpus.iter().any(|g| g.lost) {
-                    set_opt(
-                        &self.metrics.last_sample,
-                        Some(
-                            s.wall
-                                .duration_since(SystemTime::UNIX_EPOCH)
-                                .unwrap_or_default()
-                                .as_secs_f64(),
-                        ),
-                    );
-                }
-                obs.gpus = self.job_gpus(&gpus, &s.pids);
-                self.energy_rate(now, s.at, &gpus);
-                self.last_gpus = gpus;
+                self.take_gpus(gpus, s.wall, now, &mut acts);
+                obs.gpus = self.telemetry.job_gpus(&s.pids);
+                self.energy_rate(now);
             }
         }
         let d = self.engine.observe(&obs);
-        self.publish();
-        d
+        acts.extend(self.decide(d, now));
+        acts.push(Action::Publish);
+        acts
     }
 
-    /// The GPUs the job uses: those among the visible ones where NVML lists one of its
-    /// processes; when none is listed (or the list is unsupported), all visible GPUs.
-    fn job_gpus(&self, gpus: &[GpuSample], pids: &[i32]) -> Vec<GpuObs> {
-        let visible: Vec<&GpuSample> = gpus
-            .iter()
-            .filter(|g| self.visible.contains(&g.index))
-            .collect();
-        let mine = |g: &GpuSample| -> Option<u64> {
-            let procs = g.procs.as_ref()?;
-            let mut total = None;
-            for p in procs.iter().filter(|p| pids.contains(&(p.pid as i32))) {
-                total = Some(total.unwrap_or(0) + p.used_bytes.unwrap_or(0));
-            }
-            total
-        };
-        let used: Vec<&&GpuSample> = visible.iter().filter(|g| mine(g).is_some()).collect();
-        let chosen: Vec<&GpuSample> = if used.is_empty() {
-            visible.clone()
-        } else {
-            used.into_iter().copied().collect()
-        };
-        chosen
-            .into_iter()
-            .map(|g| GpuObs {
-                index: g.index,
-                util_pct: if g.lost { None } else { g.util_gpu_pct },
-                job_mem: mine(g).or(g.procs.as_ref().map(|_| 0)),
-                mem_total: g.mem_total,
-            })
-            .collect()
+    fn take_gpus(
+        &mut self,
+        gpus: Vec<crate::telemetry::GpuSample>,
+        wall: SystemTime,
+        now: Duration,
+        acts: &mut Vec<Action>,
+    ) {
+        let t = &mut self.telemetry;
+        if t.error.take().is_some() {
+            acts.push(Action::Say("GPU telemetry is back".into()));
+        }
+        let any_lost = gpus.iter().any(|g| g.lost);
+        t.gpus = gpus;
+        t.current = true;
+        t.generation += 1;
+        if !any_lost {
+            t.last_good_unix = Some(
+                wall.duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+            );
+        }
+        for i in self.telemetry.newly_lost() {
+            self.telemetry.errors += 1;
+            acts.push(self.emit(
+                EventKind::AgentError,
+                "gpu-lost",
+                format!("GPU {i} is lost (NVML_ERROR_GPU_IS_LOST): its values are unknown"),
+                now,
+            ));
+        }
     }
 
-    /// Energy pricing: the visible GPUs' energy counters (or power when no counter) set the rate.
-    fn energy_rate(&mut self, now: Duration, at: Instant, gpus: &[GpuSample]) {
+    /// Energy pricing: the visible GPUs' draw sets the rate. Unknown power keeps the last
+    /// rate: spend never stops accruing for lack of data.
+    fn energy_rate(&mut self, now: Duration) {
         let Pricing::Energy { per_kwh } = self.pricing else {
             return;
         };
-        let vis: Vec<&GpuSample> = gpus
-            .iter()
-            .filter(|g| self.visible.contains(&g.index))
-            .collect();
-        let energy: Option<f64> = vis.iter().map(|g| g.energy_joules).sum();
-        let watts = match (energy, self.last_energy) {
-            (Some(e), Some((t, prev))) if at > t && e >= prev => {
-                Some((e - prev) / (at - t).as_secs_f64())
-            }
-            _ => vis.iter().map(|g| g.power_watts).sum::<Option<f64>>(),
-        };
-        if let Some(e) = energy {
-            self.last_energy = Some((at, e));
-        }
-        // Unknown power keeps the last rate: spend never stops accruing for lack of data.
-        if let Some(w) = watts {
+        if let Some(w) = self.telemetry.watts(now) {
             self.engine.set_rate(now, w / 1000.0 * per_kwh);
         }
     }

@@ -11,12 +11,12 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{getppid, Pid};
+use nix::unistd::getppid;
 
 use super::cgroup::Leaf;
 use super::tree;
@@ -24,51 +24,73 @@ use super::tree;
 /// The signal costguard asks the kernel to send the holder when costguard dies.
 pub const PARENT_DEATH_SIGNAL: Signal = Signal::SIGUSR2;
 
-/// Runs the holder; returns its exit code. `parent` is costguard's pid as costguard saw it.
+/// The status pipe to costguard: one line per message.
+struct Status(File);
+
+impl Status {
+    fn say(&mut self, line: &str) {
+        let _ = self.0.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
+/// Runs the holder; returns its exit code.
 pub fn main(status_fd: i32, cgroup: Option<&Path>, command: &[OsString]) -> u8 {
     // SAFETY: costguard dup2'd the write end of its status pipe onto `status_fd` for us; we
     // own it from here on and nothing else in this process uses that descriptor.
-    let mut status = unsafe { File::from_raw_fd(status_fd) };
+    let file = unsafe { File::from_raw_fd(status_fd) };
     let _ = nix::fcntl::fcntl(
-        &status,
+        &file,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
+    let mut status = Status(file);
     let parent = getppid();
-    let mut say = |line: String| {
-        let _ = status.write_all(format!("{line}\n").as_bytes());
-    };
-
     if nix::sys::prctl::set_child_subreaper(true).is_err() {
-        say("warn subreaper-unavailable".into());
+        status.say("warn subreaper-unavailable");
     }
-    // The job (not the holder) joins the cgroup leaf, in pre_exec below: `cgroup.kill` then
-    // ends the whole job but never the holder, which must live to report the leader's status.
-    let procs_path = cgroup.and_then(|d| {
-        std::ffi::CString::new(d.join("cgroup.procs").as_os_str().as_encoded_bytes()).ok()
-    });
-    // Signals are taken synchronously with sigtimedwait; the job gets an empty mask (reset
-    // in pre_exec below) and default dispositions.
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGCHLD,
-        PARENT_DEATH_SIGNAL,
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-    ] {
-        set.add(s);
+    let set = block_signals();
+    let Some(leader) = spawn_job(command, cgroup, &mut status) else {
+        return 1;
+    };
+    status.say(&format!("spawned {leader}"));
+    if let Some(dir) = cgroup {
+        let leaf = Leaf {
+            dir: dir.to_path_buf(),
+        };
+        // A leader that already exited is a zombie, no longer listed in cgroup.procs: that
+        // is no failure to join.
+        let procs = leaf.procs();
+        if !procs.contains(&leader) && tree::stat(leader).is_some_and(|s| !s.is_zombie()) {
+            status.say("warn cgroup-join-failed: the job runs outside its cgroup leaf");
+        }
     }
+    reap_until_done(leader, parent, &set, cgroup, &mut status)
+}
+
+/// Blocks every signal in the holder: it takes them synchronously with sigtimedwait, and
+/// none can kill it — not a USR1 that Slurm sends to every process of a step, nor a TERM
+/// meant for the job — so the holder outlives the job it must report on. The job gets an
+/// empty mask (reset in pre_exec) and default dispositions.
+fn block_signals() -> SigSet {
+    let set = SigSet::all();
     let _ = set.thread_block();
     for s in [Signal::SIGTTOU, Signal::SIGTTIN] {
         // SAFETY: restoring the default disposition installs no handler code.
         let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl) };
     }
+    set
+}
 
+/// Starts the job (joining the cgroup leaf before exec); its pid, or None after saying why.
+fn spawn_job(command: &[OsString], cgroup: Option<&Path>, status: &mut Status) -> Option<i32> {
     let Some((program, args)) = command.split_first() else {
-        say(format!("execfailed {}", libc::ENOENT));
-        return 1;
+        status.say(&format!("execfailed {}", libc::ENOENT));
+        return None;
     };
+    // The job (not the holder) joins the cgroup leaf: `cgroup.kill` then ends the whole job
+    // but never the holder, which must live to report the leader's status.
+    let procs_path = cgroup.and_then(|d| {
+        std::ffi::CString::new(d.join("cgroup.procs").as_os_str().as_encoded_bytes()).ok()
+    });
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
     // SAFETY: between fork and exec we only make async-signal-safe calls (open, write,
@@ -88,47 +110,41 @@ pub fn main(status_fd: i32, cgroup: Option<&Path>, command: &[OsString]) -> u8 {
             Ok(())
         });
     }
-    let leader = match cmd.spawn() {
-        Ok(child) => child.id() as i32,
+    match cmd.spawn() {
+        Ok(child) => Some(child.id() as i32),
         Err(e) => {
-            say(format!(
-                "execfailed {}",
-                e.raw_os_error().unwrap_or(libc::EACCES)
-            ));
-            return 1;
-        }
-    };
-    say(format!("spawned {leader}"));
-    if let Some(dir) = cgroup {
-        let leaf = Leaf {
-            dir: dir.to_path_buf(),
-        };
-        if !leaf.procs().contains(&leader) && tree::stat(leader).is_some() {
-            say("warn cgroup-join-failed: the job runs outside its cgroup leaf".into());
+            let errno = e.raw_os_error().unwrap_or(libc::EACCES);
+            status.say(&format!("execfailed {errno}"));
+            None
         }
     }
+}
 
+/// Reaps everything, reports the leader's end, and returns once no child is left — or kills
+/// the whole tree when costguard is gone.
+fn reap_until_done(
+    leader: i32,
+    parent: nix::unistd::Pid,
+    set: &SigSet,
+    cgroup: Option<&Path>,
+    status: &mut Status,
+) -> u8 {
     let mut leader_done = false;
     loop {
-        // Reap everything that has ended; remember the leader's status.
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid.as_raw() == leader => {
                     leader_done = true;
-                    say(format!("exited {code}"));
+                    status.say(&format!("exited {code}"));
                 }
                 Ok(WaitStatus::Signaled(pid, sig, _)) if pid.as_raw() == leader => {
                     leader_done = true;
-                    say(format!("signaled {}", sig as i32));
+                    status.say(&format!("signaled {}", sig as i32));
                 }
                 Ok(WaitStatus::StillAlive) => break,
                 Ok(_) => continue,
-                Err(Errno::ECHILD) => {
-                    if leader_done {
-                        return 0;
-                    }
-                    break;
-                }
+                Err(Errno::ECHILD) if leader_done => return 0,
+                Err(Errno::ECHILD) => break,
                 Err(Errno::EINTR) => continue,
                 Err(_) => break,
             }
@@ -138,7 +154,7 @@ pub fn main(status_fd: i32, cgroup: Option<&Path>, command: &[OsString]) -> u8 {
             return 0;
         }
         // Wake on a child's end, on costguard's death, or every 200 ms to look again.
-        let _ = sigtimedwait(&set, Duration::from_millis(200));
+        let _ = sigtimedwait(set, Duration::from_millis(200));
     }
 }
 
@@ -152,53 +168,51 @@ fn sigtimedwait(set: &SigSet, timeout: Duration) -> Option<i32> {
     (r > 0).then_some(r)
 }
 
-/// costguard is gone: TERM and CONT to every process of the job, up to a second's grace,
-/// then KILL (and `cgroup.kill`) until nothing is left, reaping as they go.
-fn kill_everything(cgroup: Option<&Path>) {
-    let me = std::process::id() as i32;
-    let leaf = cgroup.map(|d| Leaf {
-        dir: d.to_path_buf(),
-    });
-    let members = || {
-        let mut pids = tree::live_descendants(me);
-        if let Some(l) = &leaf {
+/// The holder's view of the job when costguard is gone: everything below the holder and
+/// in the leaf (the holder itself is outside it); reaped between rounds.
+struct Orphaned {
+    me: i32,
+    leaf: Option<Leaf>,
+}
+
+impl super::kill::Scope for Orphaned {
+    fn members(&mut self) -> Vec<i32> {
+        let mut pids = tree::live_descendants(self.me);
+        if let Some(l) = &self.leaf {
             for p in l.procs() {
-                if p != me && !pids.contains(&p) {
+                if p != self.me && !pids.contains(&p) {
                     pids.push(p);
                 }
             }
         }
         pids
-    };
-    for pid in members() {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
     }
-    let start = Instant::now();
-    loop {
+    fn kill_atomically(&mut self) {
+        if let Some(l) = &self.leaf {
+            l.kill_all();
+        }
+    }
+    fn between_rounds(&mut self) {
         while let Ok(ws) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             if ws == WaitStatus::StillAlive {
                 break;
             }
         }
-        let left = members();
-        if left.is_empty() {
-            break;
-        }
-        if start.elapsed() >= Duration::from_millis(1000) {
-            for pid in left {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            if let Some(l) = &leaf {
-                // Catches anything forked between the walk and the kills (the holder itself
-                // is outside the leaf).
-                l.kill_all();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// costguard is gone: the kill protocol with a second's grace, reaping as it goes, then
+/// the leaf is removed.
+fn kill_everything(cgroup: Option<&Path>) {
+    let mut scope = Orphaned {
+        me: std::process::id() as i32,
+        leaf: cgroup.map(|d| Leaf {
+            dir: d.to_path_buf(),
+        }),
+    };
+    super::kill::terminate_blocking(&mut scope, Signal::SIGTERM, Duration::from_secs(1));
     while waitpid(None, None).is_ok() {}
-    if let Some(l) = &leaf {
+    if let Some(l) = &scope.leaf {
         l.remove();
     }
 }

@@ -1,24 +1,25 @@
-//! Spawning the job under the holder and the kill protocol.
+//! Spawning the job under the holder, and the job as a scope of the kill protocol.
 //!
 //! The job runs under `costguard __hold` (see `hold.rs`) in its own process group, in a
-//! cgroup v2 leaf when one can be made. A kill sends the first signal and SIGCONT to every
-//! process of the job (tree walk ∪ cgroup members), waits out the grace, then sends SIGKILL
-//! (and `cgroup.kill`) until nothing is left. "Nothing is left" is the holder's exit: it is a
-//! subreaper that exits only when it has no children, so the leader exiting never counts.
+//! cgroup v2 leaf when one can be made. Its members are the tree walk below the holder ∪ the
+//! cgroup's members; "nothing is left" is the holder's exit: it is a subreaper that exits
+//! only when it has no children, so the leader exiting never counts. The kill itself is
+//! `kill.rs`, the one protocol every caller uses.
 
 pub mod cgroup;
 pub mod hold;
+pub mod kill;
 pub mod tree;
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
-use tokio::process::{Child, ChildStderr, ChildStdout};
+use tokio::process::{ChildStderr, ChildStdout};
 use tokio::sync::{mpsc, watch};
 
 use crate::exit::JobStatus;
@@ -60,29 +61,18 @@ fn parse_msg(line: &str) -> Option<HolderMsg> {
     })
 }
 
-/// How a kill went.
-#[derive(Debug, Clone, Default)]
-pub struct KillReport {
-    /// Distinct processes signalled.
-    pub signalled: usize,
-    /// Whether the grace ran out and SIGKILL was needed.
-    pub escalated: bool,
-    /// From the first signal until the whole tree was gone.
-    pub took: Duration,
-    /// Processes of the job still alive when we gave up (should always be 0).
-    pub survivors: Vec<i32>,
-    /// Every pid that was signalled.
-    pub pids: Vec<i32>,
-}
+pub use kill::KillReport;
 
 pub struct Job {
-    holder: Child,
     pub holder_pid: i32,
     pub leaf: Option<Leaf>,
     msgs: Option<mpsc::UnboundedReceiver<HolderMsg>>,
     pub stdout: Option<ChildStdout>,
     pub stderr: Option<ChildStderr>,
-    holder_exit: Option<std::process::ExitStatus>,
+    /// The holder's exit status, once it has exited (a task waits on it).
+    exit: watch::Receiver<Option<std::process::ExitStatus>>,
+    /// The job's leader, once the holder has said it started.
+    leader: watch::Receiver<Option<i32>>,
 }
 
 /// Makes costguard a subreaper (orphans of a lost holder come to us) and keeps job control
@@ -142,28 +132,38 @@ impl Job {
         drop(wr);
         let holder_pid = holder.id().map(|p| p as i32).unwrap_or(-1);
         let (tx, msgs) = mpsc::unbounded_channel();
+        let (leader_tx, leader) = watch::channel(None);
         let receiver =
             tokio::net::unix::pipe::Receiver::from_owned_fd(rd).map_err(SpawnError::Pipe)?;
         tokio::spawn(async move {
             let mut lines = tokio::io::BufReader::new(receiver).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(m) = parse_msg(&line) {
-                    if tx.send(m).is_err() {
-                        break;
+                    if let HolderMsg::Spawned(pid) = m {
+                        let _ = leader_tx.send(Some(pid));
                     }
+                    let _ = tx.send(m);
                 }
             }
         });
         let stdout = holder.stdout.take();
         let stderr = holder.stderr.take();
+        let (exit_tx, exit) = watch::channel(None);
+        tokio::spawn(async move {
+            let st = holder.wait().await.unwrap_or_else(|_| {
+                // Unknown is not success: a failed status makes the kill sweep for orphans.
+                std::os::unix::process::ExitStatusExt::from_raw(1 << 8)
+            });
+            let _ = exit_tx.send(Some(st));
+        });
         Ok(Job {
-            holder,
             holder_pid,
             leaf,
             msgs: Some(msgs),
             stdout,
             stderr,
-            holder_exit: None,
+            exit,
+            leader,
         })
     }
 
@@ -193,112 +193,80 @@ impl Job {
 
     /// Sends `sig` to every process of the job; returns the pids it reached.
     pub fn signal_all(&self, sig: Signal) -> Vec<i32> {
-        self.signal_all_then(sig, None)
-    }
-
-    /// Sends `sig`, then `then` (e.g. SIGCONT after SIGTERM), to every process, from one
-    /// enumeration.
-    pub fn signal_all_then(&self, sig: Signal, then: Option<Signal>) -> Vec<i32> {
-        let pids = self.members();
-        pids.into_iter()
-            .filter(|p| {
-                let ok = kill(Pid::from_raw(*p), sig).is_ok();
-                if let Some(t) = then {
-                    let _ = kill(Pid::from_raw(*p), t);
-                }
-                ok
-            })
+        self.members()
+            .into_iter()
+            .filter(|p| kill(Pid::from_raw(*p), sig).is_ok())
             .collect()
     }
 
+    /// The job's leader (the holder's first child), once it has started.
+    pub fn leader(&self) -> Option<i32> {
+        *self.leader.borrow()
+    }
+
+    /// Waits (at most `within`) until the leader has started or the holder is gone, so a
+    /// signal sent right after the start is never lost on a job not yet there.
+    pub async fn wait_started(&self, within: Duration) {
+        let (mut leader, mut exit) = (self.leader.clone(), self.exit.clone());
+        let _ = tokio::time::timeout(within, async {
+            tokio::select! {
+                _ = leader.wait_for(|l| l.is_some()) => {}
+                _ = exit.wait_for(|s| s.is_some()) => {}
+            }
+        })
+        .await;
+    }
+
     /// Whether the holder has exited (so the whole tree is gone).
-    pub fn gone(&mut self) -> bool {
-        if self.holder_exit.is_some() {
-            return true;
-        }
-        if let Ok(Some(st)) = self.holder.try_wait() {
-            self.holder_exit = Some(st);
-            return true;
-        }
-        false
+    pub fn gone(&self) -> bool {
+        self.exit.borrow().is_some()
     }
 
     /// Waits until the holder exits.
     pub async fn wait_gone(&mut self) -> std::process::ExitStatus {
-        if let Some(st) = self.holder_exit {
-            return st;
+        let mut rx = self.exit.clone();
+        let status = rx.wait_for(|s| s.is_some()).await.map(|s| *s);
+        match status {
+            Ok(s) => s.unwrap_or_default(),
+            Err(_) => std::os::unix::process::ExitStatusExt::from_raw(1 << 8),
         }
-        let st = self.holder.wait().await.unwrap_or_else(|_| {
-            // Unknown is not success: a failed status makes `terminate` sweep for orphans.
-            std::os::unix::process::ExitStatusExt::from_raw(1 << 8)
-        });
-        self.holder_exit = Some(st);
-        st
     }
 
-    /// The kill protocol: `first` and SIGCONT to everything, `grace`, then SIGKILL until the
-    /// tree is gone. A `true` on `force` (a second Ctrl-C) skips the rest of the grace.
+    /// The kill protocol on the job: `first` and SIGCONT to everything, `grace`, then
+    /// SIGKILL and `cgroup.kill` until the holder has exited. A `true` on `force` (a second
+    /// Ctrl-C) skips the rest of the grace.
     pub async fn terminate(
         &mut self,
         first: Signal,
         grace: Duration,
-        force: &mut watch::Receiver<bool>,
+        force: Option<watch::Receiver<bool>>,
     ) -> KillReport {
-        let start = Instant::now();
-        let mut report = KillReport::default();
-        let mut seen: Vec<i32> = self.signal_all_then(first, Some(Signal::SIGCONT));
-        report.signalled = seen.len();
-        if !*force.borrow() {
-            let forced = async {
-                while force.changed().await.is_ok() {
-                    if *force.borrow() {
-                        return;
-                    }
-                }
-                std::future::pending::<()>().await
-            };
-            tokio::select! {
-                _ = self.wait_gone() => {}
-                _ = tokio::time::sleep(grace) => {}
-                _ = forced => {}
+        self.wait_started(Duration::from_secs(2)).await;
+        let (gone_tx, gone_rx) = watch::channel(self.gone());
+        let mut exit = self.exit.clone();
+        let relay = tokio::spawn(async move {
+            if exit.wait_for(|s| s.is_some()).await.is_ok() {
+                let _ = gone_tx.send(true);
             }
+        });
+        let mut report = kill::terminate(self, first, grace, Some(gone_rx), force).await;
+        relay.abort();
+        if report.escalated && !self.gone() {
+            // Ten seconds of SIGKILL did not empty the tree: kill the holder itself so its
+            // orphans come to us, and report whatever is still there.
+            let _ = kill(Pid::from_raw(self.holder_pid), Signal::SIGKILL);
+            let _ = self.wait_gone().await;
         }
-        let mut kill_rounds = 0u32;
-        while !self.gone() {
-            report.escalated = true;
-            if let Some(l) = &self.leaf {
-                l.kill_all();
-            }
-            for p in self.signal_all(Signal::SIGKILL) {
-                if !seen.contains(&p) {
-                    seen.push(p);
-                }
-            }
-            kill_rounds += 1;
-            if kill_rounds > 1000 {
-                // Ten seconds of SIGKILL did not empty the tree: kill the holder itself so
-                // its orphans come to us, and report whatever is still there.
-                let _ = kill(Pid::from_raw(self.holder_pid), Signal::SIGKILL);
-                let _ = self.wait_gone().await;
-                break;
-            }
-            tokio::select! {
-                _ = self.wait_gone() => {}
-                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
-            }
-        }
-        report.signalled = report.signalled.max(seen.len());
-        report.took = start.elapsed();
         // A holder that exited by itself reaped everything; one that died leaves orphans
         // with us (we are a subreaper too).
-        if !self.holder_exit.is_some_and(|s| s.success()) {
-            report.survivors = sweep_orphans(&seen);
+        let clean = self.exit.borrow().is_some_and(|s| s.success());
+        if !clean {
+            report.survivors = sweep_orphans(&report.pids);
         }
         if let Some(l) = &self.leaf {
             report.survivors.extend(l.procs());
             l.remove();
         }
-        report.pids = seen;
         report
     }
 
@@ -307,6 +275,20 @@ impl Job {
         if let Some(l) = &self.leaf {
             l.remove();
         }
+    }
+}
+
+impl kill::Scope for Job {
+    fn members(&mut self) -> Vec<i32> {
+        Job::members(self)
+    }
+    fn kill_atomically(&mut self) {
+        if let Some(l) = &self.leaf {
+            l.kill_all();
+        }
+    }
+    fn gone(&mut self) -> bool {
+        Job::gone(self)
     }
 }
 

@@ -1,0 +1,452 @@
+//! How a session ends: the kill protocol (or the leader's leftovers), the "GPU freed?"
+//! check, the verdict (outcome, exit code, detail), the summary line, the phase's and the
+//! run's ending events, the final ledger and report, the exit hook and the notification
+//! flush.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::Session;
+use crate::events::{EventKind, KillReason};
+use crate::exit::{self, JobStatus};
+use crate::ledger::{Outcome, PhaseRecord, RunState as LedgerState};
+use crate::run::action::Ending;
+use crate::run::sources::Sources;
+use crate::run::state::TargetKind;
+use crate::run::target::Target;
+use crate::units::{format_duration, format_money};
+
+/// How the session ended, decided once.
+struct Verdict {
+    code: u8,
+    outcome: Outcome,
+    detail: String,
+}
+
+impl Session {
+    /// Ends the session; returns the exit code and whether the run ended (false: a plan's
+    /// next phase follows).
+    pub async fn close(
+        mut self,
+        ending: Ending,
+        mut target: Target,
+        mut sources: Sources,
+        command: &[OsString],
+    ) -> (u8, bool) {
+        self.live = None; // gives the terminal's bottom row back before the kill and summary
+        let force = sources.force.clone();
+        let grace = self.settings.kill_grace;
+        let mut ended_pids = Vec::new();
+        match &ending {
+            Ending::Kill {
+                reason,
+                evidence,
+                first,
+            } => {
+                ended_pids = self
+                    .kill(&mut target, *reason, evidence, *first, force)
+                    .await;
+            }
+            Ending::Leader(_) => target.finish_leftovers(grace, force).await,
+            Ending::HolderLost | Ending::Stop(_) => {}
+        }
+        target.close().await;
+        let leader = match &ending {
+            Ending::Leader(s) => Some(*s),
+            _ if self.state.kind() == TargetKind::Job => {
+                sources.leader_status(Duration::from_secs(2)).await
+            }
+            _ => None,
+        };
+        drop(sources);
+        if let Ending::Kill { reason, .. } = &ending {
+            if reason.is_ceiling() {
+                self.check_gpu_freed().await;
+            }
+        }
+        let v = self.verdict(&ending, leader, &ended_pids);
+        let last_line = target.tail().last().cloned();
+        self.summary(&v, leader, command, last_line);
+        self.conclude(v).await
+    }
+
+    /// The killed event, the kill on record, then the one kill protocol on the target.
+    /// Returns the pids it reached.
+    async fn kill(
+        &mut self,
+        target: &mut Target,
+        reason: KillReason,
+        evidence: &str,
+        first: Signal,
+        force: tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<i32> {
+        self.emit(
+            EventKind::Killed,
+            Some(reason.as_str()),
+            evidence.to_string(),
+        );
+        let now = self.now();
+        self.sinks
+            .record_kill(&self.state, reason.as_str(), evidence, target.tail(), now);
+        let report = target
+            .kill(first, self.settings.kill_grace, Some(force))
+            .await;
+        self.state.note_pids(&report.pids);
+        tracing::info!(
+            reason = reason.as_str(),
+            signalled = report.signalled,
+            escalated_to_kill = report.escalated,
+            took_ms = report.took.as_secs_f64() * 1000.0,
+            "the target is gone"
+        );
+        if !report.survivors.is_empty() {
+            self.emit(
+                EventKind::AgentError,
+                Some("survivors"),
+                format!(
+                    "{} processes of the job survived the kill: {:?}",
+                    report.survivors.len(),
+                    report.survivors
+                ),
+            );
+        }
+        report.pids
+    }
+
+    /// After a ceiling kill: does any process of the job still hold GPU memory?
+    async fn check_gpu_freed(&mut self) {
+        let Some(gpu) = self.gpu.clone() else { return };
+        let Ok(gpus) = gpu.sample_when_free(Duration::from_secs(2)).await else {
+            return;
+        };
+        let mut held = Vec::new();
+        for g in &gpus {
+            for p in g.procs.iter().flatten() {
+                if self.state.job_pids().contains(&(p.pid as i32)) && p.used_bytes.unwrap_or(1) > 0
+                {
+                    let what = p
+                        .used_bytes
+                        .map(crate::units::format_bytes)
+                        .unwrap_or_else(|| "memory".into());
+                    held.push(format!(
+                        "after the kill, pid {} still holds {what} on GPU {}",
+                        p.pid, g.index
+                    ));
+                }
+            }
+        }
+        for h in held {
+            self.emit(EventKind::AgentError, Some("gpu-not-freed"), h);
+        }
+    }
+
+    fn verdict(&self, ending: &Ending, leader: Option<JobStatus>, pids: &[i32]) -> Verdict {
+        let v = |code, outcome, detail: String| Verdict {
+            code,
+            outcome,
+            detail,
+        };
+        match (self.state.kind(), ending, leader) {
+            (TargetKind::Agent, Ending::Kill { evidence, .. }, _) => v(
+                exit::CEILING_KILLED,
+                Outcome::Killed,
+                format!("{evidence}; ended pids {pids:?}"),
+            ),
+            (TargetKind::Agent, Ending::Stop(d), _) => v(0, Outcome::Completed, d.clone()),
+            (
+                _,
+                Ending::Kill {
+                    reason, evidence, ..
+                },
+                _,
+            ) if reason.is_ceiling() => v(exit::CEILING_KILLED, Outcome::Killed, evidence.clone()),
+            (_, Ending::Kill { evidence, .. }, Some(s)) => v(
+                s.code(),
+                Outcome::Stopped,
+                format!("{evidence}; job {}", s.describe()),
+            ),
+            (_, Ending::Kill { evidence, .. }, None) => {
+                v(exit::OWN_FAILURE, Outcome::Stopped, evidence.clone())
+            }
+            (_, _, Some(s @ JobStatus::Exited(0))) => v(s.code(), Outcome::Completed, s.describe()),
+            (_, _, Some(s)) => v(s.code(), Outcome::Failed, s.describe()),
+            (_, _, None) => v(
+                exit::OWN_FAILURE,
+                Outcome::Failed,
+                "the holder process was lost; the job's status is unknown".into(),
+            ),
+        }
+    }
+
+    /// The one summary line (and the job's last output line after a kill).
+    fn summary(
+        &self,
+        v: &Verdict,
+        leader: Option<JobStatus>,
+        command: &[OsString],
+        last_line: Option<String>,
+    ) {
+        let now = self.now();
+        let e = self.state.engine();
+        if self.state.kind() == TargetKind::Agent {
+            crate::console::alert(format!(
+                "agent {}: {}; ran {}, spent {}",
+                v.outcome,
+                v.detail,
+                format_duration(now),
+                format_money(e.spend(now))
+            ));
+            return;
+        }
+        if let (Some(JobStatus::ExecFailed(_)), Some(program)) = (leader, command.first()) {
+            crate::console::alert(format!(
+                "cannot run {program:?}: {}",
+                v.detail.trim_start_matches("could not execute: ")
+            ));
+        }
+        if matches!(v.outcome, Outcome::Killed | Outcome::Stopped) {
+            if let Some(line) = last_line {
+                crate::console::say(format!("last output: {line}"));
+            }
+        }
+        let budget = self
+            .settings
+            .max_usd
+            .map(|b| format!(" of {}", format_money(b)))
+            .unwrap_or_default();
+        let spent = if self.state.priced() {
+            format!("spent {}{budget}", format_money(e.spend(now)))
+        } else {
+            "spend unknown".to_string()
+        };
+        let wasted = e.wasted(now);
+        let wasted_text = if wasted > 0.0 {
+            format!(", wasted {}", format_money(wasted))
+        } else {
+            String::new()
+        };
+        crate::console::alert(format!(
+            "{}: {}; ran {}, {spent}{wasted_text}",
+            v.outcome,
+            v.detail,
+            format_duration(now)
+        ));
+    }
+
+    /// Ending events, the record, the hook and the flush.
+    async fn conclude(&mut self, v: Verdict) -> (u8, bool) {
+        let ended = self.run_ends(v.outcome);
+        let all_completed = self.end_phase(&v, ended);
+        if ended {
+            self.end_run(&v, all_completed);
+        }
+        let (code, detail) = if ended && self.settings.phase.is_some() {
+            self.plan_verdict(v.code)
+        } else {
+            (v.code, v.detail.clone())
+        };
+        let overall = match (&self.settings.phase, ended) {
+            (Some(_), true) if all_completed => LedgerState::Completed,
+            (Some(_), true) if v.outcome == Outcome::Completed => LedgerState::Failed,
+            (_, true) => v.outcome.into(),
+            (_, false) => LedgerState::Running,
+        };
+        let ledger = self.close_record(overall, code, &detail).await;
+        if ended {
+            if let Some(p) = ledger.as_ref().and_then(|l| l.report_path.as_ref()) {
+                crate::console::say(format!("report: {}", p.display()));
+            }
+            if let (Some(cmd), Some(l)) = (&self.settings.on_exit, &ledger) {
+                crate::run::exit_hook::run(cmd, l).await;
+            }
+        }
+        self.flush_notifications(ended).await;
+        (code, ended)
+    }
+
+    /// Whether the run ends with this session (a plan's next phase follows otherwise).
+    fn run_ends(&self, outcome: Outcome) -> bool {
+        let Some(p) = &self.settings.phase else {
+            return true;
+        };
+        let now = self.now();
+        let spend = self.state.engine().spend(now);
+        let elapsed = self.state.carried().elapsed + now.as_secs_f64();
+        let run_cap_hit = self.settings.max_usd.is_some_and(|b| spend >= b - 1e-9)
+            || self
+                .settings
+                .max_wall
+                .is_some_and(|w| elapsed >= w.as_secs_f64() - 1e-3);
+        p.last
+            || run_cap_hit
+            || matches!(outcome, Outcome::Failed | Outcome::Stopped)
+            || (outcome == Outcome::Killed && p.abort_on_kill)
+    }
+
+    /// A plan's phase on record and its `phase-completed` event. Returns whether every
+    /// phase of the plan has completed (for a single command: whether it did).
+    fn end_phase(&mut self, v: &Verdict, ended: bool) -> bool {
+        let Some(p) = self.settings.phase.clone() else {
+            return v.outcome == Outcome::Completed;
+        };
+        let now = self.now();
+        let reason = self.state.engine().killed().map(|r| r.as_str().to_string());
+        let record = PhaseRecord {
+            name: p.name.clone(),
+            outcome: v.outcome,
+            elapsed_seconds: now.as_secs_f64(),
+            expected_seconds: p.expected.map(|d| d.as_secs_f64()),
+            spend_dollars: self.state.engine().spend(now) - self.state.carried().spend,
+            reason: reason.clone(),
+        };
+        let mut phases = Vec::new();
+        if let Some(r) = &self.sinks.recorder {
+            r.update(|l| {
+                l.phases.push(record);
+                phases = l.phases.clone();
+            });
+        }
+        let outcome = v.outcome.as_str();
+        self.emit(
+            EventKind::PhaseCompleted,
+            reason.as_deref().or(Some(outcome)),
+            format!(
+                "phase {}/{} {}: {outcome}: {}",
+                p.index + 1,
+                p.total,
+                p.name,
+                v.detail
+            ),
+        );
+        if !ended {
+            let next = if v.outcome == Outcome::Killed {
+                "on_kill = continue: going on with the next phase"
+            } else {
+                "next phase"
+            };
+            crate::console::say(format!("phase {} {outcome}; {next}", p.name));
+        }
+        phases.iter().all(|r| r.outcome == Outcome::Completed) && phases.len() == p.total
+    }
+
+    /// The run's own ending event: completed or failed (a kill already has its event).
+    fn end_run(&mut self, v: &Verdict, all_completed: bool) {
+        match (&self.settings.phase.clone(), v.outcome) {
+            (None, Outcome::Completed) => self.emit(EventKind::Completed, None, v.detail.clone()),
+            (None, Outcome::Failed) => self.emit(EventKind::Failed, None, v.detail.clone()),
+            (None, _) => {}
+            (Some(p), _) if all_completed => self.emit(
+                EventKind::Completed,
+                None,
+                format!("all {} phases completed", p.total),
+            ),
+            (Some(p), o) => self.emit(
+                EventKind::Failed,
+                Some(o.as_str()),
+                format!(
+                    "plan ended at phase {}/{} {}: {o}: {}",
+                    p.index + 1,
+                    p.total,
+                    p.name,
+                    v.detail
+                ),
+            ),
+        }
+    }
+
+    /// A plan's ending speaks for the whole plan: 124 if any phase was killed.
+    fn plan_verdict(&self, code: u8) -> (u8, String) {
+        let total = self.settings.phase.as_ref().map_or(0, |p| p.total);
+        let recs = self
+            .sinks
+            .recorder
+            .as_ref()
+            .map(|r| r.snapshot().phases)
+            .unwrap_or_default();
+        let done = recs
+            .iter()
+            .filter(|r| r.outcome == Outcome::Completed)
+            .count();
+        let others: Vec<String> = recs
+            .iter()
+            .filter(|r| r.outcome != Outcome::Completed)
+            .map(|r| {
+                let why = r.reason.as_deref().map(|x| format!(" ({x})"));
+                format!("{} {}{}", r.name, r.outcome, why.unwrap_or_default())
+            })
+            .collect();
+        let killed = recs.iter().any(|r| r.outcome == Outcome::Killed);
+        let code = if code == 0 && killed {
+            exit::CEILING_KILLED
+        } else {
+            code
+        };
+        let mut d = format!("{done} of {total} phases completed");
+        if !others.is_empty() {
+            d += &format!("; {}", others.join(", "));
+        }
+        (code, d)
+    }
+
+    /// Final ledger state, then the report from the ledger and the event log.
+    async fn close_record(
+        &mut self,
+        state: LedgerState,
+        code: u8,
+        detail: &str,
+    ) -> Option<crate::ledger::Ledger> {
+        let now = self.now();
+        self.publish(now);
+        let rec = self.sinks.recorder.take()?;
+        let dir = rec.run_dir.clone();
+        rec.update(|l| {
+            l.state = state;
+            l.exit_code = Some(code);
+            l.outcome_detail = Some(detail.to_string());
+            l.report_path = Some(dir.join("report.md"));
+        });
+        let ledger = rec.close().await;
+        let (d, l) = (dir.clone(), ledger.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let events = crate::ledger::read_events(&d);
+            let text = crate::report::render(&l, &events);
+            crate::fsutil::write_replace(&d.join("report.md"), text.as_bytes())
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            crate::console::notice(format!(
+                "could not write {}",
+                dir.join("report.md").display()
+            ));
+        }
+        Some(ledger)
+    }
+
+    /// What is not out within the flush time stays in the outbox for the next start.
+    /// Between phases the next phase must not wait on a slow endpoint: at most a second.
+    async fn flush_notifications(&mut self, ended: bool) {
+        let Some(n) = self.sinks.notifier.take() else {
+            return;
+        };
+        let flush = if ended {
+            self.settings.notify.flush
+        } else {
+            self.settings.notify.flush.min(Duration::from_secs(1))
+        };
+        let report = n.finish(flush).await;
+        if report.undelivered.is_empty() {
+            return;
+        }
+        crate::console::alert(format!(
+            "{} notifications not delivered within {}; they stay in {} and go out on the next start:",
+            report.undelivered.len(),
+            format_duration(flush),
+            report.outbox.display()
+        ));
+        for u in &report.undelivered {
+            crate::console::alert(format!("  {u}"));
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! One session of a run — the whole run, one phase of a plan, or the agent's life — in three
+//! steps: [`open`] (prices and NVML, the run record, metrics and the endpoint, notifications,
+//! the state, the `started` event), [`Session::drive`] (sources → `LoopEvent` →
+//! `RunState::handle` → `Action`s performed here and by the sinks) and `close` (the kill
+//! protocol or the leftovers, the verdict, the summary, the record, the hook, the flush).
+//! The wrapper and the agent run exactly this code; they differ only in their [`Target`].
+
+mod close;
+mod open;
+
+use std::ffi::OsString;
+use std::time::{Duration, SystemTime};
+
+use super::action::{Action, Ending, LoopEvent};
+use super::live::LiveLine;
+use super::output::LineJudge;
+use super::sinks::Sinks;
+use super::sources::{self, Sources};
+use super::start;
+use super::state::{RunState, TargetKind};
+use super::target::{JobTarget, Target};
+use crate::config::Settings;
+use crate::events::EventKind;
+use crate::telemetry::nvml::NvmlSource;
+
+pub use open::{limits_of, open, GuardError};
+
+pub struct Session {
+    settings: Settings,
+    state: RunState,
+    sinks: Sinks,
+    gpu: Option<NvmlSource>,
+    live: Option<LiveLine>,
+}
+
+impl Session {
+    fn now(&self) -> Duration {
+        self.state.t0().elapsed()
+    }
+
+    /// An event made now and handed to every sink.
+    fn emit(&mut self, kind: EventKind, reason: Option<&str>, message: String) {
+        let now = self.now();
+        let ev = self.state.event(kind, reason, message, now);
+        self.sinks.emit(&ev);
+        self.publish(now);
+    }
+
+    fn publish(&mut self, now: Duration) {
+        let snap = self.state.snapshot(now);
+        self.sinks.publish(&self.state, &snap);
+    }
+
+    /// The loop: one event at a time through the state, its actions performed, until an
+    /// action ends it.
+    pub async fn drive(&mut self, target: &mut Target, sources: &mut Sources) -> Ending {
+        loop {
+            let wake = self
+                .state
+                .next_wakeup(self.now())
+                .map(|d| (self.state.t0() + d).into());
+            let mut ev = sources.next(wake).await;
+            if let LoopEvent::Sample(s) = &mut ev {
+                for (pid, cmd) in target.refine(s) {
+                    let now = self.now();
+                    let acts = self.state.handle(LoopEvent::NewTarget(pid, cmd), now);
+                    self.perform(acts, target, now);
+                }
+            }
+            let now = self.now();
+            let acts = self.state.handle(ev, now);
+            if let Some(end) = self.perform(acts, target, now) {
+                return end;
+            }
+        }
+    }
+
+    /// Performs the actions in order; returns the first ending among them.
+    fn perform(&mut self, acts: Vec<Action>, target: &mut Target, now: Duration) -> Option<Ending> {
+        let mut end = None;
+        let mut publish = false;
+        for a in acts {
+            match a {
+                Action::Emit(ev) => self.sinks.emit(&ev),
+                Action::WarnSignal {
+                    signal,
+                    reason,
+                    message,
+                } => {
+                    let n = target.signal(signal);
+                    let text = format!("{message} ({} to {n} processes)", signal.as_str());
+                    let ev = self
+                        .state
+                        .event(EventKind::Warning, Some(reason.as_str()), text, now);
+                    self.sinks.emit(&ev);
+                    publish = true;
+                }
+                Action::Forward(sig) => {
+                    let reached = target.forward(sig);
+                    tracing::debug!(signal = sig.as_str(), reached, "forwarded");
+                }
+                Action::End(e) => end = end.or(Some(e)),
+                Action::Publish => publish = true,
+                Action::Meters => self.sinks.meters(&self.state, now),
+                Action::Record => self.sinks.record(&self.state, now),
+                Action::Members(pids) => self.sinks.record_members(&pids),
+                Action::Notice(t) => crate::console::notice(t),
+                Action::Say(t) => crate::console::say(t),
+                Action::Redraw => {
+                    if let Some(l) = self.live.as_mut() {
+                        l.draw(&self.state.live_text(now));
+                    }
+                }
+            }
+        }
+        if publish {
+            self.publish(now);
+        }
+        end
+    }
+}
+
+/// The sources of a session: signals, samples of `root`'s tree, the holder's messages, the
+/// job's output progress, the heartbeat, the fleet.
+fn sources_of(
+    s: &Session,
+    root: i32,
+    holder: Option<sources::Rx<crate::supervise::HolderMsg>>,
+    progress: Option<sources::Rx<super::output::LineProgress>>,
+) -> Sources {
+    Sources::start(sources::Config {
+        gpu: s.gpu.clone(),
+        interval: s.settings.interval,
+        root,
+        holder,
+        progress,
+        heartbeat: s
+            .settings
+            .heartbeat_file
+            .clone()
+            .map(|p| (p, s.settings.stall)),
+        fleet: s.settings.fleet.clone(),
+        live: s.live.is_some(),
+    })
+}
+
+/// Runs `command` under the guard; returns the exit code to leave with.
+pub async fn run(settings: Settings, command: Vec<OsString>) -> Result<u8, GuardError> {
+    run_session(settings, command).await.map(|(code, _)| code)
+}
+
+/// One session of a wrapped run (the whole run, or one phase of a plan). Returns the exit
+/// code and whether the run ended with it (a plan goes on to its next phase otherwise).
+pub async fn run_session(
+    settings: Settings,
+    command: Vec<OsString>,
+) -> Result<(u8, bool), GuardError> {
+    if command.is_empty() {
+        return Err(GuardError::NoCommand);
+    }
+    let base_id = start::default_run_id(&command, SystemTime::now());
+    let capture = settings.needs_output();
+    let mut s = open(settings, TargetKind::Job, &command, &base_id, capture).await?;
+    let log = s
+        .sinks
+        .recorder
+        .as_ref()
+        .filter(|_| std::env::var_os("COSTGUARD_OUTPUT_LOG_IS_STDOUT").is_none())
+        .map(|r| r.run_dir.join("output.log"));
+    let judge = LineJudge::new(s.settings.progress_regex.clone());
+    let (mut job, progress) = JobTarget::start(&command, capture, judge, log.as_deref())?;
+    s.note_job(&job);
+    let msgs = job.job.take_msgs();
+    let mut sources = sources_of(&s, job.job.holder_pid, Some(msgs), progress);
+    let mut target = Target::Job(job);
+    let ending = s.drive(&mut target, &mut sources).await;
+    Ok(s.close(ending, target, sources, &command).await)
+}
+
+/// `costguard agent`: the same session over the GPU processes its selector picks.
+pub async fn run_agent(
+    settings: Settings,
+    selector: super::agent::Selector,
+) -> Result<u8, GuardError> {
+    let host = crate::events::hostname();
+    let base = format!("agent-{host}-{}", start::run_id_stamp(SystemTime::now()));
+    let label = vec![OsString::from("costguard agent")];
+    let mut s = open(settings, TargetKind::Agent, &label, &base, false).await?;
+    if s.gpu.is_none() {
+        return Err(GuardError::Agent(
+            "costguard agent needs NVML to see GPU processes (--gpu nvml, --nvml-lib PATH)".into(),
+        ));
+    }
+    let mut sources = sources_of(&s, 0, None, None);
+    let mut target = Target::Gpus(super::target::GpuTargets::new(selector));
+    let ending = s.drive(&mut target, &mut sources).await;
+    Ok(s.close(ending, target, sources, &label).await.0)
+}

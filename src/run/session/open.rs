@@ -1,0 +1,335 @@
+//! Everything before the target starts: prices and NVML, the run record, metrics and the
+//! endpoint, the notifier, the state, and the `started` event.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::json;
+
+use super::Session;
+use crate::config::Settings;
+use crate::events::EventKind;
+use crate::http;
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::policy::{Engine, Limits};
+use crate::run::live::LiveLine;
+use crate::run::record::{RecordError, Recorder};
+use crate::run::sinks::Sinks;
+use crate::run::start::{self, Pricing, StartError};
+use crate::run::state::{Carried, FleetView, Identity, Init, PhaseInfo, RunState, TargetKind};
+use crate::run::target::JobTarget;
+use crate::spend::SpendMeter;
+use crate::supervise::SpawnError;
+use crate::units::{format_duration, format_money};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("failed to listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the notification outbox {dir} (set --state-dir or COSTGUARD_STATE_DIR): {source}")]
+    Outbox {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("{0}")]
+    Plan(String),
+    #[error("{0}")]
+    Agent(String),
+    #[error("nothing to run: give the command after `--`, e.g. costguard --max-wall 1h -- python train.py")]
+    NoCommand,
+}
+
+/// The watchdogs in words, for status and the report.
+fn watchdogs_of(s: &Settings) -> Vec<String> {
+    let d = |x: Duration| format_duration(x);
+    let mut w = Vec::new();
+    if let Some(b) = s.max_usd {
+        w.push(format!("usd {}", format_money(b)));
+    }
+    if let Some(x) = s.max_wall {
+        w.push(format!("wall {}", d(x)));
+    }
+    w.push(match s.idle {
+        Some(x) => format!("idle {} below {}%", d(x), s.idle_below),
+        None => "idle off".into(),
+    });
+    w.push(match s.stall {
+        Some(x) => format!("stall {}", d(x)),
+        None => "stall off".into(),
+    });
+    if s.max_gpu_mem.is_some() {
+        w.push("gpu memory".into());
+    }
+    if let Some(x) = s.max_host_mem {
+        w.push(format!("host memory {}", crate::units::format_bytes(x)));
+    }
+    w
+}
+
+fn min_opt<T: PartialOrd>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b < a { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The session's limits. `carried` seconds and `spent` dollars of earlier sessions (or
+/// phases) count against the run's ceilings; a phase's own caps count from its start.
+pub fn limits_of(s: &Settings, carried: f64, spent: f64) -> Limits {
+    let run_wall = s
+        .max_wall
+        .map(|w| w.saturating_sub(Duration::from_secs_f64(carried.max(0.0))));
+    let phase = s.phase.as_ref();
+    Limits {
+        max_usd: min_opt(s.max_usd, phase.and_then(|p| p.max_usd).map(|u| spent + u)),
+        max_wall: min_opt(run_wall, phase.and_then(|p| p.max_wall)),
+        warn_before: s.warn_before,
+        warn_at: s.warn_at.clone(),
+        idle: s.idle,
+        idle_below: s.idle_below,
+        idle_grace: s.idle_grace,
+        stall: s.stall,
+        max_gpu_mem: s.max_gpu_mem,
+        max_host_mem: s.max_host_mem,
+        stale_after: s.interval * 3,
+        progress_total: s.progress_total,
+    }
+}
+
+/// Opens a session: nothing of the target runs yet.
+pub async fn open(
+    settings: Settings,
+    kind: TargetKind,
+    label: &[OsString],
+    base_id: &str,
+    capture: bool,
+) -> Result<Session, GuardError> {
+    let started = start::prepare(&settings).await?;
+    let started_wall = SystemTime::now();
+    let mut notices = Vec::new();
+    let (run_id, rec) = Recorder::open(&settings, base_id, &mut notices).await?;
+    notices.extend(started.notices.iter().cloned());
+    let prev = rec.prev.clone().unwrap_or_default();
+    first_record(&rec, &settings, label, started_wall);
+    let channel_names: Vec<&'static str> = settings
+        .notify
+        .channels
+        .iter()
+        .map(|c| c.kind.as_str())
+        .collect();
+    let metrics = Arc::new(Metrics::new(&channel_names));
+    let notifier = open_notifier(&settings, &metrics, &mut notices)?;
+    let status = Arc::new(RwLock::new(json!({})));
+    let listening = open_endpoint(&settings, &metrics, &status).await?;
+    for n in &notices {
+        crate::console::notice(n);
+    }
+    let id = Identity {
+        run_id,
+        host: crate::events::hostname(),
+        command_line: crate::redact::command_line(label),
+        started_wall,
+        run_dir: Some(rec.run_dir.clone()),
+        notify_channels: channel_names,
+    };
+    rec.update(|l| l.host = id.host.clone());
+    let state = RunState::new(init_of(&settings, kind, id, &started, &prev, capture));
+    let sinks = Sinks::new(metrics, status, rec, notifier);
+    let live = LiveLine::new(settings.quiet);
+    let mut s = Session {
+        settings,
+        state,
+        sinks,
+        gpu: started.gpu.clone(),
+        live,
+    };
+    s.announce(&started.pricing, listening);
+    Ok(s)
+}
+
+/// The state's starting point: limits, the meter carried over, the phase, the fleet.
+fn init_of(
+    settings: &Settings,
+    kind: TargetKind,
+    id: Identity,
+    started: &start::Started,
+    prev: &Ledger,
+    capture: bool,
+) -> Init {
+    let rate = match &started.pricing {
+        Pricing::Fixed { per_hour, .. } => *per_hour,
+        _ => 0.0,
+    };
+    Init {
+        t0: Instant::now(),
+        id,
+        kind,
+        engine: Engine::new(
+            limits_of(settings, prev.elapsed_seconds, prev.spend_dollars),
+            SpendMeter::new(prev.spend_dollars, rate),
+        ),
+        pricing: started.pricing.clone(),
+        visible: started.visible.clone(),
+        carried: Carried {
+            spend: prev.spend_dollars,
+            wasted: prev.wasted_dollars,
+            elapsed: prev.elapsed_seconds,
+        },
+        seq: prev.events,
+        phase: settings.phase.as_ref().map(|p| PhaseInfo {
+            name: p.name.clone(),
+            index: p.index,
+            total: p.total,
+            expected: p.expected.zip(p.expected_after),
+        }),
+        fleet: settings.fleet.as_ref().map(|f| FleetView {
+            max_usd: f.max_usd,
+            source: format!(
+                "{} at {}",
+                f.query(),
+                crate::redact::text(&f.prometheus_url)
+            ),
+            total: None,
+            error: None,
+        }),
+        warn_signal: settings.warn_signal,
+        tracks_progress: capture || settings.heartbeat_file.is_some(),
+    }
+}
+
+/// What the ledger says before anything runs, and the config snapshot.
+fn first_record(rec: &Recorder, settings: &Settings, label: &[OsString], wall: SystemTime) {
+    rec.update(|l| {
+        l.command = match &settings.plan {
+            Some(p) if settings.phase.is_some() => format!("plan {}", p.display()),
+            _ => crate::redact::command_line(label),
+        };
+        if l.started_at.is_empty() {
+            l.started_at = crate::events::rfc3339(wall);
+        }
+        l.on_exit = settings
+            .on_exit
+            .as_deref()
+            .map(|c| crate::redact::text(c).into_owned());
+        l.watchdogs = watchdogs_of(settings);
+        l.no_preflight = settings.no_preflight;
+        if let Some(p) = &settings.phase {
+            l.phase = Some(p.name.clone());
+            l.phase_index = Some(p.index);
+            l.phases_total = Some(p.total);
+        }
+    });
+    crate::run::record::write_config(&rec.run_dir, settings, label);
+}
+
+fn open_notifier(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    notices: &mut Vec<String>,
+) -> Result<Option<Notifier>, GuardError> {
+    let has_outbox = settings.state_dir.join("outbox").is_dir();
+    if settings.notify.channels.is_empty() && !has_outbox {
+        return Ok(None);
+    }
+    Notifier::start(
+        settings.notify.clone(),
+        &settings.state_dir,
+        metrics.clone(),
+        notices,
+    )
+    .map(Some)
+    .map_err(|source| GuardError::Outbox {
+        dir: settings.state_dir.join("outbox").display().to_string(),
+        source,
+    })
+}
+
+/// The read-only endpoint; a default address that is taken is a notice, an explicit one an
+/// error.
+async fn open_endpoint(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    status: &Arc<RwLock<serde_json::Value>>,
+) -> Result<Option<SocketAddr>, GuardError> {
+    let Some(addr) = settings.listen else {
+        return Ok(None);
+    };
+    let shared = http::Shared {
+        metrics: metrics.clone(),
+        status: status.clone(),
+    };
+    match http::serve(addr, shared).await {
+        Ok(a) => Ok(Some(a)),
+        Err(source) if settings.listen_explicit => Err(GuardError::Listen {
+            addr: addr.to_string(),
+            source,
+        }),
+        Err(e) => {
+            crate::console::notice(format!(
+                "not serving metrics on {addr} ({e}); use --listen to pick another address"
+            ));
+            Ok(None)
+        }
+    }
+}
+
+impl Session {
+    /// The `started` line and event.
+    fn announce(&mut self, pricing: &Pricing, listening: Option<SocketAddr>) {
+        let rate_text = match pricing {
+            Pricing::Fixed { per_hour, source } => {
+                format!("{}/h from {source}", format_money(*per_hour))
+            }
+            Pricing::Energy { per_kwh } => {
+                format!("GPU energy at {}/kWh", format_money(*per_kwh))
+            }
+            Pricing::Unknown => "rate unknown (spend not metered)".into(),
+        };
+        let phase_text = self
+            .state
+            .phase()
+            .map(|p| format!(" phase {}", p.label()))
+            .unwrap_or_default();
+        let mut msg = format!(
+            "run {}{phase_text} started: {rate_text}",
+            self.state.id().run_id
+        );
+        if let Some(b) = self.settings.max_usd {
+            msg += &format!(", budget {}", format_money(b));
+        }
+        if let Some(w) = self.settings.max_wall {
+            msg += &format!(", wall {}", format_duration(w));
+        }
+        if let Some(a) = listening {
+            msg += &format!(", metrics on http://{a}/metrics");
+        }
+        crate::console::say(&msg);
+        self.emit(EventKind::Started, None, msg);
+    }
+
+    /// The job's identity on record, for a restart to find and kill.
+    pub(super) fn note_job(&self, j: &JobTarget) {
+        if let Some(r) = &self.sinks.recorder {
+            r.update(|l| {
+                l.holder = crate::ledger::Proc::of(j.job.holder_pid);
+                l.pgid = Some(j.job.holder_pid);
+                l.cgroup = j.job.leaf.as_ref().map(|x| x.dir.clone());
+            });
+        }
+    }
+}

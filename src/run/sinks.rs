@@ -1,0 +1,257 @@
+//! Where actions land: metrics, the /status document, the run record, the notifier and the
+//! console. Each takes the events and snapshots it cares about; none decides anything.
+
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use serde_json::json;
+
+use super::record::Recorder;
+use super::state::RunState;
+use super::view::Snapshot;
+use crate::events::{rfc3339, Event, EventKind};
+use crate::metrics::{set_opt, Metrics};
+use crate::notify::Notifier;
+
+pub struct Sinks {
+    pub metrics: Arc<Metrics>,
+    pub status: Arc<RwLock<serde_json::Value>>,
+    /// The run's record on disk (None only after it was closed).
+    pub recorder: Option<Recorder>,
+    pub notifier: Option<Notifier>,
+    /// The telemetry generation last applied to the per-GPU series.
+    gpu_generation: u64,
+}
+
+impl Sinks {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        status: Arc<RwLock<serde_json::Value>>,
+        recorder: Recorder,
+        notifier: Option<Notifier>,
+    ) -> Sinks {
+        Sinks {
+            metrics,
+            status,
+            recorder: Some(recorder),
+            notifier,
+            gpu_generation: 0,
+        }
+    }
+
+    /// One event to every sink.
+    pub fn emit(&mut self, ev: &Event) {
+        let kind = ev.kind;
+        self.metrics
+            .events
+            .with_label_values(&[kind.as_str()])
+            .inc();
+        if let (EventKind::Killed, Some(r)) = (kind, ev.reason.as_deref()) {
+            self.metrics.kills.with_label_values(&[r]).inc();
+        }
+        let loud = matches!(
+            kind,
+            EventKind::Warning
+                | EventKind::Idle
+                | EventKind::Stalled
+                | EventKind::Killed
+                | EventKind::AgentError
+        );
+        if loud {
+            let r = ev
+                .reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            crate::console::alert(format!("{}{r}: {}", kind.as_str(), ev.message));
+        }
+        if let Some(n) = &self.notifier {
+            n.send(ev);
+        }
+        if let Some(r) = &self.recorder {
+            r.event(ev);
+            r.update(|l| {
+                l.events += 1;
+                match kind {
+                    EventKind::Warning => l.warnings += 1,
+                    EventKind::AgentError => l.errors += 1,
+                    _ => {}
+                }
+            });
+        }
+    }
+
+    /// Metrics, /status and the ledger from the state at `snap`.
+    pub fn publish(&mut self, st: &RunState, snap: &Snapshot) {
+        self.publish_metrics(st, snap);
+        self.publish_status(st, snap);
+        self.publish_record(st, snap);
+    }
+
+    /// The spend counters and elapsed only (cheap: a few atomics), so a scrape is never
+    /// more than one refresh tick behind the meter.
+    pub fn meters(&self, st: &RunState, now: std::time::Duration) {
+        let m = &self.metrics;
+        if st.priced() {
+            Metrics::set_counter(&m.spend, Some(st.engine().spend(now)));
+            Metrics::set_counter(&m.wasted, Some(st.engine().wasted(now)));
+        }
+        m.elapsed.set(now.as_secs_f64());
+    }
+
+    /// Spend and elapsed on record: a crash loses at most what came since.
+    pub fn record(&self, st: &RunState, now: std::time::Duration) {
+        let Some(r) = &self.recorder else { return };
+        let c = st.carried();
+        let (spend, wasted, elapsed) = (
+            st.engine().spend(now),
+            c.wasted + st.engine().wasted(now),
+            c.elapsed + now.as_secs_f64(),
+        );
+        r.update(|l| {
+            l.spend_dollars = spend;
+            l.wasted_dollars = wasted;
+            l.elapsed_seconds = elapsed;
+            l.updated_at = rfc3339(SystemTime::now());
+            l.updated_unix = crate::events::unix_now();
+        });
+    }
+
+    /// The target's processes, identified by start time, for a restart to find.
+    pub fn record_members(&self, pids: &[i32]) {
+        let Some(r) = &self.recorder else { return };
+        let members: Vec<crate::ledger::Proc> = pids
+            .iter()
+            .filter_map(|p| crate::ledger::Proc::of(*p))
+            .collect();
+        r.update(|l| l.members = members);
+    }
+
+    /// A kill, with its evidence and the job's last lines, into the ledger.
+    pub fn record_kill(
+        &self,
+        st: &RunState,
+        reason: &str,
+        evidence: &str,
+        last_output: Vec<String>,
+        now: std::time::Duration,
+    ) {
+        let Some(r) = &self.recorder else { return };
+        let elapsed = st.carried().elapsed + now.as_secs_f64();
+        r.update(|l| {
+            l.kills.push(crate::ledger::Kill {
+                reason: reason.into(),
+                evidence: evidence.into(),
+                at: rfc3339(SystemTime::now()),
+                elapsed_seconds: elapsed,
+                phase: l.phase.clone(),
+                last_output,
+            })
+        });
+    }
+
+    fn publish_metrics(&mut self, st: &RunState, s: &Snapshot) {
+        let m = &self.metrics;
+        let priced = st.priced();
+        Metrics::set_counter(&m.spend, priced.then_some(s.spend));
+        Metrics::set_counter(&m.wasted, priced.then_some(s.wasted));
+        set_opt(&m.rate, s.rate);
+        m.elapsed.set(s.now.as_secs_f64());
+        m.idle_seconds.set(s.idle.as_secs_f64());
+        set_opt(&m.since_progress, s.since_progress.map(|d| d.as_secs_f64()));
+        set_opt(&m.budget, s.budget);
+        set_opt(&m.budget_remaining, s.remaining);
+        set_opt(&m.wall_limit, s.wall_limit.map(|w| w.as_secs_f64()));
+        for (name, d) in [("usd", s.to_usd), ("wall", s.to_wall)] {
+            match d {
+                Some(d) => m.to_ceiling.with_label_values(&[name]).set(d.as_secs_f64()),
+                None => {
+                    let _ = m.to_ceiling.remove_label_values(&[name]);
+                }
+            }
+        }
+        set_opt(&m.eta, s.eta.map(|d| d.as_secs_f64()));
+        set_opt(&m.projected_spend, s.projected);
+        let t = st.telemetry();
+        if let Some(r) = t.host.job_rss_bytes {
+            m.job_rss.set(r as f64);
+        }
+        let d = t.errors as f64 - m.telemetry_errors.get();
+        if d > 0.0 {
+            m.telemetry_errors.inc_by(d);
+        }
+        if self.gpu_generation != t.generation {
+            self.gpu_generation = t.generation;
+            if t.current {
+                m.observe_gpus(&t.gpus);
+            } else {
+                m.forget_gpus();
+            }
+            set_opt(&m.last_sample, t.last_good_unix);
+        }
+    }
+
+    fn publish_status(&self, st: &RunState, s: &Snapshot) {
+        let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
+        let id = st.id();
+        let t = st.telemetry();
+        let doc = json!({
+            "run_id": id.run_id,
+            "command": id.command_line,
+            "notify_channels": id.notify_channels,
+            "phase": st.phase().map(|p| p.label()),
+            "started_at": rfc3339(id.started_wall),
+            "elapsed_seconds": s.now.as_secs_f64(),
+            "spend_dollars": s.spend,
+            "wasted_dollars": s.wasted,
+            "rate_dollars_per_hour": s.rate,
+            "budget_dollars": s.budget,
+            "budget_remaining_dollars": s.remaining,
+            "seconds_to_usd_ceiling": secs(s.to_usd),
+            "seconds_to_wall_ceiling": secs(s.to_wall),
+            "idle_seconds": s.idle.as_secs_f64(),
+            "seconds_since_progress": s.since_progress_raw.as_secs_f64(),
+            "last_progress": s.last_progress,
+            "projection": {
+                "progress_total": s.progress_total,
+                "last_step": s.last_step,
+                "steps_per_second": s.steps_per_second,
+                "eta_seconds": secs(s.eta),
+                "projected_spend_dollars": s.projected,
+            },
+            "telemetry_error": t.error,
+            "fleet_spend_dollars": st.fleet().and_then(|f| f.total),
+            "fleet_error": st.fleet().and_then(|f| f.error.clone()),
+            "gpus": t.gpus,
+            "host": t.host,
+            "recent_events": st.recent().rev().take(20).collect::<Vec<_>>(),
+        });
+        if let Ok(mut w) = self.status.write() {
+            *w = doc;
+        }
+    }
+
+    fn publish_record(&self, st: &RunState, s: &Snapshot) {
+        let Some(r) = &self.recorder else { return };
+        let c = st.carried();
+        let longest = st.longest_idle();
+        r.update(|l| {
+            l.updated_at = rfc3339(SystemTime::now());
+            l.updated_unix = crate::events::unix_now();
+            l.spend_dollars = s.spend;
+            l.wasted_dollars = c.wasted + s.wasted;
+            l.elapsed_seconds = c.elapsed + s.now.as_secs_f64();
+            l.priced = st.priced();
+            l.rate_dollars_per_hour = s.rate;
+            l.budget_dollars = s.budget;
+            l.max_wall_seconds = s.wall_limit.map(|w| w.as_secs_f64() + c.elapsed);
+            l.last_progress = s.last_progress.clone();
+            l.last_step = s.last_step;
+            l.progress_total = s.progress_total;
+            l.eta_seconds = s.eta.map(|d| d.as_secs_f64());
+            l.projected_spend_dollars = s.projected;
+            l.longest_idle_seconds = l.longest_idle_seconds.max(longest);
+            l.waiting_on = Some(s.waiting_on.clone());
+        });
+    }
+}

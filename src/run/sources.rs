@@ -1,0 +1,253 @@
+//! The loop's sources, and the one `select!` that turns them into [`LoopEvent`]s: signals,
+//! the policy's deadline, the holder's messages, progress (output lines, the heartbeat
+//! file), telemetry samples, the fleet poller and the two ticks. Nothing here decides.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use super::action::LoopEvent;
+use super::output::LineProgress;
+use super::sampler::{self, SampleMsg};
+use crate::fleet::{FleetMsg, FleetSettings};
+use crate::supervise::HolderMsg;
+use crate::telemetry::nvml::NvmlSource;
+
+/// Signals that end the run (the first is forwarded as the kill's first signal; a second
+/// one means KILL now).
+const ENDING: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+/// Signals that belong to the job: passed on untouched, never fatal to costguard (Slurm's
+/// `--signal=USR1@120`, a terminal resize, a user's QUIT for a stack dump).
+const FORWARDED: [Signal; 5] = [
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGQUIT,
+    Signal::SIGWINCH,
+    Signal::SIGALRM,
+];
+
+pub type Rx<T> = mpsc::UnboundedReceiver<T>;
+
+/// What the sources are made from.
+pub struct Config {
+    pub gpu: Option<NvmlSource>,
+    pub interval: Duration,
+    /// The holder's pid, whose descendants the sampler measures (0: none, the agent).
+    pub root: i32,
+    pub holder: Option<mpsc::UnboundedReceiver<HolderMsg>>,
+    pub progress: Option<mpsc::UnboundedReceiver<LineProgress>>,
+    /// A file whose modification counts as progress, and the stall window it serves.
+    pub heartbeat: Option<(PathBuf, Option<Duration>)>,
+    pub fleet: Option<FleetSettings>,
+    /// Whether the live line is drawn (a redraw tick every second).
+    pub live: bool,
+}
+
+pub struct Sources {
+    signals: mpsc::UnboundedReceiver<(Signal, bool)>,
+    /// Turns true on a second ending signal: the kill skips the rest of its grace.
+    pub force: watch::Receiver<bool>,
+    holder: Option<mpsc::UnboundedReceiver<HolderMsg>>,
+    progress: Option<mpsc::UnboundedReceiver<LineProgress>>,
+    samples: mpsc::Receiver<SampleMsg>,
+    fleet: Option<mpsc::UnboundedReceiver<FleetMsg>>,
+    meters: Interval,
+    redraw: Option<Interval>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Sources {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn every(d: Duration) -> Interval {
+    let mut i = tokio::time::interval(d);
+    i.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    i
+}
+
+impl Sources {
+    pub fn start(c: Config) -> Sources {
+        let mut tasks = Vec::new();
+        let (sig_tx, signals) = mpsc::unbounded_channel();
+        let (force_tx, force) = watch::channel(false);
+        tasks.extend(watch_signals(sig_tx, force_tx));
+        let (sample_tx, samples) = mpsc::channel::<SampleMsg>(4);
+        tasks.push(tokio::spawn(sampler::run(
+            c.gpu, c.interval, c.root, sample_tx,
+        )));
+        let mut progress = c.progress;
+        if let Some((path, stall)) = c.heartbeat {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let poll = c
+                .interval
+                .min(Duration::from_secs(1))
+                .min(stall.map_or(Duration::MAX, |s| s / 4))
+                .max(Duration::from_millis(10));
+            tasks.push(tokio::spawn(heartbeat(path, poll, tx.clone())));
+            // Output progress and heartbeats share one stream.
+            if let Some(mut out) = progress.take() {
+                tasks.push(tokio::spawn(async move {
+                    while let Some(p) = out.recv().await {
+                        if tx.send(p).is_err() {
+                            break;
+                        }
+                    }
+                }));
+            }
+            progress = Some(rx);
+        }
+        let fleet = c.fleet.map(|f| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tasks.push(tokio::spawn(crate::fleet::poll(f, tx)));
+            rx
+        });
+        Sources {
+            signals,
+            force,
+            holder: c.holder,
+            progress,
+            samples,
+            fleet,
+            meters: every(Duration::from_millis(200)),
+            redraw: c.live.then(|| every(Duration::from_secs(1))),
+            tasks,
+        }
+    }
+
+    /// Waits for the next event; `wake` is the policy's next deadline.
+    pub async fn next(&mut self, wake: Option<Instant>) -> LoopEvent {
+        loop {
+            let ev = tokio::select! {
+                biased;
+                Some((sig, ends)) = self.signals.recv() => Some(if ends {
+                    LoopEvent::Signal(sig)
+                } else {
+                    LoopEvent::Forward(sig)
+                }),
+                _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
+                    Some(LoopEvent::Deadline)
+                }
+                m = recv_opt(&mut self.holder) => match m {
+                    Some(HolderMsg::Ended(s)) => Some(LoopEvent::LeaderEnded(s)),
+                    Some(HolderMsg::Warn(w)) => Some(LoopEvent::HolderNotice(w)),
+                    Some(HolderMsg::Spawned(pid)) => {
+                        tracing::debug!(pid, "job leader started");
+                        None
+                    }
+                    None => {
+                        self.holder = None;
+                        Some(LoopEvent::HolderLost)
+                    }
+                },
+                p = recv_opt(&mut self.progress) => match p {
+                    Some(p) => Some(LoopEvent::Progress(p)),
+                    None => {
+                        self.progress = None;
+                        None
+                    }
+                },
+                Some(s) = self.samples.recv() => Some(LoopEvent::Sample(s)),
+                f = recv_opt(&mut self.fleet) => f.map(LoopEvent::Fleet),
+                _ = self.meters.tick() => Some(LoopEvent::Tick),
+                _ = async { match self.redraw.as_mut() { Some(r) => { r.tick().await; } None => std::future::pending().await } } => {
+                    Some(LoopEvent::Redraw)
+                }
+            };
+            if let Some(ev) = ev {
+                return ev;
+            }
+        }
+    }
+
+    /// After the loop: the leader's status if it is still in the holder's pipe (bounded).
+    pub async fn leader_status(&mut self, within: Duration) -> Option<crate::exit::JobStatus> {
+        let rx = self.holder.as_mut()?;
+        let deadline = tokio::time::sleep(within);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(HolderMsg::Ended(s)) => return Some(s),
+                    Some(_) => continue,
+                    None => return None,
+                },
+                _ = &mut deadline => return None,
+            }
+        }
+    }
+}
+
+/// A channel that may not exist: pending forever when it does not.
+async fn recv_opt<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx.as_mut() {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Every ending and forwarded signal to the loop; the second ending one sets `force`.
+fn watch_signals(
+    tx: mpsc::UnboundedSender<(Signal, bool)>,
+    force: watch::Sender<bool>,
+) -> Vec<JoinHandle<()>> {
+    let count = Arc::new(Mutex::new(0u32));
+    let force = Arc::new(force);
+    let all = ENDING
+        .iter()
+        .map(|s| (*s, true))
+        .chain(FORWARDED.iter().map(|s| (*s, false)));
+    let mut tasks = Vec::new();
+    for (sig, ends) in all {
+        let Ok(mut stream) = signal(SignalKind::from_raw(sig as i32)) else {
+            continue;
+        };
+        let (tx, count, force) = (tx.clone(), count.clone(), force.clone());
+        tasks.push(tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if ends {
+                    let n = count.lock().map(|mut c| {
+                        *c += 1;
+                        *c
+                    });
+                    if n.unwrap_or(1) >= 2 {
+                        let _ = force.send(true);
+                    }
+                }
+                let _ = tx.send((sig, ends));
+            }
+        }));
+    }
+    tasks
+}
+
+/// Polls `path`'s modification time; a newer one is progress.
+async fn heartbeat(path: PathBuf, poll: Duration, tx: mpsc::UnboundedSender<LineProgress>) {
+    let since = SystemTime::now();
+    let mut last = None;
+    loop {
+        if let Ok(m) = tokio::fs::metadata(&path).await.and_then(|m| m.modified()) {
+            if last.is_some_and(|l| m > l) || (last.is_none() && m > since) {
+                let p = LineProgress {
+                    label: format!("heartbeat {}", path.display()),
+                    step: None,
+                };
+                if tx.send(p).is_err() {
+                    return;
+                }
+            }
+            last = Some(m);
+        }
+        tokio::time::sleep(poll).await;
+    }
+}

@@ -1,0 +1,421 @@
+//! `RunState` on simulated time: the loop's decisions without a process, a socket or a disk.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+
+use super::action::{Action, Ending, LoopEvent};
+use super::sampler::SampleMsg;
+use super::start::Pricing;
+use super::state::{Carried, FleetView, Identity, Init, PhaseInfo, RunState, TargetKind};
+use crate::events::{EventKind, KillReason};
+use crate::fleet::FleetMsg;
+use crate::policy::{Engine, Limits, WarnReason};
+use crate::spend::SpendMeter;
+use crate::telemetry::{GpuSample, HostSample};
+
+fn s(x: f64) -> Duration {
+    Duration::from_secs_f64(x)
+}
+
+fn limits() -> Limits {
+    Limits {
+        idle_below: 5.0,
+        stale_after: s(3.0),
+        ..Limits::default()
+    }
+}
+
+fn state(limits: Limits, pricing: Pricing, carried: Carried, kind: TargetKind) -> RunState {
+    let rate = match &pricing {
+        Pricing::Fixed { per_hour, .. } => *per_hour,
+        _ => 0.0,
+    };
+    RunState::new(Init {
+        t0: Instant::now(),
+        id: Identity {
+            run_id: "r".into(),
+            host: "h".into(),
+            command_line: "train".into(),
+            started_wall: SystemTime::UNIX_EPOCH,
+            run_dir: None,
+            notify_channels: Vec::new(),
+        },
+        kind,
+        engine: Engine::new(limits, SpendMeter::new(carried.spend, rate)),
+        pricing,
+        visible: vec![0],
+        carried,
+        seq: 7,
+        phase: None,
+        fleet: None,
+        warn_signal: None,
+        tracks_progress: true,
+    })
+}
+
+fn fixed(per_hour: f64) -> Pricing {
+    Pricing::Fixed {
+        per_hour,
+        source: "test".into(),
+    }
+}
+
+/// Runs the state's own deadlines up to `until`, collecting every action.
+fn run_until(st: &mut RunState, until: Duration) -> Vec<Action> {
+    let mut out = Vec::new();
+    while let Some(t) = st.next_wakeup(Duration::ZERO).filter(|t| *t <= until) {
+        let acts = st.handle(LoopEvent::Deadline, t);
+        let end = acts.iter().any(|a| matches!(a, Action::End(_)));
+        out.extend(acts);
+        if end {
+            break;
+        }
+    }
+    out
+}
+
+fn kill_of(acts: &[Action]) -> Option<(KillReason, String)> {
+    acts.iter().find_map(|a| match a {
+        Action::End(Ending::Kill {
+            reason, evidence, ..
+        }) => Some((*reason, evidence.clone())),
+        _ => None,
+    })
+}
+
+fn events(acts: &[Action]) -> Vec<(EventKind, Option<String>)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Emit(e) => Some((e.kind, e.reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sample(
+    st: &RunState,
+    at: Duration,
+    util: f64,
+    watts: Option<f64>,
+    joules: Option<f64>,
+) -> SampleMsg {
+    SampleMsg {
+        at: st.t0() + at,
+        wall: SystemTime::UNIX_EPOCH + at,
+        gpus: Some(Ok(vec![GpuSample {
+            index: 0,
+            util_gpu_pct: Some(util),
+            power_watts: watts,
+            energy_joules: joules,
+            procs: Some(Vec::new()),
+            ..GpuSample::default()
+        }])),
+        host: HostSample::default(),
+        pids: vec![42],
+    }
+}
+
+#[test]
+fn resume_carries_spend_into_the_dollar_deadline_and_skips_passed_warnings() {
+    // $3 of a $4 budget already spent; $3600/h is $1 a second: the kill comes at 1 s, and
+    // the 50 % warning (at $2) is not repeated.
+    let lim = Limits {
+        max_usd: Some(4.0),
+        warn_at: vec![0.5, 0.9],
+        ..limits()
+    };
+    let carried = Carried {
+        spend: 3.0,
+        wasted: 0.5,
+        elapsed: 100.0,
+    };
+    let mut st = state(lim, fixed(3600.0), carried, TargetKind::Job);
+    let acts = run_until(&mut st, s(10.0));
+    let warned: Vec<_> = events(&acts);
+    assert_eq!(
+        warned,
+        vec![(EventKind::Warning, Some("budget".to_string()))],
+        "only the 90 % warning: {acts:?}"
+    );
+    let (reason, evidence) = kill_of(&acts).expect("a kill");
+    assert_eq!(reason, KillReason::Usd);
+    assert!(evidence.contains("$4.00"), "{evidence}");
+    let t = st.engine().usd_deadline(Duration::ZERO).expect("deadline");
+    assert!((t.as_secs_f64() - 1.0).abs() < 1e-6, "{t:?}");
+    // The event ids go on from the resumed run's count.
+    let Action::Emit(e) = &acts[0] else { panic!() };
+    assert_eq!(e.id, "r-0008");
+}
+
+#[test]
+fn warnings_come_in_budget_order_before_the_checkpoint_signal_and_the_kill() {
+    let lim = Limits {
+        max_usd: Some(10.0),
+        warn_at: vec![0.5, 0.8],
+        warn_before: Some(s(1.0)),
+        ..limits()
+    };
+    let mut st = state(lim, fixed(3600.0), Carried::default(), TargetKind::Job);
+    let acts = run_until(&mut st, s(20.0));
+    let order: Vec<String> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Emit(e) => Some(format!(
+                "{}@{:.0}",
+                e.reason.clone().unwrap_or_default(),
+                e.elapsed_seconds
+            )),
+            Action::End(Ending::Kill { reason, .. }) => Some(format!("kill:{}", reason.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec!["budget@5", "budget@8", "checkpoint@9", "kill:usd"],
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn the_warning_signal_is_an_action_in_both_modes() {
+    for kind in [TargetKind::Job, TargetKind::Agent] {
+        let lim = Limits {
+            max_wall: Some(s(10.0)),
+            warn_before: Some(s(2.0)),
+            ..limits()
+        };
+        let mut st = state(lim, Pricing::Unknown, Carried::default(), kind);
+        st = RunState::new(Init {
+            warn_signal: Some(Signal::SIGUSR1),
+            ..init_of(&st)
+        });
+        let acts = run_until(&mut st, s(9.0));
+        assert!(
+            acts.iter().any(|a| matches!(
+                a,
+                Action::WarnSignal {
+                    signal: Signal::SIGUSR1,
+                    reason: WarnReason::Checkpoint,
+                    ..
+                }
+            )),
+            "{kind:?}: {acts:?}"
+        );
+    }
+}
+
+#[test]
+fn the_fleet_total_at_the_budget_kills_and_an_unreachable_fleet_warns_once() {
+    let mut st = state(limits(), fixed(1.0), Carried::default(), TargetKind::Agent);
+    st = RunState::new(Init {
+        fleet: Some(FleetView {
+            max_usd: 100.0,
+            source: "q at http://p".into(),
+            total: None,
+            error: None,
+        }),
+        ..init_of(&st)
+    });
+    let a = st.handle(LoopEvent::Fleet(FleetMsg::Error("refused".into())), s(1.0));
+    assert_eq!(
+        events(&a),
+        vec![(EventKind::AgentError, Some("fleet-unreachable".into()))]
+    );
+    let a = st.handle(LoopEvent::Fleet(FleetMsg::Error("refused".into())), s(2.0));
+    assert!(events(&a).is_empty(), "once: {a:?}");
+    let a = st.handle(LoopEvent::Fleet(FleetMsg::Total(99.0)), s(3.0));
+    assert!(kill_of(&a).is_none());
+    assert!(a.contains(&Action::Say("fleet budget readable again".into())));
+    let a = st.handle(LoopEvent::Fleet(FleetMsg::Total(100.5)), s(4.0));
+    let (reason, evidence) = kill_of(&a).expect("fleet kill");
+    assert_eq!(reason, KillReason::Fleet);
+    assert!(evidence.contains("$100.50 of $100.00"), "{evidence}");
+}
+
+fn init_of(st: &RunState) -> Init {
+    Init {
+        t0: st.t0(),
+        id: st.id().clone(),
+        kind: st.kind(),
+        engine: st.engine().clone(),
+        pricing: st.pricing().clone(),
+        visible: vec![0],
+        carried: st.carried(),
+        seq: 0,
+        phase: None,
+        fleet: None,
+        warn_signal: None,
+        tracks_progress: true,
+    }
+}
+
+#[test]
+fn a_phase_cap_kills_at_the_phase_wall_and_events_name_the_phase() {
+    use clap::Parser;
+    let cli = crate::cli::Cli::try_parse_from([
+        "costguard",
+        "--max-wall",
+        "1h",
+        "--usd-per-hour",
+        "3600",
+        "--max-usd",
+        "100",
+    ])
+    .expect("args");
+    let mut settings = crate::config::Settings::resolve(&cli.guard).expect("settings");
+    settings.phase = Some(crate::config::PhaseCtx {
+        name: "train".into(),
+        index: 1,
+        total: 3,
+        expected: None,
+        max_wall: Some(s(30.0)),
+        max_usd: Some(5.0),
+        abort_on_kill: false,
+        last: false,
+        expected_after: None,
+    });
+    // 10 s and $20 carried from the first phase: the phase's own $5 counts from $20.
+    let lim = super::session::limits_of(&settings, 10.0, 20.0);
+    assert_eq!(lim.max_wall, Some(s(30.0)));
+    assert_eq!(lim.max_usd, Some(25.0));
+    let carried = Carried {
+        spend: 20.0,
+        wasted: 0.0,
+        elapsed: 10.0,
+    };
+    let mut st = state(lim, fixed(3600.0), carried, TargetKind::Job);
+    st = RunState::new(Init {
+        phase: Some(PhaseInfo {
+            name: "train".into(),
+            index: 1,
+            total: 3,
+            expected: None,
+        }),
+        ..init_of(&st)
+    });
+    let acts = run_until(&mut st, s(60.0));
+    let (reason, _) = kill_of(&acts).expect("kill");
+    assert_eq!(reason, KillReason::Usd, "$5 at $1/s comes before 30 s");
+    let e = st.event(EventKind::Killed, Some("usd"), "x".into(), s(5.0));
+    assert_eq!(e.phase.as_deref(), Some("train"));
+}
+
+#[test]
+fn energy_pricing_follows_the_energy_counter_then_power() {
+    // $1000 per kWh: 3600 W is $1 a second.
+    let mut st = state(
+        limits(),
+        Pricing::Energy { per_kwh: 1000.0 },
+        Carried::default(),
+        TargetKind::Job,
+    );
+    st.handle(
+        LoopEvent::Sample(sample(&st, s(1.0), 90.0, Some(100.0), Some(0.0))),
+        s(1.0),
+    );
+    // The first sample has no earlier counter: power sets the rate (100 W = $100/h).
+    assert!((st.engine().meter().rate() - 100.0).abs() < 1e-9);
+    // 3600 J over one second is 3600 W, whatever the instantaneous power says.
+    st.handle(
+        LoopEvent::Sample(sample(&st, s(2.0), 90.0, Some(100.0), Some(3600.0))),
+        s(2.0),
+    );
+    assert!((st.engine().meter().rate() - 3600.0).abs() < 1e-6);
+    // Unknown power and energy keep the last rate.
+    st.handle(
+        LoopEvent::Sample(sample(&st, s(3.0), 90.0, None, None)),
+        s(3.0),
+    );
+    assert!((st.engine().meter().rate() - 3600.0).abs() < 1e-6);
+}
+
+#[test]
+fn idle_time_is_wasted_spend_and_the_idle_kill_follows() {
+    let lim = Limits {
+        idle: Some(s(10.0)),
+        ..limits()
+    };
+    let mut st = state(lim, fixed(3600.0), Carried::default(), TargetKind::Job);
+    let mut all = Vec::new();
+    for i in 1..=20 {
+        let t = s(f64::from(i));
+        let util = if i <= 5 { 90.0 } else { 0.0 };
+        all.extend(st.handle(LoopEvent::Sample(sample(&st, t, util, None, None)), t));
+        all.extend(run_until(&mut st, t));
+        if kill_of(&all).is_some() {
+            break;
+        }
+    }
+    let (reason, _) = kill_of(&all).expect("idle kill");
+    assert_eq!(reason, KillReason::Idle);
+    let now = st.engine().idle_for(s(15.0));
+    assert!(now >= s(9.0), "{now:?}");
+    // Idle since 6 s at $1/s: about $9 wasted by 15 s.
+    let w = st.engine().wasted(s(15.0));
+    assert!((8.0..=10.0).contains(&w), "{w}");
+    assert!(st.longest_idle() >= 9.0);
+}
+
+#[test]
+fn signals_end_a_wrapped_job_with_a_kill_and_an_agent_with_a_stop() {
+    let mut job = state(
+        limits(),
+        Pricing::Unknown,
+        Carried::default(),
+        TargetKind::Job,
+    );
+    let a = job.handle(LoopEvent::Signal(Signal::SIGINT), s(1.0));
+    assert!(matches!(
+        &a[..],
+        [Action::End(Ending::Kill {
+            reason: KillReason::Signal,
+            first: Signal::SIGINT,
+            ..
+        })]
+    ));
+    let a = job.handle(LoopEvent::Forward(Signal::SIGUSR1), s(1.0));
+    assert_eq!(a, vec![Action::Forward(Signal::SIGUSR1)]);
+    let mut agent = state(
+        limits(),
+        Pricing::Unknown,
+        Carried::default(),
+        TargetKind::Agent,
+    );
+    let a = agent.handle(LoopEvent::Signal(Signal::SIGTERM), s(1.0));
+    assert!(matches!(&a[..], [Action::End(Ending::Stop(_))]), "{a:?}");
+}
+
+#[test]
+fn a_failed_sample_is_unknown_once_and_the_return_is_said() {
+    let mut st = state(
+        limits(),
+        Pricing::Unknown,
+        Carried::default(),
+        TargetKind::Job,
+    );
+    let bad = |st: &RunState, t: f64| SampleMsg {
+        at: st.t0() + s(t),
+        wall: SystemTime::UNIX_EPOCH,
+        gpus: Some(Err(crate::telemetry::nvml::NvmlFailure::Busy)),
+        host: HostSample::default(),
+        pids: Vec::new(),
+    };
+    let a = st.handle(LoopEvent::Sample(bad(&st, 1.0)), s(1.0));
+    assert_eq!(
+        events(&a),
+        vec![(EventKind::AgentError, Some("telemetry".into()))]
+    );
+    let a = st.handle(LoopEvent::Sample(bad(&st, 2.0)), s(2.0));
+    assert!(events(&a).is_empty());
+    assert_eq!(st.telemetry().errors, 2);
+    let a = st.handle(
+        LoopEvent::Sample(sample(&st, s(3.0), 50.0, None, None)),
+        s(3.0),
+    );
+    assert!(
+        a.contains(&Action::Say("GPU telemetry is back".into())),
+        "{a:?}"
+    );
+    assert!(st.telemetry().current);
+}

@@ -1,0 +1,233 @@
+//! What is guarded: the wrapped job's tree (spawned under the holder, its output read when
+//! progress needs it) or the agent's GPU processes (found in each sample). The loop, the
+//! state and the sinks are the same for both; only these few operations differ.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::sync::{mpsc, watch};
+
+use super::agent::{cmdline, Selector};
+use super::output::{self, LineJudge, LineProgress, Tail};
+use super::sampler::SampleMsg;
+use crate::supervise::kill::{self as protocol, KillReport, Procs, Scope};
+use crate::supervise::{tree, Job, SpawnError};
+
+/// The wrapped job: its holder, and the last lines of its output.
+pub struct JobTarget {
+    pub job: Job,
+    pub tail: Tail,
+}
+
+/// The agent's targets: the GPU processes its selector picks from each sample.
+pub struct GpuTargets {
+    selector: Selector,
+    /// This sample's targets.
+    current: Vec<i32>,
+    seen: HashSet<i32>,
+}
+
+pub enum Target {
+    Job(JobTarget),
+    Gpus(GpuTargets),
+}
+
+impl JobTarget {
+    /// Spawns `command` under the holder. With `capture`, its output is copied through
+    /// costguard (to our stdout/stderr and `log`), and lines judged as progress come back
+    /// on the returned channel.
+    pub fn start(
+        command: &[OsString],
+        capture: bool,
+        judge: LineJudge,
+        log: Option<&Path>,
+    ) -> Result<(JobTarget, Option<mpsc::UnboundedReceiver<LineProgress>>), SpawnError> {
+        let mut job = Job::spawn(command, capture, true)?;
+        let tail = Tail::default();
+        if !capture {
+            return Ok((JobTarget { job, tail }, None));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let judge = Arc::new(Mutex::new(judge));
+        let log = log
+            .and_then(|p| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .ok()
+            })
+            .map(|f| Arc::new(Mutex::new(f)));
+        if let Some(out) = job.stdout.take() {
+            let (j, t, tx, l) = (judge.clone(), tail.clone(), tx.clone(), log.clone());
+            tokio::spawn(output::pump(out, tokio::io::stdout(), j, t, tx, l));
+        }
+        if let Some(err) = job.stderr.take() {
+            tokio::spawn(output::pump(
+                err,
+                tokio::io::stderr(),
+                judge,
+                tail.clone(),
+                tx,
+                log,
+            ));
+        }
+        Ok((JobTarget { job, tail }, Some(rx)))
+    }
+}
+
+impl GpuTargets {
+    pub fn new(selector: Selector) -> GpuTargets {
+        GpuTargets {
+            selector,
+            current: Vec::new(),
+            seen: HashSet::new(),
+        }
+    }
+
+    /// The kill scope: each target, everything below it, and the rest of its process group
+    /// when that group is not the agent's own (a target in the agent's group is taken by
+    /// pid and descendants, never skipped).
+    fn scope(&self) -> Procs {
+        let own_pgid = nix::unistd::getpgrp().as_raw();
+        let all = tree::all();
+        let mut roots: Vec<crate::ledger::Proc> = Vec::new();
+        for pid in &self.current {
+            let Some(st) = tree::stat(*pid) else { continue };
+            roots.push(crate::ledger::Proc {
+                pid: *pid,
+                start_ticks: st.start_ticks,
+            });
+            if st.pgid > 1 && st.pgid != own_pgid {
+                roots.extend(all.iter().filter(|p| p.pgid == st.pgid).map(|p| {
+                    crate::ledger::Proc {
+                        pid: p.pid,
+                        start_ticks: p.start_ticks,
+                    }
+                }));
+            }
+        }
+        Procs {
+            roots,
+            leaf: None,
+            spare: vec![std::process::id() as i32, 1],
+        }
+    }
+}
+
+impl Target {
+    /// Sends `sig` to every process of the target; returns how many it reached.
+    pub fn signal(&mut self, sig: Signal) -> usize {
+        let pids = match self {
+            Target::Job(j) => j.job.members(),
+            Target::Gpus(g) => g.scope().members(),
+        };
+        pids.iter()
+            .filter(|p| kill(Pid::from_raw(**p), sig).is_ok())
+            .count()
+    }
+
+    /// Passes a signal costguard does not act on to the job's leader, as tini does (its
+    /// workers are the leader's to tell); the agent forwards nothing. Returns whether it
+    /// reached a process.
+    pub fn forward(&mut self, sig: Signal) -> bool {
+        let Target::Job(j) = self else { return false };
+        j.job
+            .leader()
+            .is_some_and(|pid| kill(Pid::from_raw(pid), sig).is_ok())
+    }
+
+    /// The job's last lines of output (none for the agent: it cannot read them).
+    pub fn tail(&self) -> Vec<String> {
+        match self {
+            Target::Job(j) => j.tail.snapshot(),
+            Target::Gpus(_) => Vec::new(),
+        }
+    }
+
+    /// For the agent, picks this sample's targets from the GPU processes and puts them in
+    /// the sample's pids; returns the targets never seen before, with their command lines.
+    pub fn refine(&mut self, s: &mut SampleMsg) -> Vec<(i32, String)> {
+        let Target::Gpus(g) = self else {
+            return Vec::new();
+        };
+        let listed: Vec<i32> = s
+            .gpus
+            .as_ref()
+            .and_then(|r| r.as_ref().ok())
+            .map(|gs| {
+                gs.iter()
+                    .flat_map(|g| g.procs.iter().flatten())
+                    .map(|p| p.pid as i32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut targets: Vec<i32> = listed
+            .into_iter()
+            .filter(|p| g.selector.selects(*p))
+            .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        let new = targets
+            .iter()
+            .filter(|t| g.seen.insert(**t))
+            .map(|t| (*t, crate::redact::command_line(&[cmdline(*t).into()])))
+            .collect();
+        g.current = targets.clone();
+        s.pids = targets;
+        new
+    }
+
+    /// The kill protocol on the target. For the agent, the report's pids name what ended.
+    pub async fn kill(
+        &mut self,
+        first: Signal,
+        grace: Duration,
+        force: Option<watch::Receiver<bool>>,
+    ) -> KillReport {
+        match self {
+            Target::Job(j) => j.job.terminate(first, grace, force).await,
+            Target::Gpus(g) => {
+                let mut scope = g.scope();
+                protocol::terminate(&mut scope as &mut dyn Scope, first, grace, None, force).await
+            }
+        }
+    }
+
+    /// After the job's leader ended by itself: whatever it left behind goes too, and the
+    /// holder (which exits once it has reaped its last child) is waited for.
+    pub async fn finish_leftovers(&mut self, grace: Duration, force: watch::Receiver<bool>) {
+        let Target::Job(j) = self else { return };
+        if j.job.gone() {
+            return;
+        }
+        let left = j.job.members();
+        if !left.is_empty() {
+            crate::console::notice(format!(
+                "the job's leader exited; ending {} leftover processes",
+                left.len()
+            ));
+            let _ = j.job.terminate(Signal::SIGTERM, grace, Some(force)).await;
+        } else if tokio::time::timeout(Duration::from_millis(200), j.job.wait_gone())
+            .await
+            .is_err()
+        {
+            // Nothing seemed left, yet the holder is still there: something was missed;
+            // end it the long way.
+            let _ = j.job.terminate(Signal::SIGTERM, grace, Some(force)).await;
+        }
+    }
+
+    /// Waits for the holder to exit and removes the cgroup leaf (the job only).
+    pub async fn close(&mut self) {
+        if let Target::Job(j) = self {
+            j.job.wait_gone().await;
+            j.job.cleanup();
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Views of the run state at an instant: the numbers every sink shows ([`Snapshot`]), the
+//! live line, and what the run waits on next. Pure, like the state.
+
+use std::time::Duration;
+
+use super::state::RunState;
+use crate::units::{format_duration, format_money};
+
+/// The run's numbers at one instant; metrics, /status and the ledger are built from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// Run time of this session.
+    pub now: Duration,
+    /// Total spend of the run (earlier sessions included).
+    pub spend: f64,
+    /// Wasted spend of this session.
+    pub wasted: f64,
+    /// Dollars per hour; `None` when the run is not priced.
+    pub rate: Option<f64>,
+    pub budget: Option<f64>,
+    pub remaining: Option<f64>,
+    /// This session's wall limit.
+    pub wall_limit: Option<Duration>,
+    pub idle: Duration,
+    /// Time since progress, when a progress source exists.
+    pub since_progress: Option<Duration>,
+    pub since_progress_raw: Duration,
+    pub to_usd: Option<Duration>,
+    pub to_wall: Option<Duration>,
+    pub eta: Option<Duration>,
+    pub projected: Option<f64>,
+    pub progress_total: Option<f64>,
+    pub last_step: Option<f64>,
+    pub steps_per_second: Option<f64>,
+    pub last_progress: Option<String>,
+    pub waiting_on: String,
+}
+
+impl RunState {
+    pub fn snapshot(&self, now: Duration) -> Snapshot {
+        let e = self.engine();
+        let spend = e.spend(now);
+        let priced = self.priced();
+        let total = e.limits().progress_total;
+        let eta = total.and_then(|t| e.progress().eta(t, now)).or_else(|| {
+            self.phase()
+                .and_then(|p| p.expected)
+                .map(|(this, rest)| this.saturating_sub(now) + Duration::from_secs_f64(rest))
+        });
+        Snapshot {
+            now,
+            spend,
+            wasted: e.wasted(now),
+            rate: priced.then(|| e.meter().rate()),
+            budget: e.limits().max_usd,
+            remaining: e.limits().max_usd.map(|b| (b - spend).max(0.0)),
+            wall_limit: e.limits().max_wall,
+            idle: e.idle_for(now),
+            since_progress: self.tracks_progress().then(|| e.since_progress(now)),
+            since_progress_raw: e.since_progress(now),
+            to_usd: e.usd_deadline(now).map(|t| t.saturating_sub(now)),
+            to_wall: e.limits().max_wall.map(|w| w.saturating_sub(now)),
+            eta,
+            projected: eta
+                .filter(|_| priced)
+                .map(|eta| spend + e.meter().rate() * eta.as_secs_f64() / 3600.0),
+            progress_total: total,
+            last_step: e.progress().last_step(),
+            steps_per_second: e.progress().step_rate(),
+            last_progress: e.progress().last_label().map(str::to_string),
+            waiting_on: self.waiting_text(now),
+        }
+    }
+
+    /// The next thing that will happen on its own, in words: the nearest ceiling or window.
+    pub fn waiting_text(&self, now: Duration) -> String {
+        let e = self.engine();
+        let mut next: Vec<(Duration, &str)> = Vec::new();
+        if let Some(t) = e.usd_deadline(now) {
+            next.push((t.saturating_sub(now), "the dollar ceiling"));
+        }
+        if let Some(w) = e.limits().max_wall {
+            next.push((w.saturating_sub(now), "the wall ceiling"));
+        }
+        if let Some(w) = e.limits().idle {
+            let idle = e.idle_for(now);
+            if !idle.is_zero() {
+                next.push((w.saturating_sub(idle), "the idle kill (GPUs idle now)"));
+            }
+        }
+        if let Some(w) = e.limits().stall {
+            next.push((
+                w.saturating_sub(e.since_progress(now)),
+                "the stall kill unless progress comes",
+            ));
+        }
+        match next.into_iter().min_by_key(|(d, _)| *d) {
+            Some((d, what)) => format!("{what} in {}", format_duration(d)),
+            None => "the job to finish (no ceiling or watchdog will end it)".into(),
+        }
+    }
+
+    /// The live status line: spend against budget, elapsed, GPU utilization, progress age.
+    pub fn live_text(&self, now: Duration) -> String {
+        let e = self.engine();
+        let whole = |d: Duration| match d.as_secs() {
+            s @ 0..60 => format!("{s}s"),
+            s => format_duration(Duration::from_secs(s)),
+        };
+        let mut parts = Vec::new();
+        let spend = e.spend(now);
+        parts.push(match (self.priced(), e.limits().max_usd) {
+            (false, _) => "spend unknown".to_string(),
+            (true, Some(b)) => format!("{} / {}", format_money(spend), format_money(b)),
+            (true, None) => format!(
+                "{} at {}/h",
+                format_money(spend),
+                format_money(e.meter().rate())
+            ),
+        });
+        let mut elapsed = whole(now);
+        if let Some(w) = e.limits().max_wall {
+            elapsed += &format!(" / {}", whole(w));
+        }
+        parts.push(elapsed);
+        let t = self.telemetry();
+        let gpus: Vec<String> = t
+            .gpus
+            .iter()
+            .filter(|g| t.visible.contains(&g.index))
+            .map(|g| match g.util_gpu_pct {
+                Some(u) => format!("{}:{u:.0}%", g.index),
+                None => format!("{}:?", g.index),
+            })
+            .collect();
+        if !gpus.is_empty() {
+            parts.push(format!("GPU {}", gpus.join(" ")));
+        }
+        if self.tracks_progress() {
+            parts.push(match e.progress().last_label() {
+                Some(_) => format!("progress {} ago", whole(e.since_progress(now))),
+                None => format!("no progress in {}", whole(e.since_progress(now))),
+            });
+        }
+        format!("costguard: {}", parts.join(" | "))
+    }
+}
