@@ -145,7 +145,8 @@ fn the_agent_honours_the_fleet_budget() {
     let mut victim = trainer("exec sleep 64");
     let port = fake_prometheus(150.0);
     let mut c = agent_over(dir.path(), &victim, "^sleep 64$");
-    c.args(["--usd-per-hour", "1", "--fleet-max-usd", "100"])
+    // --max-wall is only a backstop: without the fleet budget the test fails, not hangs.
+    c.args(["--usd-per-hour", "1", "--fleet-max-usd", "100", "--max-wall", "20s"])
         .args(["--prometheus-url", &format!("http://127.0.0.1:{port}")])
         .args(["--fleet-interval", "200ms"]);
     let out = c.output().expect("agent");

@@ -142,6 +142,15 @@ impl Target {
             .is_some_and(|pid| kill(Pid::from_raw(pid), sig).is_ok())
     }
 
+    /// Whether there is something to kill: the job always; the agent once a sample showed
+    /// it a target.
+    pub fn has_targets(&self) -> bool {
+        match self {
+            Target::Job(_) => true,
+            Target::Gpus(g) => !g.current.is_empty(),
+        }
+    }
+
     /// The job's last lines of output (none for the agent: it cannot read them).
     pub fn tail(&self) -> Vec<String> {
         match self {

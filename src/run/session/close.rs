@@ -12,7 +12,7 @@ use super::Session;
 use crate::events::{EventKind, KillReason};
 use crate::exit::{self, JobStatus};
 use crate::ledger::{Outcome, PhaseRecord, RunState as LedgerState};
-use crate::run::action::Ending;
+use crate::run::action::{Ending, LoopEvent};
 use crate::run::sources::Sources;
 use crate::run::state::TargetKind;
 use crate::run::target::Target;
@@ -39,6 +39,7 @@ impl Session {
         let force = sources.force.clone();
         let grace = self.settings.kill_grace;
         let mut ended_pids = Vec::new();
+        let ending = self.arm(ending, &mut target, &mut sources).await;
         match &ending {
             Ending::Kill {
                 reason,
@@ -113,6 +114,43 @@ impl Session {
             );
         }
         report.pids
+    }
+
+    /// The agent never claims a kill it did not make: at a ceiling with no target (none
+    /// seen yet, or none running now) it stays armed, and the first GPU process its
+    /// selector picks is killed at once. A signal while armed stops it, said as such.
+    async fn arm(&mut self, ending: Ending, target: &mut Target, sources: &mut Sources) -> Ending {
+        let Ending::Kill { evidence, .. } = &ending else {
+            return ending;
+        };
+        if self.state.kind() != TargetKind::Agent || target.has_targets() {
+            return ending;
+        }
+        let waiting = format!("over budget, no targets: the first GPU process selected is killed at once ({evidence})");
+        crate::console::alert(&waiting);
+        if let Some(r) = &self.sinks.recorder {
+            r.update(|l| l.waiting_on = Some(waiting.clone()));
+        }
+        loop {
+            match sources.next(None).await {
+                LoopEvent::Sample(mut s) => {
+                    for (pid, cmd) in target.refine(&mut s) {
+                        let msg = format!("watching GPU process {pid}: {cmd}");
+                        self.emit(EventKind::Started, Some("target"), msg);
+                    }
+                    if target.has_targets() {
+                        return ending;
+                    }
+                }
+                LoopEvent::Signal(sig) => {
+                    return Ending::Stop(format!(
+                        "stopped by {} while over budget with no GPU process to kill ({evidence})",
+                        sig.as_str()
+                    ))
+                }
+                _ => {}
+            }
+        }
     }
 
     /// After a ceiling kill: does any process of the job still hold GPU memory?
