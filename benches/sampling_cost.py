@@ -31,6 +31,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--gpus", type=int, default=8)
+    ap.add_argument("--interval", type=float, default=1.0, help="costguard's sampling interval, seconds")
     ap.add_argument("--gpustat", default=shutil.which("gpustat"))
     a = ap.parse_args()
     d = tempfile.mkdtemp()
@@ -42,7 +43,7 @@ def main():
     env = {k: v for k, v in os.environ.items() if not k.startswith("COSTGUARD_")}
     env.update(FAKE_NVML_SCENARIO=path, COSTGUARD_LISTEN="127.0.0.1:0")
     procs = {"costguard": subprocess.Popen(
-        [BIN, "-q", "--gpu", "nvml", "--nvml-lib", LIB, "--interval", "1s",
+        [BIN, "-q", "--gpu", "nvml", "--nvml-lib", LIB, "--interval", f"{int(a.interval * 1000)}ms",
          "--", "sleep", str(a.seconds + 30)], env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)}
     if a.gpustat:
@@ -74,11 +75,12 @@ def main():
         p.terminate()
         p.wait()
     w = t1 - t0
-    print(f"gpus={a.gpus} interval=1s window={w:.0f}s clock_ticks={TICK}/s (one tick = {1000 / TICK:.0f} ms)")
+    print(f"gpus={a.gpus} interval={a.interval:g}s window={w:.0f}s clock_ticks={TICK}/s (one tick = {1000 / TICK:.0f} ms)")
     print(f"{'process':14} {'cpu % of a core':>16} {'cpu ms/sample':>14} {'rss MiB':>8} {'peak rss MiB':>13}")
     for n in procs:
         cpu = c1[n] - c0[n]
-        print(f"{n:14} {100 * cpu / w:16.3f} {1000 * cpu / w:14.2f} {rss[n]:8.1f} {peak[n]:13.1f}")
+        per = a.interval if n == "costguard" else 1.0
+        print(f"{n:14} {100 * cpu / w:16.3f} {1000 * cpu * per / w:14.2f} {rss[n]:8.1f} {peak[n]:13.1f}")
     if a.gpustat:
         u, s_, m = float(one_shot[0]), float(one_shot[1]), int(one_shot[2])
         print(f"{'gpustat --json':14} one-shot process: cpu {1000 * (u + s_):.0f} ms, "

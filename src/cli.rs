@@ -137,6 +137,32 @@ pub enum NotifyCmd {
     Test(Box<GuardArgs>),
 }
 
+impl HoldArgs {
+    /// Parses `__hold --status-fd N [--cgroup DIR] -- COMMAND…` by hand: the holder is on
+    /// the path of every job's start, and clap's parse of the whole CLI is most of its cost.
+    /// `args` starts after `__hold`; None when they are not in this exact shape.
+    pub fn parse_fast(args: &[OsString]) -> Option<HoldArgs> {
+        let mut it = args.iter();
+        let mut out = HoldArgs {
+            status_fd: -1,
+            cgroup: None,
+            command: Vec::new(),
+        };
+        while let Some(a) = it.next() {
+            match a.to_str()? {
+                "--status-fd" => out.status_fd = it.next()?.to_str()?.parse().ok()?,
+                "--cgroup" => out.cgroup = Some(PathBuf::from(it.next()?)),
+                "--" => {
+                    out.command = it.cloned().collect();
+                    break;
+                }
+                _ => return None,
+            }
+        }
+        (out.status_fd >= 0 && !out.command.is_empty()).then_some(out)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct HoldArgs {
     /// File descriptor to report the job's pid and status on.
@@ -256,6 +282,11 @@ pub struct GuardArgs {
     /// Ceiling on the RSS of the job's whole process tree (e.g. 64GiB).
     #[arg(long, env = "COSTGUARD_MAX_HOST_MEM", value_name = "SIZE")]
     pub max_host_mem: Option<String>,
+
+    /// Cap on the run's output.log: past it the file rotates to output.log.1, so the job's
+    /// output never takes more than twice this on disk [default: 64MiB].
+    #[arg(long, env = "COSTGUARD_OUTPUT_LOG_MAX", value_name = "SIZE")]
+    pub output_log_max: Option<String>,
 
     /// Address for /metrics, /healthz and /status [default: 127.0.0.1:9947].
     #[arg(long, env = "COSTGUARD_LISTEN", value_name = "ADDR")]
@@ -430,7 +461,7 @@ pub struct GuardArgs {
     pub notify_command: Option<String>,
 
     /// Event kinds to send: all, or a list of kinds, KIND:REASON allowed
-    /// [default: killed,failed,completed,warning:budget,warning:checkpoint].
+    /// [default: killed,failed,completed,warning:budget,warning:checkpoint,agent-error:record].
     #[arg(
         long,
         env = "COSTGUARD_NOTIFY_ON",
@@ -456,4 +487,37 @@ pub struct GuardArgs {
         help_heading = "Notifications"
     )]
     pub notify_timeout: Option<String>,
+}
+
+#[cfg(test)]
+mod hold_args_tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_holder_parses_its_own_arguments() {
+        let h = HoldArgs::parse_fast(&os(&[
+            "--status-fd",
+            "3",
+            "--cgroup",
+            "/cg/x",
+            "--",
+            "sh",
+            "-c",
+            "--",
+        ]))
+        .expect("parsed");
+        assert_eq!(h.status_fd, 3);
+        assert_eq!(h.cgroup.as_deref(), Some(std::path::Path::new("/cg/x")));
+        assert_eq!(h.command, os(&["sh", "-c", "--"]));
+        assert!(
+            HoldArgs::parse_fast(&os(&["--status-fd", "3", "--"])).is_none(),
+            "no command"
+        );
+        assert!(HoldArgs::parse_fast(&os(&["--bogus", "--", "x"])).is_none());
+        assert!(HoldArgs::parse_fast(&os(&["--status-fd", "x", "--", "y"])).is_none());
+    }
 }

@@ -42,7 +42,8 @@ fn find(state: &Path, id: Option<&str>) -> Result<(PathBuf, Ledger), String> {
                     "no run {id:?} in {} (costguard list shows the runs)",
                     state.display()
                 )),
-                Err(e) => Err(format!("cannot read run {id:?}: {e}")),
+                // Shown as corrupted, with the reason, rather than hidden behind an error.
+                Err(e) => Ok((dir, Ledger::corrupted(id, e.to_string()))),
             }
         }
         None => ledger::list(state)
@@ -260,7 +261,7 @@ pub fn logs(state: &Path, id: &str, follow: bool) -> ExitCode {
 }
 
 pub fn stop(state: &Path, id: Option<&str>) -> ExitCode {
-    let Some(id) = id else {
+    let Some(id) = id.filter(|i| !i.trim().is_empty()) else {
         return err("costguard stop needs a run id (costguard list shows them)");
     };
     let (dir, l) = match find(state, Some(id)) {

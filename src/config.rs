@@ -99,6 +99,8 @@ pub struct FileConfig {
     pub max_gpu_mem: Option<Scalar>,
     #[serde(alias = "max_host_mem")]
     pub max_host_mem: Option<Scalar>,
+    #[serde(alias = "output_log_max")]
+    pub output_log_max: Option<Scalar>,
     pub listen: Option<String>,
     pub quiet: Option<bool>,
     /// Per-model price overrides in dollars per GPU-hour: `[prices] "NVIDIA H100 80GB HBM3" = 2.5`.
@@ -167,6 +169,8 @@ pub struct Settings {
     pub heartbeat_file: Option<PathBuf>,
     pub max_gpu_mem: Option<MemLimit>,
     pub max_host_mem: Option<u64>,
+    /// The cap on output.log (and on output.log.1 it rotates to).
+    pub output_log_max: u64,
     pub listen: Option<SocketAddr>,
     /// Whether the user named the address (a bind failure is then an error, not a notice).
     pub listen_explicit: bool,
@@ -319,6 +323,7 @@ struct Watchdogs {
     progress_total: Option<f64>,
     max_gpu_mem: Option<MemLimit>,
     max_host_mem: Option<u64>,
+    output_log_max: u64,
 }
 
 impl Watchdogs {
@@ -370,7 +375,17 @@ impl Watchdogs {
             ),
             units::parse_size,
         )?;
+        let output_log_max = conv(
+            pick(
+                &args.output_log_max,
+                s(file.output_log_max.take()),
+                "output-log-max",
+            ),
+            units::parse_size,
+        )?
+        .unwrap_or(64 << 20);
         Ok(Watchdogs {
+            output_log_max,
             interval,
             idle,
             idle_below,
@@ -466,6 +481,7 @@ impl Settings {
             heartbeat_file: args.heartbeat_file.clone().or(file.heartbeat_file),
             max_gpu_mem: w.max_gpu_mem,
             max_host_mem: w.max_host_mem,
+            output_log_max: w.output_log_max,
             listen,
             listen_explicit,
             quiet,

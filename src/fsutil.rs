@@ -1,5 +1,7 @@
-//! Durable writes shared by the notification outbox (and the run ledger to come): a file is
-//! either its old content or its whole new content, never a torn mix, even across a crash.
+//! The state directory's file access: durable writes (the outbox, the ledger) where a file is
+//! either its old content or its whole new content, never a torn mix, even across a crash;
+//! and defensive reads, because the state directory is not trusted (a FIFO would hang a
+//! read, a symlink to /dev/zero would fill memory).
 
 use std::io::Write;
 use std::path::Path;
@@ -36,10 +38,50 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// that can be written again from the durable ones (the report, the config snapshot).
 pub fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let (_, tmp) = temp_beside(path);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
+    let result = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        // A full disk must not leave half-written temporaries behind.
         let _ = std::fs::remove_file(&tmp);
-    })
+    }
+    result
+}
+
+/// Reads a file of the state directory defensively: a regular file only (no FIFO, device or
+/// symlink: opened with O_NOFOLLOW | O_NONBLOCK, then checked), at most `max` bytes.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is a symbolic link, not a regular file", path.display()),
+            ),
+            _ => e,
+        })?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    if meta.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{} is {} bytes, more than the {max} a costguard file can be",
+                path.display(),
+                meta.len()
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    f.take(max + 1).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// Creates `dir` (and parents) readable only by the owner: it may hold notification payloads.
@@ -67,5 +109,22 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.json")]);
+    }
+
+    #[test]
+    fn bounded_reads_refuse_fifos_symlinks_and_big_files() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let e = read_bounded(&fifo, 100).expect_err("a FIFO is refused, and does not hang");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let link = d.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &link).expect("symlink");
+        let e = read_bounded(&link, 100).expect_err("a symlink is refused");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        let big = d.path().join("big");
+        std::fs::write(&big, vec![b'x'; 101]).expect("write");
+        assert!(read_bounded(&big, 100).is_err());
+        assert_eq!(read_bounded(&big, 101).expect("fits").len(), 101);
     }
 }

@@ -95,6 +95,8 @@ impl std::fmt::Display for Outcome {
 pub enum RunState {
     /// Reserved by `run --detach`, its costguard not yet on record (never written).
     Starting,
+    /// The ledger could not be read or held impossible values (never written).
+    Corrupted,
     #[default]
     Running,
     Completed,
@@ -107,6 +109,7 @@ impl RunState {
     pub fn as_str(self) -> &'static str {
         match self {
             RunState::Starting => "starting",
+            RunState::Corrupted => "corrupted",
             RunState::Running => "running",
             RunState::Completed => "completed",
             RunState::Failed => "failed",
@@ -203,14 +206,50 @@ pub fn path(run_dir: &Path) -> PathBuf {
     run_dir.join("ledger.json")
 }
 
+/// A ledger is small; anything bigger is not one.
+const MAX_LEDGER: u64 = 4 << 20;
+/// The event log is read whole for the report; past this it is not costguard's.
+const MAX_EVENTS: u64 = 64 << 20;
+
 impl Ledger {
+    /// Loads and validates `ledger.json`. `None` when there is none; an error (kind
+    /// InvalidData, saying what is wrong) when it is not a regular file, too big, not a
+    /// ledger, or holds impossible values.
     pub fn load(run_dir: &Path) -> std::io::Result<Option<Ledger>> {
-        match std::fs::read(path(run_dir)) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        let bytes = match crate::fsutil::read_bounded(&path(run_dir), MAX_LEDGER) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let l: Ledger = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        l.validate().map_err(bad)?;
+        Ok(Some(l))
+    }
+
+    /// Values no costguard writes: a negative or non-finite spend would hand a resumed run
+    /// money it never had.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("spend_dollars", self.spend_dollars),
+            ("wasted_dollars", self.wasted_dollars),
+            ("elapsed_seconds", self.elapsed_seconds),
+            ("updated_unix", self.updated_unix),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(format!("{name} is {v}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A stand-in for a run whose ledger cannot be read, so it is listed, not hidden.
+    pub fn corrupted(run_id: &str, why: String) -> Ledger {
+        Ledger {
+            run_id: run_id.to_string(),
+            state: RunState::Corrupted,
+            outcome_detail: Some(format!("ledger.json is unreadable: {why}")),
+            ..Ledger::default()
         }
     }
 
@@ -260,13 +299,25 @@ pub fn append_event(run_dir: &Path, e: &Event) -> std::io::Result<()> {
 }
 
 pub fn read_events(run_dir: &Path) -> Vec<Event> {
-    std::fs::read_to_string(run_dir.join("events.jsonl"))
-        .map(|t| {
-            t.lines()
+    crate::fsutil::read_bounded(&run_dir.join("events.jsonl"), MAX_EVENTS)
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
                 .filter_map(|l| serde_json::from_str(l).ok())
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The most the event log says this run had spent (each event carries the run's total):
+/// resume takes the larger of this and the ledger, so a ledger that stopped being written
+/// never credits the run with money it spent.
+pub fn spend_in_events(run_dir: &Path) -> f64 {
+    read_events(run_dir)
+        .iter()
+        .map(|e| e.spend_dollars)
+        .filter(|s| s.is_finite())
+        .fold(0.0, f64::max)
 }
 
 /// `<state-dir>/runs`.
@@ -280,9 +331,14 @@ pub fn list(state_dir: &Path) -> Vec<(PathBuf, Ledger)> {
         .into_iter()
         .flatten()
         .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| {
             let dir = e.path();
-            Ledger::load(&dir).ok().flatten().map(|l| (dir, l))
+            let id = e.file_name().to_string_lossy().into_owned();
+            match Ledger::load(&dir) {
+                Ok(l) => l.map(|l| (dir, l)),
+                Err(err) => Some((dir, Ledger::corrupted(&id, err.to_string()))),
+            }
         })
         .collect();
     out.sort_by(|a, b| {

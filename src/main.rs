@@ -37,6 +37,17 @@ fn preflight(settings: &Settings) -> bool {
 }
 
 fn main() -> ExitCode {
+    // The holder first, without clap: it is on the path of every job's start.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "__hold") {
+        if let Some(h) = costguard::cli::HoldArgs::parse_fast(&args[2..]) {
+            return ExitCode::from(costguard::supervise::hold::main(
+                h.status_fd,
+                h.cgroup.as_deref(),
+                &h.command,
+            ));
+        }
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -114,6 +125,11 @@ fn main() -> ExitCode {
     };
     match rt.block_on(costguard::run::run_main(settings, command)) {
         Ok(code) => ExitCode::from(code),
+        // A resumed run already at its ceiling starts nothing: the ceiling's exit code.
+        Err(costguard::run::GuardError::Spent(why)) => {
+            costguard::console::alert(why);
+            ExitCode::from(exit::CEILING_KILLED)
+        }
         Err(e) => fail(&e),
     }
 }

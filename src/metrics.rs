@@ -25,6 +25,8 @@ pub struct Metrics {
     pub events: CounterVec,
     pub notifications_failed: CounterVec,
     pub telemetry_errors: Counter,
+    /// Failed writes of the run record (ledger, event log).
+    pub record_errors: Counter,
     pub last_sample: GaugeVec,
     /// Per-GPU series.
     gpu: GpuSeries,
@@ -179,6 +181,10 @@ impl Metrics {
                 "Notification deliveries that failed, by channel",
                 &["channel"],
                 channels,
+            ),
+            record_errors: r.counter(
+                "costguard_record_errors_total",
+                "Writes of the run record (ledger, event log) that failed",
             ),
             telemetry_errors: r.counter(
                 "costguard_telemetry_errors_total",

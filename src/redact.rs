@@ -74,10 +74,27 @@ fn inline() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
         Regex::new(
-            r"(?i)((?:--?|\b)[A-Za-z0-9_.-]*(?:key|token|secret|password|passwd|credential)[A-Za-z0-9_.-]*)(=|\s+)('[^']*'|\S+)",
+            // The value ends at a shell separator: `KEY=S12; python` keeps its `;`.
+            r"(?i)((?:--?|\b)[A-Za-z0-9_.-]*(?:key|token|secret|password|passwd|credential)[A-Za-z0-9_.-]*)(=|\s+)('[^']*'|[^\s;&|'\x22]+)",
         )
         .expect("regex")
     })
+}
+
+/// An HTTP credential in a header: `Authorization: Bearer T`, `Basic T`, `token T`.
+fn auth_header() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| {
+        Regex::new(r"(?i)\b(bearer|basic|token)(\s+)([A-Za-z0-9._~+/=:-]{6,})").expect("regex")
+    })
+}
+
+/// Masks credentials inside one argument that holds a script or a header.
+fn mask_inline(a: &str) -> String {
+    let a = inline().replace_all(a, format!("$1$2{MASK}"));
+    auth_header()
+        .replace_all(&a, format!("$1$2{MASK}"))
+        .into_owned()
 }
 
 /// The job's command line for display, with secret-looking values masked: `--api-key V`,
@@ -93,10 +110,11 @@ pub fn command_line(args: &[OsString]) -> String {
             continue;
         }
         if a.chars().any(char::is_whitespace) {
-            out.push(format!(
-                "'{}'",
-                inline().replace_all(&a, format!("$1$2{MASK}"))
-            ));
+            out.push(format!("'{}'", mask_inline(&a)));
+        } else if ["bearer", "basic"].contains(&a.to_ascii_lowercase().as_str()) {
+            // `-H Authorization: Bearer TOKEN` split into words: the word after is the secret.
+            mask_next = true;
+            out.push(a.into_owned());
         } else if let Some((name, _)) = a.split_once('=') {
             if secret_name(name) {
                 out.push(format!("{name}={MASK}"));
@@ -144,6 +162,27 @@ mod tests {
             "train --db-password hunter22 --epochs 3",
         ]));
         assert_eq!(script, "sh -c 'train --db-password [redacted] --epochs 3'");
+    }
+
+    #[test]
+    fn bearer_tokens_are_masked_and_shell_separators_kept() {
+        let line = command_line(&os(&[
+            "curl",
+            "-H",
+            "Authorization: Bearer sk-live-1234567890",
+            "https://x",
+        ]));
+        assert_eq!(line, "curl -H 'Authorization: Bearer [redacted]' https://x");
+        let split = command_line(&os(&[
+            "curl",
+            "-H",
+            "Authorization:",
+            "Bearer",
+            "sk-live-12345",
+        ]));
+        assert_eq!(split, "curl -H Authorization: Bearer [redacted]");
+        let script = command_line(&os(&["sh", "-c", "OPENAI_API_KEY=S12; python train.py"]));
+        assert_eq!(script, "sh -c 'OPENAI_API_KEY=[redacted]; python train.py'");
     }
 
     #[test]

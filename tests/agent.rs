@@ -146,9 +146,16 @@ fn the_agent_honours_the_fleet_budget() {
     let port = fake_prometheus(150.0);
     let mut c = agent_over(dir.path(), &victim, "^sleep 64$");
     // --max-wall is only a backstop: without the fleet budget the test fails, not hangs.
-    c.args(["--usd-per-hour", "1", "--fleet-max-usd", "100", "--max-wall", "20s"])
-        .args(["--prometheus-url", &format!("http://127.0.0.1:{port}")])
-        .args(["--fleet-interval", "200ms"]);
+    c.args([
+        "--usd-per-hour",
+        "1",
+        "--fleet-max-usd",
+        "100",
+        "--max-wall",
+        "20s",
+    ])
+    .args(["--prometheus-url", &format!("http://127.0.0.1:{port}")])
+    .args(["--fleet-interval", "200ms"]);
     let out = c.output().expect("agent");
     let err = stderr(&out);
     let gone = wait_until(Duration::from_secs(3), || {
@@ -173,7 +180,14 @@ fn the_agent_sends_the_warning_signal_to_its_targets_before_the_ceiling() {
     );
     let mut victim = trainer(&script);
     let mut c = agent_over(dir.path(), &victim, "agent-warn-marker");
-    c.args(["--max-wall", "3s", "--warn-signal", "USR1", "--warn-before", "2s"]);
+    c.args([
+        "--max-wall",
+        "3s",
+        "--warn-signal",
+        "USR1",
+        "--warn-before",
+        "2s",
+    ]);
     let out = c.output().expect("agent");
     let err = stderr(&out);
     let _ = victim.kill();

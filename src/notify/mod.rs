@@ -20,7 +20,8 @@ pub use worker::{Notifier, Report};
 
 pub const DEFAULT_PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 /// Kinds sent when a channel does not say: kills, failures, completion, budget warnings.
-pub const DEFAULT_KINDS: &str = "killed,failed,completed,warning:budget,warning:checkpoint";
+pub const DEFAULT_KINDS: &str =
+    "killed,failed,completed,warning:budget,warning:checkpoint,agent-error:record";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]

@@ -114,7 +114,8 @@ impl Outbox {
             .collect();
         paths.sort();
         for p in paths {
-            match std::fs::read(&p)
+            // The state directory is not trusted: a FIFO or a link to /dev/zero is refused.
+            match crate::fsutil::read_bounded(&p, 1 << 20)
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Item>(&b).map_err(|e| e.to_string()))
             {

@@ -34,6 +34,8 @@ pub enum LoopEvent {
     NewTarget(i32, String),
     /// A reading of the fleet's total spend.
     Fleet(FleetMsg),
+    /// The run record could not be written (the ledger or the event log).
+    RecordFailed(String),
     /// Every 200 ms: keep the spend counters and the record current.
     Tick,
     /// Every second on a terminal: redraw the live line.

@@ -1,11 +1,11 @@
 //! The job's output, when costguard must read it for progress signals: bytes are copied to
-//! our own stdout/stderr unchanged, and each complete line is offered to the progress parser.
+//! our own stdout/stderr unchanged by a thread per stream, kept in a capped `output.log`, and
+//! complete lines are offered to the progress parser — only as many as progress needs.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use regex::Regex;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// A progress signal from the output.
@@ -22,7 +22,7 @@ pub struct Tail {
 }
 
 impl Tail {
-    const KEEP: usize = 20;
+    pub const KEEP: usize = 20;
 
     pub fn push(&self, line: String) {
         if let Ok(mut l) = self.lines.lock() {
@@ -53,6 +53,10 @@ impl LineJudge {
         LineJudge { regex, last: None }
     }
 
+    pub fn has_regex(&self) -> bool {
+        self.regex.is_some()
+    }
+
     pub fn judge(&mut self, line: &str) -> Option<LineProgress> {
         let label: String = line.trim_end().chars().take(120).collect();
         let Some(re) = &self.regex else {
@@ -71,51 +75,171 @@ impl LineJudge {
     }
 }
 
-/// Copies `from` to `to` verbatim and reports lines. Both streams share one judge so a
-/// step number printed on stderr and stdout alike counts once.
-pub async fn pump<R, W>(
-    mut from: R,
-    mut to: W,
-    judge: Arc<Mutex<LineJudge>>,
-    tail: Tail,
-    tx: mpsc::UnboundedSender<LineProgress>,
-    log: Option<Arc<Mutex<std::fs::File>>>,
-) where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut partial: Vec<u8> = Vec::new();
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+/// `output.log` with a cap: past `max` bytes the file is rotated to `output.log.1` (the one
+/// before it is dropped), so a run's output never takes more than twice the cap on disk,
+/// and the newest output is always there to read.
+pub struct CappedLog {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    written: u64,
+    max: u64,
+}
+
+impl CappedLog {
+    pub fn open(path: &std::path::Path, max: u64) -> std::io::Result<CappedLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(CappedLog {
+            path: path.to_path_buf(),
+            file,
+            written,
+            max: max.max(4096),
+        })
+    }
+
+    /// Appends (a page-cache write, no fsync); a full disk drops output, never the job.
+    pub fn write(&mut self, bytes: &[u8]) {
+        if self.written + bytes.len() as u64 > self.max {
+            let mut old = self.path.clone().into_os_string();
+            old.push(".1");
+            if std::fs::rename(&self.path, &old).is_ok() {
+                if let Ok(f) = std::fs::File::create(&self.path) {
+                    self.file = f;
+                    self.written = 0;
+                }
+            }
+        }
+        if std::io::Write::write_all(&mut self.file, bytes).is_ok() {
+            self.written += bytes.len() as u64;
+        }
+    }
+}
+
+/// Where a pump sends what it learns from the output.
+#[derive(Clone)]
+pub struct PumpSinks {
+    pub judge: Arc<Mutex<LineJudge>>,
+    pub tail: Tail,
+    /// Bounded: when the loop is behind, a newer progress line replaces nothing and is
+    /// dropped; progress is "something happened lately", and the next one comes.
+    pub progress: mpsc::Sender<LineProgress>,
+    pub log: Option<Arc<Mutex<CappedLog>>>,
+}
+
+/// The longest partial line kept while waiting for its end.
+const MAX_PARTIAL: usize = 64 * 1024;
+
+/// Copies the job's stream `from` to `to` (our own stdout or stderr) verbatim on a thread of
+/// its own, with blocking reads and writes of whole chunks: the job is never throttled by
+/// the runtime, and memory stays bounded whatever it prints. A closed `to` stops the copy,
+/// never the draining: the job must not block on a full pipe.
+pub fn spawn_pump(
+    from: std::os::fd::OwnedFd,
+    to: Option<std::os::fd::OwnedFd>,
+    sinks: PumpSinks,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    use std::io::{Read, Write};
+    // The runtime made the pipe non-blocking; this thread wants to block on it.
+    let flags = nix::fcntl::fcntl(&from, nix::fcntl::FcntlArg::F_GETFL)?;
+    let mut flags = nix::fcntl::OFlag::from_bits_truncate(flags);
+    flags.remove(nix::fcntl::OFlag::O_NONBLOCK);
+    nix::fcntl::fcntl(&from, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    std::thread::Builder::new()
+        .name("costguard-output".into())
+        .spawn(move || {
+            let mut from = std::fs::File::from(from);
+            let mut to = to.map(std::fs::File::from);
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut lines = Lines::default();
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
+                let chunk = &buf[..n];
+                // The job's bytes first: never hold them back for our own parsing.
+                if to.as_mut().is_some_and(|t| t.write_all(chunk).is_err()) {
+                    to = None;
+                }
+                if let Some(l) = &sinks.log {
+                    if let Ok(mut l) = l.lock() {
+                        l.write(chunk);
+                    }
+                }
+                lines.take(chunk, &sinks);
+            }
+        })
+}
+
+/// The line-level view of the stream: only as much work per chunk as progress needs.
+#[derive(Default)]
+struct Lines {
+    partial: Vec<u8>,
+}
+
+impl Lines {
+    fn take(&mut self, chunk: &[u8], sinks: &PumpSinks) {
+        let is_end = |b: &u8| *b == b'\n' || *b == b'\r';
+        let Some(last_end) = memchr::memrchr2(b'\n', b'\r', chunk) else {
+            self.keep(chunk);
+            return;
         };
-        // The job's bytes first: never hold them back for our own parsing.
-        let _ = to.write_all(&buf[..n]).await;
-        let _ = to.flush().await;
-        if let Some(l) = &log {
-            // The run's output.log: a page-cache write, no fsync.
-            if let Ok(mut f) = l.lock() {
-                let _ = std::io::Write::write_all(&mut *f, &buf[..n]);
+        let has_regex = sinks.judge.lock().map(|j| j.has_regex()).unwrap_or(false);
+        let first: std::borrow::Cow<[u8]> = if self.partial.is_empty() {
+            std::borrow::Cow::Borrowed(&chunk[..=last_end])
+        } else {
+            let mut joined = std::mem::take(&mut self.partial);
+            joined.extend_from_slice(&chunk[..=last_end]);
+            std::borrow::Cow::Owned(joined)
+        };
+        if has_regex {
+            // Every line may carry a step number.
+            for line in first.split(is_end) {
+                self.offer(line, sinks, true);
+            }
+        } else {
+            // Any line is progress: the last ones are all the tail and the stall watchdog
+            // need, however many the chunk holds.
+            let mut last: Vec<&[u8]> = first
+                .rsplit(is_end)
+                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                .take(Tail::KEEP)
+                .collect();
+            last.reverse();
+            let n = last.len();
+            for (i, line) in last.into_iter().enumerate() {
+                self.offer(line, sinks, i + 1 == n);
             }
         }
-        partial.extend_from_slice(&buf[..n]);
-        while let Some(pos) = partial.iter().position(|b| *b == b'\n' || *b == b'\r') {
-            let line: Vec<u8> = partial.drain(..=pos).collect();
-            let text = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
-            if text.trim().is_empty() {
-                continue;
-            }
-            tail.push(text.clone());
-            let verdict = judge.lock().ok().and_then(|mut j| j.judge(&text));
-            if let Some(p) = verdict {
-                let _ = tx.send(p);
-            }
+        self.keep(&chunk[last_end + 1..]);
+    }
+
+    fn offer(&self, line: &[u8], sinks: &PumpSinks, judge: bool) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return;
         }
-        if partial.len() > 64 * 1024 {
-            partial.clear();
+        let text = String::from_utf8_lossy(line);
+        sinks.tail.push(text.clone().into_owned());
+        if !judge {
+            return;
         }
+        let verdict = sinks.judge.lock().ok().and_then(|mut j| j.judge(&text));
+        if let Some(p) = verdict {
+            let _ = sinks.progress.try_send(p);
+        }
+    }
+
+    /// Keeps the start of an unfinished line, bounded: a line without an end for megabytes
+    /// is cut, not buffered.
+    fn keep(&mut self, rest: &[u8]) {
+        let room = MAX_PARTIAL.saturating_sub(self.partial.len());
+        self.partial
+            .extend_from_slice(&rest[..rest.len().min(room)]);
     }
 }
 

@@ -3,11 +3,13 @@
 //! loop ever waiting on a disk.
 
 use std::ffi::OsString;
+use std::fs::File;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
 
+use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::{mpsc, watch};
 
 use super::start;
@@ -22,22 +24,31 @@ pub struct Recorder {
     pub prev: Option<Ledger>,
     tx: watch::Sender<Ledger>,
     ev_tx: mpsc::UnboundedSender<Event>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+    /// Write failures of the record, for the run loop to raise (taken once).
+    errors: Option<mpsc::UnboundedReceiver<String>>,
+    /// One costguard per run id: held until the record is closed; the kernel releases it
+    /// however this process ends.
+    _lock: Flock<File>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("invalid --run-id {0:?}: use letters, digits, '.', '_' and '-' (at most 100, not starting with '.')")]
     BadId(String),
-    #[error(
-        "run {id} is already running (costguard pid {pid}); stop it first: costguard stop {id}"
-    )]
-    Running { id: String, pid: i32 },
+    #[error("run {id} is already running ({who}); stop it first: costguard stop {id}")]
+    Running { id: String, who: String },
     #[error("cannot write the run directory {dir}: {source}")]
     Io {
         dir: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("the ledger of run {id} is corrupted ({why}); costguard will not guess what it spent: look at {dir}, move it away, or use another --run-id")]
+    Corrupted {
+        id: String,
+        dir: String,
+        why: String,
     },
 }
 
@@ -51,61 +62,130 @@ pub fn valid_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
-/// A run id used again: what its earlier sessions left.
-struct Resumed {
-    dir: PathBuf,
-    prev: Option<Ledger>,
-    /// Dollars for the time a crashed session's leftovers ran unguarded.
-    gap: f64,
+/// A run directory this process holds the lock of, and what earlier sessions left there.
+pub struct Claim {
+    pub id: String,
+    pub dir: PathBuf,
+    /// The earlier sessions' ledger, its spend raised to what the event log shows and to
+    /// the time a crashed session's leftovers ran unguarded.
+    pub prev: Option<Ledger>,
+    lock: Flock<File>,
 }
 
-/// Opens `<runs>/<id>` for a given run id: refuses a live run, ends a crashed session's
-/// leftovers and charges the time they ran unguarded.
-async fn resume(
-    runs: &std::path::Path,
-    id: &str,
-    notices: &mut Vec<String>,
-) -> Result<Resumed, RecordError> {
-    if !valid_id(id) {
-        return Err(RecordError::BadId(id.to_string()));
-    }
-    let dir = runs.join(id);
+/// Takes the run's lock before anything of it is read: a second costguard with the same run
+/// id fails here, at once, whatever the timing.
+fn lock(id: &str, dir: &std::path::Path) -> Result<Flock<File>, RecordError> {
     let io = |source| RecordError::Io {
         dir: dir.display().to_string(),
         source,
     };
-    private_dir(&dir).map_err(io)?;
-    let prev = Ledger::load(&dir).map_err(io)?;
-    let me = std::process::id() as i32;
-    // The next phase of a plan in this same process continues the record.
-    let ours = prev
-        .as_ref()
-        .is_some_and(|p| p.costguard.is_some_and(|c| c.pid == me) && p.live());
-    let mut gap = 0.0;
-    if let Some(p) = prev.as_ref().filter(|_| !ours) {
-        if p.live() {
-            return Err(RecordError::Running {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map_err(io)?;
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        if errno == nix::errno::Errno::EWOULDBLOCK {
+            let who = match Ledger::load(dir).ok().flatten().and_then(|l| l.costguard) {
+                Some(c) => format!("costguard pid {}", c.pid),
+                None => "another costguard holds its lock".into(),
+            };
+            RecordError::Running {
                 id: id.to_string(),
-                pid: p.costguard.map_or(0, |c| c.pid),
-            });
+                who,
+            }
+        } else {
+            io(errno.into())
         }
-        if p.crashed() {
-            gap = end_leftovers(id, p, notices).await;
+    })
+}
+
+/// Claims `<runs>/<id>` for a given run id: the lock, then the earlier record; refuses a
+/// live or corrupted run, ends a crashed session's leftovers and charges the time they ran.
+async fn resume(
+    runs: &std::path::Path,
+    id: &str,
+    notices: &mut Vec<String>,
+) -> Result<Claim, RecordError> {
+    if !valid_id(id) {
+        return Err(RecordError::BadId(id.to_string()));
+    }
+    let dir = runs.join(id);
+    private_dir(&dir).map_err(|source| RecordError::Io {
+        dir: dir.display().to_string(),
+        source,
+    })?;
+    let lock = lock(id, &dir)?;
+    let prev = Ledger::load(&dir).map_err(|e| RecordError::Corrupted {
+        id: id.to_string(),
+        dir: dir.display().to_string(),
+        why: e.to_string(),
+    })?;
+    let mut prev = prev_with_events(id, &dir, prev, notices);
+    if let Some(p) = prev.as_mut() {
+        // Holding the lock, a "running" ledger means its costguard died.
+        if p.state == ledger::RunState::Running && !p.costguard.is_some_and(|c| c.pid == me()) {
+            p.spend_dollars += end_leftovers(id, p, notices).await;
         }
         notices.push(format!(
-            "resuming run {id}: {} spent over {} earlier sessions; spend continues from there",
+            "resuming run {id}: {} already spent over {} earlier sessions; spend continues from there",
             crate::units::format_money(p.spend_dollars),
             p.sessions
         ));
     }
-    Ok(Resumed { dir, prev, gap })
+    Ok(Claim {
+        id: id.to_string(),
+        dir,
+        prev,
+        lock,
+    })
+}
+
+fn me() -> i32 {
+    std::process::id() as i32
+}
+
+/// The ledger's spend, raised to what the event log shows: a ledger that stopped being
+/// written (a full disk) never credits the run with money it spent.
+fn prev_with_events(
+    id: &str,
+    dir: &std::path::Path,
+    prev: Option<Ledger>,
+    notices: &mut Vec<String>,
+) -> Option<Ledger> {
+    let logged = ledger::spend_in_events(dir);
+    let on_record = prev.as_ref().map_or(0.0, |p| p.spend_dollars);
+    if logged <= on_record {
+        return prev;
+    }
+    notices.push(format!(
+        "run {id}: the event log shows {} spent, more than the ledger's {}; resuming from the larger",
+        crate::units::format_money(logged),
+        crate::units::format_money(on_record)
+    ));
+    let mut p = prev.unwrap_or_else(|| Ledger {
+        run_id: id.to_string(),
+        sessions: 1,
+        ..Ledger::default()
+    });
+    p.spend_dollars = logged;
+    Some(p)
 }
 
 /// Kills what a crashed session left (the one kill protocol, KILL at once: nothing of it can
 /// be adopted — its parent, output and exit status are gone). Returns the dollars to charge
-/// for the time it verifiably ran unguarded since the last record.
+/// for the time it ran unguarded since the last record: the wall-clock gap, but never more
+/// than the leftovers' own age from the kernel's monotonic clock (a clock jump is no spend).
 async fn end_leftovers(id: &str, p: &Ledger, notices: &mut Vec<String>) -> f64 {
     let mut scope = p.leftovers();
+    let age = p
+        .holder
+        .iter()
+        .chain(&p.members)
+        .filter(|r| r.alive())
+        .filter_map(|r| crate::supervise::tree::age_seconds(r.start_ticks))
+        .fold(None, |m: Option<f64>, a| Some(m.map_or(a, |m| m.max(a))));
     let report = crate::supervise::kill::terminate(
         &mut scope,
         nix::sys::signal::Signal::SIGKILL,
@@ -126,7 +206,8 @@ async fn end_leftovers(id: &str, p: &Ledger, notices: &mut Vec<String>) -> f64 {
         hit.len(),
         hit
     ));
-    let gap = (crate::events::unix_now() - p.updated_unix).max(0.0);
+    let wall_gap = (crate::events::unix_now() - p.updated_unix).max(0.0);
+    let gap = age.map_or(wall_gap, |a| wall_gap.min(a));
     let (Some(rate), true) = (p.rate_dollars_per_hour, p.updated_unix > 0.0) else {
         return 0.0;
     };
@@ -140,23 +221,36 @@ async fn end_leftovers(id: &str, p: &Ledger, notices: &mut Vec<String>) -> f64 {
 }
 
 /// The writer task: the ledger at most once a second (the latest snapshot wins) and at once
-/// when the run closes; every event appended as it comes.
+/// when the run closes; every event appended as it comes. A failed write is sent on
+/// `errors` at once (the loop raises it); the task ends with the last write's result.
 fn spawn_writer(
     dir: PathBuf,
     mut rx: watch::Receiver<Ledger>,
     mut ev_rx: mpsc::UnboundedReceiver<Event>,
-) -> tokio::task::JoinHandle<()> {
+    errors: mpsc::UnboundedSender<String>,
+) -> tokio::task::JoinHandle<Result<(), String>> {
     tokio::spawn(async move {
         let (mut ledger_open, mut events_open, mut pending) = (true, true, false);
-        let mut next_save = tokio::time::Instant::now();
-        let save = |l: Ledger, d: PathBuf| tokio::task::spawn_blocking(move || l.save(&d));
+        // The first ledger is already on disk (written before the job started): the next
+        // durable save comes a second in, or at the close, whichever is first.
+        let mut next_save = tokio::time::Instant::now() + Duration::from_secs(1);
+        let mut last: Result<(), String> = Ok(());
+        let blocking = |f: Box<dyn FnOnce() -> std::io::Result<()> + Send>| async move {
+            match tokio::task::spawn_blocking(f).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let save = |l: Ledger, d: PathBuf| Box::new(move || l.save(&d));
         while ledger_open || events_open {
             tokio::select! {
                 biased;
                 e = ev_rx.recv(), if events_open => match e {
                     Some(e) => {
                         let d = dir.clone();
-                        let _ = tokio::task::spawn_blocking(move || ledger::append_event(&d, &e)).await;
+                        if let Err(why) = blocking(Box::new(move || ledger::append_event(&d, &e))).await {
+                            let _ = errors.send(format!("cannot append to {}: {why}", dir.join("events.jsonl").display()));
+                        }
                     }
                     None => events_open = false,
                 },
@@ -169,74 +263,92 @@ fn spawn_writer(
                 },
                 _ = tokio::time::sleep_until(next_save), if pending && ledger_open => {
                     let l = rx.borrow().clone();
-                    let _ = save(l, dir.clone()).await;
+                    last = blocking(save(l, dir.clone())).await;
+                    if let Err(why) = &last {
+                        let _ = errors.send(format!("cannot write {}: {why}", ledger::path(&dir).display()));
+                    }
                     pending = false;
                     next_save = tokio::time::Instant::now() + Duration::from_secs(1);
                 }
             }
             if !ledger_open && pending {
                 let l = rx.borrow().clone();
-                let _ = save(l, dir.clone()).await;
+                last = blocking(save(l, dir.clone())).await;
                 pending = false;
             }
         }
+        last.map_err(|why| format!("cannot write {}: {why}", ledger::path(&dir).display()))
     })
 }
 
 impl Recorder {
-    /// Opens (or resumes) the run directory. `notices` gets what the user should know.
-    pub async fn open(
+    /// Claims the run directory: a given run id is locked and resumed; otherwise a fresh id
+    /// is reserved and locked. Nothing is written yet but the lock file.
+    pub async fn claim(
         settings: &Settings,
         base_id: &str,
         notices: &mut Vec<String>,
-    ) -> Result<(String, Recorder), RecordError> {
+    ) -> Result<Claim, RecordError> {
         let runs = ledger::runs_dir(&settings.state_dir);
-        let (id, r) = match &settings.run_id {
-            Some(id) => (id.clone(), resume(&runs, id, notices).await?),
-            None => {
-                let (id, dir) =
-                    start::reserve_run_id(&settings.state_dir, base_id).map_err(|source| {
-                        RecordError::Io {
-                            dir: runs.display().to_string(),
-                            source,
-                        }
-                    })?;
-                let r = Resumed {
-                    dir,
-                    prev: None,
-                    gap: 0.0,
-                };
-                (id, r)
+        if let Some(id) = &settings.run_id {
+            return resume(&runs, id, notices).await;
+        }
+        let (id, dir) = start::reserve_run_id(&settings.state_dir, base_id).map_err(|source| {
+            RecordError::Io {
+                dir: runs.display().to_string(),
+                source,
             }
-        };
-        let prev = r.prev.map(|mut p| {
-            p.spend_dollars += r.gap;
-            p
-        });
-        let mut l = prev.clone().unwrap_or_default();
-        l.run_id = id.clone();
+        })?;
+        let lock = lock(&id, &dir)?;
+        Ok(Claim {
+            id,
+            dir,
+            prev: None,
+            lock,
+        })
+    }
+
+    /// Starts the record: the first ledger is written before this returns (a run that
+    /// cannot be recorded does not start), then a writer task keeps it current.
+    pub fn start(c: Claim) -> Result<Recorder, RecordError> {
+        let mut l = c.prev.clone().unwrap_or_default();
+        l.run_id = c.id.clone();
         l.state = ledger::RunState::Running;
         l.sessions = l.sessions.saturating_add(1);
-        l.costguard = Proc::of(std::process::id() as i32);
+        l.costguard = Proc::of(me());
         l.holder = None;
         l.pgid = None;
         l.cgroup = None;
         l.exit_code = None;
         l.outcome_detail = None;
-        // The first write goes through the writer task too: nothing is on record yet that a
-        // crash in the next milliseconds could lose, and the job must not wait on a disk.
-        let (tx, mut rx) = watch::channel(l);
-        rx.mark_changed();
+        l.updated_unix = crate::events::unix_now();
+        // Replaced, not fsynced: the writer makes it durable; the job must not wait on a disk
+        // flush, but it must not start on a disk that cannot take its record at all.
+        let bytes = serde_json::to_vec_pretty(&l).map_err(std::io::Error::other);
+        bytes
+            .and_then(|b| crate::fsutil::write_replace(&ledger::path(&c.dir), &b))
+            .map_err(|source| RecordError::Io {
+                dir: c.dir.display().to_string(),
+                source,
+            })?;
+        let (tx, rx) = watch::channel(l);
         let (ev_tx, ev_rx) = mpsc::unbounded_channel::<Event>();
-        let task = spawn_writer(r.dir.clone(), rx, ev_rx);
-        let rec = Recorder {
-            run_dir: r.dir,
-            prev,
+        let (err_tx, errors) = mpsc::unbounded_channel();
+        let task = spawn_writer(c.dir.clone(), rx, ev_rx, err_tx);
+        Ok(Recorder {
+            run_dir: c.dir,
+            prev: c.prev,
             tx,
             ev_tx,
             task,
-        };
-        Ok((id, rec))
+            errors: Some(errors),
+            _lock: c.lock,
+        })
+    }
+
+    /// The record's write failures, for the run loop (can be taken once).
+    pub fn take_errors(&mut self) -> Option<mpsc::UnboundedReceiver<String>> {
+        self.errors.take()
     }
 
     pub fn update(&self, f: impl FnOnce(&mut Ledger)) {
@@ -251,13 +363,17 @@ impl Recorder {
         let _ = self.ev_tx.send(e.clone());
     }
 
-    /// Lets the writer drain the events and write the latest ledger, and waits for it.
-    pub async fn close(self) -> Ledger {
+    /// Lets the writer drain the events and write the latest ledger, and waits for it. The
+    /// ledger as last written, or why it could not be.
+    pub async fn close(self) -> (Ledger, Result<(), String>) {
         let last = self.tx.borrow().clone();
         drop(self.tx);
         drop(self.ev_tx);
-        let _ = self.task.await;
-        last
+        let written = self
+            .task
+            .await
+            .unwrap_or_else(|e| Err(format!("the record writer failed: {e}")));
+        (last, written)
     }
 }
 

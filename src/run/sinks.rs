@@ -176,9 +176,14 @@ impl Sinks {
         if let Some(r) = t.host.job_rss_bytes {
             m.job_rss.set(r as f64);
         }
-        let d = t.errors as f64 - m.telemetry_errors.get();
-        if d > 0.0 {
-            m.telemetry_errors.inc_by(d);
+        for (c, n) in [
+            (&m.telemetry_errors, t.errors),
+            (&m.record_errors, st.record_errors()),
+        ] {
+            let d = n as f64 - c.get();
+            if d > 0.0 {
+                c.inc_by(d);
+            }
         }
         if self.gpu_generation != t.generation {
             self.gpu_generation = t.generation;

@@ -41,10 +41,12 @@ pub struct Config {
     /// The holder's pid, whose descendants the sampler measures (0: none, the agent).
     pub root: i32,
     pub holder: Option<mpsc::UnboundedReceiver<HolderMsg>>,
-    pub progress: Option<mpsc::UnboundedReceiver<LineProgress>>,
+    pub progress: Option<mpsc::Receiver<LineProgress>>,
     /// A file whose modification counts as progress, and the stall window it serves.
     pub heartbeat: Option<(PathBuf, Option<Duration>)>,
     pub fleet: Option<FleetSettings>,
+    /// The record's write failures.
+    pub record: Option<Rx<String>>,
     /// Whether the live line is drawn (a redraw tick every second).
     pub live: bool,
 }
@@ -54,9 +56,10 @@ pub struct Sources {
     /// Turns true on a second ending signal: the kill skips the rest of its grace.
     pub force: watch::Receiver<bool>,
     holder: Option<mpsc::UnboundedReceiver<HolderMsg>>,
-    progress: Option<mpsc::UnboundedReceiver<LineProgress>>,
+    progress: Option<mpsc::Receiver<LineProgress>>,
     samples: mpsc::Receiver<SampleMsg>,
     fleet: Option<mpsc::UnboundedReceiver<FleetMsg>>,
+    record: Option<Rx<String>>,
     meters: Interval,
     redraw: Option<Interval>,
     tasks: Vec<JoinHandle<()>>,
@@ -88,7 +91,7 @@ impl Sources {
         )));
         let mut progress = c.progress;
         if let Some((path, stall)) = c.heartbeat {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(64);
             let poll = c
                 .interval
                 .min(Duration::from_secs(1))
@@ -99,7 +102,7 @@ impl Sources {
             if let Some(mut out) = progress.take() {
                 tasks.push(tokio::spawn(async move {
                     while let Some(p) = out.recv().await {
-                        if tx.send(p).is_err() {
+                        if tx.send(p).await.is_err() {
                             break;
                         }
                     }
@@ -119,6 +122,7 @@ impl Sources {
             progress,
             samples,
             fleet,
+            record: c.record,
             meters: every(Duration::from_millis(200)),
             redraw: c.live.then(|| every(Duration::from_secs(1))),
             tasks,
@@ -150,7 +154,7 @@ impl Sources {
                         Some(LoopEvent::HolderLost)
                     }
                 },
-                p = recv_opt(&mut self.progress) => match p {
+                p = async { match self.progress.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => match p {
                     Some(p) => Some(LoopEvent::Progress(p)),
                     None => {
                         self.progress = None;
@@ -159,6 +163,13 @@ impl Sources {
                 },
                 Some(s) = self.samples.recv() => Some(LoopEvent::Sample(s)),
                 f = recv_opt(&mut self.fleet) => f.map(LoopEvent::Fleet),
+                e = recv_opt(&mut self.record) => match e {
+                    Some(e) => Some(LoopEvent::RecordFailed(e)),
+                    None => {
+                        self.record = None;
+                        None
+                    }
+                },
                 _ = self.meters.tick() => Some(LoopEvent::Tick),
                 _ = async { match self.redraw.as_mut() { Some(r) => { r.tick().await; } None => std::future::pending().await } } => {
                     Some(LoopEvent::Redraw)
@@ -232,7 +243,7 @@ fn watch_signals(
 }
 
 /// Polls `path`'s modification time; a newer one is progress.
-async fn heartbeat(path: PathBuf, poll: Duration, tx: mpsc::UnboundedSender<LineProgress>) {
+async fn heartbeat(path: PathBuf, poll: Duration, tx: mpsc::Sender<LineProgress>) {
     let since = SystemTime::now();
     let mut last = None;
     loop {
@@ -242,7 +253,7 @@ async fn heartbeat(path: PathBuf, poll: Duration, tx: mpsc::UnboundedSender<Line
                     label: format!("heartbeat {}", path.display()),
                     step: None,
                 };
-                if tx.send(p).is_err() {
+                if tx.send(p).await.is_err() {
                     return;
                 }
             }

@@ -117,9 +117,17 @@ pub struct RunState {
     events: EventLog,
     /// Every pid ever seen as the target's (for the "GPU freed?" check after a kill).
     job_pids: HashSet<i32>,
-    /// When spend was last put on record, and the longest idle streak so far.
+    marks: Marks,
+}
+
+/// The run's own bookkeeping: when spend was last put on record, the longest idle streak,
+/// and the health of the record itself.
+#[derive(Debug, Clone, Default)]
+struct Marks {
     recorded_at: Duration,
     longest_idle: f64,
+    record_errors: u64,
+    record_error: Option<String>,
 }
 
 impl RunState {
@@ -141,8 +149,7 @@ impl RunState {
                 recent: VecDeque::new(),
             },
             job_pids: HashSet::new(),
-            recorded_at: Duration::ZERO,
-            longest_idle: 0.0,
+            marks: Marks::default(),
         }
     }
 
@@ -186,7 +193,11 @@ impl RunState {
         &self.job_pids
     }
     pub fn longest_idle(&self) -> f64 {
-        self.longest_idle
+        self.marks.longest_idle
+    }
+    /// Failed writes of the run record so far.
+    pub fn record_errors(&self) -> u64 {
+        self.marks.record_errors
     }
 
     /// Pids reached by the kill count as the job's too.
@@ -272,10 +283,12 @@ impl RunState {
                 now,
             )],
             LoopEvent::Fleet(m) => self.on_fleet(m, now),
+            LoopEvent::RecordFailed(why) => self.on_record_failed(why, now),
             LoopEvent::Tick => self.on_tick(now),
             LoopEvent::Redraw => vec![Action::Redraw],
         };
-        self.longest_idle = self
+        self.marks.longest_idle = self
+            .marks
             .longest_idle
             .max(self.engine.idle_for(now).as_secs_f64());
         let emitted = acts.iter().any(|a| matches!(a, Action::Emit(_)));
@@ -334,11 +347,27 @@ impl RunState {
 
     fn on_tick(&mut self, now: Duration) -> Vec<Action> {
         let mut acts = vec![Action::Meters];
-        if now.saturating_sub(self.recorded_at) >= Duration::from_secs(1) {
-            self.recorded_at = now;
+        if now.saturating_sub(self.marks.recorded_at) >= Duration::from_secs(1) {
+            self.marks.recorded_at = now;
             acts.push(Action::Record);
         }
         acts
+    }
+
+    /// The record is the budget: a failed write is an alarm at once (an event that reaches
+    /// the console, the metrics and the notifiers), once per distinct failure.
+    fn on_record_failed(&mut self, why: String, now: Duration) -> Vec<Action> {
+        self.marks.record_errors += 1;
+        if self.marks.record_error.as_deref() == Some(why.as_str()) {
+            return vec![Action::Publish];
+        }
+        self.marks.record_error = Some(why.clone());
+        vec![self.emit(
+            EventKind::AgentError,
+            "record",
+            format!("the run record is not being written: {why}; a restart cannot know what this run spent"),
+            now,
+        )]
     }
 
     /// A reading of the fleet's total spend (or why there is none).

@@ -39,46 +39,49 @@ pub enum Target {
 
 impl JobTarget {
     /// Spawns `command` under the holder. With `capture`, its output is copied through
-    /// costguard (to our stdout/stderr and `log`), and lines judged as progress come back
-    /// on the returned channel.
+    /// costguard (to our stdout/stderr when `echo`, and to the capped `log`), and lines
+    /// judged as progress come back on the returned channel.
     pub fn start(
         command: &[OsString],
         capture: bool,
         judge: LineJudge,
-        log: Option<&Path>,
-    ) -> Result<(JobTarget, Option<mpsc::UnboundedReceiver<LineProgress>>), SpawnError> {
+        log: Option<(&Path, u64)>,
+        echo: bool,
+    ) -> Result<(JobTarget, Option<mpsc::Receiver<LineProgress>>), SpawnError> {
         let mut job = Job::spawn(command, capture, true)?;
         let tail = Tail::default();
         if !capture {
             return Ok((JobTarget { job, tail }, None));
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let judge = Arc::new(Mutex::new(judge));
+        let (tx, rx) = mpsc::channel(64);
         let log = log
-            .and_then(|p| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .ok()
-            })
-            .map(|f| Arc::new(Mutex::new(f)));
-        if let Some(out) = job.stdout.take() {
-            let (j, t, tx, l) = (judge.clone(), tail.clone(), tx.clone(), log.clone());
-            tokio::spawn(output::pump(out, tokio::io::stdout(), j, t, tx, l));
-        }
-        if let Some(err) = job.stderr.take() {
-            tokio::spawn(output::pump(
-                err,
-                tokio::io::stderr(),
-                judge,
-                tail.clone(),
-                tx,
-                log,
-            ));
+            .and_then(|(p, max)| output::CappedLog::open(p, max).ok())
+            .map(|l| Arc::new(Mutex::new(l)));
+        let sinks = output::PumpSinks {
+            judge: Arc::new(Mutex::new(judge)),
+            tail: tail.clone(),
+            progress: tx,
+            log,
+        };
+        let streams = [
+            (job.stdout.take().map(|s| s.into_owned_fd()), 1),
+            (job.stderr.take().map(|s| s.into_owned_fd()), 2),
+        ];
+        for (from, to) in streams {
+            let Some(Ok(from)) = from else { continue };
+            let to = if echo { dup_fd(to).ok() } else { None };
+            output::spawn_pump(from, to, sinks.clone()).map_err(SpawnError::Pipe)?;
         }
         Ok((JobTarget { job, tail }, Some(rx)))
     }
+}
+
+/// Our own stdout or stderr, duplicated for a pump thread to own.
+fn dup_fd(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::BorrowedFd;
+    // SAFETY: fds 1 and 2 are open for the life of the process; the borrow ends at once.
+    let b = unsafe { BorrowedFd::borrow_raw(fd) };
+    b.try_clone_to_owned()
 }
 
 impl GpuTargets {

@@ -35,6 +35,21 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
     })
 }
 
+/// How long ago a process with this start time started, from the kernel's monotonic
+/// evidence (seconds since boot and the process's start in clock ticks since boot): unlike
+/// the wall clock, it cannot jump.
+pub fn age_seconds(start_ticks: u64) -> Option<f64> {
+    let uptime: f64 = fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| (uptime - start_ticks as f64 / hz as f64).max(0.0))
+}
+
 pub fn stat(pid: i32) -> Option<ProcStat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }

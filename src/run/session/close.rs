@@ -445,7 +445,15 @@ impl Session {
             l.outcome_detail = Some(detail.to_string());
             l.report_path = Some(dir.join("report.md"));
         });
-        let ledger = rec.close().await;
+        let (ledger, saved) = rec.close().await;
+        if let Err(why) = saved {
+            // The record is the budget: say so where it will be seen, and claim no report.
+            crate::console::alert(format!(
+                "error: the run record could not be written ({why}); a restart of run {} cannot know what it spent",
+                ledger.run_id
+            ));
+            return None;
+        }
         let (d, l) = (dir.clone(), ledger.clone());
         let written = tokio::task::spawn_blocking(move || {
             let events = crate::ledger::read_events(&d);
@@ -454,10 +462,14 @@ impl Session {
         })
         .await;
         if !matches!(written, Ok(Ok(()))) {
-            crate::console::notice(format!(
-                "could not write {}",
+            crate::console::alert(format!(
+                "notice: could not write {}",
                 dir.join("report.md").display()
             ));
+            return Some(crate::ledger::Ledger {
+                report_path: None,
+                ..ledger
+            });
         }
         Some(ledger)
     }

@@ -31,6 +31,8 @@ pub struct Session {
     sinks: Sinks,
     gpu: Option<NvmlSource>,
     live: Option<LiveLine>,
+    /// The record's write failures (handed to the sources at the start of the loop).
+    record_errors: Option<sources::Rx<String>>,
 }
 
 impl Session {
@@ -123,10 +125,10 @@ impl Session {
 /// The sources of a session: signals, samples of `root`'s tree, the holder's messages, the
 /// job's output progress, the heartbeat, the fleet.
 fn sources_of(
-    s: &Session,
+    s: &mut Session,
     root: i32,
     holder: Option<sources::Rx<crate::supervise::HolderMsg>>,
-    progress: Option<sources::Rx<super::output::LineProgress>>,
+    progress: Option<tokio::sync::mpsc::Receiver<super::output::LineProgress>>,
 ) -> Sources {
     Sources::start(sources::Config {
         gpu: s.gpu.clone(),
@@ -140,6 +142,7 @@ fn sources_of(
             .clone()
             .map(|p| (p, s.settings.stall)),
         fleet: s.settings.fleet.clone(),
+        record: s.record_errors.take(),
         live: s.live.is_some(),
     })
 }
@@ -159,19 +162,22 @@ pub async fn run_session(
         return Err(GuardError::NoCommand);
     }
     let base_id = start::default_run_id(&command, SystemTime::now());
-    let capture = settings.needs_output();
+    // A detached run's stdout and stderr are its output.log: the job's output is always
+    // read then, so it goes through the cap and its last lines reach the report.
+    let detached = std::env::var_os("COSTGUARD_OUTPUT_LOG_IS_STDOUT").is_some();
+    let capture = settings.needs_output() || detached;
     let mut s = open(settings, TargetKind::Job, &command, &base_id, capture).await?;
     let log = s
         .sinks
         .recorder
         .as_ref()
-        .filter(|_| std::env::var_os("COSTGUARD_OUTPUT_LOG_IS_STDOUT").is_none())
         .map(|r| r.run_dir.join("output.log"));
     let judge = LineJudge::new(s.settings.progress_regex.clone());
-    let (mut job, progress) = JobTarget::start(&command, capture, judge, log.as_deref())?;
+    let log = log.as_deref().map(|p| (p, s.settings.output_log_max));
+    let (mut job, progress) = JobTarget::start(&command, capture, judge, log, !detached)?;
     s.note_job(&job);
     let msgs = job.job.take_msgs();
-    let mut sources = sources_of(&s, job.job.holder_pid, Some(msgs), progress);
+    let mut sources = sources_of(&mut s, job.job.holder_pid, Some(msgs), progress);
     let mut target = Target::Job(job);
     let ending = s.drive(&mut target, &mut sources).await;
     Ok(s.close(ending, target, sources, &command).await)
@@ -191,7 +197,7 @@ pub async fn run_agent(
             "costguard agent needs NVML to see GPU processes (--gpu nvml, --nvml-lib PATH)".into(),
         ));
     }
-    let mut sources = sources_of(&s, 0, None, None);
+    let mut sources = sources_of(&mut s, 0, None, None);
     let mut target = Target::Gpus(super::target::GpuTargets::new(selector));
     let ending = s.drive(&mut target, &mut sources).await;
     Ok(s.close(ending, target, sources, &label).await.0)

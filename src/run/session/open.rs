@@ -52,6 +52,28 @@ pub enum GuardError {
     Agent(String),
     #[error("nothing to run: give the command after `--`, e.g. costguard --max-wall 1h -- python train.py")]
     NoCommand,
+    /// A resumed run already at a ceiling: nothing is started (exit 124).
+    #[error("{0}")]
+    Spent(String),
+}
+
+/// Why a resumed run may not start its job at all: a ceiling its earlier sessions reached.
+fn spent(s: &Settings, prev: &Ledger) -> Option<String> {
+    if let Some(b) = s.max_usd.filter(|b| prev.spend_dollars >= b - 1e-9) {
+        return Some(format!(
+            "budget already spent: {} of {}",
+            format_money(prev.spend_dollars),
+            format_money(b)
+        ));
+    }
+    let w = s.max_wall?.as_secs_f64();
+    (prev.elapsed_seconds >= w - 1e-3).then(|| {
+        format!(
+            "wall-clock limit already used: {} of {}",
+            crate::units::format_secs(prev.elapsed_seconds),
+            crate::units::format_secs(w)
+        )
+    })
 }
 
 /// The watchdogs in words, for status and the report.
@@ -122,7 +144,21 @@ pub async fn open(
     let started = start::prepare(&settings).await?;
     let started_wall = SystemTime::now();
     let mut notices = Vec::new();
-    let (run_id, rec) = Recorder::open(&settings, base_id, &mut notices).await?;
+    let claim = Recorder::claim(&settings, base_id, &mut notices).await?;
+    if let (TargetKind::Job, Some(why)) =
+        (kind, claim.prev.as_ref().and_then(|p| spent(&settings, p)))
+    {
+        for n in &notices {
+            crate::console::notice(n);
+        }
+        return Err(GuardError::Spent(format!(
+            "run {}: {why}; nothing started (a new --run-id starts a new budget)",
+            claim.id
+        )));
+    }
+    let run_id = claim.id.clone();
+    let mut rec = Recorder::start(claim)?;
+    let record_errors = rec.take_errors();
     notices.extend(started.notices.iter().cloned());
     let prev = rec.prev.clone().unwrap_or_default();
     first_record(&rec, &settings, label, started_wall);
@@ -157,6 +193,7 @@ pub async fn open(
         sinks,
         gpu: started.gpu.clone(),
         live,
+        record_errors,
     };
     s.announce(&started.pricing, listening);
     Ok(s)
