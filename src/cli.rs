@@ -85,6 +85,10 @@ pub struct AgentArgs {
     /// Never touch processes whose command line matches (e.g. other sidecars).
     #[arg(long, env = "COSTGUARD_EXCLUDE", value_name = "REGEX")]
     pub exclude: Option<String>,
+    /// Once every GPU process it has seen has ended by itself, record `completed` and exit 0,
+    /// so a Job's pod completes and its node is freed.
+    #[arg(long, env = "COSTGUARD_EXIT_WHEN_DONE", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub exit_when_done: Option<bool>,
 }
 
 #[derive(Debug, Args)]
@@ -282,6 +286,18 @@ pub struct GuardArgs {
     /// Ceiling on the RSS of the job's whole process tree (e.g. 64GiB).
     #[arg(long, env = "COSTGUARD_MAX_HOST_MEM", value_name = "SIZE")]
     pub max_host_mem: Option<String>,
+
+    /// Keep serving /metrics and /status this long after the run ends, so Prometheus scrapes
+    /// the kill and the final spend (e.g. twice the scrape interval) [default: 0s].
+    #[arg(long, env = "COSTGUARD_LINGER", value_name = "DURATION")]
+    pub linger: Option<String>,
+
+    /// GPUs are shared with other containers (time-slicing, MPS): memory of GPU processes
+    /// whose pids do not resolve in this PID namespace is then not counted as the job's.
+    /// By default a GPU the job holds is the job's alone, as the Kubernetes device plugin and
+    /// rented pods allocate them.
+    #[arg(long, env = "COSTGUARD_SHARED_GPUS", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub shared_gpus: Option<bool>,
 
     /// Cap on the run's output.log: past it the file rotates to output.log.1, so the job's
     /// output never takes more than twice this on disk [default: 64MiB].

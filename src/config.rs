@@ -101,6 +101,9 @@ pub struct FileConfig {
     pub max_host_mem: Option<Scalar>,
     #[serde(alias = "output_log_max")]
     pub output_log_max: Option<Scalar>,
+    #[serde(alias = "shared_gpus")]
+    pub shared_gpus: Option<bool>,
+    pub linger: Option<String>,
     pub listen: Option<String>,
     pub quiet: Option<bool>,
     /// Per-model price overrides in dollars per GPU-hour: `[prices] "NVIDIA H100 80GB HBM3" = 2.5`.
@@ -171,6 +174,12 @@ pub struct Settings {
     pub max_host_mem: Option<u64>,
     /// The cap on output.log (and on output.log.1 it rotates to).
     pub output_log_max: u64,
+    /// GPUs are shared with other containers: unresolved GPU processes are not the job's.
+    pub shared_gpus: bool,
+    /// How long /metrics and /status keep serving after the run ends.
+    pub linger: Duration,
+    /// The agent ends (completed) once every GPU process it saw has ended by itself.
+    pub exit_when_done: bool,
     pub listen: Option<SocketAddr>,
     /// Whether the user named the address (a bind failure is then an error, not a notice).
     pub listen_explicit: bool,
@@ -407,6 +416,11 @@ impl Settings {
             None => FileConfig::default(),
         };
         let w = Watchdogs::resolve(args, &mut file)?;
+        let linger = conv(
+            pick(&args.linger, file.linger.take(), "linger"),
+            units::parse_duration,
+        )?
+        .unwrap_or(Duration::ZERO);
         let fleet = resolve_fleet(args, &mut file)?;
         let s = |x: Option<Scalar>| x.map(Scalar::into_string);
         let money = |v: &str| units::parse_money(v);
@@ -482,6 +496,9 @@ impl Settings {
             max_gpu_mem: w.max_gpu_mem,
             max_host_mem: w.max_host_mem,
             output_log_max: w.output_log_max,
+            shared_gpus: args.shared_gpus.or(file.shared_gpus).unwrap_or(false),
+            linger,
+            exit_when_done: false,
             listen,
             listen_explicit,
             quiet,

@@ -165,10 +165,11 @@ fn notify_test(settings: &Settings) -> ExitCode {
 /// `costguard agent`: the selector, then the agent loop on a one-thread runtime.
 fn agent(a: costguard::cli::AgentArgs) -> ExitCode {
     use costguard::run::agent::{Selection, Selector};
-    let settings = match Settings::resolve(&a.guard) {
+    let mut settings = match Settings::resolve(&a.guard) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
+    settings.exit_when_done = a.exit_when_done.unwrap_or(false);
     costguard::console::set_quiet(settings.quiet);
     costguard::redact::install(settings.notify.secrets());
     let target = match Selection::parse(&a.target) {

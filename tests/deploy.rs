@@ -22,12 +22,12 @@ fn s<'a>(y: &'a Yaml, path: &[&str]) -> &'a Yaml {
     path.iter().fold(y, |y, k| &y[*k])
 }
 
-/// The costguard container of a pod spec.
+/// The costguard container of a pod spec (a container, or a native sidecar's init container).
 fn costguard_container(spec: &Yaml) -> &Yaml {
-    spec["containers"]
-        .as_vec()
-        .expect("containers")
+    ["containers", "initContainers"]
         .iter()
+        .filter_map(|k| spec[*k].as_vec())
+        .flatten()
         .find(|c| c["command"][0].as_str() == Some("costguard"))
         .expect("a container running costguard")
 }
@@ -54,7 +54,9 @@ fn accepted(args: &[String]) {
             skip = true;
             continue;
         }
-        if a.starts_with("--listen=") || a.starts_with("--state-dir=") {
+        // Addresses, paths, and the linger after the end (a parse check need not wait).
+        if a.starts_with("--listen=") || a.starts_with("--state-dir=") || a.starts_with("--linger=")
+        {
             continue;
         }
         flags.push(a.replace("$(NODE_NAME)", "node1"));
@@ -131,6 +133,34 @@ fn the_sidecar_shares_the_pid_namespace_with_only_cap_kill() {
 }
 
 #[test]
+fn the_sidecar_is_native_and_lets_the_pod_finish() {
+    let d = &docs("kubernetes/sidecar-pod.yaml")[0];
+    let spec = &d["spec"];
+    let init = spec["initContainers"].as_vec().expect("initContainers");
+    let cg = init
+        .iter()
+        .find(|c| c["command"][0].as_str() == Some("costguard"))
+        .expect("costguard is an init container");
+    assert_eq!(
+        cg["restartPolicy"].as_str(),
+        Some("Always"),
+        "a native sidecar (Kubernetes >= 1.29): TERM after the trainer ends"
+    );
+    let args = args_of(cg);
+    assert!(args.contains(&"--exit-when-done".to_string()), "{args:?}");
+    assert!(args.iter().any(|a| a.starts_with("--linger=")), "{args:?}");
+    // The older variant is a plain container that must end by itself.
+    let legacy = &docs("kubernetes/sidecar-pod-legacy.yaml")[0];
+    assert_eq!(
+        legacy["spec"]["shareProcessNamespace"].as_bool(),
+        Some(true)
+    );
+    let args = args_of(costguard_container(&legacy["spec"]));
+    assert!(args.contains(&"--exit-when-done".to_string()), "{args:?}");
+    accepted(&args);
+}
+
+#[test]
 fn the_node_agent_sees_every_process_of_the_node() {
     let d = &docs("kubernetes/node-agent-daemonset.yaml")[0];
     assert_eq!(d["kind"].as_str(), Some("DaemonSet"));
@@ -174,6 +204,7 @@ fn the_service_monitor_scrapes_the_service_port() {
     for f in [
         "kubernetes/job.yaml",
         "kubernetes/sidecar-pod.yaml",
+        "kubernetes/sidecar-pod-legacy.yaml",
         "kubernetes/node-agent-daemonset.yaml",
     ] {
         let m = &docs(f)[0];

@@ -32,6 +32,8 @@ pub enum LoopEvent {
     Sample(SampleMsg),
     /// The agent saw a new target process (pid, its command line, masked).
     NewTarget(i32, String),
+    /// Every target the agent has seen has ended by itself.
+    TargetsEnded,
     /// A reading of the fleet's total spend.
     Fleet(FleetMsg),
     /// The run record could not be written (the ledger or the event log).

@@ -409,3 +409,52 @@ pub fn write_config(dir: &std::path::Path, s: &Settings, command: &[OsString]) {
         crate::console::notice(format!("could not write config.json: {e}"));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_takes_the_larger_of_the_ledger_and_the_event_log() {
+        let d = tempfile::tempdir().expect("tempdir");
+        // The ledger froze at $0.50 (the disk filled); the event log went on to $3.00.
+        let frozen = Ledger {
+            run_id: "r".into(),
+            spend_dollars: 0.5,
+            sessions: 1,
+            ..Ledger::default()
+        };
+        let ev = |spend: f64| {
+            let mut e: serde_json::Value = serde_json::json!({
+                "id": "r-1", "run_id": "r", "kind": "killed", "message": "m",
+                "at": "", "elapsed_seconds": 1.0, "spend_dollars": spend,
+                "rate_dollars_per_hour": null, "budget_dollars": null, "host": "h",
+                "phase": null, "command": null, "test": false
+            });
+            e["spend_dollars"] = serde_json::json!(spend);
+            e.to_string()
+        };
+        std::fs::write(
+            d.path().join("events.jsonl"),
+            format!("{}\n{}\n", ev(1.0), ev(3.0)),
+        )
+        .expect("events");
+        let mut notices = Vec::new();
+        let p = prev_with_events("r", d.path(), Some(frozen.clone()), &mut notices);
+        assert_eq!(p.map(|p| p.spend_dollars), Some(3.0));
+        assert!(
+            notices[0].contains("the event log shows $3.00"),
+            "{notices:?}"
+        );
+        // No ledger at all (never written): the event log still counts.
+        let p = prev_with_events("r", d.path(), None, &mut Vec::new());
+        assert_eq!(p.map(|p| p.spend_dollars), Some(3.0));
+        // A ledger ahead of the log is kept as it is.
+        let ahead = Ledger {
+            spend_dollars: 5.0,
+            ..frozen
+        };
+        let p = prev_with_events("r", d.path(), Some(ahead), &mut Vec::new());
+        assert_eq!(p.map(|p| p.spend_dollars), Some(5.0));
+    }
+}

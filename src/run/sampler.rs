@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use crate::supervise::tree;
 use crate::telemetry::host::HostSource;
 use crate::telemetry::nvml::{NvmlFailure, NvmlSource};
-use crate::telemetry::{GpuSample, HostSample};
+use crate::telemetry::{devfiles, DevHolder, GpuSample, HostSample};
 
 pub struct SampleMsg {
     /// Monotonic instant the sample was asked for.
@@ -20,6 +20,9 @@ pub struct SampleMsg {
     pub host: HostSample,
     /// The job's live pids at sampling time.
     pub pids: Vec<i32>,
+    /// Processes holding NVIDIA device files (see `telemetry::devfiles`): for the agent every
+    /// one in this namespace; for the wrapper its job's and NVML's pids that exist here.
+    pub holders: Vec<DevHolder>,
 }
 
 /// Runs until the receiver is dropped. `root` is the holder's pid, whose descendants are
@@ -57,6 +60,10 @@ pub async fn run(
         });
         let (gpus, host_res) = tokio::join!(gpu_fut, host_fut);
         let (pids, host) = host_res.unwrap_or_default();
+        let holders = match &gpus {
+            Some(Ok(gs)) => holders(root, &pids, gs).await,
+            _ => Vec::new(),
+        };
         if tx
             .send(SampleMsg {
                 at,
@@ -64,6 +71,7 @@ pub async fn run(
                 gpus,
                 host,
                 pids,
+                holders,
             })
             .await
             .is_err()
@@ -71,4 +79,26 @@ pub async fn run(
             return;
         }
     }
+}
+
+/// The device-file view of this sample, off the runtime's thread.
+async fn holders(root: i32, pids: &[i32], gpus: &[GpuSample]) -> Vec<DevHolder> {
+    let mut scan: Vec<i32> = pids.to_vec();
+    scan.extend(
+        gpus.iter()
+            .flat_map(|g| g.procs.iter().flatten())
+            .map(|p| p.pid as i32)
+            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists()),
+    );
+    scan.sort_unstable();
+    scan.dedup();
+    tokio::task::spawn_blocking(move || {
+        if root > 0 {
+            devfiles::scan_all(scan)
+        } else {
+            devfiles::all_holders()
+        }
+    })
+    .await
+    .unwrap_or_default()
 }

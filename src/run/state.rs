@@ -91,6 +91,18 @@ pub struct Init {
     pub warn_signal: Option<Signal>,
     /// Whether a progress source exists (output rules or a heartbeat).
     pub tracks_progress: bool,
+    /// GPUs are the job's alone (see `TelemetryCache::whole_gpus`).
+    pub whole_gpus: bool,
+    /// The agent ends, completed, once every target it saw has ended by itself.
+    pub exit_when_done: bool,
+}
+
+/// How the run behaves, fixed for the session.
+#[derive(Debug, Clone, Copy)]
+struct Conduct {
+    warn_signal: Option<Signal>,
+    tracks_progress: bool,
+    exit_when_done: bool,
 }
 
 /// The events so far: the sequence number and the recent ones for /status.
@@ -112,8 +124,7 @@ pub struct RunState {
     carried: Carried,
     phase: Option<PhaseInfo>,
     fleet: Option<FleetView>,
-    warn_signal: Option<Signal>,
-    tracks_progress: bool,
+    conduct: Conduct,
     events: EventLog,
     /// Every pid ever seen as the target's (for the "GPU freed?" check after a kill).
     job_pids: HashSet<i32>,
@@ -138,12 +149,15 @@ impl RunState {
             kind: i.kind,
             engine: i.engine,
             pricing: i.pricing,
-            telemetry: TelemetryCache::new(i.visible),
+            telemetry: TelemetryCache::new(i.visible, i.whole_gpus),
             carried: i.carried,
             phase: i.phase,
             fleet: i.fleet,
-            warn_signal: i.warn_signal,
-            tracks_progress: i.tracks_progress,
+            conduct: Conduct {
+                warn_signal: i.warn_signal,
+                tracks_progress: i.tracks_progress,
+                exit_when_done: i.exit_when_done,
+            },
             events: EventLog {
                 seq: i.seq,
                 recent: VecDeque::new(),
@@ -184,7 +198,7 @@ impl RunState {
         self.fleet.as_ref()
     }
     pub fn tracks_progress(&self) -> bool {
-        self.tracks_progress
+        self.conduct.tracks_progress
     }
     pub fn recent(&self) -> impl DoubleEndedIterator<Item = &Event> {
         self.events.recent.iter()
@@ -276,6 +290,12 @@ impl RunState {
                 Vec::new()
             }
             LoopEvent::Sample(s) => self.on_sample(s),
+            LoopEvent::TargetsEnded if self.conduct.exit_when_done => {
+                vec![Action::End(Ending::Stop(
+                    "every GPU process it watched ended by itself".into(),
+                ))]
+            }
+            LoopEvent::TargetsEnded => Vec::new(),
             LoopEvent::NewTarget(pid, cmd) => vec![self.emit(
                 EventKind::Started,
                 "target",
@@ -323,7 +343,7 @@ impl RunState {
                     reason,
                     message,
                     signal,
-                } => match (signal, self.warn_signal) {
+                } => match (signal, self.conduct.warn_signal) {
                     (true, Some(signal)) => Action::WarnSignal {
                         signal,
                         reason,
@@ -445,7 +465,7 @@ impl RunState {
             }
             Some(Ok(gpus)) => {
                 self.take_gpus(gpus, s.wall, now, &mut acts);
-                obs.gpus = self.telemetry.job_gpus(&s.pids);
+                obs.gpus = self.telemetry.job_gpus(&s.pids, &s.holders);
                 self.energy_rate(now);
             }
         }

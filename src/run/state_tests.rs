@@ -51,6 +51,8 @@ fn state(limits: Limits, pricing: Pricing, carried: Carried, kind: TargetKind) -
         fleet: None,
         warn_signal: None,
         tracks_progress: true,
+        whole_gpus: true,
+        exit_when_done: false,
     })
 }
 
@@ -113,6 +115,7 @@ fn sample(
         }])),
         host: HostSample::default(),
         pids: vec![42],
+        holders: Vec::new(),
     }
 }
 
@@ -247,6 +250,8 @@ fn init_of(st: &RunState) -> Init {
         fleet: None,
         warn_signal: None,
         tracks_progress: true,
+        whole_gpus: true,
+        exit_when_done: false,
     }
 }
 
@@ -400,6 +405,7 @@ fn a_failed_sample_is_unknown_once_and_the_return_is_said() {
         gpus: Some(Err(crate::telemetry::nvml::NvmlFailure::Busy)),
         host: HostSample::default(),
         pids: Vec::new(),
+        holders: Vec::new(),
     };
     let a = st.handle(LoopEvent::Sample(bad(&st, 1.0)), s(1.0));
     assert_eq!(
@@ -418,4 +424,61 @@ fn a_failed_sample_is_unknown_once_and_the_return_is_said() {
         "{a:?}"
     );
     assert!(st.telemetry().current);
+}
+
+#[test]
+fn in_a_container_unresolved_gpu_memory_on_a_gpu_the_job_holds_is_the_jobs() {
+    // NVML lists a host pid (nothing here); the job (pid 42) holds /dev/nvidia0.
+    let in_pod = |st: &RunState, at: f64| SampleMsg {
+        at: st.t0() + s(at),
+        wall: SystemTime::UNIX_EPOCH,
+        gpus: Some(Ok(vec![GpuSample {
+            index: 0,
+            minor: Some(0),
+            util_gpu_pct: Some(90.0),
+            mem_total: Some(80 << 30),
+            procs: Some(vec![crate::telemetry::GpuProc {
+                pid: 999_999_999,
+                used_bytes: Some(60 << 30),
+                sm_util: None,
+            }]),
+            ..GpuSample::default()
+        }])),
+        host: HostSample::default(),
+        pids: vec![42],
+        holders: vec![crate::telemetry::DevHolder {
+            pid: 42,
+            minors: vec![0],
+            ctl: true,
+        }],
+    };
+    let lim = || Limits {
+        max_gpu_mem: Some(crate::units::parse_mem_limit("50GiB").expect("limit")),
+        ..limits()
+    };
+    let mut whole = state(lim(), Pricing::Unknown, Carried::default(), TargetKind::Job);
+    let a = whole.handle(LoopEvent::Sample(in_pod(&whole, 1.0)), s(1.0));
+    let (reason, evidence) = kill_of(&a).expect("the job's 60 GiB is over 50 GiB");
+    assert_eq!(reason, KillReason::GpuMem, "{evidence}");
+    assert_eq!(
+        whole
+            .telemetry()
+            .job_gpus_seen
+            .iter()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![0]
+    );
+    // Shared GPUs (time-slicing, MPS): another container's memory is not the job's.
+    let mut shared = RunState::new(Init {
+        whole_gpus: false,
+        ..init_of(&state(
+            lim(),
+            Pricing::Unknown,
+            Carried::default(),
+            TargetKind::Job,
+        ))
+    });
+    let a = shared.handle(LoopEvent::Sample(in_pod(&shared, 1.0)), s(1.0));
+    assert!(kill_of(&a).is_none(), "{a:?}");
 }

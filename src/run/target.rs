@@ -17,6 +17,7 @@ use super::output::{self, LineJudge, LineProgress, Tail};
 use super::sampler::SampleMsg;
 use crate::supervise::kill::{self as protocol, KillReport, Procs, Scope};
 use crate::supervise::{tree, Job, SpawnError};
+use crate::telemetry::devfiles;
 
 /// The wrapped job: its holder, and the last lines of its output.
 pub struct JobTarget {
@@ -145,6 +146,15 @@ impl Target {
             .is_some_and(|pid| kill(Pid::from_raw(pid), sig).is_ok())
     }
 
+    /// Whether every target the agent has seen has ended (never true for the job, nor for
+    /// an agent that has seen none).
+    pub fn all_ended(&self) -> bool {
+        match self {
+            Target::Job(_) => false,
+            Target::Gpus(g) => !g.seen.is_empty() && g.current.is_empty(),
+        }
+    }
+
     /// Whether there is something to kill: the job always; the agent once a sample showed
     /// it a target.
     pub fn has_targets(&self) -> bool {
@@ -168,18 +178,31 @@ impl Target {
         let Target::Gpus(g) = self else {
             return Vec::new();
         };
-        let listed: Vec<i32> = s
-            .gpus
-            .as_ref()
-            .and_then(|r| r.as_ref().ok())
-            .map(|gs| {
-                gs.iter()
-                    .flat_map(|g| g.procs.iter().flatten())
-                    .map(|p| p.pid as i32)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut targets: Vec<i32> = listed
+        if !matches!(s.gpus, Some(Ok(_))) {
+            // A failed sample shows no processes: the targets are unknown, not gone.
+            s.pids = g.current.clone();
+            return Vec::new();
+        }
+        // GPU processes: those holding NVIDIA device files here, and NVML's pids where they
+        // resolve here (bare metal, a hostPID node agent).
+        let mut gpu_procs: Vec<i32> = s
+            .holders
+            .iter()
+            .filter(|h| h.holds_any())
+            .map(|h| h.pid)
+            .collect();
+        if let Some(Ok(gs)) = s.gpus.as_ref() {
+            for gpu in gs {
+                gpu_procs.extend(
+                    gpu.procs
+                        .iter()
+                        .flatten()
+                        .map(|p| p.pid as i32)
+                        .filter(|p| devfiles::resolves(*p, gpu.minor, &s.holders)),
+                );
+            }
+        }
+        let mut targets: Vec<i32> = gpu_procs
             .into_iter()
             .filter(|p| g.selector.selects(*p))
             .collect();

@@ -3,6 +3,7 @@
 //! Nothing here is on the enforcement path: the run loop receives finished samples over a
 //! channel, and a sample that does not come back in time is "unknown", never zero.
 
+pub mod devfiles;
 pub mod host;
 pub mod nvml;
 pub mod price;
@@ -43,8 +44,22 @@ pub struct GpuSample {
     pub temperature_c: Option<f64>,
     pub throttle_reasons: Option<u64>,
     pub procs: Option<Vec<GpuProc>>,
+    /// The device's minor number: the `<N>` of `/dev/nvidia<N>` (ties a process holding that
+    /// file to this GPU where NVML's pids mean nothing, in a container).
+    pub minor: Option<u32>,
     /// Set when NVML answered GPU_IS_LOST for this device.
     pub lost: bool,
+}
+
+/// A process holding NVIDIA device files open, as this process's /proc shows it (its own
+/// PID namespace): what makes it a GPU process where NVML's host pids do not resolve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DevHolder {
+    pub pid: i32,
+    /// Minor numbers of the `/dev/nvidia<N>` files it holds.
+    pub minors: Vec<u32>,
+    /// Whether it holds `/dev/nvidiactl` or `/dev/nvidia-uvm` (every CUDA process does).
+    pub ctl: bool,
 }
 
 /// The host and the job's process tree.

@@ -179,6 +179,7 @@ fn sample_all(nvml: &Nvml, last_ts: &mut Vec<u64>) -> Result<Vec<GpuSample>, Nvm
         let lost = &mut s.lost;
         s.uuid = ok(d.uuid(), lost).unwrap_or_default();
         s.model = ok(d.name(), lost).unwrap_or_default();
+        s.minor = ok(d.minor_number(), lost);
         if let Some(u) = ok(d.utilization_rates(), lost) {
             s.util_gpu_pct = Some(u.gpu as f64);
             s.util_mem_pct = Some(u.memory as f64);

@@ -18,6 +18,32 @@ use crate::run::state::TargetKind;
 use crate::run::target::Target;
 use crate::units::{format_duration, format_money};
 
+/// TERM or INT after the loop: ends the linger early (a kubelet stopping the pod).
+struct Stop(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Stop {
+    fn listen() -> Stop {
+        use tokio::signal::unix::{signal, SignalKind};
+        Stop(
+            signal(SignalKind::terminate())
+                .ok()
+                .zip(signal(SignalKind::interrupt()).ok()),
+        )
+    }
+
+    async fn wait(&mut self) {
+        match self.0.as_mut() {
+            Some((term, int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
 /// How the session ended, decided once.
 struct Verdict {
     code: u8,
@@ -61,6 +87,9 @@ impl Session {
             }
             _ => None,
         };
+        // From here on TERM or INT only cuts the linger short (listening before the sources
+        // go, so a kubelet's TERM during the close is not lost).
+        let stop = Stop::listen();
         drop(sources);
         if let Ending::Kill { reason, .. } = &ending {
             if reason.is_ceiling() {
@@ -70,7 +99,28 @@ impl Session {
         let v = self.verdict(&ending, leader, &ended_pids);
         let last_line = target.tail().last().cloned();
         self.summary(&v, leader, command, last_line);
-        self.conclude(v).await
+        let done = self.conclude(v).await;
+        if done.1 {
+            self.linger(stop).await;
+        }
+        done
+    }
+
+    /// Keeps /metrics and /status serving after the end, so the last scrape sees the kill
+    /// and the final spend.
+    async fn linger(&self, mut stop: Stop) {
+        let d = self.settings.linger;
+        if d.is_zero() || self.settings.listen.is_none() {
+            return;
+        }
+        crate::console::say(format!(
+            "serving /metrics and /status for {} more (--linger)",
+            format_duration(d)
+        ));
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = stop.wait() => {}
+        }
     }
 
     /// The killed event, the kill on record, then the one kill protocol on the target.
@@ -160,7 +210,34 @@ impl Session {
             return;
         };
         let mut held = Vec::new();
+        let existing = gpus
+            .iter()
+            .flat_map(|g| g.procs.iter().flatten())
+            .map(|p| p.pid as i32)
+            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        let holders = crate::telemetry::devfiles::scan_all(existing.collect::<Vec<_>>());
+        let t = self.state.telemetry();
         for g in &gpus {
+            // Processes of another PID namespace (NVML's host pids) on a GPU the job held.
+            if t.whole_gpus && t.job_gpus_seen.contains(&g.index) {
+                let outside: Vec<u64> = g
+                    .procs
+                    .iter()
+                    .flatten()
+                    .filter(|p| {
+                        !crate::telemetry::devfiles::resolves(p.pid as i32, g.minor, &holders)
+                    })
+                    .map(|p| p.used_bytes.unwrap_or(0))
+                    .collect();
+                if outside.iter().any(|b| *b > 0) {
+                    held.push(format!(
+                        "after the kill, {} processes outside this PID namespace still hold {} on GPU {}",
+                        outside.len(),
+                        crate::units::format_bytes(outside.iter().sum()),
+                        g.index
+                    ));
+                }
+            }
             for p in g.procs.iter().flatten() {
                 if self.state.job_pids().contains(&(p.pid as i32)) && p.used_bytes.unwrap_or(1) > 0
                 {

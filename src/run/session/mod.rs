@@ -63,10 +63,20 @@ impl Session {
                 .map(|d| (self.state.t0() + d).into());
             let mut ev = sources.next(wake).await;
             if let LoopEvent::Sample(s) = &mut ev {
-                for (pid, cmd) in target.refine(s) {
+                let mut seen: Vec<LoopEvent> = target
+                    .refine(s)
+                    .into_iter()
+                    .map(|(pid, cmd)| LoopEvent::NewTarget(pid, cmd))
+                    .collect();
+                if target.all_ended() {
+                    seen.push(LoopEvent::TargetsEnded);
+                }
+                for e in seen {
                     let now = self.now();
-                    let acts = self.state.handle(LoopEvent::NewTarget(pid, cmd), now);
-                    self.perform(acts, target, now);
+                    let acts = self.state.handle(e, now);
+                    if let Some(end) = self.perform(acts, target, now) {
+                        return end;
+                    }
                 }
             }
             let now = self.now();

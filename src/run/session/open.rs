@@ -246,6 +246,8 @@ fn init_of(
         }),
         warn_signal: settings.warn_signal,
         tracks_progress: capture || settings.heartbeat_file.is_some(),
+        whole_gpus: !settings.shared_gpus,
+        exit_when_done: settings.exit_when_done,
     }
 }
 

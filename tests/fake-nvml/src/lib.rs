@@ -49,6 +49,9 @@ struct Gpu {
     uuid: String,
     #[serde(default = "default_total")]
     mem_total: u64,
+    /// The device's minor number (`/dev/nvidia<minor>`); the GPU's index when not given.
+    #[serde(default)]
+    minor: Option<u32>,
     #[serde(default)]
     lost_after: Option<f64>,
     /// Function names (without the `nvmlDevice` prefix, e.g. "GetPowerUsage") that answer
@@ -345,6 +348,14 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex(index: c_uint, dev: *mut *mu
 pub unsafe extern "C" fn nvmlDeviceGetIndex(dev: *mut c_void, index: *mut c_uint) -> Ret {
     with_gpu("nvmlDeviceGetIndex", dev, |_, _| {
         *index = dev as usize as c_uint - 1;
+        SUCCESS
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMinorNumber(dev: *mut c_void, minor: *mut c_uint) -> Ret {
+    with_gpu("nvmlDeviceGetMinorNumber", dev, |g, _| {
+        *minor = g.minor.unwrap_or(dev as usize as c_uint - 1);
         SUCCESS
     })
 }
