@@ -333,6 +333,7 @@ struct Watchdogs {
     max_gpu_mem: Option<MemLimit>,
     max_host_mem: Option<u64>,
     output_log_max: u64,
+    linger: Duration,
 }
 
 impl Watchdogs {
@@ -393,7 +394,13 @@ impl Watchdogs {
             units::parse_size,
         )?
         .unwrap_or(64 << 20);
+        let linger = conv(
+            pick(&args.linger, file.linger.take(), "linger"),
+            units::parse_duration,
+        )?
+        .unwrap_or(Duration::ZERO);
         Ok(Watchdogs {
+            linger,
             output_log_max,
             interval,
             idle,
@@ -416,11 +423,6 @@ impl Settings {
             None => FileConfig::default(),
         };
         let w = Watchdogs::resolve(args, &mut file)?;
-        let linger = conv(
-            pick(&args.linger, file.linger.take(), "linger"),
-            units::parse_duration,
-        )?
-        .unwrap_or(Duration::ZERO);
         let fleet = resolve_fleet(args, &mut file)?;
         let s = |x: Option<Scalar>| x.map(Scalar::into_string);
         let money = |v: &str| units::parse_money(v);
@@ -497,7 +499,7 @@ impl Settings {
             max_host_mem: w.max_host_mem,
             output_log_max: w.output_log_max,
             shared_gpus: args.shared_gpus.or(file.shared_gpus).unwrap_or(false),
-            linger,
+            linger: w.linger,
             exit_when_done: false,
             listen,
             listen_explicit,

@@ -87,6 +87,22 @@ struct Reg(Registry);
 const GPU_LABELS: [&str; 3] = ["gpu", "uuid", "model"];
 
 impl Reg {
+    /// `costguard_build_info` and the process collector (CPU, memory, fds of costguard).
+    fn standard(&self) {
+        let build = reg(
+            &self.0,
+            IntGaugeVec::new(
+                Opts::new("costguard_build_info", "costguard build, always 1"),
+                &["version"],
+            )
+            .expect("valid metric"),
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let _ = self.0.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+    }
+
     fn gauge(&self, name: &str, help: &str) -> Gauge {
         reg(&self.0, Gauge::new(name, help).expect("valid metric"))
     }
@@ -114,18 +130,7 @@ impl Reg {
 impl Metrics {
     pub fn new(channels: &[&str]) -> Metrics {
         let r = Reg(Registry::new());
-        let build = reg(
-            &r.0,
-            IntGaugeVec::new(
-                Opts::new("costguard_build_info", "costguard build, always 1"),
-                &["version"],
-            )
-            .expect("valid metric"),
-        );
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let _ = r.0.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ));
+        r.standard();
         let kill_reasons: Vec<&str> = KillReason::ALL.iter().map(|k| k.as_str()).collect();
         let kinds: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
         let og = |n: &str, h: &str| r.gauges(n, h, &[]);
