@@ -126,7 +126,8 @@ pub struct RunRef {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    pub run: String,
+    /// The run id [default: the newest run].
+    pub run: Option<String>,
     /// Keep printing new output until the run ends.
     #[arg(long, short = 'f')]
     pub follow: bool,

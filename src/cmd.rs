@@ -179,7 +179,9 @@ fn status_text(dir: &Path, l: &Ledger, st: &str, phase_text: &str) -> String {
         format_secs(l.elapsed_seconds),
         wall.unwrap_or_default()
     );
-    let _ = writeln!(o, "eta:       {}", eta_text(l));
+    if st == "running" {
+        let _ = writeln!(o, "eta:       {}", eta_text(l));
+    }
     let _ = writeln!(o, "spend:     {}", spend_text(l));
     let _ = writeln!(o, "kills:     {kills}");
     let _ = writeln!(o, "warnings:  {}   errors: {}", l.warnings, l.errors);
@@ -218,11 +220,12 @@ pub fn report(state: &Path, id: Option<&str>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub fn logs(state: &Path, id: &str, follow: bool) -> ExitCode {
-    let (dir, _) = match find(state, Some(id)) {
+pub fn logs(state: &Path, id: Option<&str>, follow: bool) -> ExitCode {
+    let (dir, l) = match find(state, id) {
         Ok(x) => x,
         Err(e) => return err(e),
     };
+    let id = l.run_id.as_str();
     let path = dir.join("output.log");
     let mut f = match std::fs::File::open(&path) {
         Ok(f) => f,
@@ -310,7 +313,8 @@ pub async fn preflight(settings: &Settings, host: &str) -> Vec<Answer> {
         });
     } else {
         let mut lines = Vec::new();
-        let failed = crate::notify::check::run(&settings.notify, host, &mut lines).await;
+        let origin = "the preflight of costguard check / run --detach";
+        let failed = crate::notify::check::run(&settings.notify, host, origin, &mut lines).await;
         out.push(Answer {
             question: "notification path",
             ok: failed == 0,
@@ -333,10 +337,19 @@ pub async fn preflight(settings: &Settings, host: &str) -> Vec<Answer> {
         Some(x) => format!("stall on ({})", format_duration(x)),
         None => "stall off".into(),
     });
+    // A dollar ceiling without a price cannot fire: the same check the run itself makes.
+    let priced = match settings.max_usd {
+        Some(_) => crate::run::price_check(settings).await.map(|p| {
+            w[0] += &format!(" ({p})");
+        }),
+        None => Ok(()),
+    };
     out.push(Answer {
         question: "watchdog",
-        ok: ceilings,
-        text: if ceilings {
+        ok: ceilings && priced.is_ok(),
+        text: if let Err(why) = priced {
+            format!("the dollar ceiling cannot work: {why}")
+        } else if ceilings {
             w.join(", ")
         } else {
             format!(
@@ -443,15 +456,58 @@ pub fn detach(settings: &Settings, command: &[OsString]) -> ExitCode {
             Ok(())
         });
     }
-    match c.spawn() {
-        Ok(child) => {
-            crate::console::outln(&id);
-            crate::console::say(format!(
-                "run {id} started in the background (costguard pid {}); costguard status {id} · costguard logs {id} -f · costguard stop {id}",
-                child.id()
+    let child = match c.spawn() {
+        Ok(child) => child,
+        Err(e) => return err(format!("cannot start the background run: {e}")),
+    };
+    if let Err(code) = confirm_started(child, &dir) {
+        return code;
+    }
+    crate::console::outln(&id);
+    crate::console::say(format!(
+        "run {id} started in the background; costguard status {id} · costguard logs {id} -f · costguard stop {id}"
+    ));
+    ExitCode::SUCCESS
+}
+
+/// Waits until the background costguard has its run on record (it then guards the job),
+/// or has failed: then its reason (from output.log) and its exit code are ours. Never
+/// reports success for a run that died unseen.
+fn confirm_started(mut child: std::process::Child, dir: &Path) -> Result<(), ExitCode> {
+    let pid = child.id() as i32;
+    // NVML's start can take seconds on a real GPU; a failed start is quicker than that.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(dir.join("output.log")).unwrap_or_default();
+            let why: Vec<&str> = log
+                .lines()
+                .filter(|l| l.starts_with("costguard: error:"))
+                .collect();
+            let code = status.code().unwrap_or(i32::from(OWN_FAILURE));
+            let started = Ledger::load(dir)
+                .ok()
+                .flatten()
+                .is_some_and(|l| l.costguard.is_some_and(|c| c.pid == pid));
+            if started && why.is_empty() {
+                return Ok(()); // it ran, and already ended: status and report tell how
+            }
+            for w in &why {
+                crate::console::alert(w.trim_start_matches("costguard: "));
+            }
+            crate::console::alert(format!(
+                "error: the background run did not start (exit {code}); its output is in {}",
+                dir.join("output.log").display()
             ));
-            ExitCode::SUCCESS
+            return Err(ExitCode::from(u8::try_from(code).unwrap_or(OWN_FAILURE)));
         }
-        Err(e) => err(format!("cannot start the background run: {e}")),
+        let on_record = Ledger::load(dir)
+            .ok()
+            .flatten()
+            .is_some_and(|l| l.costguard.is_some_and(|c| c.pid == pid));
+        if on_record || std::time::Instant::now() > deadline {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

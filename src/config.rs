@@ -121,6 +121,8 @@ pub struct FileConfig {
     pub fleet_selector: Option<String>,
     #[serde(alias = "fleet_interval")]
     pub fleet_interval: Option<String>,
+    #[serde(alias = "fleet_query")]
+    pub fleet_query: Option<String>,
     pub plan: Option<PathBuf>,
     #[serde(alias = "allow_side_effects")]
     pub allow_side_effects: Option<bool>,
@@ -136,9 +138,48 @@ impl FileConfig {
         })?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.message().to_string(),
+            message: explain(&text, &e),
         })
     }
+}
+
+/// A TOML error as a person fixes it: the line, the key, and for an unknown key the nearest
+/// known one (instead of the ~60 accepted names, twice).
+fn explain(text: &str, e: &toml::de::Error) -> String {
+    let line_no = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    let line = line_no
+        .and_then(|n| text.lines().nth(n - 1))
+        .map(str::trim)
+        .unwrap_or_default();
+    let msg = e.message().trim().replace('\n', "; ");
+    let msg = msg.as_str();
+    let at = line_no.map(|n| format!("line {n}: ")).unwrap_or_default();
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let key = rest.split('`').next().unwrap_or_default();
+        let known: Vec<&str> = msg
+            .split('`')
+            .skip(3)
+            .step_by(2)
+            .filter(|k| !k.contains('_'))
+            .collect();
+        let near = known
+            .iter()
+            .map(|k| (strsim::levenshtein(key, k), *k))
+            .filter(|(d, _)| *d <= 3)
+            .min();
+        let hint = match near {
+            Some((_, k)) => format!("; did you mean `{k}`?"),
+            None => "; the keys are the long flags without `--` (costguard --help)".into(),
+        };
+        return format!("{at}unknown key `{key}`{hint}");
+    }
+    let mut out = format!("{at}`{line}`: {msg}");
+    if msg.contains("invalid type: integer") || msg.contains("invalid type: floating point") {
+        out += " (durations and sizes need their unit, in quotes: max-wall = \"10m\")";
+    }
+    out
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -643,7 +684,11 @@ fn resolve_fleet(
                 selector: selector.map(|s| s.0).unwrap_or_default(),
                 interval: interval.unwrap_or(Duration::from_secs(15)),
                 window: Duration::from_secs(7 * 86_400),
-                query_override: args.fleet_query.clone().filter(|q| !q.trim().is_empty()),
+                query_override: args
+                    .fleet_query
+                    .clone()
+                    .or(f.fleet_query.take())
+                    .filter(|q| !q.trim().is_empty()),
             }))
         }
         (Some(_), None) => Err(ConfigError::Invalid(

@@ -47,6 +47,21 @@ pub fn notice(text: impl AsRef<str>) {
     }
 }
 
+/// A notice said once per process, however many sessions (a plan's phases) repeat it.
+pub fn notice_once(text: impl AsRef<str>) {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static SAID: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let text = text.as_ref();
+    let first = SAID
+        .lock()
+        .map(|mut s| s.get_or_insert_with(HashSet::new).insert(text.to_string()))
+        .unwrap_or(true);
+    if first {
+        notice(text);
+    }
+}
+
 /// What a person must see whatever `--quiet` says: kills, watchdogs, the summary.
 pub fn alert(text: impl AsRef<str>) {
     write_line(text.as_ref());

@@ -14,6 +14,8 @@ pub enum EventKind {
     Completed,
     Failed,
     AgentError,
+    /// A test notification (`notify test`, the preflight): never a run's event.
+    Test,
 }
 
 impl EventKind {
@@ -40,6 +42,7 @@ impl EventKind {
             EventKind::Completed => "completed",
             EventKind::Failed => "failed",
             EventKind::AgentError => "agent-error",
+            EventKind::Test => "test",
         }
     }
 }

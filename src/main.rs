@@ -56,6 +56,9 @@ fn main() -> ExitCode {
                 _ => exit::OWN_FAILURE,
             };
             let _ = e.print();
+            if let Some(hint) = hint_for(&e) {
+                costguard::console::alert(hint);
+            }
             return ExitCode::from(code);
         }
     };
@@ -78,7 +81,7 @@ fn main() -> ExitCode {
         Some(Sub::Status(r)) => return cmd::status(&sd(&r.state), r.run.as_deref(), r.json),
         Some(Sub::Report(r)) => return cmd::report(&sd(&r.state), r.run.as_deref()),
         Some(Sub::Stop(r)) => return cmd::stop(&sd(&r.state), r.run.as_deref()),
-        Some(Sub::Logs(l)) => return cmd::logs(&sd(&l.state), &l.run, l.follow),
+        Some(Sub::Logs(l)) => return cmd::logs(&sd(&l.state), l.run.as_deref(), l.follow),
         Some(Sub::Agent(a)) => return agent(*a),
         Some(Sub::Notify(NotifyCmd::Test(a))) => (*a, Vec::new(), false, false, Mode::NotifyTest),
         Some(Sub::Run(r)) => (r.guard, r.command, r.detach, r.no_preflight, Mode::Run),
@@ -154,6 +157,7 @@ fn notify_test(settings: &Settings) -> ExitCode {
     let failed = rt.block_on(costguard::notify::check::run(
         &settings.notify,
         &host,
+        "`costguard notify test`",
         &mut lines,
     ));
     for l in lines {
@@ -197,6 +201,33 @@ fn agent(a: costguard::cli::AgentArgs) -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => fail(&e),
     }
+}
+
+/// What a person most likely meant when clap found an argument it did not expect: a
+/// subcommand with a typo (`costguard lst`), or a job given without `--`.
+fn hint_for(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument && e.kind() != ErrorKind::InvalidSubcommand {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    if arg.starts_with('-') {
+        return None; // clap already suggests similar flags
+    }
+    const SUBCOMMANDS: [&str; 9] = [
+        "run", "agent", "check", "list", "status", "logs", "stop", "report", "notify",
+    ];
+    let near = SUBCOMMANDS
+        .iter()
+        .map(|s| (strsim::levenshtein(arg, s), *s))
+        .filter(|(d, s)| *d <= 2 && *d < s.len())
+        .min();
+    Some(match near {
+        Some((_, s)) => format!("tip: did you mean `costguard {s}`?"),
+        None => format!("tip: put the job after `--`, e.g. costguard --max-wall 1h -- {arg} …"),
+    })
 }
 
 /// Prints the whole error chain on one line and exits 125.

@@ -168,7 +168,11 @@ fn phases(o: &mut String, l: &Ledger) {
                 p.name,
                 p.expected_seconds.map_or("—".into(), format_secs),
                 format_secs(p.elapsed_seconds),
-                format_money(p.spend_dollars),
+                if l.priced {
+                    format_money(p.spend_dollars)
+                } else {
+                    "unknown".into()
+                },
                 p.outcome,
                 p.reason
                     .as_deref()
@@ -287,7 +291,14 @@ fn suggestions(o: &mut String, l: &Ledger) {
     let _ = writeln!(o, "\n## Suggested limits for the next similar run\n");
     let killed_by = |r: &str| l.kills.iter().any(|k| k.reason == r);
     let completed = l.state == crate::ledger::RunState::Completed;
-    if completed {
+    // Limits suggested from a run of seconds or cents would only be noise.
+    if completed && l.elapsed_seconds < 60.0 {
+        let _ = writeln!(
+            o,
+            "- The run was too short ({}) to suggest limits from.",
+            format_secs(l.elapsed_seconds)
+        );
+    } else if completed {
         let wall = round_up_secs(l.elapsed_seconds * 1.3);
         let _ = writeln!(
             o,
@@ -295,7 +306,7 @@ fn suggestions(o: &mut String, l: &Ledger) {
             format_duration(wall),
             format_secs(l.elapsed_seconds)
         );
-        if l.priced {
+        if l.priced && l.spend_dollars >= 0.01 {
             let _ = writeln!(
                 o,
                 "- `--max-usd {}`: the observed {} plus 30%.",

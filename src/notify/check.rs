@@ -9,8 +9,9 @@ use super::{ChannelKind, NotifySettings};
 use crate::events::{rfc3339, Event, EventKind};
 use crate::redact;
 
-/// The test event: plainly marked, so nobody acts on it.
-pub fn test_event(host: &str) -> Event {
+/// The test event: plainly marked (its own kind, `test`), so nobody acts on it. `origin`
+/// says what sent it.
+pub fn test_event(host: &str, origin: &str) -> Event {
     let now = SystemTime::now();
     let secs = now
         .duration_since(std::time::UNIX_EPOCH)
@@ -20,10 +21,11 @@ pub fn test_event(host: &str) -> Event {
     Event {
         id: format!("{run_id}-0001"),
         run_id,
-        kind: EventKind::Completed,
+        kind: EventKind::Test,
         reason: Some("test".into()),
-        message: "test notification from `costguard notify test`: the notification path works"
-            .into(),
+        message: format!(
+            "test notification from {origin}, not a run's event: the notification path works"
+        ),
         at: rfc3339(now),
         elapsed_seconds: 0.0,
         spend_dollars: 0.0,
@@ -37,8 +39,8 @@ pub fn test_event(host: &str) -> Event {
     }
 }
 
-/// Sends and reports; returns how many channels failed.
-pub async fn run(set: &NotifySettings, host: &str, out: &mut Vec<String>) -> usize {
+/// Sends and reports; returns how many channels failed. `origin` says what sent it.
+pub async fn run(set: &NotifySettings, host: &str, origin: &str, out: &mut Vec<String>) -> usize {
     let client = match reqwest::Client::builder()
         .user_agent(concat!("costguard/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(set.timeout)
@@ -50,7 +52,7 @@ pub async fn run(set: &NotifySettings, host: &str, out: &mut Vec<String>) -> usi
             return set.channels.len();
         }
     };
-    let event = test_event(host);
+    let event = test_event(host, origin);
     let mut failed = 0;
     for ch in &set.channels {
         let item = Item {

@@ -145,7 +145,9 @@ async fn run_command(
         }
     };
     let pid = child.id();
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    // One event per line: `cat >> log` keeps them apart.
+    let mut bytes = serde_json::to_vec(body).unwrap_or_default();
+    bytes.push(b'\n');
     let run = async {
         if let Some(mut stdin) = child.stdin.take() {
             // A command that does not read its stdin is not a failure.

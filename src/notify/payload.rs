@@ -36,6 +36,7 @@ fn headline(e: &Event) -> String {
         EventKind::Started => "started",
         EventKind::PhaseCompleted => "phase completed",
         EventKind::AgentError => "costguard error",
+        EventKind::Test => "test",
     };
     let reason = e
         .reason
@@ -63,7 +64,9 @@ fn severity(kind: EventKind) -> &'static str {
             "critical"
         }
         EventKind::Warning | EventKind::Idle => "warning",
-        EventKind::Started | EventKind::Completed | EventKind::PhaseCompleted => "info",
+        EventKind::Started | EventKind::Completed | EventKind::PhaseCompleted | EventKind::Test => {
+            "info"
+        }
     }
 }
 

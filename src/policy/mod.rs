@@ -22,6 +22,8 @@ pub use progress::Progress;
 pub struct Limits {
     pub max_usd: Option<f64>,
     pub max_wall: Option<Duration>,
+    /// Where the wall ceiling comes from, for the kill evidence (`--max-wall` when None).
+    pub wall_source: Option<String>,
     pub warn_before: Option<Duration>,
     /// Budget fractions in (0, 1], ascending.
     pub warn_at: Vec<f64>,
@@ -371,8 +373,9 @@ impl Engine {
                 format_duration(now)
             ),
             _ => format!(
-                "wall: ran {} of --max-wall {}",
+                "wall: ran {} of {} {}",
                 format_duration(now),
+                self.limits.wall_source.as_deref().unwrap_or("--max-wall"),
                 format_duration(self.limits.max_wall.unwrap_or_default())
             ),
         }

@@ -28,6 +28,24 @@ mod view;
 pub use session::{run, GuardError};
 pub use start::{default_run_id, reserve_run_id};
 
+/// Whether the run's dollar ceiling can work: the price it would be metered at, or why there
+/// is none (the same start-up checks a run makes, NVML included).
+pub async fn price_check(settings: &crate::config::Settings) -> Result<String, String> {
+    let started = start::prepare(settings).await.map_err(|e| e.to_string())?;
+    Ok(match started.pricing {
+        start::Pricing::Fixed { per_hour, source } => {
+            format!(
+                "at {}/h from {source}",
+                crate::units::format_money(per_hour)
+            )
+        }
+        start::Pricing::Energy { per_kwh } => {
+            format!("at GPU energy, {}/kWh", crate::units::format_money(per_kwh))
+        }
+        start::Pricing::Unknown => "with no price (spend not metered)".into(),
+    })
+}
+
 /// The entry point of a guarded run: a plan's phases, or one command.
 pub async fn run_main(
     settings: crate::config::Settings,

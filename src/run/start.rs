@@ -51,10 +51,16 @@ pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
                 Err(e) if mode == GpuMode::Nvml => {
                     return Err(StartError::NvmlRequired(e.to_string()))
                 }
-                Err(e) => {
+                // Said only where it matters (a GPU watchdog was asked for); on a machine
+                // without a GPU it is the expected case, not news on every run.
+                Err(e) if settings.idle.is_some() || settings.max_gpu_mem.is_some() => {
                     notices.push(format!(
                         "no GPU telemetry ({e}); idle and GPU memory watchdogs are off"
                     ));
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "no GPU telemetry");
                     None
                 }
             }
@@ -130,44 +136,7 @@ pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
 
 /// A readable run id: the job's name and the UTC start minute, e.g. `train-2026-11-24-1147`.
 pub fn default_run_id(command: &[std::ffi::OsString], now: std::time::SystemTime) -> String {
-    const INTERPRETERS: [&str; 9] = [
-        "python",
-        "python3",
-        "bash",
-        "sh",
-        "env",
-        "uv",
-        "torchrun",
-        "srun",
-        "accelerate",
-    ];
-    // The program's name: not an interpreter, a flag, an assignment (VAR=value may hold a
-    // secret) or a flag's value; for a script (`sh -c "…"`) its first word.
-    let mut after_flag = false;
-    let mut name = None;
-    for a in command {
-        let a = a.to_string_lossy();
-        let was_flag = std::mem::replace(&mut after_flag, a.starts_with('-') && !a.contains('='));
-        let script = a.contains(char::is_whitespace);
-        if a.starts_with('-') || (a.contains('=') && !script) {
-            continue;
-        }
-        // A flag's value (`--nproc 8`, `--api-key K`), unless it looks like a file or script.
-        if was_flag && !script && !a.contains('.') && !a.contains('/') {
-            continue;
-        }
-        let word = a.split_whitespace().next().unwrap_or("");
-        let stem = std::path::Path::new(word)
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if !stem.is_empty() && !INTERPRETERS.contains(&stem.as_str()) && !stem.contains('=') {
-            name = Some(stem);
-            break;
-        }
-    }
-    let name = name.unwrap_or_else(|| "job".into());
-    let name: String = name
+    let name: String = job_name(command)
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -179,6 +148,107 @@ pub fn default_run_id(command: &[std::ffi::OsString], now: std::time::SystemTime
         .take(40)
         .collect();
     format!("{name}-{}", run_id_stamp(now))
+}
+
+const INTERPRETERS: [&str; 10] = [
+    "python",
+    "python3",
+    "bash",
+    "sh",
+    "env",
+    "uv",
+    "torchrun",
+    "srun",
+    "accelerate",
+    "exec",
+];
+/// Shell words that start a script without naming its program.
+const SHELL_WORDS: [&str; 14] = [
+    "for", "while", "until", "if", "then", "do", "cd", "export", "set", "source", ".", "time",
+    "nohup", "echo",
+];
+
+/// The first program a command line or a shell script runs: each of its commands (split at
+/// `;`, `&`, `|` and newlines) without its leading keywords (`do`, `then`); a command that
+/// starts with a shell word (`cd data`, `for i in …`, `export X=1`) is skipped whole.
+fn program_of(text: &str, stem: &dyn Fn(&str) -> String) -> Option<String> {
+    for command in text.split(|c: char| ";&|\n".contains(c)) {
+        let mut words = command
+            .split_whitespace()
+            .skip_while(|w| ["do", "then", "else", "{", "("].contains(w))
+            .peekable();
+        if words.peek().is_some_and(|w| SHELL_WORDS.contains(w)) {
+            continue;
+        }
+        let found = words
+            .filter(|w| !w.contains('=') && !w.starts_with('-'))
+            .map(stem)
+            .find(|s| !s.is_empty() && !INTERPRETERS.contains(&s.as_str()));
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+/// The job's name: a script file it runs (`train.py`, even inside `sh -c '…'`), else a
+/// module (`python -m pkg.train` → `train`), else its first program word that is not an
+/// interpreter, a flag, an assignment (VAR=value may hold a secret) or a shell keyword, else
+/// the interpreter (`python3 -c …` → `python3`), else `job`.
+fn job_name(command: &[std::ffi::OsString]) -> String {
+    let args: Vec<String> = command
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    // Every word, scripts split into words at spaces and shell separators.
+    let words: Vec<&str> = args
+        .iter()
+        .flat_map(|a| a.split(|c: char| c.is_whitespace() || ";&|()'\"".contains(c)))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let stem = |w: &str| {
+        std::path::Path::new(w)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let scripts = [".py", ".sh", ".ipynb", ".jl", ".R", ".lua", ".rb", ".pl"];
+    if let Some(w) = words
+        .iter()
+        .find(|w| !w.contains('=') && scripts.iter().any(|x| w.ends_with(x)))
+    {
+        return stem(w);
+    }
+    if let Some(m) = words.windows(2).find(|p| p[0] == "-m").map(|p| p[1]) {
+        return m.rsplit('.').next().unwrap_or(m).to_string();
+    }
+    let mut after_flag = false;
+    let shells = ["sh", "bash", "dash", "zsh", "ksh"];
+    let mut prev = "";
+    for a in &args {
+        let was_flag = std::mem::replace(&mut after_flag, a.starts_with('-') && !a.contains('='));
+        // `python3 -c CODE`: the code is no shell script to take a program name from.
+        let code = prev == "-c" && !args.iter().any(|x| shells.contains(&stem(x).as_str()));
+        prev = a;
+        if code {
+            continue;
+        }
+        let script = a.contains(char::is_whitespace);
+        if a.starts_with('-') || (a.contains('=') && !script) {
+            continue;
+        }
+        // A flag's value (`--nproc 8`, `--api-key K`), unless it looks like a file or script.
+        if was_flag && !script && !a.contains('.') && !a.contains('/') {
+            continue;
+        }
+        if let Some(n) = program_of(a, &stem) {
+            return n;
+        }
+    }
+    args.first()
+        .map(|a| stem(a))
+        .filter(|s| !s.is_empty() && s != "env" && s != "sh")
+        .unwrap_or_else(|| "job".into())
 }
 
 /// The time part of a default run id: `YYYY-MM-DD-HHMM` (UTC).
@@ -238,6 +308,22 @@ mod tests {
         assert_eq!(default_run_id(&secret, t), "make-2026-11-24-1147");
         let flagged = os(&["torchrun", "--nproc", "8", "fit.py"]);
         assert_eq!(default_run_id(&flagged, t), "fit-2026-11-24-1147");
+        let name = |v: &[&str]| job_name(&os(v));
+        assert_eq!(
+            name(&["sh", "-c", "for i in 1 2; do python3 train.py; done"]),
+            "train"
+        );
+        assert_eq!(
+            name(&["bash", "-c", "cd data && ./prepare.sh --fast"]),
+            "prepare"
+        );
+        assert_eq!(name(&["bash", "-c", "cd data && make all"]), "make");
+        assert_eq!(
+            name(&["python3", "-m", "pkg.finetune", "--lr", "3"]),
+            "finetune"
+        );
+        assert_eq!(name(&["python3", "-c", "import torch"]), "python3");
+        assert_eq!(name(&["sleep", "30"]), "sleep");
     }
 
     #[test]

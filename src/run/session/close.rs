@@ -141,10 +141,32 @@ impl Session {
         let now = self.now();
         self.sinks
             .record_kill(&self.state, reason.as_str(), evidence, target.tail(), now);
-        let report = target
-            .kill(first, self.settings.kill_grace, Some(force))
-            .await;
+        let grace = self.settings.kill_grace;
+        if reason == KillReason::Signal && !grace.is_zero() {
+            let again = if first == Signal::SIGINT {
+                "Ctrl-C again"
+            } else {
+                "a second signal"
+            };
+            crate::console::alert(format!(
+                "waiting up to {} for the job to end after {}; {again} kills it now",
+                format_duration(grace),
+                first.as_str()
+            ));
+        }
+        let report = target.kill(first, grace, Some(force)).await;
         self.state.note_pids(&report.pids);
+        if report.escalated && !grace.is_zero() {
+            crate::console::alert(if report.took >= grace {
+                format!(
+                    "the job did not end within {} of {}: killed with SIGKILL",
+                    format_duration(grace),
+                    first.as_str()
+                )
+            } else {
+                "killed with SIGKILL at once, as asked".to_string()
+            });
+        }
         tracing::info!(
             reason = reason.as_str(),
             signalled = report.signalled,
@@ -369,9 +391,14 @@ impl Session {
             (_, false) => LedgerState::Running,
         };
         let ledger = self.close_record(overall, code, &detail).await;
+        if ended && self.settings.phase.is_some() {
+            // The plan's own last word: not the last phase's.
+            crate::console::alert(format!("plan {}: {detail}; exit status {code}", overall));
+        }
         if ended {
             if let Some(p) = ledger.as_ref().and_then(|l| l.report_path.as_ref()) {
-                crate::console::say(format!("report: {}", p.display()));
+                // Where the postmortem is: shown even with --quiet.
+                crate::console::alert(format!("report: {}", p.display()));
             }
             if let (Some(cmd), Some(l)) = (&self.settings.on_exit, &ledger) {
                 crate::run::exit_hook::run(cmd, l).await;

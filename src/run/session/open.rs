@@ -117,9 +117,16 @@ pub fn limits_of(s: &Settings, carried: f64, spent: f64) -> Limits {
         .max_wall
         .map(|w| w.saturating_sub(Duration::from_secs_f64(carried.max(0.0))));
     let phase = s.phase.as_ref();
+    let phase_wall = phase.and_then(|p| p.max_wall);
+    let max_wall = min_opt(run_wall, phase_wall);
+    // The evidence names the cap that binds: the phase's own, or the run's.
+    let wall_source = phase
+        .filter(|_| phase_wall.is_some() && max_wall == phase_wall && max_wall != run_wall)
+        .map(|p| format!("phase {}'s max_wall", p.name));
     Limits {
         max_usd: min_opt(s.max_usd, phase.and_then(|p| p.max_usd).map(|u| spent + u)),
-        max_wall: min_opt(run_wall, phase.and_then(|p| p.max_wall)),
+        max_wall,
+        wall_source,
         warn_before: s.warn_before,
         warn_at: s.warn_at.clone(),
         idle: s.idle,
@@ -173,7 +180,7 @@ pub async fn open(
     let status = Arc::new(RwLock::new(json!({})));
     let listening = open_endpoint(&settings, &metrics, &status).await?;
     for n in &notices {
-        crate::console::notice(n);
+        crate::console::notice_once(n);
     }
     let id = Identity {
         run_id,
