@@ -239,6 +239,7 @@ fn closed_stdout_or_stderr_never_crashes_a_run_or_a_command() {
         vec!["list"],
         vec!["status", "closed"],
         vec!["report", "closed"],
+        vec!["logs", "closed"],
     ] {
         let (r, w) = nix::unistd::pipe().expect("pipe");
         drop(r);

@@ -54,8 +54,8 @@ fn the_first_run_transcript_is_what_costguard_says_today() {
     for must in [
         "costguard: tip: put the job after `--`",
         "costguard: tip: did you mean `costguard list`?",
-        "budget already spent: $2.00 of $2.00; nothing started",
-        "resuming run budget: $2.00 already spent",
+        "of $2.00; nothing started (a new --run-id starts a new budget)",
+        "resuming run budget: $2.",
         "line 1: `max-wall = 10`",
         "unknown key `fleet-querry`; did you mean `fleet-query`?",
         "the dollar ceiling cannot work",
@@ -196,6 +196,10 @@ fn a_plans_last_line_is_the_plans_and_a_finished_run_shows_no_eta() {
         .expect("status");
     let text = String::from_utf8_lossy(&st.stdout);
     assert!(!text.contains("eta:"), "{text}");
+    // Not priced: a phase's spend is unknown, never $0.0000.
+    let report = std::fs::read_to_string(dir.path().join("runs/p/report.md")).expect("report");
+    assert!(report.contains("| prep |"), "{report}");
+    assert!(!report.contains("$0.0000"), "{report}");
 }
 
 #[test]
