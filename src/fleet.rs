@@ -53,9 +53,18 @@ impl FleetSettings {
 pub enum FleetMsg {
     Total(f64),
     Error(String),
+    /// The query matched no series: the fleet's spend is unknown, not $0 (nothing scraped
+    /// yet, a selector that names nothing, a monitor Prometheus does not pick up).
+    NoSeries(String),
 }
 
-async fn once(client: &reqwest::Client, f: &FleetSettings) -> Result<f64, String> {
+/// Why a query answered, but with nothing.
+enum Answer {
+    Total(f64),
+    NoSeries,
+}
+
+async fn once(client: &reqwest::Client, f: &FleetSettings) -> Result<Answer, String> {
     let url = format!("{}/api/v1/query", f.prometheus_url.trim_end_matches('/'));
     let resp = client
         .get(url)
@@ -69,11 +78,11 @@ async fn once(client: &reqwest::Client, f: &FleetSettings) -> Result<f64, String
     }
     let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
     match v["data"]["result"].as_array() {
-        // No series yet (nothing scraped): nothing spent as far as Prometheus knows.
-        Some(r) if r.is_empty() => Ok(0.0),
+        Some(r) if r.is_empty() => Ok(Answer::NoSeries),
         Some(r) => r[0]["value"][1]
             .as_str()
             .and_then(|s| s.parse().ok())
+            .map(Answer::Total)
             .ok_or_else(|| format!("unexpected answer: {v}")),
         None => Err(format!("unexpected answer: {v}")),
     }
@@ -87,7 +96,11 @@ pub async fn poll(f: FleetSettings, tx: mpsc::UnboundedSender<FleetMsg>) {
     loop {
         tick.tick().await;
         let msg = match once(&client, &f).await {
-            Ok(t) => FleetMsg::Total(t),
+            Ok(Answer::Total(t)) => FleetMsg::Total(t),
+            Ok(Answer::NoSeries) => FleetMsg::NoSeries(match &f.query_override {
+                Some(q) => format!("--fleet-query {q}"),
+                None => format!("--fleet-selector {}", f.selector.trim()),
+            }),
             Err(e) => FleetMsg::Error(e),
         };
         if tx.send(msg).is_err() {

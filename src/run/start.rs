@@ -51,9 +51,14 @@ pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
                 Err(e) if mode == GpuMode::Nvml => {
                     return Err(StartError::NvmlRequired(e.to_string()))
                 }
-                // Said only where it matters (a GPU watchdog was asked for); on a machine
-                // without a GPU it is the expected case, not news on every run.
-                Err(e) if settings.idle.is_some() || settings.max_gpu_mem.is_some() => {
+                // Said only where it matters (a library path or a GPU watchdog was asked
+                // for); on a machine without a GPU it is the expected case, not news on
+                // every run.
+                Err(e)
+                    if settings.nvml_lib.is_some()
+                        || settings.idle.is_some()
+                        || settings.max_gpu_mem.is_some() =>
+                {
                     notices.push(format!(
                         "no GPU telemetry ({e}); idle and GPU memory watchdogs are off"
                     ));

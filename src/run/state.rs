@@ -430,6 +430,23 @@ impl RunState {
                     Vec::new()
                 }
             }
+            FleetMsg::NoSeries(what) => {
+                let why = format!("the query matches no series ({what})");
+                let first = f.error.is_none();
+                f.error = Some(why.clone());
+                if first {
+                    vec![self.emit(
+                        EventKind::AgentError,
+                        "fleet-no-series",
+                        format!(
+                            "fleet budget unknown: {why}: is Prometheus scraping costguard with that label yet? (a ServiceMonitor or PodMonitor needs your Prometheus' `release` label); the local ceilings still hold"
+                        ),
+                        now,
+                    )]
+                } else {
+                    Vec::new()
+                }
+            }
         }
     }
 

@@ -482,3 +482,26 @@ fn in_a_container_unresolved_gpu_memory_on_a_gpu_the_job_holds_is_the_jobs() {
     let a = shared.handle(LoopEvent::Sample(in_pod(&shared, 1.0)), s(1.0));
     assert!(kill_of(&a).is_none(), "{a:?}");
 }
+
+#[test]
+fn a_fleet_query_matching_nothing_is_unknown_spend_not_zero() {
+    let mut st = state(limits(), fixed(1.0), Carried::default(), TargetKind::Job);
+    st = RunState::new(Init {
+        fleet: Some(FleetView {
+            max_usd: 10.0,
+            source: "q".into(),
+            total: None,
+            error: None,
+        }),
+        ..init_of(&st)
+    });
+    let what = "--fleet-selector {experiment=\"bert\"}".to_string();
+    let a = st.handle(LoopEvent::Fleet(FleetMsg::NoSeries(what.clone())), s(1.0));
+    let Some(Action::Emit(e)) = a.first() else {
+        panic!("{a:?}")
+    };
+    assert_eq!(e.reason.as_deref(), Some("fleet-no-series"));
+    assert!(e.message.contains("experiment=\"bert\""), "{}", e.message);
+    assert_eq!(st.fleet().and_then(|f| f.total), None, "never $0");
+    assert!(kill_of(&a).is_none());
+}
