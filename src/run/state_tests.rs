@@ -210,16 +210,7 @@ fn the_warning_signal_is_an_action_in_both_modes() {
 
 #[test]
 fn the_fleet_total_at_the_budget_kills_and_an_unreachable_fleet_warns_once() {
-    let mut st = state(limits(), fixed(1.0), Carried::default(), TargetKind::Agent);
-    st = RunState::new(Init {
-        fleet: Some(FleetView {
-            max_usd: 100.0,
-            source: "q at http://p".into(),
-            total: None,
-            error: None,
-        }),
-        ..init_of(&st)
-    });
+    let mut st = with_fleet(TargetKind::Agent, 100.0, "q at http://p");
     let a = st.handle(LoopEvent::Fleet(FleetMsg::Error("refused".into())), s(1.0));
     assert_eq!(
         events(&a),
@@ -234,6 +225,20 @@ fn the_fleet_total_at_the_budget_kills_and_an_unreachable_fleet_warns_once() {
     let (reason, evidence) = kill_of(&a).expect("fleet kill");
     assert_eq!(reason, KillReason::Fleet);
     assert!(evidence.contains("$100.50 of $100.00"), "{evidence}");
+}
+
+/// A run at $1/h with a fleet budget of `max_usd`.
+fn with_fleet(kind: TargetKind, max_usd: f64, source: &str) -> RunState {
+    let st = state(limits(), fixed(1.0), Carried::default(), kind);
+    RunState::new(Init {
+        fleet: Some(FleetView {
+            max_usd,
+            source: source.into(),
+            total: None,
+            error: None,
+        }),
+        ..init_of(&st)
+    })
 }
 
 fn init_of(st: &RunState) -> Init {
@@ -485,16 +490,7 @@ fn in_a_container_unresolved_gpu_memory_on_a_gpu_the_job_holds_is_the_jobs() {
 
 #[test]
 fn a_fleet_query_matching_nothing_is_unknown_spend_not_zero() {
-    let mut st = state(limits(), fixed(1.0), Carried::default(), TargetKind::Job);
-    st = RunState::new(Init {
-        fleet: Some(FleetView {
-            max_usd: 10.0,
-            source: "q".into(),
-            total: None,
-            error: None,
-        }),
-        ..init_of(&st)
-    });
+    let mut st = with_fleet(TargetKind::Job, 10.0, "q");
     let what = "--fleet-selector {experiment=\"bert\"}".to_string();
     let a = st.handle(LoopEvent::Fleet(FleetMsg::NoSeries(what.clone())), s(1.0));
     let Some(Action::Emit(e)) = a.first() else {

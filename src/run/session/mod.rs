@@ -6,6 +6,7 @@
 //! The wrapper and the agent run exactly this code; they differ only in their [`Target`].
 
 mod close;
+mod conclude;
 mod open;
 
 use std::ffi::OsString;
