@@ -13,11 +13,6 @@ use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-fn ledger(state: &Path, id: &str) -> serde_json::Value {
-    let p = state.join("runs").join(id).join("ledger.json");
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_default()).unwrap_or_default()
-}
-
 /// Every descendant of `pid` (children first found through /proc's parent links).
 fn descendants(pid: i32) -> Vec<i32> {
     let mut all: Vec<(i32, i32)> = Vec::new();

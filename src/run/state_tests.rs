@@ -56,6 +56,11 @@ fn state(limits: Limits, pricing: Pricing, carried: Carried, kind: TargetKind) -
     })
 }
 
+/// A fresh run with no price and nothing carried over.
+fn unpriced(limits: Limits, kind: TargetKind) -> RunState {
+    state(limits, Pricing::Unknown, Carried::default(), kind)
+}
+
 fn fixed(per_hour: f64) -> Pricing {
     Pricing::Fixed {
         per_hour,
@@ -369,12 +374,7 @@ fn idle_time_is_wasted_spend_and_the_idle_kill_follows() {
 
 #[test]
 fn signals_end_a_wrapped_job_with_a_kill_and_an_agent_with_a_stop() {
-    let mut job = state(
-        limits(),
-        Pricing::Unknown,
-        Carried::default(),
-        TargetKind::Job,
-    );
+    let mut job = unpriced(limits(), TargetKind::Job);
     let a = job.handle(LoopEvent::Signal(Signal::SIGINT), s(1.0));
     assert!(matches!(
         &a[..],
@@ -386,24 +386,14 @@ fn signals_end_a_wrapped_job_with_a_kill_and_an_agent_with_a_stop() {
     ));
     let a = job.handle(LoopEvent::Forward(Signal::SIGUSR1), s(1.0));
     assert_eq!(a, vec![Action::Forward(Signal::SIGUSR1)]);
-    let mut agent = state(
-        limits(),
-        Pricing::Unknown,
-        Carried::default(),
-        TargetKind::Agent,
-    );
+    let mut agent = unpriced(limits(), TargetKind::Agent);
     let a = agent.handle(LoopEvent::Signal(Signal::SIGTERM), s(1.0));
     assert!(matches!(&a[..], [Action::End(Ending::Stop(_))]), "{a:?}");
 }
 
 #[test]
 fn a_failed_sample_is_unknown_once_and_the_return_is_said() {
-    let mut st = state(
-        limits(),
-        Pricing::Unknown,
-        Carried::default(),
-        TargetKind::Job,
-    );
+    let mut st = unpriced(limits(), TargetKind::Job);
     let bad = |st: &RunState, t: f64| SampleMsg {
         at: st.t0() + s(t),
         wall: SystemTime::UNIX_EPOCH,
@@ -461,7 +451,7 @@ fn in_a_container_unresolved_gpu_memory_on_a_gpu_the_job_holds_is_the_jobs() {
         max_gpu_mem: Some(crate::units::parse_mem_limit("50GiB").expect("limit")),
         ..limits()
     };
-    let mut whole = state(lim(), Pricing::Unknown, Carried::default(), TargetKind::Job);
+    let mut whole = unpriced(lim(), TargetKind::Job);
     let a = whole.handle(LoopEvent::Sample(in_pod(&whole, 1.0)), s(1.0));
     let (reason, evidence) = kill_of(&a).expect("the job's 60 GiB is over 50 GiB");
     assert_eq!(reason, KillReason::GpuMem, "{evidence}");
@@ -477,12 +467,7 @@ fn in_a_container_unresolved_gpu_memory_on_a_gpu_the_job_holds_is_the_jobs() {
     // Shared GPUs (time-slicing, MPS): another container's memory is not the job's.
     let mut shared = RunState::new(Init {
         whole_gpus: false,
-        ..init_of(&state(
-            lim(),
-            Pricing::Unknown,
-            Carried::default(),
-            TargetKind::Job,
-        ))
+        ..init_of(&unpriced(lim(), TargetKind::Job))
     });
     let a = shared.handle(LoopEvent::Sample(in_pod(&shared, 1.0)), s(1.0));
     assert!(kill_of(&a).is_none(), "{a:?}");

@@ -37,6 +37,24 @@ pub fn costguard() -> Command {
     c
 }
 
+/// A costguard command with its state in `state`.
+pub fn guard(state: &Path) -> Command {
+    let mut c = costguard();
+    c.env("COSTGUARD_STATE_DIR", state);
+    c
+}
+
+/// A run's ledger as JSON (null when it cannot be read).
+pub fn ledger(state: &Path, id: &str) -> serde_json::Value {
+    let p = state.join("runs").join(id).join("ledger.json");
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_default()).unwrap_or_default()
+}
+
+/// What a command printed on stdout.
+pub fn out_text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 pub fn run(mut c: Command) -> Output {
     c.output().expect("run costguard")
 }

@@ -11,7 +11,8 @@ use std::ffi::{c_char, c_uint, c_ulonglong, c_void};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
+mod scenario;
+use scenario::{Gpu, Scenario};
 
 type Ret = c_uint;
 const SUCCESS: Ret = 0;
@@ -21,84 +22,6 @@ const NOT_SUPPORTED: Ret = 3;
 const NOT_FOUND: Ret = 6;
 const INSUFFICIENT_SIZE: Ret = 7;
 const GPU_IS_LOST: Ret = 15;
-
-#[derive(Debug, Default, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-struct Scenario {
-    #[serde(default)]
-    init_error: Ret,
-    #[serde(default)]
-    init_hang_secs: f64,
-    /// List only processes whose pid exists in /proc (as a real driver does after cleanup).
-    #[serde(default)]
-    only_live_pids: bool,
-    #[serde(default)]
-    gpus: Vec<Gpu>,
-    #[serde(default)]
-    hang: Vec<Hang>,
-    /// Unix time that timeline `at` values count from (default: nvmlInit), so a benchmark
-    /// knows to the millisecond when a scripted change happens.
-    #[serde(default)]
-    epoch_unix: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-struct Gpu {
-    name: String,
-    uuid: String,
-    #[serde(default = "default_total")]
-    mem_total: u64,
-    /// The device's minor number (`/dev/nvidia<minor>`); the GPU's index when not given.
-    #[serde(default)]
-    minor: Option<u32>,
-    #[serde(default)]
-    lost_after: Option<f64>,
-    /// Function names (without the `nvmlDevice` prefix, e.g. "GetPowerUsage") that answer
-    /// NOT_SUPPORTED on this device.
-    #[serde(default)]
-    unsupported: Vec<String>,
-    #[serde(default)]
-    timeline: Vec<Step>,
-    #[serde(default)]
-    processes: Vec<Proc>,
-}
-
-fn default_total() -> u64 {
-    80 << 30
-}
-
-/// Values from `at` seconds on; fields not given carry over from the step before.
-#[derive(Debug, Default, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-struct Step {
-    at: f64,
-    util: Option<u32>,
-    mem_util: Option<u32>,
-    mem_used: Option<u64>,
-    power_mw: Option<u32>,
-    temp: Option<u32>,
-    throttle: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-struct Proc {
-    pid: Option<u32>,
-    pid_file: Option<String>,
-    #[serde(default)]
-    mem: u64,
-}
-
-#[derive(Debug, Default, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-struct Hang {
-    /// Full function name, e.g. "nvmlDeviceGetUtilizationRates".
-    call: String,
-    #[serde(default)]
-    after: f64,
-    secs: f64,
-}
 
 struct State {
     scenario: Scenario,
