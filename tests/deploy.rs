@@ -271,8 +271,10 @@ fn the_systemd_unit_and_slurm_script_wrap_the_job() {
     let joined = sb.replace("\\\n", " ");
     let line = joined
         .lines()
-        .find(|l| l.contains("srun"))
-        .expect("srun line");
+        .find(|l| l.starts_with("srun "))
+        .expect("srun line")
+        .trim_end()
+        .trim_end_matches('&');
     // Split the words as the shell will.
     let rest = line
         .split_once("costguard")

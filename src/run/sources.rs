@@ -129,6 +129,21 @@ impl Sources {
         }
     }
 
+    /// A signal that ends the run, if one arrives within `window`. The job's leader died of
+    /// TERM, INT or HUP that costguard did not send: a scheduler that stops a whole step
+    /// (Slurm's `scancel`, its time limit) signals every process of it at once, and which of
+    /// them sees it first is a race. Within the window, that is a stop, not the job failing.
+    pub async fn stop_signal_within(&mut self, window: Duration) -> Option<Signal> {
+        let deadline = Instant::now() + window;
+        loop {
+            match tokio::time::timeout_at(deadline, self.signals.recv()).await {
+                Ok(Some((sig, true))) => return Some(sig),
+                Ok(Some((_, false))) => continue,
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
     /// Waits for the next event; `wake` is the policy's next deadline.
     pub async fn next(&mut self, wake: Option<Instant>) -> LoopEvent {
         loop {

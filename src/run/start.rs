@@ -140,19 +140,43 @@ pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
 }
 
 /// A readable run id: the job's name and the UTC start minute, e.g. `train-2026-11-24-1147`.
+/// Inside a Slurm job it is the job's name and id instead (`bert-sweep-81234`, and
+/// `bert-sweep-81234.2` for step 2), the names `squeue` and `sacct` show.
 pub fn default_run_id(command: &[std::ffi::OsString], now: std::time::SystemTime) -> String {
-    let name: String = job_name(command)
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(40)
-        .collect();
-    format!("{name}-{}", run_id_stamp(now))
+    run_id_from(command, now, |k| std::env::var(k).ok())
+}
+
+fn run_id_from(
+    command: &[std::ffi::OsString],
+    now: std::time::SystemTime,
+    env: impl Fn(&str) -> Option<String>,
+) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(40)
+            .collect()
+    };
+    let job =
+        env("SLURM_JOB_ID").filter(|j| !j.is_empty() && j.bytes().all(|b| b.is_ascii_digit()));
+    if let Some(job) = job {
+        let name = env("SLURM_JOB_NAME")
+            .filter(|n| !n.is_empty())
+            .map(|n| clean(&n))
+            .unwrap_or_else(|| clean(&job_name(command)));
+        let step = env("SLURM_STEP_ID")
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()) && s.parse() != Ok(0u32))
+            .map(|s| format!(".{s}"))
+            .unwrap_or_default();
+        return format!("{name}-{job}{step}");
+    }
+    format!("{}-{}", clean(&job_name(command)), run_id_stamp(now))
 }
 
 const INTERPRETERS: [&str; 10] = [
@@ -313,6 +337,21 @@ mod tests {
         assert_eq!(default_run_id(&secret, t), "make-2026-11-24-1147");
         let flagged = os(&["torchrun", "--nproc", "8", "fit.py"]);
         assert_eq!(default_run_id(&flagged, t), "fit-2026-11-24-1147");
+        let slurm = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let job = slurm(&[("SLURM_JOB_ID", "81234"), ("SLURM_JOB_NAME", "bert sweep")]);
+        assert_eq!(run_id_from(&cmd, t, job), "bert-sweep-81234");
+        let step0 = slurm(&[("SLURM_JOB_ID", "7"), ("SLURM_STEP_ID", "0")]);
+        assert_eq!(run_id_from(&cmd, t, step0), "train-7");
+        let step2 = slurm(&[("SLURM_JOB_ID", "7"), ("SLURM_STEP_ID", "2")]);
+        assert_eq!(run_id_from(&cmd, t, step2), "train-7.2");
+        let odd = slurm(&[("SLURM_JOB_ID", "../7")]);
+        assert_eq!(run_id_from(&cmd, t, odd), "train-2026-11-24-1147");
         let name = |v: &[&str]| job_name(&os(v));
         assert_eq!(
             name(&["sh", "-c", "for i in 1 2; do python3 train.py; done"]),

@@ -12,6 +12,8 @@ mod open;
 use std::ffi::OsString;
 use std::time::{Duration, SystemTime};
 
+use nix::sys::signal::Signal;
+
 use super::action::{Action, Ending, LoopEvent};
 use super::live::LiveLine;
 use super::output::LineJudge;
@@ -21,10 +23,15 @@ use super::start;
 use super::state::{RunState, TargetKind};
 use super::target::{JobTarget, Target};
 use crate::config::Settings;
-use crate::events::EventKind;
+use crate::events::{EventKind, KillReason};
+use crate::exit::JobStatus;
 use crate::telemetry::nvml::NvmlSource;
 
 pub use open::{limits_of, open, GuardError};
+
+/// How long after the job's leader died of an outside TERM/INT/HUP a signal to costguard
+/// still counts as the same stop (Slurm signals a step's processes one after another).
+const STOPPED_TOGETHER: Duration = Duration::from_millis(300);
 
 pub struct Session {
     settings: Settings,
@@ -83,8 +90,32 @@ impl Session {
             let now = self.now();
             let acts = self.state.handle(ev, now);
             if let Some(end) = self.perform(acts, target, now) {
-                return end;
+                return Self::stopped_together(end, sources).await;
             }
+        }
+    }
+
+    /// The job's leader killed by TERM, INT or HUP and costguard signalled too within a
+    /// moment: the whole step was stopped from outside (see `Sources::stop_signal_within`).
+    async fn stopped_together(end: Ending, sources: &mut Sources) -> Ending {
+        let Ending::Leader(JobStatus::Signaled(n)) = end else {
+            return end;
+        };
+        let outside = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+        if !outside.iter().any(|s| *s as i32 == n) {
+            return end;
+        }
+        match sources.stop_signal_within(STOPPED_TOGETHER).await {
+            Some(sig) => Ending::Kill {
+                reason: KillReason::Signal,
+                evidence: format!(
+                    "signal: costguard and the job both received {} (stopped from outside, \
+                     e.g. scancel or a scheduler's time limit)",
+                    sig.as_str()
+                ),
+                first: sig,
+            },
+            None => end,
         }
     }
 

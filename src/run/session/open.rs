@@ -305,8 +305,13 @@ fn open_notifier(
     })
 }
 
-/// The read-only endpoint; a default address that is taken is a notice, an explicit one an
-/// error.
+/// How many ports after the default one are tried when it is taken (several jobs on one
+/// node, e.g. Slurm steps sharing a machine): 9947–9962, a range a Prometheus file_sd or
+/// static config can list.
+const DEFAULT_PORT_SPAN: u16 = 16;
+
+/// The read-only endpoint. An explicit address that is taken is an error; the default one
+/// moves to the next free port of its span, and past it is a notice.
 async fn open_endpoint(
     settings: &Settings,
     metrics: &Arc<Metrics>,
@@ -319,19 +324,44 @@ async fn open_endpoint(
         metrics: metrics.clone(),
         status: status.clone(),
     };
-    match http::serve(addr, shared).await {
-        Ok(a) => Ok(Some(a)),
-        Err(source) if settings.listen_explicit => Err(GuardError::Listen {
-            addr: addr.to_string(),
-            source,
-        }),
-        Err(e) => {
-            crate::console::notice(format!(
-                "not serving metrics on {addr} ({e}); use --listen to pick another address"
-            ));
-            Ok(None)
+    if settings.listen_explicit {
+        return http::serve(addr, shared)
+            .await
+            .map(Some)
+            .map_err(|source| GuardError::Listen {
+                addr: addr.to_string(),
+                source,
+            });
+    }
+    let mut first_err = None;
+    for k in 0..DEFAULT_PORT_SPAN {
+        let Some(port) = addr.port().checked_add(k) else {
+            break;
+        };
+        let a = SocketAddr::new(addr.ip(), port);
+        match http::serve(a, shared.clone()).await {
+            Ok(bound) => {
+                if k > 0 {
+                    crate::console::notice(format!(
+                        "{addr} is taken (another costguard on this machine?); serving on {bound}"
+                    ));
+                }
+                return Ok(Some(bound));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err = Some(e);
+                break;
+            }
         }
     }
+    let e = first_err.map(|e| e.to_string()).unwrap_or_default();
+    crate::console::notice(format!(
+        "not serving metrics on {addr} ({e}); use --listen to pick another address"
+    ));
+    Ok(None)
 }
 
 impl Session {
