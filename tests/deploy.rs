@@ -239,11 +239,12 @@ fn the_systemd_unit_and_slurm_script_wrap_the_job() {
         "[Service]",
         "KillMode=control-group",
         "Restart=no",
-        "SuccessExitStatus=124",
         "ExecStart=/usr/local/bin/costguard ",
     ] {
         assert!(unit.contains(want), "{want} in the unit");
     }
+    // A ceiling kill (124) must show in `systemctl --failed`.
+    assert!(!unit.contains("SuccessExitStatus"), "ceiling kills hidden");
     let exec = unit
         .lines()
         .find(|l| l.starts_with("ExecStart="))
@@ -293,4 +294,122 @@ fn the_systemd_unit_and_slurm_script_wrap_the_job() {
         .collect();
     assert!(args.iter().any(|a| a == "--warn-signal"));
     accepted(&args);
+}
+
+/// The unit's security score from `systemd-analyze security --offline` (an instance name is
+/// needed: the template is copied to `costguard@job1.service`).
+#[test]
+fn the_systemd_unit_is_hardened() {
+    let dir = common::tempdir();
+    let unit = dir.path().join("costguard@job1.service");
+    std::fs::copy(deploy("systemd/costguard@.service"), &unit).expect("copy unit");
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (Debian's systemd) must be installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("Unknown key") && !err.contains("Failed to parse"),
+        "the unit has settings systemd does not know: {err}"
+    );
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("costguard@job1.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no overall exposure in:\n{text}{err}"));
+    assert!(
+        score <= 3.0,
+        "exposure {score} (9.4 UNSAFE before hardening):\n{text}"
+    );
+    let unit_text = std::fs::read_to_string(&unit).expect("unit");
+    for want in [
+        "User=",
+        "Delegate=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+    ] {
+        assert!(unit_text.contains(want), "{want} in the unit");
+    }
+}
+
+/// What the unit's sandbox leaves a job, emulated as root without systemd as PID 1: a private
+/// mount namespace whose `/` is read-only but for the state and job directories, the
+/// unprivileged user `nobody` with no capabilities and no new privileges, and a cgroup subtree
+/// handed to that user (what `Delegate=yes` does). The job runs and writes its result, costguard
+/// makes its cgroup leaf there, a ceiling kill exits 124 (a failure to systemd), and a write
+/// anywhere else is refused.
+#[test]
+fn the_systemd_sandbox_still_lets_the_job_run() {
+    let dir = common::tempdir();
+    let state = dir.path().join("state");
+    let job = dir.path().join("job");
+    std::fs::create_dir_all(&state).expect("state");
+    std::fs::create_dir_all(&job).expect("job");
+    let script = r#"
+set -eu
+mnt=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
+[ -n "$mnt" ] || { echo "no cgroup2 mount" >&2; exit 97; }
+own=$mnt$(sed -n 's/^0:://p' /proc/self/cgroup)
+cg="$own/costguard-unit-test-$$"
+mkdir "$cg"
+chown -R 65534:65534 "$cg" "$STATE" "$JOB"
+chmod 755 "$(dirname "$STATE")"
+echo $$ > "$cg/cgroup.procs"
+unshare --mount sh -c '
+  set -eu
+  mount --make-rprivate /
+  mount -o remount,bind,ro /
+  for d in "$STATE" "$JOB"; do mount --bind "$d" "$d"; mount -o remount,bind,rw "$d"; done
+  exec setpriv --reuid=65534 --regid=65534 --clear-groups --no-new-privs \
+    --bounding-set=-all --inh-caps=-all \
+    "$CG" --run-id job1 --state-dir "$STATE" --usd-per-hour 1 --max-wall 2s --quiet \
+    -- sh -c "echo trained > \"$JOB/result\"; if touch /var/tmp/costguard-escape-$$ 2>/dev/null; then echo ESCAPED; fi; sleep 60"
+' && rc=0 || rc=$?
+echo "exit $rc"
+sleep 0.2
+rmdir "$cg"/* 2>/dev/null || true
+echo $$ > "$own/cgroup.procs"
+rmdir "$cg" || true
+"#;
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .env("CG", common::bin())
+        .env("STATE", &state)
+        .env("JOB", &job)
+        .env("COSTGUARD_GPU", "none")
+        .env_remove("COSTGUARD_STATE_DIR")
+        .env_remove("COSTGUARD_LISTEN")
+        .output()
+        .expect("sh");
+    let o = String::from_utf8_lossy(&out.stdout);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "needs root and cgroup v2 (as CI has): {o}{e}"
+    );
+    assert!(
+        o.contains("exit 124"),
+        "a ceiling kill is exit 124, a failure to systemd: {o}{e}"
+    );
+    assert!(
+        !o.contains("ESCAPED"),
+        "the job wrote outside its directories: {o}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(job.join("result")).unwrap_or_default(),
+        "trained\n",
+        "{o}{e}"
+    );
+    let l = common::ledger(&state, "job1");
+    assert_eq!(l["state"], "killed", "{l}\n{o}{e}");
+    assert!(
+        l["cgroup"]
+            .as_str()
+            .is_some_and(|c| c.contains("costguard-unit-test-")),
+        "costguard's cgroup leaf in the delegated subtree: {l}"
+    );
 }
