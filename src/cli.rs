@@ -478,7 +478,8 @@ pub struct GuardArgs {
     pub notify_command: Option<String>,
 
     /// Event kinds to send: all, or a list of kinds, KIND:REASON allowed
-    /// [default: killed,failed,completed,warning:budget,warning:checkpoint,agent-error:record].
+    /// [default: killed,failed,completed,warning:budget,warning:checkpoint,agent-error:record;
+    /// PagerDuty: killed,failed,stalled,agent-error,completed].
     #[arg(
         long,
         env = "COSTGUARD_NOTIFY_ON",

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub telemetry_errors: Counter,
     /// Failed writes of the run record (ledger, event log).
     pub record_errors: Counter,
+    /// 1 once the run has ended (seen by the scrapes during `--linger`): the alert rules
+    /// tell a run that ended from a costguard that died.
+    pub run_ended: Gauge,
     pub last_sample: GaugeVec,
     /// Per-GPU series.
     gpu: GpuSeries,
@@ -190,6 +193,10 @@ impl Metrics {
             record_errors: r.counter(
                 "costguard_record_errors_total",
                 "Writes of the run record (ledger, event log) that failed",
+            ),
+            run_ended: r.gauge(
+                "costguard_run_ended",
+                "1 once the run has ended (its verdict is recorded), 0 while it runs",
             ),
             telemetry_errors: r.counter(
                 "costguard_telemetry_errors_total",

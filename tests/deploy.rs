@@ -89,7 +89,7 @@ fn accepted(args: &[String]) {
 
 #[test]
 fn the_job_runs_the_trainer_under_costguard() {
-    let d = &docs("kubernetes/job.yaml")[0];
+    let d = &docs("kubernetes/job/job.yaml")[0];
     assert_eq!(d["apiVersion"].as_str(), Some("batch/v1"));
     assert_eq!(d["kind"].as_str(), Some("Job"));
     assert_eq!(d["spec"]["backoffLimit"].as_i64(), Some(0));
@@ -114,7 +114,7 @@ fn the_job_runs_the_trainer_under_costguard() {
 
 #[test]
 fn the_sidecar_shares_the_pid_namespace_with_only_cap_kill() {
-    let d = &docs("kubernetes/sidecar-pod.yaml")[0];
+    let d = &docs("kubernetes/sidecar/sidecar-pod.yaml")[0];
     assert_eq!(d["kind"].as_str(), Some("Pod"));
     let spec = &d["spec"];
     assert_eq!(spec["shareProcessNamespace"].as_bool(), Some(true));
@@ -134,7 +134,7 @@ fn the_sidecar_shares_the_pid_namespace_with_only_cap_kill() {
 
 #[test]
 fn the_sidecar_is_native_and_lets_the_pod_finish() {
-    let d = &docs("kubernetes/sidecar-pod.yaml")[0];
+    let d = &docs("kubernetes/sidecar/sidecar-pod.yaml")[0];
     let spec = &d["spec"];
     let init = spec["initContainers"].as_vec().expect("initContainers");
     let cg = init
@@ -150,7 +150,7 @@ fn the_sidecar_is_native_and_lets_the_pod_finish() {
     assert!(args.contains(&"--exit-when-done".to_string()), "{args:?}");
     assert!(args.iter().any(|a| a.starts_with("--linger=")), "{args:?}");
     // The older variant is a plain container that must end by itself.
-    let legacy = &docs("kubernetes/sidecar-pod-legacy.yaml")[0];
+    let legacy = &docs("kubernetes/sidecar-legacy/sidecar-pod-legacy.yaml")[0];
     assert_eq!(
         legacy["spec"]["shareProcessNamespace"].as_bool(),
         Some(true)
@@ -162,7 +162,7 @@ fn the_sidecar_is_native_and_lets_the_pod_finish() {
 
 #[test]
 fn the_node_agent_sees_every_process_of_the_node() {
-    let d = &docs("kubernetes/node-agent-daemonset.yaml")[0];
+    let d = &docs("kubernetes/node-agent/node-agent-daemonset.yaml")[0];
     assert_eq!(d["kind"].as_str(), Some("DaemonSet"));
     let spec = s(d, &["spec", "template", "spec"]);
     assert_eq!(spec["hostPID"].as_bool(), Some(true));
@@ -177,53 +177,118 @@ fn the_node_agent_sees_every_process_of_the_node() {
     accepted(&args);
 }
 
+/// An overlay as `kubectl kustomize` renders it (offline), one YAML document per object.
+fn rendered(overlay: &str) -> Vec<Yaml> {
+    let out = std::process::Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(deploy(&format!("kubernetes/{overlay}")))
+        .output()
+        .expect("kubectl (with kustomize v4 or later) must be installed, as scripts/test checks");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {overlay}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    YamlLoader::load_from_str(&String::from_utf8_lossy(&out.stdout)).expect("rendered YAML")
+}
+
 #[test]
-fn the_service_monitor_scrapes_the_service_port() {
-    let d = docs("kubernetes/service-monitor.yaml");
-    let svc = d
-        .iter()
-        .find(|x| x["kind"].as_str() == Some("Service"))
-        .expect("Service");
-    let sm = d
-        .iter()
-        .find(|x| x["kind"].as_str() == Some("ServiceMonitor"))
-        .expect("ServiceMonitor");
-    let port = svc["spec"]["ports"][0]["name"].as_str().expect("port name");
-    assert_eq!(sm["spec"]["endpoints"][0]["port"].as_str(), Some(port));
-    assert_eq!(svc["spec"]["ports"][0]["port"].as_i64(), Some(9947));
-    assert_eq!(
-        sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"],
-        "the ServiceMonitor selects the Service"
-    );
-    assert_eq!(
-        sm["spec"]["jobLabel"].as_str(),
-        Some("app.kubernetes.io/name"),
-        "the job label is \"costguard\", as the alert rules expect"
-    );
-    // Every pod manifest carries the label the Service selects.
-    for f in [
-        "kubernetes/job.yaml",
-        "kubernetes/sidecar-pod.yaml",
-        "kubernetes/sidecar-pod-legacy.yaml",
-        "kubernetes/node-agent-daemonset.yaml",
-    ] {
-        let m = &docs(f)[0];
-        let labels = if m["kind"].as_str() == Some("Pod") {
-            &m["metadata"]["labels"]
-        } else {
-            s(m, &["spec", "template", "metadata", "labels"])
+fn every_overlay_renders_a_pod_monitor_that_finds_its_pods_in_any_namespace() {
+    let rules = &docs("prometheus/costguard-rules.yml")[0];
+    for overlay in ["job", "sidecar", "sidecar-legacy", "node-agent"] {
+        let objs = rendered(overlay);
+        let kind = |k: &str| {
+            objs.iter()
+                .find(|x| x["kind"].as_str() == Some(k))
+                .unwrap_or_else(|| panic!("{overlay}: no {k}"))
         };
+        let pm = kind("PodMonitor");
+        let pr = kind("PrometheusRule");
+        for o in [pm, pr] {
+            assert_eq!(
+                o["metadata"]["labels"]["release"].as_str(),
+                Some("kube-prometheus-stack"),
+                "{overlay}: kube-prometheus-stack picks up only objects with its release label"
+            );
+        }
         assert_eq!(
-            labels["app.kubernetes.io/name"].as_str(),
-            Some("costguard"),
-            "{f}"
+            json_of(&pr["spec"]["groups"]),
+            json_of(&rules["groups"]),
+            "{overlay}: the tested rules (key order aside: kustomize sorts keys)"
         );
+        assert_eq!(pm["spec"]["namespaceSelector"]["any"].as_bool(), Some(true));
+        assert_eq!(
+            pm["spec"]["jobLabel"].as_str(),
+            Some("app.kubernetes.io/name"),
+            "the job label is \"costguard\", as the alert rules expect"
+        );
+        let workload = objs
+            .iter()
+            .find(|x| matches!(x["kind"].as_str(), Some("Job" | "Pod" | "DaemonSet")))
+            .expect("the workload");
+        let spec = if workload["kind"].as_str() == Some("Pod") {
+            workload
+        } else {
+            s(workload, &["spec", "template"])
+        };
+        let labels = &spec["metadata"]["labels"];
+        let selector = pm["spec"]["selector"]["matchLabels"]
+            .as_hash()
+            .expect("matchLabels");
+        for (k, v) in selector {
+            assert_eq!(
+                &labels[k.as_str().expect("key")],
+                v,
+                "{overlay}: pod labels {labels:?}"
+            );
+        }
+        let port = pm["spec"]["podMetricsEndpoints"][0]["port"]
+            .as_str()
+            .expect("port");
+        let c = costguard_container(&spec["spec"]);
+        let ports = c["ports"].as_vec().expect("ports");
+        assert!(
+            ports.iter().any(|p| p["name"].as_str() == Some(port)),
+            "{overlay}: the costguard container names the {port} port"
+        );
+        // Images come from the overlay's `images:` (pinned, never :latest).
+        for img in objs_images(&spec["spec"]) {
+            assert!(
+                !img.ends_with(":latest") && img.contains(':'),
+                "{overlay}: {img}"
+            );
+        }
     }
+}
+
+/// A YAML value as JSON, whose maps compare without regard to key order.
+fn json_of(y: &Yaml) -> serde_json::Value {
+    match y {
+        Yaml::Hash(h) => serde_json::Value::Object(
+            h.iter()
+                .map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), json_of(v)))
+                .collect(),
+        ),
+        Yaml::Array(a) => serde_json::Value::Array(a.iter().map(json_of).collect()),
+        Yaml::String(s) => s.clone().into(),
+        Yaml::Integer(i) => (*i).into(),
+        Yaml::Boolean(b) => (*b).into(),
+        Yaml::Real(r) => r.parse::<f64>().map(Into::into).unwrap_or_default(),
+        _ => serde_json::Value::Null,
+    }
+}
+
+fn objs_images(pod_spec: &Yaml) -> Vec<String> {
+    ["containers", "initContainers"]
+        .iter()
+        .flat_map(|k| pod_spec[*k].as_vec().cloned().unwrap_or_default())
+        .filter_map(|c| c["image"].as_str().map(str::to_string))
+        .collect()
 }
 
 #[test]
 fn the_prometheus_rule_holds_the_tested_alert_rules() {
-    let pr = &docs("kubernetes/prometheusrule.yaml")[0];
+    let pr = &docs("kubernetes/base/prometheusrule.yaml")[0];
     assert_eq!(pr["kind"].as_str(), Some("PrometheusRule"));
     let rules = &docs("prometheus/costguard-rules.yml")[0];
     assert_eq!(
@@ -353,7 +418,7 @@ set -eu
 mnt=$(awk '$9 == "cgroup2" { print $5; exit }' /proc/self/mountinfo)
 [ -n "$mnt" ] || { echo "no cgroup2 mount" >&2; exit 97; }
 own=$mnt$(sed -n 's/^0:://p' /proc/self/cgroup)
-cg="$own/costguard-unit-test-$$"
+cg="$own/cg-unit-test-$$"
 mkdir "$cg"
 chown -R 65534:65534 "$cg" "$STATE" "$JOB"
 chmod 755 "$(dirname "$STATE")"
@@ -409,7 +474,42 @@ rmdir "$cg" || true
     assert!(
         l["cgroup"]
             .as_str()
-            .is_some_and(|c| c.contains("costguard-unit-test-")),
+            .is_some_and(|c| c.contains("/cg-unit-test-")),
         "costguard's cgroup leaf in the delegated subtree: {l}"
     );
+}
+
+/// Every alert links a runbook section of this repository, and says how urgent it is.
+#[test]
+fn every_alert_has_a_runbook_and_a_severity() {
+    let rules = &docs("prometheus/costguard-rules.yml")[0];
+    let book =
+        std::fs::read_to_string(common::repo_root().join("docs/runbooks.md")).expect("runbooks");
+    let anchors: Vec<String> = book
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_lowercase())
+        .collect();
+    let alerts = rules["groups"][0]["rules"].as_vec().expect("rules");
+    assert!(alerts.len() >= 6);
+    for a in alerts {
+        let name = a["alert"].as_str().expect("alert");
+        let url = a["annotations"]["runbook_url"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no runbook_url"));
+        let anchor = url.split_once("docs/runbooks.md#").map(|x| x.1);
+        assert!(
+            anchor.is_some_and(|x| anchors.iter().any(|h| h == x)),
+            "{name}: {url} names no section of docs/runbooks.md ({anchors:?})"
+        );
+        let sev = a["labels"]["severity"].as_str().unwrap_or_default();
+        assert!(
+            ["critical", "warning", "info"].contains(&sev),
+            "{name}: {sev}"
+        );
+        // Paging only for what burns money unattended: budget warnings are not incidents.
+        if name.contains("Budget") {
+            assert_ne!(sev, "critical", "{name}");
+        }
+    }
 }

@@ -212,8 +212,9 @@ fn linger_keeps_metrics_up_so_the_kill_and_final_spend_are_scraped() {
         wait_until(Duration::from_secs(10), || {
             metrics = http_get(port, "/metrics").unwrap_or_default();
             metrics.contains("costguard_kills_total{reason=\"wall\"} 1")
+                && metrics.contains("costguard_run_ended 1")
         }),
-        "the kill is scraped: {metrics}"
+        "the kill and the end of the run are scraped (CostguardDown keys on it): {metrics}"
     );
     assert!(
         child.try_wait().ok().flatten().is_none(),

@@ -112,9 +112,12 @@ pub(crate) fn resolve_notify(
 ) -> Result<NotifySettings, ConfigError> {
     let dur = |v: &str| units::parse_duration(v);
     let mut set = NotifySettings::default();
-    let on = match pick(&args.notify_on, f.on.map(StrOrList::joined), "notify-on") {
-        Some((v, origin)) => KindFilter::parse(&v, &origin).map_err(ConfigError::Invalid)?,
-        None => KindFilter::default(),
+    let (on, chosen) = match pick(&args.notify_on, f.on.map(StrOrList::joined), "notify-on") {
+        Some((v, origin)) => (
+            KindFilter::parse(&v, &origin).map_err(ConfigError::Invalid)?,
+            true,
+        ),
+        None => (KindFilter::default(), false),
     };
     let mut per: BTreeMap<ChannelKind, KindFilter> = BTreeMap::new();
     for (name, list) in f.on_channel {
@@ -129,7 +132,13 @@ pub(crate) fn resolve_notify(
     }
     let mut add = |kind: ChannelKind, target: Option<Secret>| {
         if let Some(target) = target {
-            let on = per.get(&kind).cloned().unwrap_or_else(|| on.clone());
+            let on = match per.get(&kind) {
+                Some(f) => f.clone(),
+                None if kind == ChannelKind::Pagerduty && !chosen => {
+                    KindFilter::parse(super::PAGER_KINDS, "default").expect("valid default")
+                }
+                None => on.clone(),
+            };
             set.channels.push(Channel { kind, target, on });
         }
     };

@@ -22,6 +22,10 @@ pub const DEFAULT_PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue
 /// Kinds sent when a channel does not say: kills, failures, completion, budget warnings.
 pub const DEFAULT_KINDS: &str =
     "killed,failed,completed,warning:budget,warning:checkpoint,agent-error:record";
+/// PagerDuty's default: only what opens an incident (kills, failures, stalls, costguard unable
+/// to guard); completion only resolves what the run opened. Budget warnings are not
+/// incidents: they go to chat.
+pub const PAGER_KINDS: &str = "killed,failed,stalled,agent-error,completed";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -177,6 +181,10 @@ mod tests {
         assert!(!f.matches(&ev(EventKind::Started, None)));
         let all = KindFilter::parse("all", "x").expect("all");
         assert!(all.matches(&ev(EventKind::Started, None)));
+        let pager = KindFilter::parse(PAGER_KINDS, "default").expect("pager default");
+        assert!(!pager.matches(&ev(EventKind::Warning, Some("budget"))));
+        assert!(pager.matches(&ev(EventKind::Killed, Some("usd"))));
+        assert!(pager.matches(&ev(EventKind::AgentError, Some("record"))));
         let err = KindFilter::parse("killed,kiled", "--notify-on").unwrap_err();
         assert!(err.contains("\"kiled\""), "{err}");
     }

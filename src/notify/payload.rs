@@ -58,12 +58,19 @@ pub fn summary(e: &Event) -> String {
     )
 }
 
-fn severity(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::Killed | EventKind::Failed | EventKind::Stalled | EventKind::AgentError => {
-            "critical"
-        }
-        EventKind::Warning | EventKind::Idle => "warning",
+/// How urgent an event is, by what it asks of a person. `critical`: money burns and nobody
+/// stopped it (a stall seen but not killed, costguard unable to guard). `error`: the job
+/// failed by itself. `warning`: a ceiling did its job (the spend stopped; look when you can),
+/// a budget or idle warning. `info`: expected ends, a stop somebody asked for, starts.
+pub fn severity(e: &Event) -> &'static str {
+    if e.test {
+        return "info";
+    }
+    match e.kind {
+        EventKind::Stalled | EventKind::AgentError => "critical",
+        EventKind::Failed => "error",
+        EventKind::Killed if e.reason.as_deref() == Some("signal") => "info",
+        EventKind::Killed | EventKind::Warning | EventKind::Idle => "warning",
         EventKind::Started | EventKind::Completed | EventKind::PhaseCompleted | EventKind::Test => {
             "info"
         }
@@ -145,7 +152,7 @@ fn camel(kind: EventKind) -> String {
 pub fn alertmanager(e: &Event, now: std::time::SystemTime) -> Value {
     let mut labels = json!({
         "alertname": format!("Costguard{}", if e.test { "Test".to_string() } else { camel(e.kind) }),
-        "severity": if e.test { "info" } else { severity(e.kind) },
+        "severity": severity(e),
         "kind": e.kind.as_str(),
         "run": e.run_id,
         "host": e.host,
@@ -182,11 +189,7 @@ pub fn pagerduty(e: &Event, routing_key: &str, resolve: Option<&str>) -> Value {
             "dedup_key": key,
         });
     }
-    let sev = match (e.test, e.kind) {
-        (true, _) => "info",
-        (_, EventKind::AgentError) => "error",
-        (_, k) => severity(k),
-    };
+    let sev = severity(e);
     json!({
         "routing_key": routing_key,
         "event_action": "trigger",
@@ -246,7 +249,8 @@ mod tests {
         let a = alertmanager(&killed(), now);
         assert_eq!(a[0]["labels"]["alertname"], "CostguardKilled");
         assert_eq!(a[0]["labels"]["reason"], "usd");
-        assert_eq!(a[0]["labels"]["severity"], "critical");
+        // A ceiling kill stopped the spend: it asks for a look, not a page at night.
+        assert_eq!(a[0]["labels"]["severity"], "warning");
         assert_eq!(a[0]["endsAt"], "2026-11-24T14:25:00.000Z");
         assert!(a[0]["labels"].as_object().expect("labels").len() <= 7);
     }
@@ -257,7 +261,7 @@ mod tests {
         let t = pagerduty(&e, "R0UTINGKEY", None);
         assert_eq!(t["event_action"], "trigger");
         assert_eq!(t["dedup_key"], "costguard/train-2026-11-24-1147/usd");
-        assert_eq!(t["payload"]["severity"], "critical");
+        assert_eq!(t["payload"]["severity"], "warning");
         assert_eq!(t["payload"]["source"], "gpu-7");
         let r = pagerduty(
             &e,

@@ -439,7 +439,7 @@ impl RunState {
                         EventKind::AgentError,
                         "fleet-no-series",
                         format!(
-                            "fleet budget unknown: {why}: is Prometheus scraping costguard with that label yet? (a ServiceMonitor or PodMonitor needs your Prometheus' `release` label); the local ceilings still hold"
+                            "fleet budget unknown: {why}: is Prometheus scraping costguard with that label yet? (the PodMonitor needs your Prometheus' `release` label); the local ceilings still hold"
                         ),
                         now,
                     )]

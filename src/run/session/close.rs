@@ -61,9 +61,10 @@ impl Session {
         mut sources: Sources,
         command: &[OsString],
     ) -> (u8, bool) {
-        self.live = None; // gives the terminal's bottom row back before the kill and summary
-                          // A TERM or INT from here on (a kubelet stopping the pod during the kill, say) also
-                          // cuts the linger short: listening from the first moment of the close, none is lost.
+        // Give the terminal's bottom row back before the kill and summary.
+        self.live = None;
+        // A TERM or INT from here on (a kubelet stopping the pod during the kill, say) also
+        // cuts the linger short: listening from the first moment of the close, none is lost.
         let stop = Stop::listen();
         let force = sources.force.clone();
         let grace = self.settings.kill_grace;
@@ -101,6 +102,7 @@ impl Session {
         self.summary(&v, leader, command, last_line);
         let done = self.conclude(v).await;
         if done.1 {
+            self.sinks.metrics.run_ended.set(1.0);
             self.linger(stop).await;
         }
         done
