@@ -212,10 +212,11 @@ pub fn report(state: &Path, id: Option<&str>) -> ExitCode {
         Ok(x) => x,
         Err(e) => return err(e),
     };
-    let text = crate::report::render(&l, &ledger::read_events(&dir));
-    if let Err(e) = crate::fsutil::write_replace(&dir.join("report.md"), text.as_bytes()) {
+    if let Err(e) = crate::report::write_report(&dir, &l) {
         crate::console::notice(format!("could not write report.md: {e}"));
     }
+    let text = std::fs::read_to_string(dir.join("report.md"))
+        .unwrap_or_else(|_| crate::report::render(&l, &ledger::read_events(&dir)));
     crate::console::out(text);
     ExitCode::SUCCESS
 }

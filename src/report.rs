@@ -31,6 +31,24 @@ fn round_up_money(d: f64) -> f64 {
 }
 
 /// The whole report: header, planned against actual, kills, cost, surprises, suggestions.
+/// Writes `timeline.svg` (from `series.json` and the event log) and `report.md`, which embeds
+/// the timeline when it could be written.
+pub fn write_report(dir: &std::path::Path, l: &Ledger) -> std::io::Result<()> {
+    let events = crate::ledger::read_events(dir);
+    let series = crate::series::Series::load(dir).unwrap_or_default();
+    let title = format!("costguard run {}: {}", l.run_id, l.state.as_str());
+    let svg = crate::timeline::render(&series, &events, l.budget_dollars, &title);
+    let pictured = crate::fsutil::write_replace(&dir.join("timeline.svg"), svg.as_bytes()).is_ok();
+    let mut text = render(l, &events);
+    if pictured {
+        // After the title line: the picture first, the words after.
+        if let Some(at) = text.find("\n\n") {
+            text.insert_str(at + 2, "![timeline: spend against the budget, GPU utilization, kills and warnings](timeline.svg)\n\n");
+        }
+    }
+    crate::fsutil::write_replace(&dir.join("report.md"), text.as_bytes())
+}
+
 pub fn render(l: &Ledger, events: &[Event]) -> String {
     let mut o = String::new();
     header(&mut o, l);

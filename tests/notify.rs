@@ -203,7 +203,27 @@ fn slack_and_pagerduty_payloads_have_their_documented_shapes() {
             "10",
             "--warn-at",
             "10%",
+        ]);
+    // PagerDuty's own default leaves budget warnings to chat: nothing is triggered, so the
+    // completion has nothing to resolve.
+    let mut quiet = guard(state.path());
+    quiet
+        .env("COSTGUARD_PAGERDUTY_ROUTING_KEY", "routing-key-0123456789")
+        .args(["--pagerduty-url", &pd.url("/v2/enqueue")])
+        .args([
+            "--usd-per-hour",
+            "3600",
+            "--max-usd",
+            "10",
+            "--warn-at",
+            "10%",
         ])
+        .args(["--", "sleep", "1.5"]);
+    let out = run(quiet);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(pd.accepted().is_empty(), "no incident for a budget warning");
+    // Asked for, the warning goes to PagerDuty too (the shapes below).
+    c.args(["--notify-on", "killed,failed,completed,warning:budget"])
         .args(["--", "sleep", "1.5"]);
     let out = run(c);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -21,6 +21,10 @@ pub struct Sinks {
     pub notifier: Option<Notifier>,
     /// The telemetry generation last applied to the per-GPU series.
     gpu_generation: u64,
+    /// The bounded time series behind the timeline (carried from an earlier session).
+    pub series: crate::series::Series,
+    /// When the series was last written to the run directory.
+    series_saved: Option<std::time::Instant>,
 }
 
 impl Sinks {
@@ -36,6 +40,8 @@ impl Sinks {
             recorder: Some(recorder),
             notifier,
             gpu_generation: 0,
+            series: crate::series::Series::default(),
+            series_saved: None,
         }
     }
 
@@ -99,8 +105,10 @@ impl Sinks {
         m.elapsed.set(now.as_secs_f64());
     }
 
-    /// Spend and elapsed on record: a crash loses at most what came since.
-    pub fn record(&self, st: &RunState, now: std::time::Duration) {
+    /// Spend and elapsed on record: a crash loses at most what came since. The time series
+    /// gets a point, and reaches the run directory every 10 s.
+    pub fn record(&mut self, st: &RunState, now: std::time::Duration) {
+        self.sample_series(st, now);
         let Some(r) = &self.recorder else { return };
         let c = st.carried();
         let (spend, wasted, elapsed) = (
@@ -115,6 +123,42 @@ impl Sinks {
             l.updated_at = rfc3339(SystemTime::now());
             l.updated_unix = crate::events::unix_now();
         });
+    }
+
+    pub fn sample_series(&mut self, st: &RunState, now: std::time::Duration) {
+        let e = st.engine();
+        let t = st.telemetry();
+        let utils: Vec<f64> = t.gpus.iter().filter_map(|g| g.util_gpu_pct).collect();
+        let util = (t.current && !utils.is_empty())
+            .then(|| utils.iter().sum::<f64>() / utils.len() as f64);
+        let stall = e
+            .limits()
+            .stall
+            .is_some_and(|s| st.tracks_progress() && e.since_progress(now) >= s);
+        self.series.push(crate::series::Point {
+            t: crate::events::unix_now(),
+            usd: e.spend(now),
+            util,
+            idle: !e.idle_for(now).is_zero(),
+            stall,
+            gap_before: false,
+        });
+        let due = self
+            .series_saved
+            .map_or(true, |at| at.elapsed() >= std::time::Duration::from_secs(10));
+        if due {
+            self.save_series();
+        }
+    }
+
+    /// Writes the series to the run directory (a lost write costs only resolution).
+    pub fn save_series(&mut self) {
+        self.series_saved = Some(std::time::Instant::now());
+        if let Some(r) = &self.recorder {
+            if let Err(e) = self.series.save(&r.run_dir) {
+                tracing::debug!(error = %e, "series.json not written");
+            }
+        }
     }
 
     /// The target's processes, identified by start time, for a restart to find.

@@ -180,6 +180,8 @@ impl Session {
     ) -> Option<crate::ledger::Ledger> {
         let now = self.now();
         self.publish(now);
+        self.sinks.sample_series(&self.state, now);
+        self.sinks.save_series();
         let rec = self.sinks.recorder.take()?;
         let dir = rec.run_dir.clone();
         rec.update(|l| {
@@ -198,12 +200,8 @@ impl Session {
             return None;
         }
         let (d, l) = (dir.clone(), ledger.clone());
-        let written = tokio::task::spawn_blocking(move || {
-            let events = crate::ledger::read_events(&d);
-            let text = crate::report::render(&l, &events);
-            crate::fsutil::write_replace(&d.join("report.md"), text.as_bytes())
-        })
-        .await;
+        let written =
+            tokio::task::spawn_blocking(move || crate::report::write_report(&d, &l)).await;
         if !matches!(written, Ok(Ok(()))) {
             crate::console::alert(format!(
                 "notice: could not write {}",

@@ -192,7 +192,11 @@ pub async fn open(
     };
     rec.update(|l| l.host = id.host.clone());
     let state = RunState::new(init_of(&settings, kind, id, &started, &prev, capture));
-    let sinks = Sinks::new(metrics, status, rec, notifier);
+    let run_dir = rec.run_dir.clone();
+    let mut sinks = Sinks::new(metrics, status, rec, notifier);
+    if let Some(old) = crate::series::Series::load(&run_dir) {
+        sinks.series = crate::series::Series::resumed(old);
+    }
     let live = LiveLine::new(settings.quiet);
     let mut s = Session {
         settings,

@@ -1,0 +1,104 @@
+//! The pictures, looked at as a person would: `runs/<id>/timeline.svg` after a resumed run
+//! that a ceiling killed is well-formed (`xmllint`), renders (`rsvg-convert`, Debian's
+//! librsvg2-bin) to a PNG of the drawn size, and holds the budget line, the kill mark, the
+//! idle shading and the gap where costguard was down; `report.md` embeds it. The PNG and the
+//! SVG are copied to `docs/pictures/` for the README, so they are made by this test.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert_eq!(&bytes[1..4], b"PNG", "not a PNG");
+    let be = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    (be(16), be(20))
+}
+
+#[test]
+fn a_resumed_killed_run_has_a_timeline_that_renders() {
+    let dir = tempdir();
+    let state = dir.path().join("state");
+    // Busy for 4 s, then idle: the second session's idle watchdog kills it.
+    let scenario = serde_json::json!({"gpus": [{
+        "name": "NVIDIA A100-SXM4-80GB",
+        "uuid": "GPU-00000000-1111-2222-3333-444455556666",
+        "timeline": [
+            {"at": 0, "util": 87, "mem_used": 1u64 << 34, "power_mw": 300000, "temp": 55},
+            {"at": 4, "util": 3, "mem_used": 1u64 << 34, "power_mw": 90000, "temp": 45}
+        ]
+    }]});
+    let session = |max: &str, extra: &[&str]| {
+        let mut c = costguard_on_gpus(dir.path(), &scenario);
+        c.env("COSTGUARD_STATE_DIR", &state)
+            .args(["--no-listen", "--usd-per-hour", "3600", "--max-usd", max])
+            .args(["--run-id", "pictured"])
+            .args(extra)
+            .args(["--", "sleep", "30"]);
+        run(c)
+    };
+    let first = session("3", &[]);
+    assert_eq!(first.status.code(), Some(124), "{}", stderr(&first));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let second = session("20", &["--idle", "3s", "--idle-below", "10"]);
+    assert_eq!(second.status.code(), Some(124), "{}", stderr(&second));
+
+    let run_dir = state.join("runs/pictured");
+    let svg_path = run_dir.join("timeline.svg");
+    let svg = std::fs::read_to_string(&svg_path).expect("timeline.svg written at the close");
+    let lint = Command::new("xmllint")
+        .arg("--noout")
+        .arg(&svg_path)
+        .output()
+        .expect("xmllint (libxml2-utils, installed by scripts/test)");
+    assert!(
+        lint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    for want in [
+        r#"id="budget-line""#,
+        r#"class="mark kill""#,
+        "killed (idle)",
+        r#"class="gap""#,
+        r#"class="idle""#,
+        r#"class="spend""#,
+        r#"class="util""#,
+    ] {
+        assert!(svg.contains(want), "{want} in the timeline:\n{svg}");
+    }
+    let png = dir.path().join("timeline.png");
+    let r = Command::new("rsvg-convert")
+        .arg("-o")
+        .arg(&png)
+        .arg(&svg_path)
+        .output()
+        .expect("rsvg-convert (librsvg2-bin, installed by scripts/test)");
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let bytes = std::fs::read(&png).expect("png");
+    assert_eq!(png_size(&bytes), (800, 320));
+    assert!(
+        bytes.len() > 5_000,
+        "a real render, not a blank: {} bytes",
+        bytes.len()
+    );
+    let report = std::fs::read_to_string(run_dir.join("report.md")).expect("report");
+    assert!(report.contains("](timeline.svg)"), "{report}");
+    let series: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir.join("series.json")).expect("series"),
+    )
+    .expect("series JSON");
+    let points = series["points"].as_array().expect("points");
+    assert_eq!(
+        points.iter().filter(|p| p["gap_before"] == true).count(),
+        1,
+        "{series}"
+    );
+
+    // The README's picture, from this run.
+    let pics = repo_root().join("docs/pictures");
+    std::fs::create_dir_all(&pics).expect("docs/pictures");
+    std::fs::copy(&svg_path, pics.join("timeline.svg")).expect("copy svg");
+    std::fs::copy(&png, pics.join("timeline.png")).expect("copy png");
+}
