@@ -143,9 +143,9 @@ impl Sinks {
             stall,
             gap_before: false,
         });
-        let due = self
-            .series_saved
-            .map_or(true, |at| at.elapsed() >= std::time::Duration::from_secs(10));
+        let due = self.series_saved.map_or(true, |at| {
+            at.elapsed() >= std::time::Duration::from_secs(10)
+        });
         if due {
             self.save_series();
         }
