@@ -43,6 +43,9 @@ pub struct Series {
     /// A resume happened: the next point starts after a gap.
     #[serde(skip)]
     resumed: bool,
+    /// When the last point's stretch began (readings within a step of it fold into it).
+    #[serde(skip)]
+    anchor: Option<f64>,
 }
 
 impl Default for Series {
@@ -51,6 +54,7 @@ impl Default for Series {
             step: 1.0,
             points: Vec::new(),
             resumed: false,
+            anchor: None,
         }
     }
 }
@@ -70,12 +74,13 @@ impl Series {
                 .points
                 .last()
                 .is_some_and(|l| p.t - l.t > 2.0 * self.step + 0.5);
-        if let Some(last) = self.points.last_mut() {
-            if !gap && p.t - last.t < self.step * 0.75 && p.t >= last.t {
+        if let (Some(last), Some(anchor)) = (self.points.last_mut(), self.anchor) {
+            if !gap && p.t - anchor < self.step * 0.75 && p.t >= last.t {
                 *last = fold(*last, p);
                 return;
             }
         }
+        self.anchor = Some(p.t);
         self.points.push(Point {
             gap_before: gap,
             ..p
@@ -185,7 +190,7 @@ mod tests {
             idle: true,
             ..p(0.5)
         });
-        s.push(p(0.9));
+        s.push(p(0.6));
         assert_eq!(s.points.len(), 1);
         assert!(s.points[0].idle);
     }
