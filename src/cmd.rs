@@ -212,11 +212,10 @@ pub fn report(state: &Path, id: Option<&str>) -> ExitCode {
         Ok(x) => x,
         Err(e) => return err(e),
     };
-    if let Err(e) = crate::report::write_report(&dir, &l) {
+    let (text, saved) = crate::report::write_report(&dir, &l);
+    if let Err(e) = saved {
         crate::console::notice(format!("could not write report.md: {e}"));
     }
-    let text = std::fs::read_to_string(dir.join("report.md"))
-        .unwrap_or_else(|_| crate::report::render(&l, &ledger::read_events(&dir)));
     crate::console::out(text);
     ExitCode::SUCCESS
 }

@@ -32,8 +32,8 @@ fn round_up_money(d: f64) -> f64 {
 
 /// The whole report: header, planned against actual, kills, cost, surprises, suggestions.
 /// Writes `timeline.svg` (from `series.json` and the event log) and `report.md`, which embeds
-/// the timeline when it could be written.
-pub fn write_report(dir: &std::path::Path, l: &Ledger) -> std::io::Result<()> {
+/// the timeline when it could be written. Returns the report's text and whether it was saved.
+pub fn write_report(dir: &std::path::Path, l: &Ledger) -> (String, std::io::Result<()>) {
     let events = crate::ledger::read_events(dir);
     let series = crate::series::Series::load(dir).unwrap_or_default();
     let title = format!("costguard run {}: {}", l.run_id, l.state.as_str());
@@ -46,7 +46,8 @@ pub fn write_report(dir: &std::path::Path, l: &Ledger) -> std::io::Result<()> {
             text.insert_str(at + 2, "![timeline: spend against the budget, GPU utilization, kills and warnings](timeline.svg)\n\n");
         }
     }
-    crate::fsutil::write_replace(&dir.join("report.md"), text.as_bytes())
+    let saved = crate::fsutil::write_replace(&dir.join("report.md"), text.as_bytes());
+    (text, saved)
 }
 
 pub fn render(l: &Ledger, events: &[Event]) -> String {

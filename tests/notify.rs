@@ -192,38 +192,32 @@ fn slack_and_pagerduty_payloads_have_their_documented_shapes() {
     let state = tempdir();
     let slack = Receiver::start(vec![]);
     let pd = Receiver::start(vec![]);
-    let mut c = guard(state.path());
-    c.env("COSTGUARD_SLACK_WEBHOOK", slack.url("/services/T0/B0/x"))
-        .env("COSTGUARD_PAGERDUTY_ROUTING_KEY", "routing-key-0123456789")
-        .args(["--pagerduty-url", &pd.url("/v2/enqueue")])
-        .args([
-            "--usd-per-hour",
-            "3600",
-            "--max-usd",
-            "10",
-            "--warn-at",
-            "10%",
-        ]);
+    // PagerDuty on a run that spends 10 % of its budget (a budget warning), then completes.
+    let pager = || {
+        let mut c = guard(state.path());
+        c.env("COSTGUARD_PAGERDUTY_ROUTING_KEY", "routing-key-0123456789")
+            .args(["--pagerduty-url", &pd.url("/v2/enqueue")])
+            .args([
+                "--usd-per-hour",
+                "3600",
+                "--max-usd",
+                "10",
+                "--warn-at",
+                "10%",
+            ]);
+        c
+    };
     // PagerDuty's own default leaves budget warnings to chat: nothing is triggered, so the
     // completion has nothing to resolve.
-    let mut quiet = guard(state.path());
-    quiet
-        .env("COSTGUARD_PAGERDUTY_ROUTING_KEY", "routing-key-0123456789")
-        .args(["--pagerduty-url", &pd.url("/v2/enqueue")])
-        .args([
-            "--usd-per-hour",
-            "3600",
-            "--max-usd",
-            "10",
-            "--warn-at",
-            "10%",
-        ])
-        .args(["--", "sleep", "1.5"]);
+    let mut quiet = pager();
+    quiet.args(["--", "sleep", "1.5"]);
     let out = run(quiet);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(pd.accepted().is_empty(), "no incident for a budget warning");
     // Asked for, the warning goes to PagerDuty too (the shapes below).
-    c.args(["--notify-on", "killed,failed,completed,warning:budget"])
+    let mut c = pager();
+    c.env("COSTGUARD_SLACK_WEBHOOK", slack.url("/services/T0/B0/x"))
+        .args(["--notify-on", "killed,failed,completed,warning:budget"])
         .args(["--", "sleep", "1.5"]);
     let out = run(c);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

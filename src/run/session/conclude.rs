@@ -201,7 +201,7 @@ impl Session {
         }
         let (d, l) = (dir.clone(), ledger.clone());
         let written =
-            tokio::task::spawn_blocking(move || crate::report::write_report(&d, &l)).await;
+            tokio::task::spawn_blocking(move || crate::report::write_report(&d, &l).1).await;
         if !matches!(written, Ok(Ok(()))) {
             crate::console::alert(format!(
                 "notice: could not write {}",
