@@ -2,7 +2,8 @@
 //! that a ceiling killed is well-formed (`xmllint`), renders (`rsvg-convert`, Debian's
 //! librsvg2-bin) to a PNG of the drawn size, and holds the budget line, the kill mark, the
 //! idle shading and the gap where costguard was down; `report.md` embeds it. The PNG and the
-//! SVG are copied to `docs/pictures/` for the README, so they are made by this test.
+//! SVG land in `target/pictures/`; `COSTGUARD_UPDATE_PICTURES=1` also refreshes the README's
+//! copy in `docs/pictures/`, which the test checks is not stale.
 
 mod common;
 
@@ -96,9 +97,30 @@ fn a_resumed_killed_run_has_a_timeline_that_renders() {
         "{series}"
     );
 
-    // The README's picture, from this run.
+    // For a person to look at: under target/. The README's copy in docs/pictures/ is made
+    // by this same run with COSTGUARD_UPDATE_PICTURES=1 (a test run does not rewrite tracked
+    // files); it must still show what this run draws.
+    let out = repo_root().join("target/pictures");
+    std::fs::create_dir_all(&out).expect("target/pictures");
+    std::fs::copy(&svg_path, out.join("timeline.svg")).expect("copy svg");
+    std::fs::copy(&png, out.join("timeline.png")).expect("copy png");
     let pics = repo_root().join("docs/pictures");
-    std::fs::create_dir_all(&pics).expect("docs/pictures");
-    std::fs::copy(&svg_path, pics.join("timeline.svg")).expect("copy svg");
-    std::fs::copy(&png, pics.join("timeline.png")).expect("copy png");
+    if std::env::var_os("COSTGUARD_UPDATE_PICTURES").is_some() {
+        std::fs::create_dir_all(&pics).expect("docs/pictures");
+        std::fs::copy(&svg_path, pics.join("timeline.svg")).expect("copy svg");
+        std::fs::copy(&png, pics.join("timeline.png")).expect("copy png");
+    }
+    let shown = std::fs::read_to_string(pics.join("timeline.svg")).unwrap_or_default();
+    for want in [
+        r#"id="budget-line""#,
+        r#"class="mark kill""#,
+        r#"class="gap""#,
+        r#"class="idle""#,
+    ] {
+        assert!(
+            shown.contains(want),
+            "docs/pictures/timeline.svg is stale ({want} missing): regenerate it with \
+             COSTGUARD_UPDATE_PICTURES=1 cargo test --test pictures"
+        );
+    }
 }
