@@ -37,7 +37,8 @@ pub fn write_report(dir: &std::path::Path, l: &Ledger) -> (String, std::io::Resu
     let events = crate::ledger::read_events(dir);
     let series = crate::series::Series::load(dir).unwrap_or_default();
     let title = format!("costguard run {}: {}", l.run_id, l.state.as_str());
-    let svg = crate::timeline::render(&series, &events, l.budget_dollars, &title);
+    let marks: Vec<_> = events.iter().filter_map(crate::series::Mark::of).collect();
+    let svg = crate::timeline::render(&series, &marks, l.budget_dollars, &title);
     let pictured = crate::fsutil::write_replace(&dir.join("timeline.svg"), svg.as_bytes()).is_ok();
     let mut text = render(l, &events);
     if pictured {

@@ -6,8 +6,8 @@
 
 use std::fmt::Write;
 
-use crate::events::{Event, EventKind};
-use crate::series::{Point, Series};
+use crate::events::EventKind;
+use crate::series::{Mark, Point, Series};
 
 pub const WIDTH: f64 = 800.0;
 pub const HEIGHT: f64 = 320.0;
@@ -37,13 +37,6 @@ impl Frame {
     }
 }
 
-fn unix_of(e: &Event) -> Option<f64> {
-    let t = humantime::parse_rfc3339_weak(&e.at).ok()?;
-    t.duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_secs_f64())
-}
-
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -51,20 +44,30 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn clock(t: f64) -> String {
+fn rfc(t: f64) -> String {
     let st = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0));
-    let s = humantime::format_rfc3339_seconds(st).to_string();
-    // 2026-11-25T02:40:14Z -> 11-25 02:40
-    s.get(5..16).unwrap_or(&s).replace('T', " ")
+    humantime::format_rfc3339_seconds(st).to_string()
 }
 
-/// The picture for `series`, `events` (kills, warnings, phases) and the budget.
-pub fn render(series: &Series, events: &[Event], budget: Option<f64>, title: &str) -> String {
+/// A tick label: "02:40" (or "02:40:15" for ticks under a minute apart; "11-25 02:40" for
+/// runs longer than a day).
+fn clock(t: f64, seconds: bool, long: bool) -> String {
+    let s = rfc(t); // 2026-11-25T02:40:14Z
+    let from = if long { 5 } else { 11 };
+    let to = if seconds { 19 } else { 16 };
+    s.get(from..to).unwrap_or(&s).replace('T', " ")
+}
+
+/// "2026-11-25 02:40".
+fn clock_full(t: f64) -> String {
+    let s = rfc(t);
+    s.get(..16).unwrap_or(&s).replace('T', " ")
+}
+
+/// The picture for `series`, `marks` (kills, warnings, phases) and the budget.
+pub fn render(series: &Series, marks: &[Mark], budget: Option<f64>, title: &str) -> String {
     let pts = &series.points;
-    let times = pts
-        .iter()
-        .map(|p| p.t)
-        .chain(events.iter().filter_map(unix_of));
+    let times = pts.iter().map(|p| p.t).chain(marks.iter().map(|m| m.t));
     let (t0, t1) = times.fold((f64::MAX, f64::MIN), |(a, b), t| (a.min(t), b.max(t)));
     let (t0, t1) = if t0 <= t1 {
         (t0, t1.max(t0 + 1.0))
@@ -75,7 +78,7 @@ pub fn render(series: &Series, events: &[Event], budget: Option<f64>, title: &st
     let f = Frame {
         t0,
         t1,
-        usd_max: budget.unwrap_or(0.0).max(spent) * 1.1 + 1e-6,
+        usd_max: nice_ceil(budget.unwrap_or(0.0).max(spent) * 1.05),
     };
     let mut o = String::new();
     let _ = write!(
@@ -88,20 +91,48 @@ pub fn render(series: &Series, events: &[Event], budget: Option<f64>, title: &st
 "##,
         esc(title)
     );
-    phases(&mut o, &f, events);
+    phases(&mut o, &f, marks);
     stretches(&mut o, &f, pts);
     axes(&mut o, &f, spent, budget);
     lines(&mut o, &f, pts);
-    marks(&mut o, &f, events);
+    draw_marks(&mut o, &f, marks);
+    legend(&mut o);
     o.push_str("</svg>\n");
     o
 }
 
-fn phases(o: &mut String, f: &Frame, events: &[Event]) {
-    let starts: Vec<(f64, String)> = events
+/// The smallest round number (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 × 10^k) at or above `v`:
+/// the top of the dollar axis, whose middle tick is then round too.
+fn nice_ceil(v: f64) -> f64 {
+    if v.is_nan() || v <= 0.0 || !v.is_finite() {
+        return 1.0;
+    }
+    let mag = 10f64.powf(v.log10().floor());
+    [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
         .iter()
-        .filter(|e| e.kind == EventKind::Started)
-        .filter_map(|e| Some((unix_of(e)?, e.phase.clone()?)))
+        .map(|m| m * mag)
+        .find(|c| *c >= v * (1.0 - 1e-9))
+        .unwrap_or(10.0 * mag)
+}
+
+/// Round seconds between time labels: at most six across `span`.
+fn time_step(span: f64) -> f64 {
+    const STEPS: [f64; 18] = [
+        1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0,
+        10800.0, 21600.0, 43200.0, 86400.0,
+    ];
+    STEPS
+        .iter()
+        .copied()
+        .find(|s| span / s <= 6.0)
+        .unwrap_or_else(|| (span / 6.0 / 86400.0).ceil() * 86400.0)
+}
+
+fn phases(o: &mut String, f: &Frame, marks: &[Mark]) {
+    let starts: Vec<(f64, String)> = marks
+        .iter()
+        .filter(|m| m.kind == EventKind::Started)
+        .filter_map(|m| Some((m.t, m.phase.clone()?)))
         .collect();
     for (i, (t, name)) in starts.iter().enumerate() {
         let end = starts.get(i + 1).map_or(f.t1, |n| n.0);
@@ -122,7 +153,7 @@ fn phases(o: &mut String, f: &Frame, events: &[Event]) {
 /// Idle and stall stretches, and the gaps where costguard was down.
 fn stretches(o: &mut String, f: &Frame, pts: &[Point]) {
     for w in pts.windows(2) {
-        let (a, b) = (w[0], w[1]);
+        let (a, b) = (&w[0], &w[1]);
         let (x0, x1) = (f.x(a.t), f.x(b.t));
         let width = (x1 - x0).max(0.5);
         let h = UTIL_BOTTOM - SPEND_TOP;
@@ -152,30 +183,110 @@ fn axes(o: &mut String, f: &Frame, spent: f64, budget: Option<f64>) {
         o,
         r##"<g class="axes" stroke="#bbb"><line x1="{LEFT}" y1="{SPEND_BOTTOM}" x2="{right}" y2="{SPEND_BOTTOM}"/><line x1="{LEFT}" y1="{UTIL_BOTTOM}" x2="{right}" y2="{UTIL_BOTTOM}"/><line x1="{LEFT}" y1="{UTIL_TOP}" x2="{right}" y2="{UTIL_TOP}" stroke-dasharray="2 3"/></g>
 <text x="{LEFT}" y="16" font-weight="bold" fill="#222">spend {}{}</text>
-<text x="8" y="{:.1}" fill="#555">$</text><text x="8" y="{:.1}" fill="#555">GPU %</text>
-<text x="{:.1}" y="{UTIL_TOP}" fill="#777" text-anchor="end" dy="4">100</text><text x="{:.1}" y="{UTIL_BOTTOM}" fill="#777" text-anchor="end" dy="4">0</text>
-<text x="{LEFT}" y="300" fill="#555">{}</text><text x="{right}" y="300" fill="#555" text-anchor="end">{} UTC</text>"##,
+<text x="8" y="{:.1}" fill="#555">GPU %</text>
+<text x="{:.1}" y="{UTIL_TOP}" fill="#777" text-anchor="end" dy="4">100</text><text x="{:.1}" y="{UTIL_BOTTOM}" fill="#777" text-anchor="end" dy="4">0</text>"##,
         crate::units::format_money(spent),
         budget
             .map(|b| format!(" of {}", crate::units::format_money(b)))
             .unwrap_or_default(),
-        (SPEND_TOP + SPEND_BOTTOM) / 2.0,
         (UTIL_TOP + UTIL_BOTTOM) / 2.0 + 4.0,
         LEFT - 4.0,
         LEFT - 4.0,
-        clock(f.t0),
-        clock(f.t1),
+    );
+    // Dollars: 0, the middle and the top of the axis, with faint grid lines.
+    o.push_str(r##"<g class="usd-ticks" fill="#777" text-anchor="end">"##);
+    for k in 0..=2 {
+        let v = f.usd_max * f64::from(k) / 2.0;
+        let y = f.y_usd(v);
+        let _ = write!(
+            o,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{right}" y2="{y:.1}" stroke="#eee"/><text x="{:.1}" y="{y:.1}" dy="4">{}</text>"##,
+            LEFT - 4.0,
+            dollars(v)
+        );
+    }
+    o.push_str("</g>\n");
+    // Time: round clock times between the ends, UTC.
+    let step = time_step(f.t1 - f.t0);
+    let long = f.t1 - f.t0 > 86400.0;
+    o.push_str(r##"<g class="time-ticks" fill="#555" text-anchor="middle">"##);
+    let mut t = (f.t0 / step).ceil() * step;
+    while t <= f.t1 + 1e-6 {
+        let x = f.x(t);
+        let _ = write!(
+            o,
+            r##"<line x1="{x:.1}" y1="{UTIL_BOTTOM}" x2="{x:.1}" y2="{:.1}" stroke="#999"/><text x="{x:.1}" y="298">{}</text>"##,
+            UTIL_BOTTOM + 4.0,
+            clock(t, step < 60.0, long)
+        );
+        t += step;
+    }
+    let _ = writeln!(
+        o,
+        r##"<text x="{right}" y="314" text-anchor="end">UTC, from {}</text></g>"##,
+        clock_full(f.t0)
     );
     if let Some(b) = budget {
         let y = f.y_usd(b);
         let _ = writeln!(
             o,
-            r##"<g class="budget"><line id="budget-line" x1="{LEFT}" y1="{y:.1}" x2="{right}" y2="{y:.1}" stroke="#c0392b" stroke-width="1.5" stroke-dasharray="6 4"/><text x="{:.1}" y="{:.1}" fill="#c0392b" text-anchor="end">budget {}</text></g>"##,
-            right - 2.0,
-            y - 4.0,
+            r##"<g class="budget"><line id="budget-line" x1="{LEFT}" y1="{y:.1}" x2="{right}" y2="{y:.1}" stroke="#c0392b" stroke-width="1.5" stroke-dasharray="6 4"/><text x="{:.1}" y="{:.1}" fill="#c0392b">budget {}</text></g>"##,
+            LEFT + 4.0,
+            y + 13.0,
             crate::units::format_money(b)
         );
     }
+}
+
+/// Axis dollars: whole when round, cents otherwise.
+fn dollars(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("${v:.0}")
+    } else if v >= 0.1 {
+        format!("${v:.2}")
+    } else {
+        format!("${v:.3}")
+    }
+}
+
+/// What the lines, shades and marks mean, in a row at the top right.
+fn legend(o: &mut String) {
+    let items: [(&str, &str); 6] = [
+        (
+            "spend",
+            r##"<line x1="0" y1="-4" x2="14" y2="-4" stroke="#1f6feb" stroke-width="2"/>"##,
+        ),
+        (
+            "GPU util",
+            r##"<line x1="0" y1="-4" x2="14" y2="-4" stroke="#2e8b57" stroke-width="2"/>"##,
+        ),
+        (
+            "idle",
+            r##"<rect x="0" y="-9" width="14" height="10" fill="#f5b041" fill-opacity="0.35"/>"##,
+        ),
+        (
+            "stalled",
+            r##"<rect x="0" y="-9" width="14" height="10" fill="#8e44ad" fill-opacity="0.35"/>"##,
+        ),
+        (
+            "warning",
+            r##"<line x1="7" y1="-10" x2="7" y2="2" stroke="#d68910"/>"##,
+        ),
+        (
+            "kill",
+            r##"<line x1="7" y1="-10" x2="7" y2="2" stroke="#c0392b" stroke-width="2"/>"##,
+        ),
+    ];
+    let mut x = 330.0;
+    o.push_str(r##"<g class="legend" fill="#444">"##);
+    for (label, swatch) in items {
+        let _ = write!(
+            o,
+            r##"<g transform="translate({x:.0},16)">{swatch}<text x="18" y="0">{label}</text></g>"##
+        );
+        x += 24.0 + 6.5 * label.len() as f64 + 10.0;
+    }
+    o.push_str("</g>\n");
 }
 
 /// The spend and utilization lines, broken at gaps and unknown readings.
@@ -215,8 +326,8 @@ fn lines(o: &mut String, f: &Frame, pts: &[Point]) {
     }
 }
 
-fn marks(o: &mut String, f: &Frame, events: &[Event]) {
-    for e in events {
+fn draw_marks(o: &mut String, f: &Frame, marks: &[Mark]) {
+    for e in marks {
         let (class, color, label) = match e.kind {
             EventKind::Killed => (
                 "kill",
@@ -227,8 +338,7 @@ fn marks(o: &mut String, f: &Frame, events: &[Event]) {
             EventKind::Stalled => ("warning", "#8e44ad", String::new()),
             _ => continue,
         };
-        let Some(t) = unix_of(e) else { continue };
-        let x = f.x(t);
+        let x = f.x(e.t);
         let _ = write!(
             o,
             r#"<g class="mark {class}"><title>{}</title><line x1="{x:.1}" y1="{SPEND_TOP}" x2="{x:.1}" y2="{UTIL_BOTTOM}" stroke="{color}" stroke-width="{}"/>"#,
