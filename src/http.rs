@@ -1,59 +1,127 @@
-//! The read-only HTTP endpoint: /metrics, /healthz, /status. Handlers read the last
-//! snapshot and the metric atomics; they never call NVML or wait on the run loop.
+//! The read-only HTTP endpoint: `/` (the page), `/metrics`, `/healthz`, `/status`, `/series`
+//! and `/timeline.svg`. Handlers read the last snapshot, the series and the metric atomics;
+//! they never call NVML or wait on the run loop. One server per process (one process runs
+//! one run): a plan's next phase gets the running server, now showing the new phase.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
 use crate::metrics::Metrics;
+use crate::series::Series;
 
 #[derive(Clone)]
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The /status document, replaced whole by the run loop.
     pub status: Arc<RwLock<serde_json::Value>>,
+    /// The run's time series, grown by the run loop.
+    pub series: Arc<RwLock<Series>>,
 }
 
-/// Binds `addr` and serves until the process ends. Returns the bound address.
+impl Shared {
+    fn status(&self) -> serde_json::Value {
+        self.status.read().map(|v| v.clone()).unwrap_or_default()
+    }
+    fn series(&self) -> Series {
+        self.series.read().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// What the running server shows; replaced whole when a plan's next phase opens.
+#[derive(Clone)]
+struct Current(Arc<RwLock<Shared>>);
+
+impl Current {
+    fn get(&self) -> Shared {
+        match self.0.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+/// This process's server: the address it is bound to, what it shows.
+static SERVING: Mutex<Option<(SocketAddr, Current)>> = Mutex::new(None);
+
+/// Nothing here is cached by a browser or a proxy: every answer is the run as it is now.
+const NO_STORE: (header::HeaderName, &str) = (header::CACHE_CONTROL, "no-store");
+
+async fn metrics(State(c): State<Current>) -> impl IntoResponse {
+    let s = c.get();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+async fn status(State(c): State<Current>) -> impl IntoResponse {
+    let s = c.get();
+    let body = s
+        .status
+        .read()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|_| "{}".into());
+    ([(header::CONTENT_TYPE, "application/json"), NO_STORE], body)
+}
+
+async fn series(State(c): State<Current>) -> impl IntoResponse {
+    let s = c.get();
+    let body = s
+        .series
+        .read()
+        .ok()
+        .and_then(|v| serde_json::to_string(&*v).ok())
+        .unwrap_or_else(|| "{}".into());
+    ([(header::CONTENT_TYPE, "application/json"), NO_STORE], body)
+}
+
+async fn page(State(c): State<Current>) -> impl IntoResponse {
+    let s = c.get();
+    let body = crate::page::render(&s.status(), &s.series());
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8"), NO_STORE],
+        body,
+    )
+}
+
+async fn timeline(State(c): State<Current>) -> impl IntoResponse {
+    let s = c.get();
+    let body = crate::page::timeline(&s.status(), &s.series());
+    ([(header::CONTENT_TYPE, "image/svg+xml"), NO_STORE], body)
+}
+
+/// Binds `addr` and serves until the process ends (or shows `shared` on the server already
+/// running). Returns the bound address.
 pub async fn serve(addr: SocketAddr, shared: Shared) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let mut serving = SERVING.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((bound, current)) = serving.as_ref() {
+        *current.0.write().unwrap_or_else(|p| p.into_inner()) = shared;
+        return Ok(*bound);
+    }
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let local = listener.local_addr()?;
-    let m = shared.metrics.clone();
-    let st = shared.status.clone();
+    let current = Current(Arc::new(RwLock::new(shared)));
+    *serving = Some((local, current.clone()));
+    drop(serving);
     let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = m.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        m.render(),
-                    )
-                }
-            }),
-        )
+        .route("/", get(page))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/status",
-            get(move || {
-                let st = st.clone();
-                async move {
-                    let body = st
-                        .read()
-                        .map(|v| v.to_string())
-                        .unwrap_or_else(|_| "{}".into());
-                    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-                }
-            }),
-        );
+        .route("/status", get(status))
+        .route("/series", get(series))
+        .route("/timeline.svg", get(timeline))
+        .with_state(current);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

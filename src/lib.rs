@@ -13,6 +13,7 @@ pub mod http;
 pub mod ledger;
 pub mod metrics;
 pub mod notify;
+pub mod page;
 pub mod policy;
 pub mod redact;
 pub mod report;

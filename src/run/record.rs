@@ -355,6 +355,11 @@ impl Recorder {
         self.tx.send_modify(f);
     }
 
+    /// A look at the current ledger without copying it whole.
+    pub fn read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {
+        f(&self.tx.borrow())
+    }
+
     pub fn snapshot(&self) -> Ledger {
         self.tx.borrow().clone()
     }

@@ -12,6 +12,7 @@ use super::view::Snapshot;
 use crate::events::{rfc3339, Event, EventKind};
 use crate::metrics::{set_opt, Metrics};
 use crate::notify::Notifier;
+use crate::series::{GpuPoint, Point, Series};
 
 pub struct Sinks {
     pub metrics: Arc<Metrics>,
@@ -21,8 +22,9 @@ pub struct Sinks {
     pub notifier: Option<Notifier>,
     /// The telemetry generation last applied to the per-GPU series.
     gpu_generation: u64,
-    /// The bounded time series behind the timeline (carried from an earlier session).
-    pub series: crate::series::Series,
+    /// The bounded time series behind the timeline (carried from an earlier session); the
+    /// endpoint reads it for `/series` and the page.
+    pub series: Arc<RwLock<Series>>,
     /// When the series was last written to the run directory.
     series_saved: Option<std::time::Instant>,
 }
@@ -31,6 +33,7 @@ impl Sinks {
     pub fn new(
         metrics: Arc<Metrics>,
         status: Arc<RwLock<serde_json::Value>>,
+        series: Arc<RwLock<Series>>,
         recorder: Recorder,
         notifier: Option<Notifier>,
     ) -> Sinks {
@@ -40,7 +43,7 @@ impl Sinks {
             recorder: Some(recorder),
             notifier,
             gpu_generation: 0,
-            series: crate::series::Series::default(),
+            series,
             series_saved: None,
         }
     }
@@ -73,6 +76,9 @@ impl Sinks {
         }
         if let Some(n) = &self.notifier {
             n.send(ev);
+        }
+        if let Ok(mut s) = self.series.write() {
+            s.mark(ev);
         }
         if let Some(r) = &self.recorder {
             r.event(ev);
@@ -131,18 +137,37 @@ impl Sinks {
         let utils: Vec<f64> = t.gpus.iter().filter_map(|g| g.util_gpu_pct).collect();
         let util = (t.current && !utils.is_empty())
             .then(|| utils.iter().sum::<f64>() / utils.len() as f64);
+        let gpus = if t.current {
+            t.gpus
+                .iter()
+                .map(|g| GpuPoint {
+                    i: g.index,
+                    u: g.util_gpu_pct,
+                    m: g.mem_used
+                        .zip(g.mem_total.filter(|t| *t > 0))
+                        .map(|(u, t)| u as f64 * 100.0 / t as f64),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let stall = e
             .limits()
             .stall
             .is_some_and(|s| st.tracks_progress() && e.since_progress(now) >= s);
-        self.series.push(crate::series::Point {
+        let point = Point {
             t: crate::events::unix_now(),
             usd: e.spend(now),
             util,
             idle: !e.idle_for(now).is_zero(),
             stall,
             gap_before: false,
-        });
+            gpus,
+            rss: t.host.job_rss_bytes.map(|b| b as f64),
+        };
+        if let Ok(mut s) = self.series.write() {
+            s.push(point);
+        }
         let due = self.series_saved.map_or(true, |at| {
             at.elapsed() >= std::time::Duration::from_secs(10)
         });
@@ -154,8 +179,11 @@ impl Sinks {
     /// Writes the series to the run directory (a lost write costs only resolution).
     pub fn save_series(&mut self) {
         self.series_saved = Some(std::time::Instant::now());
+        let Ok(series) = self.series.read() else {
+            return;
+        };
         if let Some(r) = &self.recorder {
-            if let Err(e) = self.series.save(&r.run_dir) {
+            if let Err(e) = series.save(&r.run_dir) {
                 tracing::debug!(error = %e, "series.json not written");
             }
         }
@@ -244,23 +272,50 @@ impl Sinks {
         let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
         let id = st.id();
         let t = st.telemetry();
+        let lim = st.engine().limits();
+        let at = |d: Option<std::time::Duration>| d.map(|d| rfc3339(SystemTime::now() + d));
+        let (done, kills, sessions) = self.recorder.as_ref().map_or_else(Default::default, |r| {
+            r.read(|l| (l.phases.clone(), l.kills.len(), l.sessions))
+        });
         let doc = json!({
             "run_id": id.run_id,
+            "state": "running",
             "command": id.command_line,
+            "hostname": id.host,
             "notify_channels": id.notify_channels,
             "phase": st.phase().map(|p| p.label()),
+            "phases": st.phase().map(|p| json!({
+                "index": p.index,
+                "total": p.total,
+                "name": p.name,
+                "done": done,
+            })),
+            "sessions": sessions,
+            "kills": kills,
             "started_at": rfc3339(id.started_wall),
             "elapsed_seconds": s.now.as_secs_f64(),
+            "run_elapsed_seconds": st.carried().elapsed + s.now.as_secs_f64(),
             "spend_dollars": s.spend,
             "wasted_dollars": s.wasted,
             "rate_dollars_per_hour": s.rate,
             "budget_dollars": s.budget,
             "budget_remaining_dollars": s.remaining,
             "seconds_to_usd_ceiling": secs(s.to_usd),
+            "usd_ceiling_at": at(s.to_usd),
             "seconds_to_wall_ceiling": secs(s.to_wall),
+            "wall_ceiling_at": at(s.to_wall),
+            "limits": {
+                "max_usd": lim.max_usd,
+                "max_wall_seconds": secs(lim.max_wall),
+                "idle_seconds": secs(lim.idle),
+                "idle_below_pct": lim.idle_below,
+                "stall_seconds": secs(lim.stall.filter(|_| st.tracks_progress())),
+                "max_host_mem_bytes": lim.max_host_mem,
+            },
             "idle_seconds": s.idle.as_secs_f64(),
             "seconds_since_progress": s.since_progress_raw.as_secs_f64(),
             "last_progress": s.last_progress,
+            "waiting_on": s.waiting_on,
             "projection": {
                 "progress_total": s.progress_total,
                 "last_step": s.last_step,
@@ -274,9 +329,31 @@ impl Sinks {
             "gpus": t.gpus,
             "host": t.host,
             "recent_events": st.recent().rev().take(20).collect::<Vec<_>>(),
+            "updated_at": rfc3339(SystemTime::now()),
         });
         if let Ok(mut w) = self.status.write() {
             *w = doc;
+        }
+    }
+
+    /// The run's ending on /status (and so on the page): its state, exit status and words.
+    pub fn publish_end(&self, state: &str, code: u8, detail: &str, report: Option<&str>) {
+        if let Ok(mut w) = self.status.write() {
+            if let Some(doc) = w.as_object_mut() {
+                doc.insert("state".into(), json!(state));
+                doc.insert("exit_code".into(), json!(code));
+                doc.insert("outcome_detail".into(), json!(detail));
+                doc.insert("report_path".into(), json!(report));
+                doc.insert("waiting_on".into(), json!("nothing: the run has ended"));
+                for k in [
+                    "seconds_to_usd_ceiling",
+                    "usd_ceiling_at",
+                    "seconds_to_wall_ceiling",
+                    "wall_ceiling_at",
+                ] {
+                    doc.insert(k.into(), serde_json::Value::Null);
+                }
+            }
         }
     }
 

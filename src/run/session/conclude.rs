@@ -30,6 +30,12 @@ impl Session {
             (_, false) => LedgerState::Running,
         };
         let ledger = self.close_record(overall, code, &detail).await;
+        if ended {
+            let report = ledger.as_ref().and_then(|l| l.report_path.as_ref());
+            let report = report.map(|p| p.display().to_string());
+            self.sinks
+                .publish_end(overall.as_str(), code, &detail, report.as_deref());
+        }
         if ended && self.settings.phase.is_some() {
             // The plan's own last word: not the last phase's.
             crate::console::alert(format!("plan {}: {detail}; exit status {code}", overall));

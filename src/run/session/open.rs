@@ -178,7 +178,11 @@ pub async fn open(
     let metrics = Arc::new(Metrics::new(&channel_names));
     let notifier = open_notifier(&settings, &metrics, &mut notices)?;
     let status = Arc::new(RwLock::new(json!({})));
-    let listening = open_endpoint(&settings, &metrics, &status).await?;
+    // A resumed run's series goes on from where it was.
+    let series = crate::series::Series::load(&rec.run_dir)
+        .map_or_else(Default::default, crate::series::Series::resumed);
+    let series = Arc::new(RwLock::new(series));
+    let listening = open_endpoint(&settings, &metrics, &status, &series).await?;
     for n in &notices {
         crate::console::notice_once(n);
     }
@@ -192,11 +196,7 @@ pub async fn open(
     };
     rec.update(|l| l.host = id.host.clone());
     let state = RunState::new(init_of(&settings, kind, id, &started, &prev, capture));
-    let run_dir = rec.run_dir.clone();
-    let mut sinks = Sinks::new(metrics, status, rec, notifier);
-    if let Some(old) = crate::series::Series::load(&run_dir) {
-        sinks.series = crate::series::Series::resumed(old);
-    }
+    let sinks = Sinks::new(metrics, status, series, rec, notifier);
     let live = LiveLine::new(settings.quiet);
     let mut s = Session {
         settings,
@@ -320,6 +320,7 @@ async fn open_endpoint(
     settings: &Settings,
     metrics: &Arc<Metrics>,
     status: &Arc<RwLock<serde_json::Value>>,
+    series: &Arc<RwLock<crate::series::Series>>,
 ) -> Result<Option<SocketAddr>, GuardError> {
     let Some(addr) = settings.listen else {
         return Ok(None);
@@ -327,6 +328,7 @@ async fn open_endpoint(
     let shared = http::Shared {
         metrics: metrics.clone(),
         status: status.clone(),
+        series: series.clone(),
     };
     if settings.listen_explicit {
         return http::serve(addr, shared)
