@@ -154,6 +154,44 @@ fn eta_text(l: &Ledger) -> String {
     }
 }
 
+/// Utilization and spend over the run from `series.json`: block-character sparklines on a
+/// terminal, words otherwise (a log or a pipe may not show them). Only what was known: no
+/// line for a run without a GPU reading or a price.
+fn trend_text(dir: &Path, l: &Ledger) -> Option<String> {
+    use crate::series::sparkline;
+    use std::io::IsTerminal;
+    let s = crate::series::Series::load(dir).filter(|s| s.points.len() >= 2)?;
+    let (first, last) = (s.points.first()?, s.points.last()?);
+    let over = format_secs(last.t - first.t);
+    let utils: Vec<f64> = s.points.iter().filter_map(|p| p.util).collect();
+    let mut parts = Vec::new();
+    if std::io::stdout().is_terminal() {
+        let width = s.points.len().min(24);
+        if !utils.is_empty() {
+            parts.push(format!(
+                "util {}",
+                sparkline(&s.buckets(width, |p| p.util), 100.0)
+            ));
+        }
+        if l.priced {
+            let top = l.budget_dollars.unwrap_or(0.0).max(last.usd);
+            let line = sparkline(&s.buckets(width, |p| Some(p.usd)), top);
+            parts.push(format!("spend {line}"));
+        }
+        return (!parts.is_empty()).then(|| format!("{}  (over {over})", parts.join("  ")));
+    }
+    if let Some(now) = utils.last() {
+        let lo = utils.iter().copied().fold(f64::MAX, f64::min);
+        let hi = utils.iter().copied().fold(f64::MIN, f64::max);
+        parts.push(format!("util {lo:.0}–{hi:.0}% (last {now:.0}%)"));
+    }
+    if l.priced {
+        let (a, b) = (format_money(first.usd), format_money(last.usd));
+        parts.push(format!("spend {a} → {b}"));
+    }
+    (!parts.is_empty()).then(|| format!("{} over {over}", parts.join(", ")))
+}
+
 /// The check-in, as a person reads it.
 fn status_text(dir: &Path, l: &Ledger, st: &str, phase_text: &str) -> String {
     use std::fmt::Write;
@@ -183,6 +221,9 @@ fn status_text(dir: &Path, l: &Ledger, st: &str, phase_text: &str) -> String {
         let _ = writeln!(o, "eta:       {}", eta_text(l));
     }
     let _ = writeln!(o, "spend:     {}", spend_text(l));
+    if let Some(t) = trend_text(dir, l) {
+        let _ = writeln!(o, "trend:     {t}");
+    }
     let _ = writeln!(o, "kills:     {kills}");
     let _ = writeln!(o, "warnings:  {}   errors: {}", l.warnings, l.errors);
     let progress = l.last_progress.as_deref();

@@ -17,6 +17,32 @@ fn png_size(bytes: &[u8]) -> (u32, u32) {
     (be(16), be(20))
 }
 
+/// `costguard status pictured` with stdout on a fresh pty; what it wrote there.
+fn status_on_a_terminal(state: &std::path::Path) -> String {
+    use std::io::Read;
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let mut c = costguard();
+    c.env("COSTGUARD_STATE_DIR", state)
+        .args(["status", "pictured"])
+        .stdout(std::process::Stdio::from(pty.slave));
+    let mut child = c.spawn().expect("spawn");
+    drop(c);
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = master.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    });
+    assert!(child.wait().expect("wait").success());
+    reader.join().expect("reader").replace('\r', "")
+}
+
 #[test]
 fn a_resumed_killed_run_has_a_timeline_that_renders() {
     let dir = tempdir();
@@ -96,6 +122,31 @@ fn a_resumed_killed_run_has_a_timeline_that_renders() {
         1,
         "{series}"
     );
+
+    // `costguard status`: one trend line, in words through a pipe, as a sparkline on a
+    // terminal.
+    let mut c = costguard();
+    c.env("COSTGUARD_STATE_DIR", &state)
+        .args(["status", "pictured"]);
+    let piped = out_text(&run(c));
+    let trend = piped
+        .lines()
+        .find(|l| l.starts_with("trend:"))
+        .unwrap_or_else(|| panic!("a trend line: {piped}"));
+    assert!(
+        trend.contains("util 3–87%") && trend.contains("spend $") && !trend.contains('█'),
+        "{trend}"
+    );
+    let on_tty = status_on_a_terminal(&state);
+    let trend = on_tty
+        .lines()
+        .find(|l| l.starts_with("trend:"))
+        .unwrap_or_else(|| panic!("a trend line: {on_tty:?}"));
+    assert!(
+        trend.contains("util ") && trend.contains('▇'),
+        "87% busy: {trend:?}"
+    );
+    assert!(trend.contains('▁'), "the idle stretch reads low: {trend:?}");
 
     // For a person to look at: under target/. The README's copy in docs/pictures/ is made
     // by this same run with COSTGUARD_UPDATE_PICTURES=1 (a test run does not rewrite tracked
