@@ -5,7 +5,9 @@
 //! A small script polls `/status` every 2 s and rewrites the numbers in place (each carries
 //! `data-k`, its path in the document, and `data-f`, its format, which the script applies
 //! the way [`fmt`] does); the charts, phases and events are re-fetched from `/` when an event
-//! arrives and every 10 s. Without JavaScript the page refreshes itself every 10 s.
+//! arrives and every 10 s. Without JavaScript the page refreshes itself every 10 s. Every
+//! link and request is relative, so the page also works behind a path prefix (`kubectl proxy`,
+//! an ingress).
 
 use std::fmt::Write;
 
@@ -483,7 +485,7 @@ pub fn render(d: &Value, series: &Series) -> String {
 <main><div class="cards">{}</div>
 <section class="wide" id="timeline" data-swap><h2>Timeline</h2><div class="scroll">{svg}</div></section>
 {}{}{}</main>
-<footer>read-only · <a href="/status">/status</a> · <a href="/series">/series</a> · <a href="/metrics">/metrics</a> · <a href="/timeline.svg">/timeline.svg</a> · updated {}</footer>
+<footer>read-only · <a href="status">/status</a> · <a href="series">/series</a> · <a href="metrics">/metrics</a> · <a href="timeline.svg">/timeline.svg</a> · updated {}</footer>
 <script>{SCRIPT}</script></body></html>
 "#,
         badge,
@@ -554,10 +556,10 @@ if(el.dataset.f==='state')el.className='state s-'+v}
 for(const el of document.querySelectorAll('[data-bar]')){const [n,m]=el.dataset.bar.split('/'),a=get(d,n),b=get(d,m);
 const p=(typeof a==='number'&&typeof b==='number'&&b>0)?Math.min(100,Math.max(0,a/b*100)):null;
 el.className='bar'+(p==null?' none':p>=95?' hot':p>=80?' warm':'');el.firstElementChild.style.width=(p??0).toFixed(1)+'%'}}
-async function swap(){try{const t=await (await fetch('/',{cache:'no-store'})).text();const doc=new DOMParser().parseFromString(t,'text/html');
+async function swap(){try{const t=await (await fetch('./',{cache:'no-store'})).text();const doc=new DOMParser().parseFromString(t,'text/html');
 for(const el of document.querySelectorAll('[data-swap]')){const n=doc.getElementById(el.id);if(n)el.replaceWith(n)}
 const ph=doc.getElementById('phases');if(ph&&!document.getElementById('phases'))document.getElementById('gpus').after(ph)}catch(e){}}
-async function tick(){try{const d=await (await fetch('/status',{cache:'no-store'})).json();
+async function tick(){try{const d=await (await fetch('status',{cache:'no-store'})).json();
 document.getElementById('stale').hidden=true;
 if(state!==null&&d.state!==state){location.reload();return}state=d.state;
 const key=(d.recent_events&&d.recent_events[0]?d.recent_events[0].id:'')+d.state;
