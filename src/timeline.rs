@@ -37,7 +37,8 @@ impl Frame {
     }
 }
 
-fn esc(s: &str) -> String {
+/// Text for XML and HTML (elements and double-quoted attributes), escaped.
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

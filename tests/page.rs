@@ -143,6 +143,15 @@ fn screenshot(profile: &Path, url: &str, name: &str, (w, h): (u32, u32)) -> std:
     file
 }
 
+/// Waits (up to `secs`) until /status answers with a document `ok` accepts.
+fn status_until(port: u16, secs: u64, ok: impl Fn(&serde_json::Value) -> bool) -> bool {
+    wait_until(Duration::from_secs(secs), || {
+        http_get(port, "/status")
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .is_some_and(|s| ok(&s))
+    })
+}
+
 fn status(port: u16) -> serde_json::Value {
     let body = http_get(port, "/status").expect("/status answers");
     serde_json::from_str(&body).expect("status JSON")
@@ -194,13 +203,9 @@ fn a_browser_reads_the_live_run_as_status_has_it() {
         .stderr(Stdio::null());
     let child = c.spawn().expect("costguard starts");
     let url = format!("http://127.0.0.1:{port}/");
-    let ready = wait_until(Duration::from_secs(30), || {
-        http_get(port, "/status")
-            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
-            .is_some_and(|s| {
-                s["gpus"].as_array().is_some_and(|g| g.len() == 2)
-                    && s["spend_dollars"].as_f64().unwrap_or(0.0) > 0.0
-            })
+    let ready = status_until(port, 30, |s| {
+        s["gpus"].as_array().is_some_and(|g| g.len() == 2)
+            && s["spend_dollars"].as_f64().unwrap_or(0.0) > 0.0
     });
     assert!(ready, "costguard serves /status with both GPUs");
 
@@ -310,11 +315,7 @@ fn a_killed_plan_reads_the_same_with_and_without_javascript() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let child = c.spawn().expect("costguard starts");
-    let ended = wait_until(Duration::from_secs(40), || {
-        http_get(port, "/status")
-            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
-            .is_some_and(|s| s["state"] == "killed")
-    });
+    let ended = status_until(port, 40, |s| s["state"] == "killed");
     assert!(ended, "the plan was killed at its dollar ceiling");
     let url = format!("http://127.0.0.1:{port}/");
     let profile = dir.path().join("chromium");

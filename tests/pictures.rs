@@ -19,7 +19,6 @@ fn png_size(bytes: &[u8]) -> (u32, u32) {
 
 /// `costguard status pictured` with stdout on a fresh pty; what it wrote there.
 fn status_on_a_terminal(state: &std::path::Path) -> String {
-    use std::io::Read;
     let pty = nix::pty::openpty(None, None).expect("openpty");
     let mut c = costguard();
     c.env("COSTGUARD_STATE_DIR", state)
@@ -27,18 +26,7 @@ fn status_on_a_terminal(state: &std::path::Path) -> String {
         .stdout(std::process::Stdio::from(pty.slave));
     let mut child = c.spawn().expect("spawn");
     drop(c);
-    let mut master = std::fs::File::from(pty.master);
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while let Ok(n) = master.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        String::from_utf8_lossy(&buf).into_owned()
-    });
+    let reader = read_pty(pty.master);
     assert!(child.wait().expect("wait").success());
     reader.join().expect("reader").replace('\r', "")
 }

@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::process::Stdio;
 
@@ -31,19 +30,7 @@ fn on_a_terminal(extra: &[&str]) -> (Option<i32>, String) {
         .stderr(Stdio::from(pty.slave));
     let mut child = c.spawn().expect("spawn");
     drop(c); // our copy of the slave end: EOF comes when costguard's closes
-    let mut master = std::fs::File::from(pty.master);
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        // EIO once every slave descriptor is closed.
-        while let Ok(n) = master.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        String::from_utf8_lossy(&buf).into_owned()
-    });
+    let reader = read_pty(pty.master);
     let status = child.wait().expect("wait");
     (status.code(), reader.join().expect("reader"))
 }

@@ -208,3 +208,20 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     let (head, body) = buf.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.").then(|| body.to_string())
 }
+
+/// Reads a pty's master end until every slave descriptor is closed (EIO), on a thread.
+pub fn read_pty(master: std::os::fd::OwnedFd) -> std::thread::JoinHandle<String> {
+    use std::io::Read;
+    let mut master = std::fs::File::from(master);
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = master.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}

@@ -15,91 +15,10 @@ use serde_json::Value;
 
 use crate::series::Series;
 
-/// The value at `path` ("gpus.0.util_gpu_pct") in `doc`; null when absent.
-fn get<'a>(doc: &'a Value, path: &str) -> &'a Value {
-    path.split('.').fold(doc, |v, k| match k.parse::<usize>() {
-        Ok(i) if v.is_array() => &v[i],
-        _ => &v[k],
-    })
-}
+mod format;
 
-/// `v` rounded half up to `d` decimals, as the page's script does it (`Math.floor(v*m+0.5)`).
-fn fixed(v: f64, d: usize) -> String {
-    let m = 10f64.powi(d as i32);
-    format!("{:.*}", d, (v * m + 0.5).floor() / m)
-}
-
-fn dur(v: f64) -> String {
-    let t = v.max(0.0).floor() as u64;
-    let (d, h, m, s) = (t / 86_400, t % 86_400 / 3600, t % 3600 / 60, t % 60);
-    if d > 0 {
-        format!("{d}d{h:02}h{m:02}m")
-    } else if h > 0 {
-        format!("{h}h{m:02}m{s:02}s")
-    } else if m > 0 {
-        format!("{m}m{s:02}s")
-    } else {
-        format!("{s}s")
-    }
-}
-
-/// A value as the page shows it. `kind` names one of the script's formats (kept in step
-/// with `F` in [`SCRIPT`]; the browser test compares the two renderings).
-pub fn fmt(kind: &str, v: &Value) -> String {
-    let text = || match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "—".into(),
-        other => other.to_string(),
-    };
-    if kind == "limit" && v.is_null() {
-        return "off".into();
-    }
-    if kind == "limit_bytes" {
-        return if v.is_null() {
-            "off".into()
-        } else {
-            fmt("bytes", v)
-        };
-    }
-    if (kind == "detail" || kind == "at") && v.is_null() {
-        return String::new();
-    }
-    if kind == "count" {
-        return v.as_u64().unwrap_or(0).to_string();
-    }
-    if let Some(s) = v.as_str() {
-        return match kind {
-            "clock" => s.get(11..16).map_or(s.to_string(), |c| format!("{c} UTC")),
-            "at" => s
-                .get(11..16)
-                .map_or(s.to_string(), |c| format!("at {c} UTC")),
-            "time" => s.get(11..19).unwrap_or(s).to_string(),
-            _ => s.to_string(),
-        };
-    }
-    let Some(x) = v.as_f64() else {
-        return text();
-    };
-    match kind {
-        "money" if x.abs() >= 1.0 => format!("${}", fixed(x, 2)),
-        "money" => format!("${}", fixed(x, 4)),
-        "rate" => format!("{}/h", fmt("money", v)),
-        "dur" | "limit" => dur(x),
-        "pct" => format!("{}%", fixed(x, 0)),
-        "bytes" if x >= 1073741824.0 => format!("{} GiB", fixed(x / 1073741824.0, 1)),
-        "bytes" => format!("{} MiB", fixed(x / 1048576.0, 0)),
-        "watts" => format!("{} W", fixed(x, 0)),
-        "celsius" => format!("{} °C", fixed(x, 0)),
-        _ => text(),
-    }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
+pub use format::fmt;
+use format::{dur, esc, get};
 
 /// A live value: `<span data-k=path data-f=kind>formatted</span>`.
 fn val(doc: &Value, path: &str, kind: &str) -> String {
@@ -505,100 +424,16 @@ pub fn render(d: &Value, series: &Series) -> String {
     o
 }
 
-const CSS: &str = r#"
-:root{color-scheme:light;--ink:#1d2430;--muted:#6b7380;--line:#e3e6ea;--blue:#1f6feb;--red:#c0392b;--amber:#d68910}
-*{box-sizing:border-box}body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:var(--ink);background:#f6f7f9}
-header{padding:14px 16px 6px;background:#fff;border-bottom:1px solid var(--line)}
-.brand{margin:0;font-size:12px;letter-spacing:.08em;text-transform:uppercase;color:var(--muted)}
-h1{margin:2px 0 4px;font-size:20px;word-break:break-all}h2{margin:0 0 8px;font-size:13px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted)}
-h3{margin:0 0 6px;font-size:15px}.sub,.detail{margin:2px 0;color:var(--muted);font-size:13px;overflow-wrap:anywhere}
-.wait{color:var(--ink)}code{font-size:12px}
-main{padding:12px;display:grid;gap:12px;max-width:1100px;margin:0 auto}
-.cards{display:grid;gap:12px;grid-template-columns:repeat(auto-fit,minmax(260px,1fr))}
-.card,.wide{background:#fff;border:1px solid var(--line);border-radius:8px;padding:12px 14px;min-width:0}
-.big{margin:0 0 8px;font-size:28px;font-weight:600;font-variant-numeric:tabular-nums}.big small{font-size:15px;font-weight:400;color:var(--muted)}
-table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
-.kv th{text-align:left;font-weight:400;color:var(--muted);padding:2px 8px 2px 0;white-space:nowrap}.kv td{text-align:right;padding:2px 0}
-.list th{text-align:left;font-weight:400;color:var(--muted);border-bottom:1px solid var(--line);padding:4px 6px}
-.list td{padding:4px 6px;border-bottom:1px solid #f0f1f3;vertical-align:top;overflow-wrap:anywhere}
-.grow{width:35%}
-.bar{height:8px;background:#edf0f3;border-radius:4px;overflow:hidden;margin:4px 0 8px}.bar i{display:block;height:100%;background:var(--blue)}
-.bar.warm i{background:var(--amber)}.bar.hot i{background:var(--red)}.bar.none i{width:0!important}
-.state{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;background:#e8eef9;color:#1f4f9e;vertical-align:middle}
-.s-killed,.s-failed,.s-stalled,.s-agent-error{background:#fbe9e7;color:var(--red)}.s-warning,.s-idle{background:#fdf2e0;color:#9a6200}
-.s-completed,.s-phase-completed{background:#e6f4ea;color:#1e7b34}.s-stopped{background:#eee;color:#444}
-.ending:not(:empty){display:inline-block;margin-top:6px;padding:4px 10px;border-radius:6px;font-size:14px}
-#timeline .scroll{overflow-x:auto}#timeline svg{width:100%;min-width:640px;height:auto;display:block}
-.list td:first-child,.state{white-space:nowrap}
-.gpus{display:grid;gap:12px;grid-template-columns:repeat(auto-fit,minmax(250px,1fr))}
-.gpu{border:1px solid var(--line);border-radius:6px;padding:8px 10px}.spark{width:100%;height:44px;display:block;margin-top:6px}
-.legend{margin:2px 0 0;font-size:12px;color:var(--muted)}.legend b{font-weight:400}.legend b::before{content:"";display:inline-block;width:12px;height:3px;margin:0 4px 3px 0;vertical-align:middle}
-.legend .u::before{background:#2e8b57}.legend .m::before{background:#8e44ad}.legend .r::before{background:var(--blue)}
-.muted{color:var(--muted)}footer{padding:12px 16px 24px;color:var(--muted);font-size:12px;text-align:center}a{color:var(--blue)}
-#stale{margin:6px 0 0;padding:6px 10px;background:#fbe9e7;color:var(--red);border-radius:6px}
-"#;
+/// The page's style (inline in the page: nothing is fetched).
+const CSS: &str = include_str!("page.css");
 
 /// The live part: the formats mirror [`fmt`]; the paths are the data-k attributes.
-const SCRIPT: &str = r#"
-(()=>{
-const r=(v,d)=>{const m=10**d;return (Math.floor(v*m+0.5)/m).toFixed(d)};
-const dur=v=>{const t=Math.floor(Math.max(0,v)),d=Math.floor(t/86400),h=Math.floor(t%86400/3600),m=Math.floor(t%3600/60),s=t%60,p=n=>String(n).padStart(2,'0');return d?`${d}d${p(h)}h${p(m)}m`:h?`${h}h${p(m)}m${p(s)}s`:m?`${m}m${p(s)}s`:`${s}s`};
-const F={money:v=>'$'+r(v,Math.abs(v)>=1?2:4),rate:v=>F.money(v)+'/h',dur,limit:dur,pct:v=>r(v,0)+'%',
-bytes:v=>v>=1073741824?r(v/1073741824,1)+' GiB':r(v/1048576,0)+' MiB',watts:v=>r(v,0)+' W',celsius:v=>r(v,0)+' °C'};
-const fmt=(k,v)=>{if((k==='limit'||k==='limit_bytes')&&v==null)return'off';if(k==='limit_bytes')k='bytes';if((k==='detail'||k==='at')&&v==null)return'';if(k==='count')return String(typeof v==='number'?Math.floor(v):0);
-if(v==null)return'—';if(typeof v==='string'){if(k==='clock')return v.length>=16?v.slice(11,16)+' UTC':v;if(k==='at')return v.length>=16?'at '+v.slice(11,16)+' UTC':v;if(k==='time')return v.length>=19?v.slice(11,19):v;return v}
-if(typeof v==='number'&&F[k])return F[k](v);return String(v)};
-const get=(d,p)=>{const v=p.split('.').reduce((o,k)=>o==null?undefined:o[k],d);return v===undefined?null:v};
-let last=null,seen=0,state=null,polls=0;
-function fill(d){
-for(const el of document.querySelectorAll('[data-k]')){const v=get(d,el.dataset.k);el.textContent=fmt(el.dataset.f,v);
-if(el.dataset.f==='state')el.className='state s-'+v}
-for(const el of document.querySelectorAll('[data-bar]')){const [n,m]=el.dataset.bar.split('/'),a=get(d,n),b=get(d,m);
-const p=(typeof a==='number'&&typeof b==='number'&&b>0)?Math.min(100,Math.max(0,a/b*100)):null;
-el.className='bar'+(p==null?' none':p>=95?' hot':p>=80?' warm':'');el.firstElementChild.style.width=(p??0).toFixed(1)+'%'}}
-async function swap(){try{const t=await (await fetch('./',{cache:'no-store'})).text();const doc=new DOMParser().parseFromString(t,'text/html');
-for(const el of document.querySelectorAll('[data-swap]')){const n=doc.getElementById(el.id);if(n)el.replaceWith(n)}
-const ph=doc.getElementById('phases');if(ph&&!document.getElementById('phases'))document.getElementById('gpus').after(ph)}catch(e){}}
-async function tick(){try{const d=await (await fetch('status',{cache:'no-store'})).json();
-document.getElementById('stale').hidden=true;
-if(state!==null&&d.state!==state){location.reload();return}state=d.state;
-const key=(d.recent_events&&d.recent_events[0]?d.recent_events[0].id:'')+d.state;
-if(last!==null&&key!==last)await swap();last=key;fill(d);seen=Date.now();document.documentElement.dataset.polls=++polls}
-catch(e){if(seen)document.getElementById('stale').hidden=false}}
-tick();setInterval(tick,2000);setInterval(swap,10000);
-})();
-"#;
+const SCRIPT: &str = include_str!("page.js");
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn formats_read_as_a_person_reads_them() {
-        assert_eq!(fmt("money", &json!(12.345)), "$12.35");
-        assert_eq!(fmt("money", &json!(0.00125)), "$0.0013");
-        assert_eq!(fmt("rate", &json!(3.5)), "$3.50/h");
-        assert_eq!(fmt("money", &Value::Null), "—");
-        assert_eq!(fmt("dur", &json!(3725.9)), "1h02m05s");
-        assert_eq!(fmt("dur", &json!(42.7)), "42s");
-        assert_eq!(fmt("limit", &Value::Null), "off");
-        assert_eq!(fmt("pct", &json!(62.5)), "63%");
-        assert_eq!(fmt("bytes", &json!(17179869184u64)), "16.0 GiB");
-        assert_eq!(fmt("bytes", &json!(52428800)), "50 MiB");
-        assert_eq!(
-            fmt("clock", &json!("2026-11-25T14:05:09.120Z")),
-            "14:05 UTC"
-        );
-        assert_eq!(fmt("time", &json!("2026-11-25T14:05:09.120Z")), "14:05:09");
-        assert_eq!(fmt("count", &Value::Null), "0");
-        assert_eq!(
-            fmt("at", &json!("2026-11-25T14:05:09.120Z")),
-            "at 14:05 UTC"
-        );
-        assert_eq!(fmt("at", &Value::Null), "");
-        assert_eq!(fmt("limit_bytes", &Value::Null), "off");
-    }
 
     #[test]
     fn the_page_escapes_what_the_job_wrote() {
