@@ -206,9 +206,9 @@ impl Series {
         serde_json::from_slice(&text).ok()
     }
 
-    pub fn save(&self, run_dir: &std::path::Path) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        crate::fsutil::write_replace(&run_dir.join("series.json"), &bytes)
+    /// Replaces `run_dir/series.json` with `bytes` (a serialized series).
+    pub fn write(run_dir: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+        crate::fsutil::write_replace(&run_dir.join("series.json"), bytes)
     }
 }
 

@@ -157,6 +157,22 @@ fn status(port: u16) -> serde_json::Value {
     serde_json::from_str(&body).expect("status JSON")
 }
 
+/// costguard on two fake A100s, serving on `port` for run `id`, quiet.
+fn serving(dir: &Path, port: u16, id: &str) -> Command {
+    let mut c = costguard_on_gpus(dir, &two_gpus());
+    c.env("COSTGUARD_STATE_DIR", dir.join("state"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--run-id",
+            id,
+            "--quiet",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
 fn two_gpus() -> serde_json::Value {
     serde_json::json!({"gpus": [
         {"name": "NVIDIA A100-SXM4-80GB", "uuid": "GPU-00000000-1111-2222-3333-444455556666",
@@ -170,37 +186,28 @@ fn two_gpus() -> serde_json::Value {
 fn a_browser_reads_the_live_run_as_status_has_it() {
     let dir = tempdir();
     let port = free_port();
-    let mut c = costguard_on_gpus(dir.path(), &two_gpus());
-    c.env("COSTGUARD_STATE_DIR", dir.path().join("state"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--run-id",
-            "looked-at",
-        ])
-        .args([
-            "--usd-per-hour",
-            "36",
-            "--max-usd",
-            "50",
-            "--max-wall",
-            "10m",
-        ])
-        .args(["--idle", "5m", "--quiet"])
-        .args([
-            "--webhook",
-            "http://127.0.0.1:9/hook?token=SEKRET-HOOK-0042",
-        ])
-        .args([
-            "--",
-            "sh",
-            "-c",
-            "sleep 120",
-            "job",
-            "--api-key=SEKRET-ARG-0042",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut c = serving(dir.path(), port, "looked-at");
+    c.args([
+        "--usd-per-hour",
+        "36",
+        "--max-usd",
+        "50",
+        "--max-wall",
+        "10m",
+    ])
+    .args(["--idle", "5m"])
+    .args([
+        "--webhook",
+        "http://127.0.0.1:9/hook?token=SEKRET-HOOK-0042",
+    ])
+    .args([
+        "--",
+        "sh",
+        "-c",
+        "sleep 120",
+        "job",
+        "--api-key=SEKRET-ARG-0042",
+    ]);
     let child = c.spawn().expect("costguard starts");
     let url = format!("http://127.0.0.1:{port}/");
     let ready = status_until(port, 30, |s| {
@@ -295,25 +302,16 @@ fn a_killed_plan_reads_the_same_with_and_without_javascript() {
          [[phase]]\nname = \"train\"\ncommand = [\"sh\", \"-c\", \"echo step 1/10; sleep 60\"]\n",
     )
     .expect("plan");
-    let mut c = costguard_on_gpus(dir.path(), &two_gpus());
-    c.env("COSTGUARD_STATE_DIR", dir.path().join("state"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--run-id",
-            "pictured-plan",
-        ])
-        .args([
-            "--usd-per-hour",
-            "3600",
-            "--max-usd",
-            "6",
-            "--linger",
-            "120s",
-        ])
-        .args(["--plan", &path_str(&plan), "--quiet"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut c = serving(dir.path(), port, "pictured-plan");
+    c.args([
+        "--usd-per-hour",
+        "3600",
+        "--max-usd",
+        "6",
+        "--linger",
+        "120s",
+    ])
+    .args(["--plan", &path_str(&plan)]);
     let child = c.spawn().expect("costguard starts");
     let ended = status_until(port, 40, |s| s["state"] == "killed");
     assert!(ended, "the plan was killed at its dollar ceiling");

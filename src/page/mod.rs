@@ -235,11 +235,7 @@ fn gpus(d: &Value, series: &Series) -> String {
                 ("utilization", val(d, &p("util_gpu_pct"), "pct")),
                 (
                     "memory",
-                    format!(
-                        "{} <small>of {}</small>",
-                        val(d, &p("mem_used"), "bytes"),
-                        val(d, &p("mem_total"), "bytes")
-                    ),
+                    of(d, &p("mem_used"), "bytes", &p("mem_total"), ""),
                 ),
                 ("power", val(d, &p("power_watts"), "watts")),
                 ("temperature", val(d, &p("temperature_c"), "celsius")),
@@ -259,11 +255,7 @@ fn gpus(d: &Value, series: &Series) -> String {
             ("processes", val(d, "host.job_processes", "count")),
             (
                 "machine",
-                format!(
-                    "{} <small>of {}</small>",
-                    val(d, "host.host_mem_used", "bytes"),
-                    val(d, "host.host_mem_total", "bytes")
-                )
+                of(d, "host.host_mem_used", "bytes", "host.host_mem_total", ""),
             ),
         ]),
         spark(

@@ -27,6 +27,8 @@ pub struct Sinks {
     pub series: Arc<RwLock<Series>>,
     /// When the series was last written to the run directory.
     series_saved: Option<std::time::Instant>,
+    /// The write of series.json in progress, off the run loop.
+    series_write: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Sinks {
@@ -45,6 +47,7 @@ impl Sinks {
             gpu_generation: 0,
             series,
             series_saved: None,
+            series_write: None,
         }
     }
 
@@ -171,21 +174,33 @@ impl Sinks {
         let due = self.series_saved.map_or(true, |at| {
             at.elapsed() >= std::time::Duration::from_secs(10)
         });
-        if due {
-            self.save_series();
+        // Written on the blocking pool, never on the loop: a slow or full disk must not hold
+        // up a kill. A write still going is not doubled; a lost one costs only resolution.
+        if due && !self.series_write.as_ref().is_some_and(|h| !h.is_finished()) {
+            self.series_saved = Some(std::time::Instant::now());
+            self.series_write = self.series_job().map(tokio::task::spawn_blocking);
         }
     }
 
-    /// Writes the series to the run directory (a lost write costs only resolution).
-    pub fn save_series(&mut self) {
-        self.series_saved = Some(std::time::Instant::now());
-        let Ok(series) = self.series.read() else {
-            return;
-        };
-        if let Some(r) = &self.recorder {
-            if let Err(e) = series.save(&r.run_dir) {
+    /// The series as it is now, and the write of it to the run directory.
+    fn series_job(&self) -> Option<impl FnOnce() + Send + 'static> {
+        let dir = self.recorder.as_ref()?.run_dir.clone();
+        let bytes = serde_json::to_vec(&*self.series.read().ok()?).ok()?;
+        Some(move || {
+            if let Err(e) = crate::series::Series::write(&dir, &bytes) {
                 tracing::debug!(error = %e, "series.json not written");
             }
+        })
+    }
+
+    /// Writes the series now, after any write in progress (at the close: the report reads it).
+    pub async fn save_series(&mut self) {
+        if let Some(h) = self.series_write.take() {
+            let _ = h.await;
+        }
+        self.series_saved = Some(std::time::Instant::now());
+        if let Some(job) = self.series_job() {
+            let _ = tokio::task::spawn_blocking(job).await;
         }
     }
 

@@ -187,7 +187,7 @@ impl Session {
         let now = self.now();
         self.publish(now);
         self.sinks.sample_series(&self.state, now);
-        self.sinks.save_series();
+        self.sinks.save_series().await;
         let rec = self.sinks.recorder.take()?;
         let dir = rec.run_dir.clone();
         rec.update(|l| {
