@@ -67,6 +67,24 @@ pub enum Sub {
     Report(RunRef),
     /// Sidecar / node agent: guard the GPU processes it can see (no command of its own).
     Agent(Box<AgentArgs>),
+    /// The shipped instance price catalog (what a box of a provider's type costs per hour).
+    Prices(PricesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PricesArgs {
+    /// Only this provider: aws, gcp, azure, runpod, lambda (vast prices come from its API).
+    #[arg(long, value_name = "PROVIDER")]
+    pub provider: Option<String>,
+    /// Instance types (or GPU models) containing this text, e.g. p5.48xlarge, a3-highgpu, H100.
+    #[arg(value_name = "TYPE")]
+    pub instance_type: Option<String>,
+    /// Rows that win over the shipped catalog (CSV with the catalog's columns).
+    #[arg(long, env = "COSTGUARD_PRICE_TABLE", value_name = "FILE")]
+    pub price_table: Option<PathBuf>,
+    /// Machine-readable output (one JSON object per row).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -197,7 +215,8 @@ pub struct GuardArgs {
     )]
     pub max_usd: Option<String>,
 
-    /// Price of the whole job in dollars per hour; without it the GPU price table is used.
+    /// Price of the whole job in dollars per hour; without it the box's own price is used
+    /// (its provider's API, else the instance catalog), else the per-GPU table.
     #[arg(
         long,
         env = "COSTGUARD_USD_PER_HOUR",
@@ -205,6 +224,16 @@ pub struct GuardArgs {
         allow_hyphen_values = true
     )]
     pub usd_per_hour: Option<String>,
+
+    /// Which provider's box this is: auto (ask the box: environment, DMI, metadata server),
+    /// none (ask nothing), or aws, gcp, azure, runpod, vast, lambda [default: auto].
+    #[arg(long, env = "COSTGUARD_PROVIDER", value_name = "PROVIDER")]
+    pub provider: Option<String>,
+
+    /// A CSV of instance prices (the catalog's columns: provider,instance_type,region,…,
+    /// usd_per_hour,…) whose rows win over the shipped catalog.
+    #[arg(long, env = "COSTGUARD_PRICE_TABLE", value_name = "FILE")]
+    pub price_table: Option<PathBuf>,
 
     /// Owned hardware: price the energy NVML reports at this many dollars per kWh.
     #[arg(
@@ -478,7 +507,7 @@ pub struct GuardArgs {
     pub notify_command: Option<String>,
 
     /// Event kinds to send: all, or a list of kinds, KIND:REASON allowed
-    /// [default: killed,failed,completed,warning:budget,warning:checkpoint,agent-error:record;
+    /// [default: killed,failed,completed,warning:budget,warning:checkpoint,warning:preemption,agent-error:record;
     /// PagerDuty: killed,failed,stalled,agent-error,completed].
     #[arg(
         long,

@@ -54,7 +54,10 @@ fn find(state: &Path, id: Option<&str>) -> Result<(PathBuf, Ledger), String> {
 }
 
 fn state_word(l: &Ledger) -> String {
-    if l.crashed() {
+    if l.crashed() && l.preempted.is_some() {
+        // Its box was reclaimed after the notice: costguard died with it.
+        "preempted".into()
+    } else if l.crashed() {
         "crashed".into()
     } else {
         l.state.as_str().into()
@@ -379,12 +382,27 @@ pub async fn preflight(settings: &Settings, host: &str) -> Vec<Answer> {
         None => "stall off".into(),
     });
     // A dollar ceiling without a price cannot fire: the same check the run itself makes.
-    let priced = match settings.max_usd {
-        Some(_) => crate::run::price_check(settings).await.map(|p| {
-            w[0] += &format!(" ({p})");
-        }),
-        None => Ok(()),
+    let check = crate::run::price_check(settings).await;
+    let priced = match (settings.max_usd, &check) {
+        (Some(_), Ok(p)) if p.priced => {
+            w[0] += &format!(" ({})", p.rate);
+            Ok(())
+        }
+        (Some(_), Ok(p)) => Err(format!("no price: {}", p.found)),
+        (Some(_), Err(e)) => Err(e.clone()),
+        (None, _) => Ok(()),
     };
+    if let Ok(p) = &check {
+        let mut text = format!("{}; metered {}", p.found, p.rate);
+        for n in &p.notes {
+            text += &format!("; {n}");
+        }
+        out.push(Answer {
+            question: "price",
+            ok: true,
+            text,
+        });
+    }
     out.push(Answer {
         question: "watchdog",
         ok: ceilings && priced.is_ok(),
@@ -551,4 +569,122 @@ fn confirm_started(mut child: std::process::Child, dir: &Path) -> Result<(), Exi
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `costguard prices`: the catalog's rows, filtered; GCP machine types with their GPUs'
+/// price composed as the box is billed.
+pub fn prices(a: &crate::cli::PricesArgs) -> ExitCode {
+    use crate::cloud::{catalog, Provider};
+    let provider = match a.provider.as_deref().map(|p| (p, Provider::parse(p))) {
+        None => None,
+        Some((_, Some(p))) => Some(p),
+        Some((bad, None)) => {
+            return err(format!(
+                "invalid --provider value {bad:?}: expected aws, gcp, azure, runpod, vast or lambda"
+            ))
+        }
+    };
+    let table;
+    let cat = match &a.price_table {
+        Some(path) => match catalog::Catalog::with_table(path) {
+            Ok(c) => {
+                table = c;
+                &table
+            }
+            Err(e) => return err(e),
+        },
+        None => catalog::Catalog::embedded(),
+    };
+    let rows = cat.list(provider, a.instance_type.as_deref());
+    if rows.is_empty() {
+        crate::console::error(format!(
+            "no catalog row matches{}{} (costguard prices lists them all)",
+            provider
+                .map(|p| format!(" provider {}", p.as_str()))
+                .unwrap_or_default(),
+            a.instance_type
+                .as_deref()
+                .map(|t| format!(" {t:?}"))
+                .unwrap_or_default()
+        ));
+        return ExitCode::from(1);
+    }
+    if a.json {
+        for r in rows {
+            let (price, spot, detail) = row_price(cat, r);
+            crate::console::outln(
+                serde_json::json!({
+                    "provider": r.provider, "instance_type": r.instance_type, "region": r.region,
+                    "gpu_model": r.gpu_model, "gpu_count": r.gpu_count, "usd_per_hour": price,
+                    "composed": detail, "spot_usd_per_hour_min": spot.map(|s| s.0),
+                    "spot_usd_per_hour_max": spot.map(|s| s.1), "from_file": r.from_file,
+                })
+                .to_string(),
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
+    crate::console::outln(format!(
+        "source: {}; {} rows. Spot prices are estimates: a spot box is metered at its on-demand price.",
+        catalog::CATALOG_SOURCE,
+        rows.len()
+    ));
+    crate::console::outln(format!(
+        "{:<8} {:<26} {:<24} {:<16} {:>10} {:>17}",
+        "PROVIDER", "INSTANCE TYPE", "REGION", "GPUS", "$/HOUR", "SPOT $/HOUR"
+    ));
+    for r in rows {
+        crate::console::outln(price_line(cat, r));
+    }
+    ExitCode::SUCCESS
+}
+
+/// A row's hourly price and spot range as the box is billed (GCP: machine + GPUs).
+type RowPrice = (Option<f64>, Option<(f64, f64)>, Option<String>);
+
+fn row_price(cat: &crate::cloud::catalog::Catalog, r: &crate::cloud::catalog::Row) -> RowPrice {
+    use crate::cloud::Provider;
+    if r.provider == "gcp" && !r.instance_type.is_empty() {
+        let q = cat.price(Provider::Gcp, &r.instance_type, Some(&r.region));
+        return match q.filter(|q| q.region_exact) {
+            Some(q) => (Some(q.usd_per_hour), q.spot, q.detail),
+            None => (None, None, Some("no GPU row for this machine type".into())),
+        };
+    }
+    let spot = match (r.spot_min, r.spot_max) {
+        (Some(a), Some(b)) => Some((a.min(b), a.max(b))),
+        (Some(a), None) | (None, Some(a)) => Some((a, a)),
+        _ => None,
+    };
+    (r.usd_per_hour, spot, None)
+}
+
+fn price_line(cat: &crate::cloud::catalog::Catalog, r: &crate::cloud::catalog::Row) -> String {
+    let (price, spot, _) = row_price(cat, r);
+    let gpus = if r.gpu_model.is_empty() {
+        crate::cloud::catalog::gcp_gpus(&r.instance_type)
+            .map(|(m, n)| format!("{n} × {m}"))
+            .unwrap_or_default()
+    } else {
+        format!("{} × {}", r.gpu_count, r.gpu_model)
+    };
+    let name = if r.instance_type.is_empty() {
+        "(GPUs, added to a machine)"
+    } else {
+        &r.instance_type
+    };
+    let spot = match spot {
+        Some((a, b)) if (a - b).abs() > 0.005 => format!("{a:.2}–{b:.2}"),
+        Some((a, _)) => format!("{a:.2}"),
+        None => "—".into(),
+    };
+    format!(
+        "{:<8} {:<26} {:<24} {:<16} {:>10} {:>17}",
+        r.provider,
+        name,
+        r.region,
+        gpus,
+        price.map_or("no price".into(), |p| format!("{p:.2}")),
+        spot
+    )
 }

@@ -174,6 +174,22 @@ pub struct Ledger {
     pub wasted_dollars: f64,
     pub elapsed_seconds: f64,
     pub rate_dollars_per_hour: Option<f64>,
+    /// The rate and where it came from, in words ("$21.96/h from aws p4d.24xlarge …").
+    #[serde(default)]
+    pub rate_source: Option<String>,
+    /// The box the run is on, as it named itself (absent when it named none).
+    #[serde(default)]
+    pub provider: Option<String>,
+    #[serde(default)]
+    pub instance_type: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub spot: Option<bool>,
+    /// The provider's reclaim notice, when one came: a session that ends without a word
+    /// after it was preempted (the box died under it).
+    #[serde(default)]
+    pub preempted: Option<String>,
     pub budget_dollars: Option<f64>,
     pub max_wall_seconds: Option<f64>,
     pub priced: bool,

@@ -1,6 +1,7 @@
 //! costguard: guards metered GPU time. See ARCHITECTURE.md for the map of the code.
 
 pub mod cli;
+pub mod cloud;
 pub mod cmd;
 pub mod config;
 pub mod console;

@@ -83,6 +83,7 @@ fn main() -> ExitCode {
         Some(Sub::Stop(r)) => return cmd::stop(&sd(&r.state), r.run.as_deref()),
         Some(Sub::Logs(l)) => return cmd::logs(&sd(&l.state), l.run.as_deref(), l.follow),
         Some(Sub::Agent(a)) => return agent(*a),
+        Some(Sub::Prices(p)) => return cmd::prices(&p),
         Some(Sub::Notify(NotifyCmd::Test(a))) => (*a, Vec::new(), false, false, Mode::NotifyTest),
         Some(Sub::Run(r)) => (r.guard, r.command, r.detach, r.no_preflight, Mode::Run),
         Some(Sub::Check(r)) => (r.guard, r.command, false, false, Mode::Check),

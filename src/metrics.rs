@@ -39,7 +39,11 @@ pub struct Metrics {
     /// Projection from the progress rate (absent until --progress-total and a rate exist).
     pub eta: GaugeVec,
     pub projected_spend: GaugeVec,
+    /// 1, labelled with where the rate comes from and the box it was found on.
+    pub rate_info: GaugeVec,
 }
+
+const RATE_LABELS: [&str; 5] = ["rate_source", "provider", "instance_type", "region", "spot"];
 
 /// The per-GPU series, labelled gpu, uuid, model.
 struct GpuSeries {
@@ -224,7 +228,21 @@ impl Metrics {
                 "costguard_projected_spend_dollars",
                 "Spend at completion projected from the progress rate and the current price",
             ),
+            rate_info: r.gauges(
+                "costguard_rate_info",
+                "Where the rate comes from (rate_source: flag, live, catalog, gpu-table, energy) and the box it was found on",
+                &RATE_LABELS,
+            ),
             registry: r.0,
+        }
+    }
+
+    /// The one `costguard_rate_info` series: the current source and box.
+    pub fn set_rate_info(&self, labels: &[&str; 5]) {
+        let current = self.rate_info.with_label_values(labels);
+        if current.get() != 1.0 {
+            self.rate_info.reset();
+            self.rate_info.with_label_values(labels).set(1.0);
         }
     }
 

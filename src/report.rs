@@ -244,6 +244,21 @@ fn cost(o: &mut String, l: &Ledger) {
             .map(|r| format!(" at {}/h at the end", format_money(r)))
             .unwrap_or_default()
     );
+    if let Some(r) = &l.rate_source {
+        let _ = writeln!(o, "- Rate: {r}");
+    }
+    if let Some(p) = &l.provider {
+        let mut b = vec![p.clone()];
+        b.extend(l.instance_type.clone());
+        b.extend(l.region.clone());
+        if let Some(spot) = l.spot {
+            b.push(if spot { "spot" } else { "on-demand" }.into());
+        }
+        let _ = writeln!(o, "- Box: {}", b.join(" "));
+    }
+    if let Some(p) = &l.preempted {
+        let _ = writeln!(o, "- Preempted: the provider reclaimed the box ({p})");
+    }
     if l.priced {
         let share = if l.spend_dollars > 0.0 {
             100.0 * l.wasted_dollars / l.spend_dollars

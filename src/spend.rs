@@ -20,6 +20,8 @@ pub fn hours_to_duration(hours: f64) -> Duration {
 
 #[derive(Debug, Clone)]
 pub struct SpendMeter {
+    /// Spend carried in at the start (earlier sessions or phases).
+    initial: f64,
     /// Spend accrued before the current rate segment began (resumed spend included).
     base: f64,
     seg_start: Duration,
@@ -31,6 +33,7 @@ impl SpendMeter {
     /// A meter starting at `initial` dollars (spend carried over from an earlier attempt).
     pub fn new(initial: f64, rate_per_hour: f64) -> Self {
         SpendMeter {
+            initial,
             base: initial,
             seg_start: Duration::ZERO,
             rate: rate_per_hour,
@@ -54,6 +57,15 @@ impl SpendMeter {
         }
         self.base = self.spend_at(now);
         self.seg_start = now.max(self.seg_start);
+        self.rate = rate_per_hour;
+    }
+
+    /// The rate was wrong from the start (a guess, before the box named its price): spend
+    /// is what `rate_per_hour` gives over the whole session, as if known from its first
+    /// instant. Never below what was carried in.
+    pub fn correct_from_start(&mut self, rate_per_hour: f64) {
+        self.base = self.initial;
+        self.seg_start = Duration::ZERO;
         self.rate = rate_per_hour;
     }
 
@@ -92,6 +104,18 @@ mod tests {
         m.set_rate(Duration::from_secs(2), 0.0);
         assert_eq!(m.time_to_reach(100.0, Duration::from_secs(3)), None);
         assert!((m.spend_at(Duration::from_secs(9)) - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_corrected_rate_counts_from_the_first_instant() {
+        let mut m = SpendMeter::new(2.0, 3600.0);
+        assert!((m.spend_at(Duration::from_secs(3)) - 5.0).abs() < 1e-9);
+        m.correct_from_start(7200.0);
+        assert!((m.spend_at(Duration::from_secs(3)) - 8.0).abs() < 1e-9);
+        assert_eq!(
+            m.time_to_reach(10.0, Duration::from_secs(3)),
+            Some(Duration::from_secs(4))
+        );
     }
 
     #[test]

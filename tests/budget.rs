@@ -288,6 +288,7 @@ fn in_mount_namespace(script: &str) -> std::process::Output {
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", script])
         .env("CG", bin())
+        .env("COSTGUARD_PROVIDER", "none")
         .env_remove("COSTGUARD_STATE_DIR")
         .env("COSTGUARD_GPU", "none")
         .env("COSTGUARD_LISTEN", "127.0.0.1:0")

@@ -443,6 +443,7 @@ rmdir "$cg" || true
         .arg("-c")
         .arg(script)
         .env("CG", common::bin())
+        .env("COSTGUARD_PROVIDER", "none")
         .env("STATE", &state)
         .env("JOB", &job)
         .env("COSTGUARD_GPU", "none")

@@ -23,6 +23,7 @@ fn pod(dir: &std::path::Path, scenario: &serde_json::Value, body: &str) -> Comma
     let mut c = Command::new("unshare");
     c.args(["--pid", "--fork", "--mount-proc", "sh", "-c", &script])
         .env("CG", bin())
+        .env("COSTGUARD_PROVIDER", "none")
         .env("COSTGUARD_GPU", "nvml")
         .env("COSTGUARD_NVML_LIB", fake_nvml())
         .env("FAKE_NVML_SCENARIO", &path)

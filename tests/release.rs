@@ -15,6 +15,7 @@ use common::*;
 fn sh(script: &str, envs: &[(&str, &Path)]) -> Output {
     let mut c = Command::new("bash");
     c.arg("-c").arg(script).current_dir(repo_root());
+    c.env("COSTGUARD_PROVIDER", "none");
     for (k, v) in envs {
         c.env(k, v);
     }
@@ -88,6 +89,7 @@ fn the_release_binary_guards_a_job_on_the_fake_nvml() {
         .args(["--run-id", "release-check", "--", "sleep", "30"])
         .env("COSTGUARD_NVML_LIB", fake_nvml())
         .env("FAKE_NVML_SCENARIO", &path)
+        .env("COSTGUARD_PROVIDER", "none")
         .env("COSTGUARD_STATE_DIR", dir.path().join("state"))
         .output()
         .expect("the release binary");

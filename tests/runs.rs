@@ -318,6 +318,7 @@ fn a_detached_run_survives_its_terminal_closing() {
     );
     // A shell whose controlling terminal is the pty, as in a terminal window.
     let mut c = Command::new("sh");
+    c.env("COSTGUARD_PROVIDER", "none");
     c.arg("-c")
         .arg(format!(
             "{} run --detach --no-preflight --run-id hup --usd-per-hour 1 --max-wall 1h -- sleep 30; sleep 30",

@@ -36,6 +36,9 @@ pub struct FileConfig {
     pub max_usd: Option<Scalar>,
     #[serde(alias = "usd_per_hour")]
     pub usd_per_hour: Option<Scalar>,
+    pub provider: Option<String>,
+    #[serde(alias = "price_table")]
+    pub price_table: Option<PathBuf>,
     #[serde(alias = "usd_per_kwh")]
     pub usd_per_kwh: Option<Scalar>,
     #[serde(alias = "max_wall")]

@@ -55,6 +55,10 @@ pub struct Settings {
     pub max_usd: Option<f64>,
     pub usd_per_hour: Option<f64>,
     pub usd_per_kwh: Option<f64>,
+    /// Which provider to detect (or none).
+    pub provider: crate::cloud::Choice,
+    /// Instance prices that win over the shipped catalog.
+    pub price_table: Option<PathBuf>,
     pub max_wall: Option<Duration>,
     pub kill_grace: Duration,
     pub warn_signal: Option<Signal>,
@@ -157,6 +161,17 @@ fn gpu_mode(p: Picked) -> Result<GpuMode, ConfigError> {
             "invalid {origin} value {v:?}: expected auto, nvml or none"
         ))),
     }
+}
+
+fn provider_choice(p: Picked) -> Result<crate::cloud::Choice, ConfigError> {
+    let Some((v, origin)) = p else {
+        return Ok(crate::cloud::Choice::Auto);
+    };
+    crate::cloud::Choice::parse(&v).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "invalid {origin} value {v:?}: expected auto, none, aws, gcp, azure, runpod, vast or lambda"
+        ))
+    })
 }
 
 fn progress_regex(p: Picked) -> Result<Option<Regex>, ConfigError> {
@@ -338,6 +353,8 @@ impl Settings {
             pick(&args.usd_per_kwh, s(file.usd_per_kwh), "usd-per-kwh"),
             money,
         )?;
+        let provider = provider_choice(pick(&args.provider, file.provider, "provider"))?;
+        let price_table = args.price_table.clone().or(file.price_table);
         let max_wall = positive(
             conv(pick(&args.max_wall, file.max_wall, "max-wall"), dur)?,
             "max-wall",
@@ -381,6 +398,8 @@ impl Settings {
             max_usd,
             usd_per_hour,
             usd_per_kwh,
+            provider,
+            price_table,
             max_wall,
             kill_grace,
             warn_signal,

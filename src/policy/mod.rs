@@ -68,6 +68,8 @@ pub enum WarnReason {
     IdleSuspected,
     /// No progress for part of the stall window.
     StallSuspected,
+    /// The provider is reclaiming the spot box (its notice came): checkpoint now.
+    Preemption,
 }
 
 impl WarnReason {
@@ -77,6 +79,7 @@ impl WarnReason {
             WarnReason::Budget => "budget",
             WarnReason::IdleSuspected => "idle-suspected",
             WarnReason::StallSuspected => "stall-suspected",
+            WarnReason::Preemption => "preemption",
         }
     }
 }
@@ -181,6 +184,17 @@ impl Engine {
     pub fn set_rate(&mut self, now: Duration, rate_per_hour: f64) {
         self.account_waste(now);
         self.meter.set_rate(now, rate_per_hour);
+    }
+
+    /// The rate was a guess until now: spend (and waste) from the session's first instant
+    /// are recounted at `rate_per_hour`; the dollar deadline follows.
+    pub fn correct_rate(&mut self, now: Duration, rate_per_hour: f64) {
+        self.account_waste(now);
+        let old = self.meter.rate();
+        if old > 0.0 {
+            self.wasted *= rate_per_hour / old;
+        }
+        self.meter.correct_from_start(rate_per_hour);
     }
 
     pub fn usd_deadline(&self, now: Duration) -> Option<Duration> {

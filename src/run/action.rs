@@ -36,6 +36,10 @@ pub enum LoopEvent {
     TargetsEnded,
     /// A reading of the fleet's total spend.
     Fleet(FleetMsg),
+    /// What the box said about itself (provider, instance, its price), once.
+    Box(Box<crate::cloud::Detection>),
+    /// The provider is reclaiming this spot box.
+    Preempted(crate::cloud::preempt::Notice),
     /// The run record could not be written (the ledger or the event log).
     RecordFailed(String),
     /// Every 200 ms: keep the spend counters and the record current.

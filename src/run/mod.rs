@@ -28,21 +28,86 @@ mod view;
 pub use session::{run, GuardError};
 pub use start::{default_run_id, reserve_run_id};
 
-/// Whether the run's dollar ceiling can work: the price it would be metered at, or why there
-/// is none (the same start-up checks a run makes, NVML included).
-pub async fn price_check(settings: &crate::config::Settings) -> Result<String, String> {
+/// The rate a run would be metered at and where it comes from, and what the box said about
+/// itself (the same start-up checks a run makes, NVML and detection included).
+pub struct PriceCheck {
+    /// "at $21.96/h from aws p4d.24xlarge us-west-2 on-demand (catalog 2026-11)".
+    pub rate: String,
+    /// "aws p4d.24xlarge us-west-2 on-demand (metadata, 3 ms)", or why none.
+    pub found: String,
+    pub notes: Vec<String>,
+    pub priced: bool,
+}
+
+pub async fn price_check(settings: &crate::config::Settings) -> Result<PriceCheck, String> {
+    use crate::units::format_money;
     let started = start::prepare(settings).await.map_err(|e| e.to_string())?;
-    Ok(match started.pricing {
-        start::Pricing::Fixed { per_hour, source } => {
-            format!(
-                "at {}/h from {source}",
-                crate::units::format_money(per_hour)
-            )
+    let limit = crate::cloud::PROBE_BUDGET + crate::cloud::API_BUDGET;
+    let d = match &started.probe {
+        Some(p) => tokio::time::timeout(limit, crate::cloud::detected(p))
+            .await
+            .ok(),
+        None => None,
+    };
+    let box_rate = d.and_then(|d| d.rate.as_ref());
+    let mut notes: Vec<String> = d.map(|d| d.notes.clone()).unwrap_or_default();
+    let rate = match (&started.pricing, box_rate) {
+        (
+            start::Pricing::Fixed {
+                per_hour,
+                source,
+                origin: start::RateOrigin::Flag,
+            },
+            b,
+        ) => {
+            if let Some(b) = b.filter(|b| (per_hour - b.per_hour).abs() > 0.25 * b.per_hour) {
+                notes.push(format!(
+                    "--usd-per-hour {} is far from what this box bills: {}/h from {}",
+                    format_money(*per_hour),
+                    format_money(b.per_hour),
+                    b.source
+                ));
+            }
+            Some(format!("at {}/h from {source}", format_money(*per_hour)))
         }
-        start::Pricing::Energy { per_kwh } => {
-            format!("at GPU energy, {}/kWh", crate::units::format_money(per_kwh))
+        (start::Pricing::Energy { per_kwh }, _) => {
+            Some(format!("at GPU energy, {}/kWh", format_money(*per_kwh)))
         }
-        start::Pricing::Unknown => "with no price (spend not metered)".into(),
+        (_, Some(b)) => Some(format!(
+            "at {}/h from {}",
+            format_money(b.per_hour),
+            b.source
+        )),
+        (
+            start::Pricing::Fixed {
+                per_hour, source, ..
+            },
+            None,
+        ) => Some(format!("at {}/h from {source}", format_money(*per_hour))),
+        (start::Pricing::Unknown, None) => None,
+    };
+    let found = match (&started.probe, d) {
+        (None, _) => "not asked (--provider none)".to_string(),
+        (Some(_), None) => "no answer in time".to_string(),
+        (Some(_), Some(d)) if d.found() => {
+            let mut t = format!(
+                "{} (from the {}, {} ms)",
+                d.info.describe(),
+                d.info.via,
+                d.took_ms
+            );
+            if !d.info.context.is_empty() {
+                t += &format!("; inside {}", d.info.context.join(", "));
+            }
+            t
+        }
+        (Some(_), Some(d)) => format!("no cloud provider found ({} ms)", d.took_ms),
+    };
+    Ok(PriceCheck {
+        priced: rate.is_some(),
+        rate: rate.unwrap_or_else(|| "with no price (spend not metered)".into()),
+        found,
+        notes,
     })
 }
 

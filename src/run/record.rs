@@ -126,6 +126,11 @@ async fn resume(
     if let Some(p) = prev.as_mut() {
         // Holding the lock, a "running" ledger means its costguard died.
         if p.state == ledger::RunState::Running && !p.costguard.is_some_and(|c| c.pid == me()) {
+            if let Some(why) = &p.preempted {
+                notices.push(format!(
+                    "run {id}: its last session was preempted: the provider reclaimed the box ({why})"
+                ));
+            }
             p.spend_dollars += end_leftovers(id, p, notices).await;
         }
         notices.push(format!(

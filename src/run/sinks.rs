@@ -257,6 +257,18 @@ impl Sinks {
                 }
             }
         }
+        let r = st.rate_view();
+        m.set_rate_info(&[
+            r.rate_source,
+            r.provider.unwrap_or(""),
+            r.instance_type.as_deref().unwrap_or(""),
+            r.region.as_deref().unwrap_or(""),
+            match r.spot {
+                Some(true) => "true",
+                Some(false) => "false",
+                None => "",
+            },
+        ]);
         set_opt(&m.eta, s.eta.map(|d| d.as_secs_f64()));
         set_opt(&m.projected_spend, s.projected);
         let t = st.telemetry();
@@ -292,6 +304,7 @@ impl Sinks {
         let (done, kills, sessions) = self.recorder.as_ref().map_or_else(Default::default, |r| {
             r.read(|l| (l.phases.clone(), l.kills.len(), l.sessions))
         });
+        let rate = st.rate_view();
         let doc = json!({
             "run_id": id.run_id,
             "state": "running",
@@ -313,6 +326,13 @@ impl Sinks {
             "spend_dollars": s.spend,
             "wasted_dollars": s.wasted,
             "rate_dollars_per_hour": s.rate,
+            "rate_source": rate.rate_source,
+            "rate_text": rate.rate_text,
+            "provider": rate.provider,
+            "instance_type": rate.instance_type,
+            "region": rate.region,
+            "spot": rate.spot,
+            "preempted": st.preempted(),
             "budget_dollars": s.budget,
             "budget_remaining_dollars": s.remaining,
             "seconds_to_usd_ceiling": secs(s.to_usd),
@@ -384,6 +404,17 @@ impl Sinks {
             l.elapsed_seconds = c.elapsed + s.now.as_secs_f64();
             l.priced = st.priced();
             l.rate_dollars_per_hour = s.rate;
+            let rate = st.rate_view();
+            l.rate_source = rate.rate_text.clone();
+            if rate.detected {
+                l.provider = rate.provider.map(str::to_string);
+                l.instance_type = rate.instance_type.clone();
+                l.region = rate.region.clone();
+                l.spot = rate.spot;
+            }
+            if let Some(p) = st.preempted() {
+                l.preempted = Some(p.to_string());
+            }
             l.budget_dollars = s.budget;
             l.max_wall_seconds = s.wall_limit.map(|w| w.as_secs_f64() + c.elapsed);
             l.last_progress = s.last_progress.clone();

@@ -49,6 +49,8 @@ pub struct Config {
     pub record: Option<Rx<String>>,
     /// Whether the live line is drawn (a redraw tick every second).
     pub live: bool,
+    /// What to ask the box about itself (None: `--provider none`).
+    pub cloud: Option<crate::cloud::Probe>,
 }
 
 pub struct Sources {
@@ -60,6 +62,7 @@ pub struct Sources {
     samples: mpsc::Receiver<SampleMsg>,
     fleet: Option<mpsc::UnboundedReceiver<FleetMsg>>,
     record: Option<Rx<String>>,
+    cloud: Option<Rx<LoopEvent>>,
     meters: Interval,
     redraw: Option<Interval>,
     tasks: Vec<JoinHandle<()>>,
@@ -115,7 +118,13 @@ impl Sources {
             tasks.push(tokio::spawn(crate::fleet::poll(f, tx)));
             rx
         });
+        let cloud = c.cloud.map(|p| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tasks.push(tokio::spawn(cloud_watch(p, tx)));
+            rx
+        });
         Sources {
+            cloud,
             signals,
             force,
             holder: c.holder,
@@ -178,6 +187,13 @@ impl Sources {
                 },
                 Some(s) = self.samples.recv() => Some(LoopEvent::Sample(s)),
                 f = recv_opt(&mut self.fleet) => f.map(LoopEvent::Fleet),
+                c = recv_opt(&mut self.cloud) => match c {
+                    Some(e) => Some(e),
+                    None => {
+                        self.cloud = None;
+                        None
+                    }
+                },
                 e = recv_opt(&mut self.record) => match e {
                     Some(e) => Some(LoopEvent::RecordFailed(e)),
                     None => {
@@ -255,6 +271,20 @@ fn watch_signals(
         }));
     }
     tasks
+}
+
+/// The box's detection (made once per process), then — on a spot box — its reclaim notice.
+async fn cloud_watch(p: crate::cloud::Probe, tx: mpsc::UnboundedSender<LoopEvent>) {
+    let d = crate::cloud::detected(&p).await;
+    if tx.send(LoopEvent::Box(Box::new(d.clone()))).is_err() || !d.info.spot {
+        return;
+    }
+    let (ntx, mut nrx) = mpsc::unbounded_channel();
+    let watch = tokio::spawn(crate::cloud::preempt::watch(d.info.clone(), ntx));
+    if let Some(n) = nrx.recv().await {
+        let _ = tx.send(LoopEvent::Preempted(n));
+    }
+    watch.abort();
 }
 
 /// Polls `path`'s modification time; a newer one is progress.

@@ -22,11 +22,37 @@ pub enum StartError {
     Invalid(String),
 }
 
+/// Where a fixed rate came from (`rate_source` in /status and the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateOrigin {
+    /// `--usd-per-hour` (it wins over everything the box says).
+    Flag,
+    /// The per-GPU table (or a `[prices]` model override).
+    GpuTable,
+    /// The box's provider: its live price, or the instance catalog.
+    Box(crate::cloud::RateKind),
+}
+
+impl RateOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateOrigin::Flag => "flag",
+            RateOrigin::GpuTable => "gpu-table",
+            RateOrigin::Box(crate::cloud::RateKind::Live) => "live",
+            RateOrigin::Box(crate::cloud::RateKind::Catalog) => "catalog",
+        }
+    }
+}
+
 /// How the job is priced.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pricing {
     /// A fixed rate in dollars per hour.
-    Fixed { per_hour: f64, source: String },
+    Fixed {
+        per_hour: f64,
+        source: String,
+        origin: RateOrigin,
+    },
     /// Energy of the visible GPUs at this many dollars per kWh.
     Energy { per_kwh: f64 },
     /// Nothing known: spend is not metered (allowed only without --max-usd).
@@ -39,6 +65,8 @@ pub struct Started {
     pub visible: Vec<u32>,
     pub pricing: Pricing,
     pub notices: Vec<String>,
+    /// What to ask the box (None: `--provider none`).
+    pub probe: Option<crate::cloud::Probe>,
 }
 
 pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
@@ -79,41 +107,46 @@ pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
     };
     let visible_idx: Vec<u32> = visible.iter().map(|g| g.index).collect();
 
-    let pricing = if let Some(r) = settings.usd_per_hour {
-        Pricing::Fixed {
-            per_hour: r,
-            source: "--usd-per-hour".into(),
-        }
-    } else if let Some(k) = settings.usd_per_kwh {
-        if gpu.is_none() {
-            return Err(StartError::NoEnergy("NVML is not available".into()));
-        }
-        Pricing::Energy { per_kwh: k }
-    } else if !visible.is_empty() {
-        match price::quote(&visible, &settings.prices) {
-            Ok(q) => Pricing::Fixed {
-                per_hour: q.dollars_per_hour,
-                source: q.source,
-            },
-            Err(e) if settings.max_usd.is_some() => return Err(e.into()),
-            Err(e) => {
-                notices.push(format!("spend is not metered: {e}"));
-                Pricing::Unknown
-            }
-        }
-    } else {
-        Pricing::Unknown
-    };
-    if let (Some(budget), Pricing::Unknown) = (settings.max_usd, &pricing) {
-        let why = if gpu.is_none() {
-            " (no GPU telemetry here)".to_string()
-        } else {
-            " (the job sees no GPU)".to_string()
-        };
-        return Err(StartError::NoRate {
-            budget: format_money(budget),
-            why,
+    let probe = (settings.provider != crate::cloud::Choice::None).then(|| crate::cloud::Probe {
+        choice: settings.provider,
+        price_table: settings.price_table.clone(),
+        gpus: visible.iter().map(|g| g.model.clone()).collect(),
+    });
+    if let Some(p) = probe.clone() {
+        // Beside the start, never in its way: the loop takes the answer when it comes.
+        tokio::spawn(async move {
+            crate::cloud::detected(&p).await;
         });
+    }
+    let mut pricing = local_pricing(settings, &gpu, &visible, &mut notices)?;
+    if let (Some(budget), Pricing::Unknown) = (settings.max_usd, &pricing) {
+        // Nothing on the box prices the job: the dollar ceiling needs the provider's
+        // price before anything starts (bounded; off a cloud this fails fast).
+        let found = match &probe {
+            Some(p) => box_pricing(p).await,
+            None => None,
+        };
+        pricing = match found {
+            Some(p) => p,
+            None => {
+                let gpus = if gpu.is_none() {
+                    "no GPU telemetry here"
+                } else {
+                    "the job sees no GPU"
+                };
+                let boxed = match (&probe, crate::cloud::known()) {
+                    (None, _) => ", --provider none".to_string(),
+                    (Some(_), Some(d)) if d.found() => {
+                        format!(", and {} has no price", d.info.describe())
+                    }
+                    _ => ", and the box named no provider".to_string(),
+                };
+                return Err(StartError::NoRate {
+                    budget: format_money(budget),
+                    why: format!(" ({gpus}{boxed})"),
+                });
+            }
+        };
     }
     // The one check of the warning lead against the budget: here the rate is known,
     // whether it came from --usd-per-hour or the price table.
@@ -136,6 +169,63 @@ pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
         visible: visible_idx,
         pricing,
         notices,
+        probe,
+    })
+}
+
+/// The rate from what is on the box without asking anyone: the flag, energy, the per-GPU
+/// table. A GPU the table does not know is an error only with a dollar ceiling and no
+/// provider to ask.
+fn local_pricing(
+    settings: &Settings,
+    gpu: &Option<NvmlSource>,
+    visible: &[&crate::telemetry::GpuInfo],
+    notices: &mut Vec<String>,
+) -> Result<Pricing, StartError> {
+    if let Some(r) = settings.usd_per_hour {
+        return Ok(Pricing::Fixed {
+            per_hour: r,
+            source: "--usd-per-hour".into(),
+            origin: RateOrigin::Flag,
+        });
+    }
+    if let Some(k) = settings.usd_per_kwh {
+        if gpu.is_none() {
+            return Err(StartError::NoEnergy("NVML is not available".into()));
+        }
+        return Ok(Pricing::Energy { per_kwh: k });
+    }
+    if visible.is_empty() {
+        return Ok(Pricing::Unknown);
+    }
+    match price::quote(visible, &settings.prices) {
+        Ok(q) => Ok(Pricing::Fixed {
+            per_hour: q.dollars_per_hour,
+            source: q.source,
+            origin: RateOrigin::GpuTable,
+        }),
+        Err(e) if settings.max_usd.is_some() && settings.provider == crate::cloud::Choice::None => {
+            Err(e.into())
+        }
+        Err(e) => {
+            notices.push(format!(
+                "spend is not metered until the box names its price: {e}"
+            ));
+            Ok(Pricing::Unknown)
+        }
+    }
+}
+
+/// The box's own price, waited for (bounded) when nothing else prices the job.
+async fn box_pricing(p: &crate::cloud::Probe) -> Option<Pricing> {
+    let limit = crate::cloud::PROBE_BUDGET + crate::cloud::API_BUDGET;
+    let d = tokio::time::timeout(limit, crate::cloud::detected(p))
+        .await
+        .ok()?;
+    d.rate.as_ref().map(|r| Pricing::Fixed {
+        per_hour: r.per_hour,
+        source: r.source.clone(),
+        origin: RateOrigin::Box(r.kind),
     })
 }
 

@@ -13,12 +13,27 @@ use nix::sys::signal::Signal;
 
 use super::action::{Action, Ending, LoopEvent};
 use super::sampler::SampleMsg;
-use super::start::Pricing;
+use super::start::{Pricing, RateOrigin};
 use super::telemetry_cache::TelemetryCache;
 use crate::events::{rfc3339, Event, EventKind, KillReason};
 use crate::fleet::FleetMsg;
 use crate::policy::{Decision, Engine, Observation};
 use crate::units::format_money;
+
+/// Where the rate comes from and the box it was found on.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RateView {
+    /// flag, live, catalog, gpu-table, energy, none.
+    pub rate_source: &'static str,
+    /// "$21.96/h from aws p4d.24xlarge us-west-2 on-demand (catalog 2026-11)".
+    pub rate_text: Option<String>,
+    pub provider: Option<&'static str>,
+    pub instance_type: Option<String>,
+    pub region: Option<String>,
+    pub spot: Option<bool>,
+    /// Whether detection has answered yet.
+    pub detected: bool,
+}
 
 /// What is guarded: the wrapped job's tree, or the agent's GPU processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +144,10 @@ pub struct RunState {
     /// Every pid ever seen as the target's (for the "GPU freed?" check after a kill).
     job_pids: HashSet<i32>,
     marks: Marks,
+    /// What the box said about itself, once it has.
+    cloud: Option<crate::cloud::Detection>,
+    /// The provider's reclaim notice, once one came.
+    preempted: Option<String>,
 }
 
 /// The run's own bookkeeping: when spend was last put on record, the longest idle streak,
@@ -164,6 +183,8 @@ impl RunState {
             },
             job_pids: HashSet::new(),
             marks: Marks::default(),
+            cloud: None,
+            preempted: None,
         }
     }
 
@@ -181,6 +202,47 @@ impl RunState {
     }
     pub fn pricing(&self) -> &Pricing {
         &self.pricing
+    }
+    /// What the box said about itself (None until detection answered, or with none).
+    pub fn cloud(&self) -> Option<&crate::cloud::Detection> {
+        self.cloud.as_ref()
+    }
+    /// Where the rate comes from and the box, as /status, the metrics and the ledger say it.
+    pub fn rate_view(&self) -> RateView {
+        let (source, text) = match &self.pricing {
+            Pricing::Fixed {
+                per_hour,
+                source,
+                origin,
+            } => (
+                origin.as_str(),
+                Some(format!("{}/h from {source}", format_money(*per_hour))),
+            ),
+            Pricing::Energy { per_kwh } => (
+                "energy",
+                Some(format!("GPU energy at {}/kWh", format_money(*per_kwh))),
+            ),
+            Pricing::Unknown => ("none", None),
+        };
+        let info = self
+            .cloud
+            .as_ref()
+            .map(|d| d.info.clone())
+            .unwrap_or_default();
+        RateView {
+            rate_source: source,
+            rate_text: text,
+            provider: info.provider.map(|p| p.as_str()),
+            instance_type: info.instance_type,
+            region: info.region,
+            spot: info.provider.map(|_| info.spot),
+            detected: self.cloud.is_some(),
+        }
+    }
+
+    /// The provider's reclaim notice, if one came.
+    pub fn preempted(&self) -> Option<&str> {
+        self.preempted.as_deref()
     }
     pub fn priced(&self) -> bool {
         self.pricing != Pricing::Unknown
@@ -304,6 +366,8 @@ impl RunState {
             )],
             LoopEvent::Fleet(m) => self.on_fleet(m, now),
             LoopEvent::RecordFailed(why) => self.on_record_failed(why, now),
+            LoopEvent::Box(d) => self.on_box(*d, now),
+            LoopEvent::Preempted(n) => self.on_preempted(n, now),
             LoopEvent::Tick => self.on_tick(now),
             LoopEvent::Redraw => vec![Action::Redraw],
         };
@@ -388,6 +452,76 @@ impl RunState {
             format!("the run record is not being written: {why}; a restart cannot know what this run spent"),
             now,
         )]
+    }
+
+    /// The box named itself: its rate replaces a guessed one from the run's first instant
+    /// (the meter is corrected, not restarted); an explicit --usd-per-hour stays, with one
+    /// notice when it is far from what the box says.
+    fn on_box(&mut self, d: crate::cloud::Detection, now: Duration) -> Vec<Action> {
+        let mut acts: Vec<Action> = d.notes.iter().cloned().map(Action::Notice).collect();
+        if let Some(r) = &d.rate {
+            let said = format!("{}/h from {}", format_money(r.per_hour), r.source);
+            match &self.pricing {
+                Pricing::Fixed {
+                    per_hour,
+                    origin: RateOrigin::Flag,
+                    ..
+                } => {
+                    if (per_hour - r.per_hour).abs() > 0.25 * r.per_hour {
+                        acts.push(Action::Notice(format!(
+                            "--usd-per-hour {} is far from what this box bills: {said}; metering {} as told",
+                            format_money(*per_hour),
+                            format_money(*per_hour)
+                        )));
+                    }
+                }
+                Pricing::Energy { .. } => {}
+                before => {
+                    let was = match before {
+                        Pricing::Fixed {
+                            per_hour, source, ..
+                        } => {
+                            format!("{}/h from {source}", format_money(*per_hour))
+                        }
+                        _ => "not metered".into(),
+                    };
+                    self.engine.correct_rate(now, r.per_hour);
+                    self.pricing = Pricing::Fixed {
+                        per_hour: r.per_hour,
+                        source: r.source.clone(),
+                        origin: RateOrigin::Box(r.kind),
+                    };
+                    if was != said {
+                        acts.push(Action::Say(format!(
+                            "rate: {said}, counted from the run's start (was {was})"
+                        )));
+                    }
+                }
+            }
+        }
+        self.cloud = Some(d);
+        acts.push(Action::Publish);
+        acts
+    }
+
+    /// The provider is reclaiming the box: the job's chance to checkpoint (the warning
+    /// signal, at once), and a warning that reaches a person.
+    fn on_preempted(&mut self, n: crate::cloud::preempt::Notice, now: Duration) -> Vec<Action> {
+        let message = format!(
+            "the {} box is being reclaimed ({}): checkpoint now",
+            n.provider.as_str(),
+            n.detail
+        );
+        self.preempted = Some(n.detail);
+        let reason = crate::policy::WarnReason::Preemption;
+        match self.conduct.warn_signal {
+            Some(signal) if self.kind == TargetKind::Job => vec![Action::WarnSignal {
+                signal,
+                reason,
+                message,
+            }],
+            _ => vec![self.emit(EventKind::Warning, reason.as_str(), message, now)],
+        }
     }
 
     /// A reading of the fleet's total spend (or why there is none).

@@ -65,6 +65,7 @@ fn fixed(per_hour: f64) -> Pricing {
     Pricing::Fixed {
         per_hour,
         source: "test".into(),
+        origin: super::start::RateOrigin::Flag,
     }
 }
 

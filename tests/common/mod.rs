@@ -23,6 +23,9 @@ pub fn costguard() -> Command {
         }
     }
     c.env("COSTGUARD_GPU", "none");
+    // Never ask this machine's network about itself: the metadata address is reached only
+    // inside the network namespaces of tests/cloud.rs.
+    c.env("COSTGUARD_PROVIDER", "none");
     // An ephemeral port: tests run in parallel and never fight over the default one.
     c.env("COSTGUARD_LISTEN", "127.0.0.1:0");
     // Never the user's state: run records of tests that give no directory of their own land

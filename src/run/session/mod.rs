@@ -41,6 +41,8 @@ pub struct Session {
     live: Option<LiveLine>,
     /// The record's write failures (handed to the sources at the start of the loop).
     record_errors: Option<sources::Rx<String>>,
+    /// What to ask the box about itself (None: `--provider none`).
+    probe: Option<crate::cloud::Probe>,
 }
 
 impl Session {
@@ -186,6 +188,7 @@ fn sources_of(
         fleet: s.settings.fleet.clone(),
         record: s.record_errors.take(),
         live: s.live.is_some(),
+        cloud: s.probe.clone(),
     })
 }
 

@@ -205,6 +205,7 @@ pub async fn open(
         gpu: started.gpu.clone(),
         live,
         record_errors,
+        probe: started.probe.clone(),
     };
     s.announce(&started.pricing, listening);
     Ok(s)
@@ -374,7 +375,9 @@ impl Session {
     /// The `started` line and event.
     fn announce(&mut self, pricing: &Pricing, listening: Option<SocketAddr>) {
         let rate_text = match pricing {
-            Pricing::Fixed { per_hour, source } => {
+            Pricing::Fixed {
+                per_hour, source, ..
+            } => {
                 format!("{}/h from {source}", format_money(*per_hour))
             }
             Pricing::Energy { per_kwh } => {
