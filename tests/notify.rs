@@ -625,3 +625,90 @@ fn no_channel_follows_a_redirect_or_sends_a_referer() {
     }
     no_referer(&[&slack, &hook, &am, &pd, &elsewhere]);
 }
+
+#[test]
+fn a_malformed_url_is_refused_at_start_naming_where_it_came_from() {
+    let dir = tempdir();
+    // `after` is what follows the origin in the error, exactly.
+    let refused = |c: &mut Command, origin: &str, after: &str| {
+        c.args(["--", "true"]);
+        let out = c.output().expect("run costguard");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(125), "{origin}: {err}");
+        let want = format!("costguard: error: invalid {origin}{after}\n");
+        assert!(err.contains(&want), "{want:?} in {err:?}");
+        assert!(!err.contains("URLSECRET"), "{origin}: {err}");
+    };
+    let file = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let bad = [
+        ("http://[::1", r#" "http://[::1": invalid IPv6 address"#),
+        (
+            "http://host:99999/x/URLSECRET",
+            r#" "http://host:99999/[redacted]": invalid port number"#,
+        ),
+        (
+            "ftp://x/URLSECRET",
+            r#" "ftp://x/[redacted]": expected an http:// or https:// URL, not ftp://"#,
+        ),
+        (
+            "not a url URLSECRET",
+            ": expected an http:// or https:// URL (relative URL without a base; \
+             the value is not shown: it may be a secret)",
+        ),
+    ];
+    for (i, (url, after)) in bad.into_iter().enumerate() {
+        refused(costguard().args(["--webhook", url]), "--webhook", after);
+        let mut c = costguard();
+        c.env("COSTGUARD_WEBHOOK", url);
+        refused(&mut c, "--webhook (COSTGUARD_WEBHOOK)", after);
+        let cfg = file(
+            &format!("{i}.toml"),
+            format!("[notify]\nwebhook = {url:?}\n"),
+        );
+        let mut c = costguard();
+        c.arg("--config").arg(&cfg);
+        refused(&mut c, "config key notify.webhook", after);
+    }
+    // Every other URL setting, each from one of its origins.
+    let (url, after) = bad[1];
+    let mut c = costguard();
+    c.env("COSTGUARD_SLACK_WEBHOOK", url);
+    refused(&mut c, "--slack-webhook (COSTGUARD_SLACK_WEBHOOK)", after);
+    let hook = file("hook.url", format!("{url}\n"));
+    let mut c = costguard();
+    c.arg("--webhook-file").arg(&hook);
+    refused(&mut c, &format!("--webhook-file {}", hook.display()), after);
+    let cfg = file(
+        "slack.toml",
+        format!(
+            "[notify]\nslack-webhook-file = {:?}\n",
+            hook.display().to_string()
+        ),
+    );
+    let mut c = costguard();
+    c.arg("--config").arg(&cfg);
+    refused(
+        &mut c,
+        &format!("config key notify.slack-webhook-file {}", hook.display()),
+        after,
+    );
+    refused(
+        costguard().args(["--alertmanager", url]),
+        "--alertmanager",
+        after,
+    );
+    let cfg = file(
+        "pd.toml",
+        format!("[notify]\npagerduty-routing-key = \"k-0123456789\"\npagerduty-url = {url:?}\n"),
+    );
+    let mut c = costguard();
+    c.arg("--config").arg(&cfg);
+    refused(&mut c, "config key notify.pagerduty-url", after);
+    let mut c = costguard();
+    c.args(["--fleet-max-usd", "10", "--prometheus-url", url]);
+    refused(&mut c, "--prometheus-url", after);
+}
