@@ -73,6 +73,12 @@ async fn once(client: &reqwest::Client, f: &FleetSettings) -> Result<Answer, Str
         .send()
         .await
         .map_err(|e| crate::redact::text(&e.without_url().to_string()).into_owned())?;
+    if resp.status().is_redirection() {
+        return Err(format!(
+            "Prometheus answered HTTP {} (redirects are not followed)",
+            resp.status()
+        ));
+    }
     if !resp.status().is_success() {
         return Err(format!("Prometheus answered HTTP {}", resp.status()));
     }
@@ -90,7 +96,19 @@ async fn once(client: &reqwest::Client, f: &FleetSettings) -> Result<Answer, Str
 
 /// Polls every interval until the receiver is gone.
 pub async fn poll(f: FleetSettings, tx: mpsc::UnboundedSender<FleetMsg>) {
-    let client = reqwest::Client::new();
+    // Like the notifications' client: no redirect followed (a redirected query would go
+    // elsewhere unchecked), no Referer (the URL may hold credentials).
+    let client = match reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = tx.send(FleetMsg::Error(format!("cannot build an HTTP client: {e}")));
+            return;
+        }
+    };
     let mut tick = tokio::time::interval(f.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

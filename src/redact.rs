@@ -62,6 +62,33 @@ pub fn text(s: &str) -> Cow<'_, str> {
     out
 }
 
+/// A URL as an error may show it when the URL itself may be a secret (a webhook's path or
+/// query is its credential): the scheme and the host and port as written, any
+/// `user:password@` masked, everything after them masked. None when the value has no
+/// `scheme://` to tell the parts apart: then nothing of it can be shown.
+pub fn url_outline(s: &str) -> Option<String> {
+    let (scheme, rest) = s.trim().split_once("://")?;
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if !scheme_ok {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{MASK}@{host}"),
+        None => authority.to_string(),
+    };
+    let tail = if tail.is_empty() || tail == "/" {
+        tail.to_string()
+    } else {
+        format!("/{MASK}")
+    };
+    Some(text(&format!("{scheme}://{authority}{tail}")).into_owned())
+}
+
 /// Whether a flag or variable name looks like it holds a secret.
 pub fn secret_name(name: &str) -> bool {
     let n = name.trim_start_matches('-').to_ascii_lowercase();
@@ -195,5 +222,30 @@ mod tests {
             "http://[redacted]@am.local:9093/api"
         );
         assert_eq!(format!("{:?}", Secret("x".repeat(10))), "[redacted]");
+    }
+
+    #[test]
+    fn a_url_outline_keeps_scheme_host_and_port_only() {
+        assert_eq!(
+            url_outline("https://hooks.slack.com/services/T0/B0/SECRET").as_deref(),
+            Some("https://hooks.slack.com/[redacted]")
+        );
+        assert_eq!(
+            url_outline("http://host:99999/x?token=SECRET").as_deref(),
+            Some("http://host:99999/[redacted]")
+        );
+        assert_eq!(
+            url_outline("http://h?k=SECRET").as_deref(),
+            Some("http://h/[redacted]")
+        );
+        assert_eq!(
+            url_outline(" http://u:pw@am:9093/ ").as_deref(),
+            Some("http://[redacted]@am:9093/")
+        );
+        assert_eq!(url_outline("http://[::1").as_deref(), Some("http://[::1"));
+        assert_eq!(url_outline("ftp://x").as_deref(), Some("ftp://x"));
+        assert_eq!(url_outline("not a url SECRET"), None);
+        assert_eq!(url_outline("hooks.slack.com/services/T0/B0/SECRET"), None);
+        assert_eq!(url_outline("://x/SECRET"), None);
     }
 }

@@ -483,3 +483,232 @@ fn notify_command_gets_the_event_on_stdin_and_a_failing_one_is_retried() {
     assert_eq!(events[0]["kind"], "killed");
     assert_eq!(events[0]["reason"], "wall");
 }
+
+/// Asserts that no request any of `receivers` got carried a `Referer`.
+fn no_referer(receivers: &[&Receiver]) {
+    for r in receivers.iter().flat_map(|r| r.all()) {
+        assert_eq!(
+            r.header("referer"),
+            None,
+            "a Referer reached a receiver: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn a_redirect_is_not_followed_and_the_delivery_stays_undelivered() {
+    let state = tempdir();
+    let elsewhere = Receiver::start(vec![]);
+    let hook = Receiver::start(vec![Reply::Redirect(302, elsewhere.url("/elsewhere")); 100]);
+    let port = free_port();
+    let stop = state.path().join("stop");
+    let mut c = guard(state.path());
+    c.env("COSTGUARD_LISTEN", format!("127.0.0.1:{port}"))
+        .args(["--webhook", &hook.url("/hook/T0/B0/HOOKSECRET")])
+        .args(["--notify-on", "all", "--notify-flush", "1s"])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            &format!("while [ ! -e {} ]; do sleep 0.05; done", stop.display()),
+        ])
+        .stderr(Stdio::piped());
+    let child = c.spawn().expect("spawn");
+    // The started event's first answer is a failure, counted while the job still runs.
+    let failed = r#"costguard_notifications_failed_total{channel="webhook"}"#;
+    let mut metrics = String::new();
+    let counted = wait_until(Duration::from_secs(10), || {
+        metrics = http_get(port, "/metrics").unwrap_or_default();
+        metrics
+            .lines()
+            .any(|l| l.starts_with(failed) && !l.ends_with(" 0"))
+    });
+    std::fs::write(&stop, "").expect("stop file");
+    let out = child.wait_with_output().expect("wait");
+    let err = stderr(&out);
+    assert!(counted, "no failure counted in /metrics: {metrics}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        elsewhere.all().is_empty(),
+        "the redirect was followed: {:?}",
+        elsewhere.all()
+    );
+    let tried = hook.all();
+    assert!(!tried.is_empty());
+    assert!(
+        tried
+            .iter()
+            .all(|r| r.method == "POST" && r.answered == 302),
+        "{tried:?}"
+    );
+    let why = "(HTTP 302 Found (redirects are not followed))";
+    assert!(
+        err.contains(&format!("failed {why}; retrying")),
+        "the first failure is told: {err}"
+    );
+    assert!(
+        err.contains("2 notifications not delivered within 1.000s"),
+        "started and completed are not counted delivered: {err}"
+    );
+    let listed = err
+        .lines()
+        .filter(|l| l.starts_with("costguard:   webhook: ") && l.ends_with(why))
+        .count();
+    assert_eq!(listed, 2, "each listed with its last error: {err}");
+    let left = outbox_files(state.path());
+    assert_eq!(left.len(), 2, "both stay in the outbox: {left:?}");
+    assert!(!err.contains("HOOKSECRET"), "{err}");
+    no_referer(&[&hook, &elsewhere]);
+}
+
+#[test]
+fn a_permanent_redirect_is_refused_and_kept_aside() {
+    let state = tempdir();
+    let elsewhere = Receiver::start(vec![]);
+    let hook = Receiver::start(vec![Reply::Redirect(301, elsewhere.url("/new"))]);
+    let mut c = guard(state.path());
+    c.args(["--webhook", &hook.url("/hook"), "--", "true"]);
+    let out = run(c);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        elsewhere.all().is_empty(),
+        "followed: {:?}",
+        elsewhere.all()
+    );
+    assert_eq!(hook.all().len(), 1, "one attempt only: {:?}", hook.all());
+    assert!(
+        err.contains("webhook refused")
+            && err.contains("(HTTP 301 Moved Permanently (redirects are not followed))"),
+        "{err}"
+    );
+    let failed = std::fs::read_dir(state.path().join("outbox/failed"))
+        .expect("failed dir")
+        .count();
+    assert_eq!(failed, 1);
+    no_referer(&[&hook, &elsewhere]);
+}
+
+#[test]
+fn no_channel_follows_a_redirect_or_sends_a_referer() {
+    let elsewhere = Receiver::start(vec![]);
+    let to = elsewhere.url("/elsewhere?from=redirect");
+    let slack = Receiver::start(vec![Reply::Redirect(302, to.clone())]);
+    let hook = Receiver::start(vec![Reply::Redirect(307, to.clone())]);
+    let am = Receiver::start(vec![Reply::Redirect(303, to.clone())]);
+    let pd = Receiver::start(vec![Reply::Redirect(308, to.clone())]);
+    let mut c = costguard();
+    c.args(["notify", "test"])
+        .args(["--slack-webhook", &slack.url("/services/T/B/SLACKSECRET")])
+        .args(["--webhook", &hook.url("/hook")])
+        .args(["--alertmanager", &am.url("")])
+        .args(["--pagerduty-url", &pd.url("/v2/enqueue")])
+        .env("COSTGUARD_PAGERDUTY_ROUTING_KEY", "routing-key-0123456789");
+    let out = run(c);
+    let text = out_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    for line in [
+        "slack: FAILED: HTTP 302 Found (redirects are not followed)",
+        "webhook: FAILED: HTTP 307 Temporary Redirect (redirects are not followed)",
+        "alertmanager: FAILED: HTTP 303 See Other (redirects are not followed)",
+        "pagerduty: FAILED: HTTP 308 Permanent Redirect (redirects are not followed)",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+    assert!(
+        elsewhere.all().is_empty(),
+        "followed: {:?}",
+        elsewhere.all()
+    );
+    for r in [&slack, &hook, &am, &pd] {
+        assert_eq!(r.all().len(), 1, "{:?}", r.all());
+    }
+    no_referer(&[&slack, &hook, &am, &pd, &elsewhere]);
+}
+
+#[test]
+fn a_malformed_url_is_refused_at_start_naming_where_it_came_from() {
+    let dir = tempdir();
+    // `after` is what follows the origin in the error, exactly.
+    let refused = |c: &mut Command, origin: &str, after: &str| {
+        c.args(["--", "true"]);
+        let out = c.output().expect("run costguard");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(125), "{origin}: {err}");
+        let want = format!("costguard: error: invalid {origin}{after}\n");
+        assert!(err.contains(&want), "{want:?} in {err:?}");
+        assert!(!err.contains("URLSECRET"), "{origin}: {err}");
+    };
+    let file = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let bad = [
+        ("http://[::1", r#" "http://[::1": invalid IPv6 address"#),
+        (
+            "http://host:99999/x/URLSECRET",
+            r#" "http://host:99999/[redacted]": invalid port number"#,
+        ),
+        (
+            "ftp://x/URLSECRET",
+            r#" "ftp://x/[redacted]": expected an http:// or https:// URL, not ftp://"#,
+        ),
+        (
+            "not a url URLSECRET",
+            ": expected an http:// or https:// URL (relative URL without a base; \
+             the value is not shown: it may be a secret)",
+        ),
+    ];
+    for (i, (url, after)) in bad.into_iter().enumerate() {
+        refused(costguard().args(["--webhook", url]), "--webhook", after);
+        let mut c = costguard();
+        c.env("COSTGUARD_WEBHOOK", url);
+        refused(&mut c, "--webhook (COSTGUARD_WEBHOOK)", after);
+        let cfg = file(
+            &format!("{i}.toml"),
+            format!("[notify]\nwebhook = {url:?}\n"),
+        );
+        let mut c = costguard();
+        c.arg("--config").arg(&cfg);
+        refused(&mut c, "config key notify.webhook", after);
+    }
+    // Every other URL setting, each from one of its origins.
+    let (url, after) = bad[1];
+    let mut c = costguard();
+    c.env("COSTGUARD_SLACK_WEBHOOK", url);
+    refused(&mut c, "--slack-webhook (COSTGUARD_SLACK_WEBHOOK)", after);
+    let hook = file("hook.url", format!("{url}\n"));
+    let mut c = costguard();
+    c.arg("--webhook-file").arg(&hook);
+    refused(&mut c, &format!("--webhook-file {}", hook.display()), after);
+    let cfg = file(
+        "slack.toml",
+        format!(
+            "[notify]\nslack-webhook-file = {:?}\n",
+            hook.display().to_string()
+        ),
+    );
+    let mut c = costguard();
+    c.arg("--config").arg(&cfg);
+    refused(
+        &mut c,
+        &format!("config key notify.slack-webhook-file {}", hook.display()),
+        after,
+    );
+    refused(
+        costguard().args(["--alertmanager", url]),
+        "--alertmanager",
+        after,
+    );
+    let cfg = file(
+        "pd.toml",
+        format!("[notify]\npagerduty-routing-key = \"k-0123456789\"\npagerduty-url = {url:?}\n"),
+    );
+    let mut c = costguard();
+    c.arg("--config").arg(&cfg);
+    refused(&mut c, "config key notify.pagerduty-url", after);
+    let mut c = costguard();
+    c.args(["--fleet-max-usd", "10", "--prometheus-url", url]);
+    refused(&mut c, "--prometheus-url", after);
+}

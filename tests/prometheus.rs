@@ -445,3 +445,32 @@ fn a_fleet_budget_read_from_prometheus_stops_every_member() {
     assert!(err.contains("killed: wall"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn a_redirecting_prometheus_is_not_followed() {
+    use common::receiver::{Receiver, Reply};
+    let elsewhere = Receiver::start(vec![]);
+    let prom = Receiver::start(vec![
+        Reply::Redirect(302, elsewhere.url("/api/v1/query"));
+        50
+    ]);
+    let mut c = costguard();
+    c.args(["--usd-per-hour", "36", "--fleet-max-usd", "1"])
+        .args(["--prometheus-url", &prom.url("/prom")])
+        .args(["--max-wall", "1s", "--", "sleep", "30"]);
+    let out = run(c);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(124), "{err}");
+    assert!(
+        err.contains(
+            "fleet budget unknown: Prometheus answered HTTP 302 Found (redirects are not followed)"
+        ),
+        "{err}"
+    );
+    assert!(!prom.all().is_empty(), "Prometheus was asked");
+    assert!(
+        elsewhere.all().is_empty(),
+        "followed: {:?}",
+        elsewhere.all()
+    );
+}

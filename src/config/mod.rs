@@ -130,6 +130,54 @@ pub(crate) fn pick(
     }
 }
 
+/// How an error names a flag's value: `--flag`, or `--flag (COSTGUARD_FLAG)` when the
+/// environment gave it (clap merged the two; the variable holding this very value tells).
+pub(crate) fn flag_origin(flag: &str, value: impl AsRef<std::ffi::OsStr>) -> String {
+    let var = format!("COSTGUARD_{}", flag.to_ascii_uppercase().replace('-', "_"));
+    if std::env::var_os(&var).is_some_and(|v| v == value.as_ref()) {
+        format!("--{flag} ({var})")
+    } else {
+        format!("--{flag}")
+    }
+}
+
+/// `pick` for a URL, the file's value named by its `key` (`notify.pagerduty-url`).
+pub(crate) fn pick_url(
+    cli: &Option<String>,
+    file: Option<String>,
+    flag: &str,
+    key: &str,
+) -> Option<(String, String)> {
+    match (cli, file) {
+        (Some(v), _) => Some((v.clone(), flag_origin(flag, v))),
+        (None, Some(v)) => Some((v, format!("config key {key}"))),
+        (None, None) => None,
+    }
+}
+
+/// A URL costguard will send to: it parses, its scheme is http or https, it names a host
+/// and a port that is one. Checked at start, so a typo is exit 125 and not a lost kill alert
+/// later. The error names `origin`; the value may be a secret (a webhook's path is its
+/// credential), so only its scheme, host and port are shown, and nothing of a value that
+/// has no `scheme://`.
+pub(crate) fn check_url(origin: &str, value: &str) -> Result<(), ConfigError> {
+    let why = match reqwest::Url::parse(value.trim()) {
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+            format!("expected an http:// or https:// URL, not {}://", u.scheme())
+        }
+        Ok(u) if u.host_str().unwrap_or("").is_empty() => "the URL names no host".into(),
+        Ok(u) if u.port() == Some(0) => "port 0 is not a port to send to".into(),
+        Ok(_) => return Ok(()),
+        Err(e) => e.to_string(),
+    };
+    Err(ConfigError::Invalid(match crate::redact::url_outline(value) {
+        Some(shown) => format!("invalid {origin} {shown:?}: {why}"),
+        None => format!(
+            "invalid {origin}: expected an http:// or https:// URL ({why}; the value is not shown: it may be a secret)"
+        ),
+    }))
+}
+
 pub(crate) fn conv<T>(
     v: Option<(String, String)>,
     parse: impl Fn(&str) -> Result<T, UnitError>,
@@ -528,9 +576,10 @@ fn resolve_fleet(
         ),
         units::parse_money,
     )?;
-    let url = pick(
+    let url = pick_url(
         &args.prometheus_url,
         f.prometheus_url.take(),
+        "prometheus-url",
         "prometheus-url",
     );
     let selector = pick(
@@ -552,11 +601,7 @@ fn resolve_fleet(
     match (max, url) {
         (None, None) if selector.is_none() => Ok(None),
         (Some(max), Some((url, origin))) => {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ConfigError::Invalid(format!(
-                    "invalid {origin} {url:?}: expected an http:// or https:// URL"
-                )));
-            }
+            check_url(&origin, &url)?;
             Ok(Some(crate::fleet::FleetSettings {
                 max_usd: max,
                 prometheus_url: url,

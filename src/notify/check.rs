@@ -41,11 +41,7 @@ pub fn test_event(host: &str, origin: &str) -> Event {
 
 /// Sends and reports; returns how many channels failed. `origin` says what sent it.
 pub async fn run(set: &NotifySettings, host: &str, origin: &str, out: &mut Vec<String>) -> usize {
-    let client = match reqwest::Client::builder()
-        .user_agent(concat!("costguard/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(set.timeout)
-        .build()
-    {
+    let client = match deliver::client(set.timeout) {
         Ok(c) => c,
         Err(e) => {
             out.push(format!("cannot build an HTTP client: {e}"));

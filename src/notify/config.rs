@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{Channel, ChannelKind, KindFilter, NotifySettings};
 use crate::cli::GuardArgs;
-use crate::config::{conv, pick, positive, ConfigError};
+use crate::config::{check_url, conv, flag_origin, pick, pick_url, positive, ConfigError};
 use crate::redact::Secret;
 use crate::units;
 
@@ -58,15 +58,16 @@ pub struct NotifyFile {
 }
 
 /// A secret from its flag/env, else its file flag/env, else the config value, else the
-/// config file path. Errors never print the value.
+/// config file path; with where it came from (`--webhook`, `--webhook-file PATH`,
+/// `config key notify.webhook` …). Errors never print the value.
 fn secret(
     flag: &str,
     value: &Option<String>,
     file: &Option<PathBuf>,
     cfg_value: Option<String>,
     cfg_file: Option<PathBuf>,
-) -> Result<Option<Secret>, ConfigError> {
-    let read = |p: &PathBuf, origin: &str| -> Result<Option<Secret>, ConfigError> {
+) -> Result<Option<(Secret, String)>, ConfigError> {
+    let read = |p: &PathBuf, origin: String| -> Result<Option<(Secret, String)>, ConfigError> {
         let text = std::fs::read_to_string(p).map_err(|e| {
             ConfigError::Invalid(format!("cannot read {origin} {}: {e}", p.display()))
         })?;
@@ -77,33 +78,40 @@ fn secret(
                 p.display()
             )));
         }
-        Ok(Some(Secret(v.to_string())))
+        Ok(Some((
+            Secret(v.to_string()),
+            format!("{origin} {}", p.display()),
+        )))
     };
     if let Some(v) = value.as_ref().filter(|v| !v.trim().is_empty()) {
-        return Ok(Some(Secret(v.trim().to_string())));
+        return Ok(Some((Secret(v.trim().to_string()), flag_origin(flag, v))));
     }
     if let Some(p) = file {
-        return read(p, &format!("--{flag}-file"));
+        return read(p, flag_origin(&format!("{flag}-file"), p));
     }
     if let Some(v) = cfg_value.filter(|v| !v.trim().is_empty()) {
-        return Ok(Some(Secret(v.trim().to_string())));
+        let origin = format!("config key notify.{flag}");
+        return Ok(Some((Secret(v.trim().to_string()), origin)));
     }
     if let Some(p) = cfg_file {
-        return read(&p, &format!("config key notify.{flag}-file"));
+        return read(&p, format!("config key notify.{flag}-file"));
     }
     Ok(None)
 }
 
-fn check_url(flag: &str, s: &Secret) -> Result<(), ConfigError> {
-    let v = s.0.as_str();
-    if (v.starts_with("http://") || v.starts_with("https://")) && v.len() > "https://".len() {
-        Ok(())
-    } else {
-        // The value may be a secret: say what is wrong, not what it is.
-        Err(ConfigError::Invalid(format!(
-            "invalid --{flag}: expected an http:// or https:// URL (the value is not shown: it may be a secret)"
-        )))
-    }
+/// A secret that is a URL: checked (see `check_url`), its origin named when it is not one.
+fn url_secret(
+    flag: &str,
+    value: &Option<String>,
+    file: &Option<PathBuf>,
+    cfg_value: Option<String>,
+    cfg_file: Option<PathBuf>,
+) -> Result<Option<Secret>, ConfigError> {
+    let Some((s, origin)) = secret(flag, value, file, cfg_value, cfg_file)? else {
+        return Ok(None);
+    };
+    check_url(&origin, &s.0)?;
+    Ok(Some(s))
 }
 
 pub(crate) fn resolve_notify(
@@ -142,38 +150,29 @@ pub(crate) fn resolve_notify(
             set.channels.push(Channel { kind, target, on });
         }
     };
-    let slack = secret(
+    let slack = url_secret(
         "slack-webhook",
         &args.slack_webhook,
         &args.slack_webhook_file,
         f.slack_webhook,
         f.slack_webhook_file,
     )?;
-    if let Some(s) = &slack {
-        check_url("slack-webhook", s)?;
-    }
     add(ChannelKind::Slack, slack);
-    let webhook = secret(
+    let webhook = url_secret(
         "webhook",
         &args.webhook,
         &args.webhook_file,
         f.webhook,
         f.webhook_file,
     )?;
-    if let Some(s) = &webhook {
-        check_url("webhook", s)?;
-    }
     add(ChannelKind::Webhook, webhook);
-    let am = secret(
+    let am = url_secret(
         "alertmanager",
         &args.alertmanager,
         &None,
         f.alertmanager,
         None,
     )?;
-    if let Some(s) = &am {
-        check_url("alertmanager", s)?;
-    }
     add(ChannelKind::Alertmanager, am);
     let pd = secret(
         "pagerduty-routing-key",
@@ -182,7 +181,7 @@ pub(crate) fn resolve_notify(
         f.pagerduty_routing_key,
         f.pagerduty_routing_key_file,
     )?;
-    add(ChannelKind::Pagerduty, pd);
+    add(ChannelKind::Pagerduty, pd.map(|(s, _)| s));
     let cmd = args
         .notify_command
         .clone()
@@ -190,10 +189,15 @@ pub(crate) fn resolve_notify(
         .filter(|c| !c.trim().is_empty())
         .map(Secret);
     add(ChannelKind::Command, cmd);
-    if let Some((v, _)) = pick(&args.pagerduty_url, f.pagerduty_url, "pagerduty-url") {
-        let s = Secret(v);
-        check_url("pagerduty-url", &s)?;
-        set.pagerduty_url = s.0;
+    let pd_url = pick_url(
+        &args.pagerduty_url,
+        f.pagerduty_url,
+        "pagerduty-url",
+        "notify.pagerduty-url",
+    );
+    if let Some((v, origin)) = pd_url {
+        check_url(&origin, &v)?;
+        set.pagerduty_url = v.trim().to_string();
     }
     if let Some(d) = conv(pick(&args.notify_flush, f.flush, "notify-flush"), dur)? {
         set.flush = d;

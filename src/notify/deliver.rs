@@ -12,13 +12,14 @@ use crate::redact;
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
     Delivered,
-    /// Network error, timeout, 5xx, 429, or a failing command: try again, after `after`
-    /// when the receiver said (Retry-After).
+    /// Network error, timeout, 5xx, 429, a temporary redirect (302, 303, 307), or a failing
+    /// command: try again, after `after` when the receiver said (Retry-After).
     Retry {
         after: Option<Duration>,
         why: String,
     },
-    /// Refused for good (4xx other than 429): logged, counted, not retried.
+    /// Refused for good (4xx other than 429, 301, 308 and the other 3xx): logged, counted,
+    /// not retried.
     Refused {
         why: String,
     },
@@ -61,11 +62,39 @@ fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// The HTTP client of every notification. It follows no redirect: a followed redirect turns
+/// the POST into an empty GET that the target answers 200, and the alert counted delivered
+/// would be lost; it would also hand the secret URL to the target in `Referer`, which is
+/// never sent either.
+pub fn client(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("costguard/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
+        .build()
+}
+
+/// What an answer means. 2xx: delivered. 429 and 5xx: the receiver cannot take it now,
+/// retried. A 3xx is not delivered (the redirect is not followed): 302, 303 and 307 say
+/// "elsewhere for now" (a proxy's login page, maintenance), so they are retried like a 5xx
+/// (a receiver that did act on a 303 drops the repeat by its Idempotency-Key); 301 and 308
+/// say the URL moved for good, and every other 3xx makes no sense for a POST: the URL must be
+/// fixed, so they are refused like a 4xx (kept in outbox/failed, not retried).
 pub fn classify(status: reqwest::StatusCode, after: Option<Duration>) -> Outcome {
-    let why = format!("HTTP {status}");
+    use reqwest::StatusCode as S;
     if status.is_success() {
-        Outcome::Delivered
-    } else if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        return Outcome::Delivered;
+    }
+    if status.is_redirection() {
+        let why = format!("HTTP {status} (redirects are not followed)");
+        return match status {
+            S::FOUND | S::SEE_OTHER | S::TEMPORARY_REDIRECT => Outcome::Retry { after, why },
+            _ => Outcome::Refused { why },
+        };
+    }
+    let why = format!("HTTP {status}");
+    if status == S::TOO_MANY_REQUESTS || status.is_server_error() {
         Outcome::Retry { after, why }
     } else {
         Outcome::Refused { why }
@@ -226,6 +255,26 @@ mod tests {
             classify(S::NOT_FOUND, None),
             Outcome::Refused { .. }
         ));
+    }
+
+    #[test]
+    fn a_redirect_is_a_failure_temporary_ones_retried() {
+        use reqwest::StatusCode as S;
+        for s in [S::FOUND, S::SEE_OTHER, S::TEMPORARY_REDIRECT] {
+            let why = format!("HTTP {s} (redirects are not followed)");
+            assert_eq!(classify(s, None), Outcome::Retry { after: None, why });
+        }
+        assert_eq!(
+            classify(S::FOUND, None),
+            Outcome::Retry {
+                after: None,
+                why: "HTTP 302 Found (redirects are not followed)".into()
+            }
+        );
+        for s in [S::MOVED_PERMANENTLY, S::PERMANENT_REDIRECT, S::NOT_MODIFIED] {
+            let why = format!("HTTP {s} (redirects are not followed)");
+            assert_eq!(classify(s, None), Outcome::Refused { why });
+        }
     }
 
     #[test]

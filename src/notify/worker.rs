@@ -101,11 +101,7 @@ impl Notifier {
             ));
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("costguard/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(settings.timeout)
-            .build()
-            .map_err(std::io::Error::other)?;
+        let client = deliver::client(settings.timeout).map_err(std::io::Error::other)?;
         let task = tokio::spawn(run(settings, outbox, client, metrics, queue, rx));
         Ok(Notifier { tx, task })
     }

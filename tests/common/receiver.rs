@@ -1,5 +1,6 @@
 //! A local HTTP receiver standing in for Slack, PagerDuty, webhooks and Alertmanager's own
-//! webhook target: it answers each request from a script, then 200, and records everything.
+//! webhook target: it answers each request from a script (a status, a 429, a hang, a redirect),
+//! then 200, and records everything, headers included.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,11 +14,16 @@ pub enum Reply {
     TooMany(u64),
     /// Reads the request and never answers (for this long).
     Hang(Duration),
+    /// A redirect: this 3xx status with this `Location`.
+    Redirect(u16, String),
 }
 
 #[derive(Clone, Debug)]
 pub struct Request {
+    pub method: String,
     pub path: String,
+    /// Every header as sent, names lowercased.
+    pub headers: Vec<(String, String)>,
     pub body: String,
     /// What the receiver answered (0 for a hang).
     pub answered: u16,
@@ -26,6 +32,14 @@ pub struct Request {
 impl Request {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_default()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -86,7 +100,10 @@ fn serve(
         if r.read_line(&mut line).unwrap_or(0) == 0 {
             return;
         }
-        let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+        let mut words = line.split_whitespace();
+        let method = words.next().unwrap_or("").to_string();
+        let path = words.next().unwrap_or("").to_string();
+        let mut headers = Vec::new();
         let mut len = 0usize;
         loop {
             let mut h = String::new();
@@ -100,6 +117,7 @@ fn serve(
                 if k.eq_ignore_ascii_case("content-length") {
                     len = v.trim().parse().unwrap_or(0);
                 }
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
             }
         }
         let mut body = vec![0u8; len];
@@ -110,7 +128,9 @@ fn serve(
         let (code, extra) = match reply {
             Some(Reply::Hang(d)) => {
                 rq.lock().expect("lock").push(Request {
+                    method,
                     path,
+                    headers,
                     body: String::from_utf8_lossy(&body).into_owned(),
                     answered: 0,
                 });
@@ -119,10 +139,13 @@ fn serve(
             }
             Some(Reply::Status(c)) => (c, String::new()),
             Some(Reply::TooMany(secs)) => (429, format!("Retry-After: {secs}\r\n")),
+            Some(Reply::Redirect(c, to)) => (c, format!("Location: {to}\r\n")),
             None => (200, String::new()),
         };
         rq.lock().expect("lock").push(Request {
+            method,
             path,
+            headers,
             body: String::from_utf8_lossy(&body).into_owned(),
             answered: code,
         });
