@@ -198,6 +198,10 @@ pub struct HoldArgs {
     pub command: Vec<OsString>,
 }
 
+// Every flag whose value is a number (a duration, amount, size, percentage or count) has
+// `allow_hyphen_values`: `--kill-grace -1s` then reaches the value's parser, which says
+// "must not be negative", instead of clap reading `-1` as a flag and suggesting `-- -1`.
+
 /// The limits and settings of one guarded run. Every value can also come from the
 /// environment (shown) or a TOML config file; flags win over env, env over the file.
 #[derive(Debug, Args, Default, Clone)]
@@ -244,7 +248,9 @@ pub struct GuardArgs {
     )]
     pub usd_per_kwh: Option<String>,
 
-    /// Wall-clock ceiling (90s, 45m, 1h30m, 2d).
+    /// Wall-clock ceiling (90s, 45m, 1h30m, 1h30, 2d; 5 = 5s, 01:30:00, 1-00:00:00). A bare
+    /// number is seconds, as for timeout(1), not minutes as in Slurm's --time; Slurm's
+    /// MM:SS, HH:MM:SS, D-HH, D-HH:MM and D-HH:MM:SS are read as Slurm reads them.
     #[arg(
         long,
         env = "COSTGUARD_MAX_WALL",
@@ -254,7 +260,12 @@ pub struct GuardArgs {
     pub max_wall: Option<String>,
 
     /// Time between TERM and KILL when the job is stopped [default: 10s].
-    #[arg(long, env = "COSTGUARD_KILL_GRACE", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "COSTGUARD_KILL_GRACE",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
     pub kill_grace: Option<String>,
 
     /// Signal sent to every process of the job --warn-before a ceiling kill (e.g. USR1).
@@ -262,7 +273,12 @@ pub struct GuardArgs {
     pub warn_signal: Option<String>,
 
     /// How long before a dollar or wall ceiling kill the warning signal is sent.
-    #[arg(long, env = "COSTGUARD_WARN_BEFORE", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "COSTGUARD_WARN_BEFORE",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
     pub warn_before: Option<String>,
 
     /// Budget fractions that raise a warning event [default: 50%,80%,95%].
@@ -278,23 +294,48 @@ pub struct GuardArgs {
     pub nvml_lib: Option<PathBuf>,
 
     /// Sampling interval for GPU and host telemetry [default: 1s].
-    #[arg(long, env = "COSTGUARD_INTERVAL", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "COSTGUARD_INTERVAL",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
     pub interval: Option<String>,
 
     /// Kill once the job's GPUs stay below --idle-below for this long.
-    #[arg(long, env = "COSTGUARD_IDLE", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "COSTGUARD_IDLE",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
     pub idle: Option<String>,
 
     /// Utilization under which a GPU counts as idle [default: 5%].
-    #[arg(long, env = "COSTGUARD_IDLE_BELOW", value_name = "PCT")]
+    #[arg(
+        long,
+        env = "COSTGUARD_IDLE_BELOW",
+        value_name = "PCT",
+        allow_hyphen_values = true
+    )]
     pub idle_below: Option<String>,
 
     /// Setup time at the start exempt from the idle and stall watchdogs [default: 0s].
-    #[arg(long, env = "COSTGUARD_IDLE_GRACE", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "COSTGUARD_IDLE_GRACE",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
     pub idle_grace: Option<String>,
 
     /// Kill when no progress signal (output line, regex step, heartbeat) came for this long.
-    #[arg(long, env = "COSTGUARD_STALL", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "COSTGUARD_STALL",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
     pub stall: Option<String>,
 
     /// A regex whose first capture group is a number that must increase, e.g. 'step (\d+)'.
@@ -302,7 +343,12 @@ pub struct GuardArgs {
     pub progress_regex: Option<String>,
 
     /// The final value of the progress number, for ETA and projected spend.
-    #[arg(long, env = "COSTGUARD_PROGRESS_TOTAL", value_name = "N")]
+    #[arg(
+        long,
+        env = "COSTGUARD_PROGRESS_TOTAL",
+        value_name = "N",
+        allow_hyphen_values = true
+    )]
     pub progress_total: Option<String>,
 
     /// A file whose modification time advancing counts as progress.
@@ -310,16 +356,31 @@ pub struct GuardArgs {
     pub heartbeat_file: Option<PathBuf>,
 
     /// Ceiling on the job's GPU memory on any one GPU (16GiB, 80%).
-    #[arg(long, env = "COSTGUARD_MAX_GPU_MEM", value_name = "SIZE|PCT")]
+    #[arg(
+        long,
+        env = "COSTGUARD_MAX_GPU_MEM",
+        value_name = "SIZE|PCT",
+        allow_hyphen_values = true
+    )]
     pub max_gpu_mem: Option<String>,
 
     /// Ceiling on the RSS of the job's whole process tree (e.g. 64GiB).
-    #[arg(long, env = "COSTGUARD_MAX_HOST_MEM", value_name = "SIZE")]
+    #[arg(
+        long,
+        env = "COSTGUARD_MAX_HOST_MEM",
+        value_name = "SIZE",
+        allow_hyphen_values = true
+    )]
     pub max_host_mem: Option<String>,
 
     /// Keep serving /metrics and /status this long after the run ends, so Prometheus scrapes
     /// the kill and the final spend (e.g. twice the scrape interval) [default: 0s].
-    #[arg(long, env = "COSTGUARD_LINGER", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "COSTGUARD_LINGER",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
     pub linger: Option<String>,
 
     /// GPUs are shared with other containers (time-slicing, MPS): memory of GPU processes
@@ -331,7 +392,12 @@ pub struct GuardArgs {
 
     /// Cap on the run's output.log: past it the file rotates to output.log.1, so the job's
     /// output never takes more than twice this on disk [default: 64MiB].
-    #[arg(long, env = "COSTGUARD_OUTPUT_LOG_MAX", value_name = "SIZE")]
+    #[arg(
+        long,
+        env = "COSTGUARD_OUTPUT_LOG_MAX",
+        value_name = "SIZE",
+        allow_hyphen_values = true
+    )]
     pub output_log_max: Option<String>,
 
     /// Address for /metrics, /healthz and /status [default: 127.0.0.1:9947].
@@ -380,7 +446,8 @@ pub struct GuardArgs {
         long,
         env = "COSTGUARD_FLEET_MAX_USD",
         value_name = "AMOUNT",
-        help_heading = "Fleet"
+        help_heading = "Fleet",
+        allow_hyphen_values = true
     )]
     pub fleet_max_usd: Option<String>,
 
@@ -417,7 +484,8 @@ pub struct GuardArgs {
         long,
         env = "COSTGUARD_FLEET_INTERVAL",
         value_name = "DURATION",
-        help_heading = "Fleet"
+        help_heading = "Fleet",
+        allow_hyphen_values = true
     )]
     pub fleet_interval: Option<String>,
 
@@ -522,7 +590,8 @@ pub struct GuardArgs {
         long,
         env = "COSTGUARD_NOTIFY_FLUSH",
         value_name = "DURATION",
-        help_heading = "Notifications"
+        help_heading = "Notifications",
+        allow_hyphen_values = true
     )]
     pub notify_flush: Option<String>,
 
@@ -531,7 +600,8 @@ pub struct GuardArgs {
         long,
         env = "COSTGUARD_NOTIFY_TIMEOUT",
         value_name = "DURATION",
-        help_heading = "Notifications"
+        help_heading = "Notifications",
+        allow_hyphen_values = true
     )]
     pub notify_timeout: Option<String>,
 }

@@ -150,6 +150,36 @@ fn explain(text: &str, e: &toml::de::Error) -> String {
     let mut out = format!("{at}`{line}`: {msg}");
     if msg.contains("invalid type: integer") || msg.contains("invalid type: floating point") {
         out += " (durations and sizes need their unit, in quotes: max-wall = \"10m\")";
+    } else if msg.contains("invalid type: map") && line.contains(':') {
+        // TOML reads an unquoted 01:30:00 as a time of day.
+        out += " (a clock duration goes in quotes: max-wall = \"01:30:00\")";
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_error(text: &str) -> String {
+        let e = toml::from_str::<FileConfig>(text).expect_err("refused");
+        explain(text, &e)
+    }
+
+    #[test]
+    fn an_unquoted_clock_duration_is_explained() {
+        let msg = parse_error("max-wall = 01:30:00\n");
+        assert!(
+            msg.ends_with("(a clock duration goes in quotes: max-wall = \"01:30:00\")"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn quoted_clock_and_bare_durations_load() {
+        let f: FileConfig =
+            toml::from_str("max-wall = \"1-00:00:00\"\nkill-grace = \"5\"\n").expect("loads");
+        assert_eq!(f.max_wall.as_deref(), Some("1-00:00:00"));
+        assert_eq!(f.kill_grace.as_deref(), Some("5"));
+    }
 }

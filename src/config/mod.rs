@@ -268,6 +268,11 @@ fn check_prices(prices: &BTreeMap<String, f64>) -> Result<(), ConfigError> {
                 "invalid price {price} for {model:?} in [prices]: expected dollars per GPU-hour >= 0"
             )));
         }
+        if *price > units::MAX_MONEY {
+            return Err(ConfigError::Invalid(format!(
+                "invalid price {price} for {model:?} in [prices]: that is more than $1,000,000,000 per GPU-hour"
+            )));
+        }
     }
     Ok(())
 }
@@ -622,5 +627,21 @@ fn resolve_fleet(
             "--prometheus-url and --fleet-selector need --fleet-max-usd (the fleet's budget)"
                 .into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod price_tests {
+    use super::*;
+
+    #[test]
+    fn a_price_over_a_billion_is_refused() {
+        let prices = |p: f64| BTreeMap::from([("H100".to_string(), p)]);
+        assert!(check_prices(&prices(1e9)).is_ok());
+        let msg = check_prices(&prices(2e9)).expect_err("refused").to_string();
+        assert_eq!(
+            msg,
+            "invalid price 2000000000 for \"H100\" in [prices]: that is more than $1,000,000,000 per GPU-hour"
+        );
     }
 }

@@ -111,14 +111,14 @@ pub fn load(path: &Path) -> Result<Vec<Phase>, String> {
             CommandSpec::Argv(v) if !v.is_empty() => v.into_iter().map(Into::into).collect(),
             _ => return Err(format!("{at}: command is empty")),
         };
-        let max_usd = match p.max_usd {
-            None => None,
-            Some(Scalar::Int(n)) => Some(n as f64),
-            Some(Scalar::Float(f)) => Some(f),
-            Some(Scalar::Str(s)) => {
-                Some(units::parse_money(&s).map_err(|e| format!("{at}: max_usd: {e}"))?)
-            }
-        };
+        // A TOML number goes through the same parser as a string: negatives and amounts
+        // over a billion dollars are refused alike.
+        let max_usd = p
+            .max_usd
+            .map(|v| {
+                units::parse_money(&v.into_string()).map_err(|e| format!("{at}: max_usd: {e}"))
+            })
+            .transpose()?;
         if max_usd.is_some_and(|u| !u.is_finite() || u <= 0.0) {
             return Err(format!("{at}: max_usd must be above 0"));
         }
@@ -210,4 +210,58 @@ pub async fn run(settings: Settings, phases: Vec<Phase>, plan: &Path) -> Result<
         ));
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    fn load(text: &str) -> Result<Vec<super::Phase>, String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("plan.toml");
+        std::fs::write(&path, text).expect("write plan");
+        super::load(&path)
+    }
+
+    fn refused(text: &str) -> String {
+        match load(text) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e,
+        }
+    }
+
+    fn phase(extra: &str) -> String {
+        format!("[[phase]]\nname = \"a\"\ncommand = \"true\"\n{extra}\n")
+    }
+
+    #[test]
+    fn a_phase_takes_the_new_duration_forms() {
+        let phases = load(&phase(
+            "max_wall = \"01:30:00\"\nidle = \"90\"\nstall = \"1h30\"",
+        ))
+        .expect("loads");
+        let ctx = &phases[0].ctx;
+        assert_eq!(ctx.max_wall, Some(std::time::Duration::from_secs(5400)));
+        assert_eq!(phases[0].idle, Some(std::time::Duration::from_secs(90)));
+        assert_eq!(phases[0].stall, Some(std::time::Duration::from_secs(5400)));
+    }
+
+    #[test]
+    fn a_phase_refuses_a_century_and_a_billion_as_numbers_or_text() {
+        let err = refused(&phase("max_wall = \"101y\""));
+        assert!(
+            err.ends_with("max_wall: invalid duration \"101y\": that is more than 100 years"),
+            "{err}"
+        );
+        for v in ["2000000000", "2e9", "\"$2000000000\""] {
+            let err = refused(&phase(&format!("max_usd = {v}")));
+            assert!(
+                err.contains("that is more than $1,000,000,000"),
+                "{v}: {err}"
+            );
+        }
+        let err = refused(&phase("max_usd = -5"));
+        assert!(
+            err.ends_with("max_usd: invalid amount \"-5\": must not be negative"),
+            "{err}"
+        );
+    }
 }
