@@ -92,7 +92,7 @@ pub fn parse(text: &str, what: &str) -> Result<Vec<Row>, String> {
         }
         let cells: Vec<&str> = line.split(',').collect();
         let usd = at(&cells, "usd_per_hour");
-        if !usd.is_empty() && num(&usd).is_none_or(|v| v < 0.0) {
+        if !usd.is_empty() && !num(&usd).is_some_and(|v| v >= 0.0) {
             return Err(format!(
                 "{what} line {}: usd_per_hour {usd:?} is not a price",
                 i + 1
