@@ -102,22 +102,7 @@ fn main() -> ExitCode {
             let ok = preflight(&settings);
             return ExitCode::from(u8::from(!ok));
         }
-        Mode::Run if detach => {
-            if let Some(plan) = &settings.plan {
-                if let Err(e) = costguard::run::plan::load(plan) {
-                    return fail(&costguard::run::GuardError::Plan(e));
-                }
-            } else if command.is_empty() {
-                return fail(&costguard::run::GuardError::NoCommand);
-            }
-            if !no_preflight && !preflight(&settings) {
-                costguard::console::error(
-                    "refusing to start in the background until the preflight is answered (or pass --no-preflight, which status and the report will show)",
-                );
-                return ExitCode::from(exit::OWN_FAILURE);
-            }
-            return cmd::detach(&settings, &command);
-        }
+        Mode::Run if detach => return detached(&settings, &command, no_preflight),
         Mode::Run => {}
     }
     costguard::supervise::prepare_supervisor();
@@ -136,6 +121,24 @@ fn main() -> ExitCode {
         }
         Err(e) => fail(&e),
     }
+}
+
+/// `run --detach`: the plan or command checked, the preflight answered, then the re-exec.
+fn detached(settings: &Settings, command: &[std::ffi::OsString], no_preflight: bool) -> ExitCode {
+    if let Some(plan) = &settings.plan {
+        if let Err(e) = costguard::run::plan::load(plan) {
+            return fail(&costguard::run::GuardError::Plan(e));
+        }
+    } else if command.is_empty() {
+        return fail(&costguard::run::GuardError::NoCommand);
+    }
+    if !no_preflight && !preflight(settings) {
+        costguard::console::error(
+            "refusing to start in the background until the preflight is answered (or pass --no-preflight, which status and the report will show)",
+        );
+        return ExitCode::from(exit::OWN_FAILURE);
+    }
+    cmd::detach(settings, command)
 }
 
 /// `costguard notify test`: 0 when every channel took the test event, 1 when any failed,

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub rate_info: GaugeVec,
 }
 
+const RATE_HELP: &str = "1, labelled with where the rate comes from (rate_source: flag, live, catalog, gpu-table, energy, none) and the box it was found on";
 const RATE_LABELS: [&str; 5] = ["rate_source", "provider", "instance_type", "region", "spot"];
 
 /// The per-GPU series, labelled gpu, uuid, model.
@@ -228,11 +229,7 @@ impl Metrics {
                 "costguard_projected_spend_dollars",
                 "Spend at completion projected from the progress rate and the current price",
             ),
-            rate_info: r.gauges(
-                "costguard_rate_info",
-                "Where the rate comes from (rate_source: flag, live, catalog, gpu-table, energy) and the box it was found on",
-                &RATE_LABELS,
-            ),
+            rate_info: r.gauges("costguard_rate_info", RATE_HELP, &RATE_LABELS),
             registry: r.0,
         }
     }

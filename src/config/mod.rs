@@ -290,6 +290,37 @@ fn on_exit(cmd: Option<String>, allowed: bool) -> Result<Option<String>, ConfigE
     Ok(Some(cmd))
 }
 
+/// How the job is priced: an explicit rate, energy, and what to ask the box.
+struct Rates {
+    usd_per_hour: Option<f64>,
+    usd_per_kwh: Option<f64>,
+    provider: crate::cloud::Choice,
+    price_table: Option<PathBuf>,
+}
+
+impl Rates {
+    fn resolve(args: &GuardArgs, file: &mut FileConfig) -> Result<Rates, ConfigError> {
+        let s = |x: Option<Scalar>| x.map(Scalar::into_string);
+        let money = |v: &str| units::parse_money(v);
+        Ok(Rates {
+            usd_per_hour: conv(
+                pick(
+                    &args.usd_per_hour,
+                    s(file.usd_per_hour.take()),
+                    "usd-per-hour",
+                ),
+                money,
+            )?,
+            usd_per_kwh: conv(
+                pick(&args.usd_per_kwh, s(file.usd_per_kwh.take()), "usd-per-kwh"),
+                money,
+            )?,
+            provider: provider_choice(pick(&args.provider, file.provider.take(), "provider"))?,
+            price_table: args.price_table.clone().or(file.price_table.take()),
+        })
+    }
+}
+
 /// The watchdogs' settings: sampling, idle, stall, progress and memory ceilings.
 struct Watchdogs {
     interval: Duration,
@@ -393,21 +424,12 @@ impl Settings {
         };
         let w = Watchdogs::resolve(args, &mut file)?;
         let fleet = resolve_fleet(args, &mut file)?;
+        let r = Rates::resolve(args, &mut file)?;
         let s = |x: Option<Scalar>| x.map(Scalar::into_string);
         let money = |v: &str| units::parse_money(v);
         let dur = |v: &str| units::parse_duration(v);
 
         let max_usd = conv(pick(&args.max_usd, s(file.max_usd), "max-usd"), money)?;
-        let usd_per_hour = conv(
-            pick(&args.usd_per_hour, s(file.usd_per_hour), "usd-per-hour"),
-            money,
-        )?;
-        let usd_per_kwh = conv(
-            pick(&args.usd_per_kwh, s(file.usd_per_kwh), "usd-per-kwh"),
-            money,
-        )?;
-        let provider = provider_choice(pick(&args.provider, file.provider, "provider"))?;
-        let price_table = args.price_table.clone().or(file.price_table);
         let max_wall = positive(
             conv(pick(&args.max_wall, file.max_wall, "max-wall"), dur)?,
             "max-wall",
@@ -449,10 +471,10 @@ impl Settings {
 
         let settings = Settings {
             max_usd,
-            usd_per_hour,
-            usd_per_kwh,
-            provider,
-            price_table,
+            usd_per_hour: r.usd_per_hour,
+            usd_per_kwh: r.usd_per_kwh,
+            provider: r.provider,
+            price_table: r.price_table,
             max_wall,
             kill_grace,
             warn_signal,

@@ -71,34 +71,7 @@ pub struct Started {
 
 pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
     let mut notices = Vec::new();
-    let gpu = match settings.gpu {
-        GpuMode::None => None,
-        mode => {
-            match NvmlSource::start(settings.nvml_lib.as_deref(), Duration::from_secs(10)).await {
-                Ok(src) => Some(src),
-                Err(e) if mode == GpuMode::Nvml => {
-                    return Err(StartError::NvmlRequired(e.to_string()))
-                }
-                // Said only where it matters (a library path or a GPU watchdog was asked
-                // for); on a machine without a GPU it is the expected case, not news on
-                // every run.
-                Err(e)
-                    if settings.nvml_lib.is_some()
-                        || settings.idle.is_some()
-                        || settings.max_gpu_mem.is_some() =>
-                {
-                    notices.push(format!(
-                        "no GPU telemetry ({e}); idle and GPU memory watchdogs are off"
-                    ));
-                    None
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "no GPU telemetry");
-                    None
-                }
-            }
-        }
-    };
+    let gpu = open_gpu(settings, &mut notices).await?;
     let cuda = std::env::var("CUDA_VISIBLE_DEVICES").ok();
     let nvidia = std::env::var("NVIDIA_VISIBLE_DEVICES").ok();
     let visible: Vec<&crate::telemetry::GpuInfo> = match &gpu {
@@ -170,6 +143,41 @@ pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
         pricing,
         notices,
         probe,
+    })
+}
+
+/// NVML, when it loads (or an error when `--gpu nvml` requires it).
+async fn open_gpu(
+    settings: &Settings,
+    notices: &mut Vec<String>,
+) -> Result<Option<NvmlSource>, StartError> {
+    Ok(match settings.gpu {
+        GpuMode::None => None,
+        mode => {
+            match NvmlSource::start(settings.nvml_lib.as_deref(), Duration::from_secs(10)).await {
+                Ok(src) => Some(src),
+                Err(e) if mode == GpuMode::Nvml => {
+                    return Err(StartError::NvmlRequired(e.to_string()))
+                }
+                // Said only where it matters (a library path or a GPU watchdog was asked
+                // for); on a machine without a GPU it is the expected case, not news on
+                // every run.
+                Err(e)
+                    if settings.nvml_lib.is_some()
+                        || settings.idle.is_some()
+                        || settings.max_gpu_mem.is_some() =>
+                {
+                    notices.push(format!(
+                        "no GPU telemetry ({e}); idle and GPU memory watchdogs are off"
+                    ));
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "no GPU telemetry");
+                    None
+                }
+            }
+        }
     })
 }
 
