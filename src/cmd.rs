@@ -393,7 +393,11 @@ pub async fn preflight(settings: &Settings, host: &str) -> Vec<Answer> {
         (None, _) => Ok(()),
     };
     if let Ok(p) = &check {
-        let mut text = format!("{}; metered {}", p.found, p.rate);
+        let mut text = if p.priced {
+            format!("{}; metered {}", p.found, p.rate)
+        } else {
+            format!("{}; spend not metered (no price)", p.found)
+        };
         for n in &p.notes {
             text += &format!("; {n}");
         }

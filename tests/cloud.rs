@@ -798,3 +798,33 @@ fn detection_is_timed_by_its_own_budget_not_the_job() {
         "the check waited for the probes: {took:?}"
     );
 }
+
+#[test]
+fn scripts_prices_distills_the_skypilot_format_into_a_table_costguard_reads() {
+    // The fetch needs internet access; `--from` runs the same distillation on local copies.
+    let dir = tempdir();
+    let out = dir.path().join("catalog.csv");
+    let st = Command::new(repo_root().join("scripts/prices"))
+        .arg("--from")
+        .arg(repo_root().join("tests/cloud/skypilot-sample"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("scripts/prices");
+    assert!(st.status.success(), "{}", stderr(&st));
+    let csv = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        csv.contains("aws,p4d.24xlarge,us-east-2,A100,8.0,96.0,1152.0,21.957642,6.6,8.7"),
+        "spot min and max across the zones: {csv}"
+    );
+    assert!(!csv.contains("m5.large") && !csv.contains("n2-standard"), "{csv}");
+    let shown = run({
+        let mut c = costguard();
+        c.args(["prices", "--provider", "gcp", "a3-highgpu-8g", "--price-table"])
+            .arg(&out);
+        c
+    });
+    let t = out_text(&shown);
+    let line = t.lines().find(|l| l.contains("us-central1")).unwrap();
+    assert!(line.contains("43.07"), "machine + GPU rows composed: {t}");
+}

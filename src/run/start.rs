@@ -12,7 +12,7 @@ use crate::units::format_money;
 pub enum StartError {
     #[error("--gpu nvml: {0}")]
     NvmlRequired(String),
-    #[error("--max-usd {budget} needs a price: give --usd-per-hour RATE (or COSTGUARD_USD_PER_HOUR), or --usd-per-kwh PRICE with NVML available, or run where NVML shows GPUs from the price table{why}")]
+    #[error("--max-usd {budget} needs a price: give --usd-per-hour RATE (or COSTGUARD_USD_PER_HOUR), or --usd-per-kwh PRICE with NVML available, or run where NVML shows GPUs from the price table or on a cloud box whose price costguard knows (costguard prices){why}")]
     NoRate { budget: String, why: String },
     #[error("{0}")]
     Price(#[from] price::PriceError),
