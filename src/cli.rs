@@ -436,7 +436,33 @@ pub struct GuardArgs {
     #[arg(long, env = "COSTGUARD_ON_EXIT", value_name = "CMD")]
     pub on_exit: Option<String>,
 
-    /// Let --on-exit run a command that pushes, deploys, publishes or sends.
+    /// After a kill, stop what bills: stop (or terminate) this box through its provider's API
+    /// with the credential the box already has [default: none]. terminate destroys disks and
+    /// needs --allow-side-effects.
+    #[arg(long, env = "COSTGUARD_RELEASE", value_name = "none|stop|terminate")]
+    pub release: Option<String>,
+
+    /// Release the box with `sh -c CMD` (the run's COSTGUARD_* variables set) instead of a
+    /// provider call, e.g. 'sudo shutdown -h now'; giving it turns release on.
+    #[arg(long, env = "COSTGUARD_RELEASE_COMMAND", value_name = "CMD")]
+    pub release_command: Option<String>,
+
+    /// Which endings release the box: kill (any ceiling or watchdog kill) or end (every
+    /// ending except a stop by a person: Ctrl-C, costguard stop) [default: kill].
+    #[arg(long, env = "COSTGUARD_RELEASE_ON", value_name = "kill|end")]
+    pub release_on: Option<String>,
+
+    /// How long a failing release is retried, with backoff [default: 2m].
+    #[arg(
+        long,
+        env = "COSTGUARD_RELEASE_RETRY_FOR",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub release_retry_for: Option<String>,
+
+    /// Let --on-exit run a command that pushes, deploys, publishes or sends; and let
+    /// --release terminate destroy the box.
     #[arg(long)]
     pub allow_side_effects: bool,
 
@@ -575,7 +601,7 @@ pub struct GuardArgs {
     pub notify_command: Option<String>,
 
     /// Event kinds to send: all, or a list of kinds, KIND:REASON allowed
-    /// [default: killed,failed,completed,warning:budget,warning:checkpoint,warning:preemption,agent-error:record;
+    /// [default: killed,failed,completed,warning:budget,warning:checkpoint,warning:preemption,agent-error:record,agent-error:release;
     /// PagerDuty: killed,failed,stalled,agent-error,completed].
     #[arg(
         long,

@@ -339,6 +339,24 @@ pub fn stop(state: &Path, id: Option<&str>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The fourth question: what stops the meter after the run.
+fn meter_answer(settings: &Settings, check: &Result<crate::run::PriceCheck, String>) -> Answer {
+    let q = "stops the meter";
+    match (check, settings.release.enabled()) {
+        (Ok(p), _) => match &p.release {
+            Some(Ok(t)) => Answer { question: q, ok: true, text: t.clone() },
+            Some(Err(e)) => Answer { question: q, ok: false, text: format!("the release cannot work: {e}") },
+            None => Answer {
+                question: q,
+                ok: true,
+                text: "nothing: after a kill the box keeps billing until someone stops it (--release stop, or --release-command CMD)".into(),
+            },
+        },
+        (Err(e), true) => Answer { question: q, ok: false, text: e.clone() },
+        (Err(_), false) => Answer { question: q, ok: true, text: "nothing (no --release)".into() },
+    }
+}
+
 /// One answer of the preflight.
 pub struct Answer {
     pub question: &'static str,
@@ -392,6 +410,7 @@ pub async fn preflight(settings: &Settings, host: &str) -> Vec<Answer> {
         (Some(_), Err(e)) => Err(e.clone()),
         (None, _) => Ok(()),
     };
+    out.push(meter_answer(settings, &check));
     if let Ok(p) = &check {
         let mut text = if p.priced {
             format!("{}; metered {}", p.found, p.rate)

@@ -216,6 +216,30 @@ pub struct Ledger {
     pub report_path: Option<PathBuf>,
     pub watchdogs: Vec<String>,
     pub on_exit: Option<String>,
+    /// The box's release, once per run id: on record before the call is made.
+    #[serde(default)]
+    pub release: Option<Release>,
+}
+
+/// What was done to stop the box's meter.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Release {
+    /// "aws StopInstances i-0abc in us-west-2 with the instance role's credentials".
+    pub how: String,
+    /// requested (on record, call under way or interrupted), released, failed.
+    pub state: String,
+    pub requested_at: String,
+    #[serde(default)]
+    pub seconds_after_kill: Option<f64>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub took_seconds: Option<f64>,
+    #[serde(default)]
+    pub detail: Option<String>,
+    /// What keeps billing after it.
+    #[serde(default)]
+    pub still_bills: String,
 }
 
 pub fn path(run_dir: &Path) -> PathBuf {

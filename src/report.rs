@@ -57,6 +57,7 @@ pub fn render(l: &Ledger, events: &[Event]) -> String {
     planned(&mut o, l);
     kills(&mut o, l);
     cost(&mut o, l);
+    release(&mut o, l);
     surprises(&mut o, l, events);
     suggestions(&mut o, l);
     o
@@ -232,6 +233,35 @@ fn kills(o: &mut String, l: &Ledger) {
             let _ = writeln!(o, "   ```");
         }
     }
+}
+
+/// What was done to stop the box's meter, and what still bills.
+fn release(o: &mut String, l: &Ledger) {
+    let Some(r) = &l.release else { return };
+    let _ = writeln!(o, "\n## Release\n");
+    let when = r
+        .seconds_after_kill
+        .map(|s| format!(", {} after the kill began", format_secs(s)))
+        .unwrap_or_default();
+    let detail = r.detail.as_deref().unwrap_or("no answer on record");
+    let _ = match r.state.as_str() {
+        "released" => writeln!(
+            o,
+            "- Released: {} ({detail}; {} attempt(s){when})",
+            r.how, r.attempts
+        ),
+        "failed" => writeln!(
+            o,
+            "- **NOT released** after {} attempt(s): {detail}. The box keeps billing until it is stopped by hand: {}",
+            r.attempts, r.how
+        ),
+        _ => writeln!(
+            o,
+            "- Requested at {} and not confirmed (costguard ended during the call): check the box; {}",
+            r.requested_at, r.how
+        ),
+    };
+    let _ = writeln!(o, "- Still billing: {}", r.still_bills);
 }
 
 fn cost(o: &mut String, l: &Ledger) {

@@ -8,114 +8,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::boxes::{fake, in_box, Ran};
 use common::*;
-
-fn fake() -> PathBuf {
-    repo_root().join("tests/cloud/fake_box.py")
-}
-
-/// What a namespace run left behind.
-struct Ran {
-    out: Output,
-    dir: PathBuf,
-}
-
-impl Ran {
-    fn file(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
-    }
-    fn stderr(&self) -> String {
-        stderr(&self.out)
-    }
-    /// The metadata server's request log.
-    fn requests(&self) -> Vec<serde_json::Value> {
-        self.file("requests.jsonl")
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-    fn ledger(&self, id: &str) -> serde_json::Value {
-        ledger(&self.dir.join("state"), id)
-    }
-}
-
-/// Runs `script` (costguard is `$CG`, the work dir `$D`) in a fresh network and mount
-/// namespace whose 169.254.169.254 is served by the fake box `fake_args` (None: no server,
-/// and no such address: the metadata server is unreachable).
-fn in_box(dir: &Path, fake_args: Option<&str>, script: &str, env: &[(&str, &str)]) -> Ran {
-    let server = match fake_args {
-        Some(args) => format!(
-            "ip addr add 169.254.169.254/32 dev lo || exit 97
-python3 \"$FAKE\" {args} --bind 169.254.169.254 --port 80 --log \"$D/requests.jsonl\" --ready \"$D/ready\" &
-fake=$!
-while [ ! -s \"$D/ready\" ]; do kill -0 $fake 2>/dev/null || exit 98; sleep 0.01; done"
-        ),
-        None => "fake=".into(),
-    };
-    let full = format!(
-        "set -u
-ip link set lo up || exit 97
-{server}
-( {script} )
-rc=$?
-[ -n \"$fake\" ] && kill $fake
-exit $rc"
-    );
-    let mut c = Command::new("unshare");
-    c.args([
-        "--net",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &full,
-    ]);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("COSTGUARD_")
-            || k.starts_with("AWS_")
-            || k.starts_with("RUNPOD_")
-            || k.starts_with("CONTAINER_")
-            || k == "GCE_METADATA_HOST"
-            || k == "KUBERNETES_SERVICE_HOST"
-            || k == "SLURM_JOB_ID"
-        {
-            c.env_remove(k);
-        }
-    }
-    c.env("CG", bin())
-        .env("FAKE", fake())
-        .env("D", dir)
-        .env("COSTGUARD_PROVIDER", "auto")
-        .env("COSTGUARD_GPU", "none")
-        .env("COSTGUARD_LISTEN", "127.0.0.1:0")
-        .env("COSTGUARD_STATE_DIR", dir.join("state"))
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c
-        .output()
-        .expect("unshare (util-linux) must be installed: scripts/test runs as root, as CI does");
-    let e = stderr(&out);
-    assert!(
-        !e.contains("unshare failed") && out.status.code() != Some(97),
-        "network namespaces need root (CI runs as root): {e}"
-    );
-    assert_ne!(
-        out.status.code(),
-        Some(98),
-        "the fake box did not start: {e}"
-    );
-    Ran {
-        out,
-        dir: dir.to_path_buf(),
-    }
-}
 
 /// The rate costguard metered a finished run at, from its ledger.
 fn metered(r: &Ran, id: &str) -> f64 {
@@ -817,11 +715,20 @@ fn scripts_prices_distills_the_skypilot_format_into_a_table_costguard_reads() {
         csv.contains("aws,p4d.24xlarge,us-east-2,A100,8.0,96.0,1152.0,21.957642,6.6,8.7"),
         "spot min and max across the zones: {csv}"
     );
-    assert!(!csv.contains("m5.large") && !csv.contains("n2-standard"), "{csv}");
+    assert!(
+        !csv.contains("m5.large") && !csv.contains("n2-standard"),
+        "{csv}"
+    );
     let shown = run({
         let mut c = costguard();
-        c.args(["prices", "--provider", "gcp", "a3-highgpu-8g", "--price-table"])
-            .arg(&out);
+        c.args([
+            "prices",
+            "--provider",
+            "gcp",
+            "a3-highgpu-8g",
+            "--price-table",
+        ])
+        .arg(&out);
         c
     });
     let t = out_text(&shown);

@@ -257,6 +257,13 @@ async fn gcp(client: &reqwest::Client, base: &str) -> Option<BoxInfo> {
         .as_deref()
         .and_then(|z| z.rsplit_once('-'))
         .map(|(r, _)| r.to_string());
+    let project = gcp_get(client, base, "project/project-id")
+        .await
+        .map(|p| p.trim().to_string())
+        .or_else(|| {
+            // "projects/123456789/zones/…": the project's number works in its place.
+            v["zone"].as_str()?.split('/').nth(1).map(str::to_string)
+        });
     let sched = &v["scheduling"];
     let spot = sched["provisioningModel"].as_str() == Some("SPOT")
         || sched["preemptible"].as_str() == Some("TRUE")
@@ -270,6 +277,8 @@ async fn gcp(client: &reqwest::Client, base: &str) -> Option<BoxInfo> {
         instance_id: v
             .get("id")
             .map(|i| i.to_string().trim_matches('"').to_string()),
+        name: v["name"].as_str().map(str::to_string),
+        project,
         via: "metadata".into(),
         ..BoxInfo::default()
     })
@@ -300,6 +309,13 @@ async fn azure(client: &reqwest::Client, base: &str) -> Option<BoxInfo> {
         zone: s("zone"),
         spot: s("priority").is_some_and(|p| p.eq_ignore_ascii_case("spot")),
         instance_id: s("vmId"),
+        resource_id: match (s("subscriptionId"), s("resourceGroupName"), s("name")) {
+            (Some(sub), Some(rg), Some(n)) => Some(format!(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{n}"
+            )),
+            _ => None,
+        },
+        name: s("name"),
         via: "metadata".into(),
         ..BoxInfo::default()
     })

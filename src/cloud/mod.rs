@@ -11,6 +11,7 @@ pub mod catalog;
 mod metadata;
 mod pods;
 pub mod preempt;
+pub mod release;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -95,6 +96,11 @@ pub struct BoxInfo {
     pub region: Option<String>,
     pub zone: Option<String>,
     pub instance_id: Option<String>,
+    /// The instance's name (GCP, Azure), its project (GCP), its ARM id (Azure): what the
+    /// provider's stop call names it by.
+    pub name: Option<String>,
+    pub project: Option<String>,
+    pub resource_id: Option<String>,
     /// A spot / preemptible box (its price is an estimate, and it can be reclaimed).
     pub spot: bool,
     /// Where it was learnt: "metadata", "environment", "dmi", "--provider".

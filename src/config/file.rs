@@ -96,6 +96,13 @@ pub struct FileConfig {
     #[serde(alias = "fleet_query")]
     pub fleet_query: Option<String>,
     pub plan: Option<PathBuf>,
+    pub release: Option<String>,
+    #[serde(alias = "release_command")]
+    pub release_command: Option<String>,
+    #[serde(alias = "release_on")]
+    pub release_on: Option<String>,
+    #[serde(alias = "release_retry_for")]
+    pub release_retry_for: Option<String>,
     #[serde(alias = "allow_side_effects")]
     pub allow_side_effects: Option<bool>,
     #[serde(default)]

@@ -94,6 +94,8 @@ pub struct Settings {
     pub notify: NotifySettings,
     pub run_id: Option<String>,
     pub on_exit: Option<String>,
+    /// Whether and how the box is released after the run.
+    pub release: crate::cloud::release::Settings,
     /// Started with --no-preflight: recorded in status and the report.
     pub no_preflight: bool,
     /// Set by a plan for each of its phases.
@@ -277,6 +279,57 @@ fn check_prices(prices: &BTreeMap<String, f64>) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `--release`, `--release-command`, `--release-on`, `--release-retry-for`: terminate needs
+/// the second yes (`--allow-side-effects`).
+fn resolve_release(
+    args: &GuardArgs,
+    f: &mut FileConfig,
+    allowed: bool,
+) -> Result<crate::cloud::release::Settings, ConfigError> {
+    use crate::cloud::release::{Mode, On, Settings};
+    let mode = match pick(&args.release, f.release.take(), "release") {
+        None => Mode::None,
+        Some((v, origin)) => Mode::parse(&v).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "invalid {origin} value {v:?}: expected none, stop or terminate"
+            ))
+        })?,
+    };
+    let on = match pick(&args.release_on, f.release_on.take(), "release-on") {
+        None => On::Kill,
+        Some((v, origin)) => On::parse(&v).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "invalid {origin} value {v:?}: expected kill or end"
+            ))
+        })?,
+    };
+    let retry_for = conv(
+        pick(
+            &args.release_retry_for,
+            f.release_retry_for.take(),
+            "release-retry-for",
+        ),
+        units::parse_duration,
+    )?
+    .unwrap_or(Duration::from_secs(120));
+    if mode == Mode::Terminate && !allowed {
+        return Err(ConfigError::Invalid(
+            "--release terminate destroys the box and its disks: it needs --allow-side-effects too (or use --release stop)".into(),
+        ));
+    }
+    let command = args
+        .release_command
+        .clone()
+        .or(f.release_command.take())
+        .filter(|c| !c.trim().is_empty());
+    Ok(Settings {
+        mode,
+        command,
+        on,
+        retry_for,
+    })
+}
+
 /// The exit hook, refused when it ships results somewhere unless side effects are allowed.
 fn on_exit(cmd: Option<String>, allowed: bool) -> Result<Option<String>, ConfigError> {
     let Some(cmd) = cmd.filter(|c| !c.trim().is_empty()) else {
@@ -425,6 +478,8 @@ impl Settings {
         let w = Watchdogs::resolve(args, &mut file)?;
         let fleet = resolve_fleet(args, &mut file)?;
         let r = Rates::resolve(args, &mut file)?;
+        let allowed = args.allow_side_effects || file.allow_side_effects.unwrap_or(false);
+        let release = resolve_release(args, &mut file, allowed)?;
         let s = |x: Option<Scalar>| x.map(Scalar::into_string);
         let money = |v: &str| units::parse_money(v);
         let dur = |v: &str| units::parse_duration(v);
@@ -464,10 +519,7 @@ impl Settings {
             .or(file.state_dir)
             .unwrap_or_else(default_state_dir);
         let notify = resolve_notify(args, file.notify)?;
-        let on_exit = on_exit(
-            args.on_exit.clone().or(file.on_exit),
-            args.allow_side_effects || file.allow_side_effects.unwrap_or(false),
-        )?;
+        let on_exit = on_exit(args.on_exit.clone().or(file.on_exit), allowed)?;
 
         let settings = Settings {
             max_usd,
@@ -504,6 +556,7 @@ impl Settings {
             notify,
             run_id: args.run_id.clone(),
             on_exit,
+            release,
             no_preflight: false,
             phase: None,
             plan: args.plan.clone().or(file.plan),

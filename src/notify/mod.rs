@@ -22,7 +22,7 @@ pub const DEFAULT_PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue
 /// Kinds sent when a channel does not say: kills, failures, completion, budget warnings,
 /// the spot box's reclaim notice.
 pub const DEFAULT_KINDS: &str =
-    "killed,failed,completed,warning:budget,warning:checkpoint,warning:preemption,agent-error:record";
+    "killed,failed,completed,warning:budget,warning:checkpoint,warning:preemption,agent-error:record,agent-error:release";
 /// PagerDuty's default: only what opens an incident (kills, failures, stalls, costguard unable
 /// to guard); completion only resolves what the run opened. Budget warnings are not
 /// incidents: they go to chat.

@@ -7,6 +7,18 @@ use std::process::Stdio;
 use crate::ledger::Ledger;
 
 pub async fn run(cmd: &str, l: &Ledger) {
+    let mut c = command(cmd, l);
+    match c.status().await {
+        Ok(s) if s.success() => crate::console::say("exit hook done"),
+        // The results may not have landed: seen even with --quiet.
+        Ok(s) => crate::console::alert(format!("notice: exit hook failed: {s}")),
+        Err(e) => crate::console::alert(format!("notice: exit hook could not start: {e}")),
+    }
+}
+
+/// `sh -c CMD` with the run's facts as `COSTGUARD_*` variables (the exit hook's and the
+/// release command's environment).
+pub(crate) fn command(cmd: &str, l: &Ledger) -> tokio::process::Command {
     let reason = l.kills.last().map(|k| k.reason.clone()).unwrap_or_default();
     let report = l
         .report_path
@@ -38,10 +50,5 @@ pub async fn run(cmd: &str, l: &Ledger) {
             format!("{:.3}", l.elapsed_seconds),
         )
         .stdin(Stdio::null());
-    match c.status().await {
-        Ok(s) if s.success() => crate::console::say("exit hook done"),
-        // The results may not have landed: seen even with --quiet.
-        Ok(s) => crate::console::alert(format!("notice: exit hook failed: {s}")),
-        Err(e) => crate::console::alert(format!("notice: exit hook could not start: {e}")),
-    }
+    c
 }

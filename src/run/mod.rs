@@ -8,7 +8,7 @@
 
 pub mod action;
 pub mod agent;
-mod exit_hook;
+pub(crate) mod exit_hook;
 mod live;
 pub mod output;
 pub mod plan;
@@ -37,6 +37,9 @@ pub struct PriceCheck {
     pub found: String,
     pub notes: Vec<String>,
     pub priced: bool,
+    /// What stops the meter after the run, with the credential proved where the provider
+    /// allows it (None: no release asked).
+    pub release: Option<Result<String, String>>,
 }
 
 pub async fn price_check(settings: &crate::config::Settings) -> Result<PriceCheck, String> {
@@ -103,12 +106,38 @@ pub async fn price_check(settings: &crate::config::Settings) -> Result<PriceChec
         }
         (Some(_), Some(d)) => format!("no cloud provider found ({} ms)", d.took_ms),
     };
+    let release = match &started.release {
+        None => None,
+        Some(plan) => Some(release_answer(settings, plan).await),
+    };
     Ok(PriceCheck {
+        release,
         priced: rate.is_some(),
         rate: rate.unwrap_or_else(|| "with no price (spend not metered)".into()),
         found,
         notes,
     })
+}
+
+/// "aws StopInstances i-… — allowed (EC2 DryRun); on kill; still billing: …".
+async fn release_answer(
+    settings: &crate::config::Settings,
+    plan: &crate::cloud::release::Plan,
+) -> Result<String, String> {
+    let proved = crate::cloud::release::prove(plan).await?;
+    let on = match settings.release.on {
+        crate::cloud::release::On::Kill => "after a ceiling or watchdog kill",
+        crate::cloud::release::On::End => "at every ending but a stop by a person",
+    };
+    let mut t = format!(
+        "{} — {proved}; {on}; still billing after it: {}",
+        plan.describe(),
+        plan.still_bills()
+    );
+    if let Some(d) = plan.destroys() {
+        t += &format!("; terminate DESTROYS {d}");
+    }
+    Ok(t)
 }
 
 /// The entry point of a guarded run: a plan's phases, or one command.

@@ -125,7 +125,7 @@ async fn resume(
     let mut prev = prev_with_events(id, &dir, prev, notices);
     if let Some(p) = prev.as_mut() {
         // Holding the lock, a "running" ledger means its costguard died.
-        if p.state == ledger::RunState::Running && !p.costguard.is_some_and(|c| c.pid == me()) {
+        if p.state == ledger::RunState::Running && p.costguard.is_none_or(|c| c.pid != me()) {
             if let Some(why) = &p.preempted {
                 notices.push(format!(
                     "run {id}: its last session was preempted: the provider reclaimed the box ({why})"

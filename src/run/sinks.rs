@@ -171,12 +171,12 @@ impl Sinks {
         if let Ok(mut s) = self.series.write() {
             s.push(point);
         }
-        let due = self.series_saved.map_or(true, |at| {
-            at.elapsed() >= std::time::Duration::from_secs(10)
-        });
+        let due = self
+            .series_saved
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(10));
         // Written on the blocking pool, never on the loop: a slow or full disk must not hold
         // up a kill. A write still going is not doubled; a lost one costs only resolution.
-        if due && !self.series_write.as_ref().is_some_and(|h| !h.is_finished()) {
+        if due && self.series_write.as_ref().is_none_or(|h| h.is_finished()) {
             self.series_saved = Some(std::time::Instant::now());
             self.series_write = self.series_job().map(tokio::task::spawn_blocking);
         }

@@ -67,6 +67,8 @@ pub struct Started {
     pub notices: Vec<String>,
     /// What to ask the box (None: `--provider none`).
     pub probe: Option<crate::cloud::Probe>,
+    /// How the box is released after the run (checked here, before anything starts).
+    pub release: Option<crate::cloud::release::Plan>,
 }
 
 pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
@@ -137,13 +139,60 @@ pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
             )));
         }
     }
+    let release = release_plan(settings, probe.as_ref(), &mut notices).await?;
     Ok(Started {
         gpu,
         visible: visible_idx,
         pricing,
         notices,
         probe,
+        release,
     })
+}
+
+/// `--release`: the box must name a provider whose stop call it can make with a credential
+/// it holds (or a release command is given) — refused here, before anything starts.
+async fn release_plan(
+    settings: &Settings,
+    probe: Option<&crate::cloud::Probe>,
+    notices: &mut Vec<String>,
+) -> Result<Option<crate::cloud::release::Plan>, StartError> {
+    use crate::cloud::release;
+    if !settings.release.enabled() {
+        return Ok(None);
+    }
+    let none = crate::cloud::Detection::default();
+    let d = match (probe, &settings.release.command) {
+        (_, Some(_)) | (None, _) => &none,
+        (Some(p), None) => {
+            let limit = crate::cloud::PROBE_BUDGET + crate::cloud::API_BUDGET;
+            tokio::time::timeout(limit, crate::cloud::detected(p))
+                .await
+                .unwrap_or(&none)
+        }
+    };
+    let plan = release::plan(&settings.release, d).map_err(|e| {
+        let hint = if probe.is_none() {
+            " (--provider none: the box was not asked)"
+        } else {
+            ""
+        };
+        StartError::Invalid(format!("{e}{hint}"))
+    })?;
+    let Some(plan) = plan else { return Ok(None) };
+    if let Err(f) = release::credential(&plan).await {
+        if !f.retry {
+            return Err(StartError::Invalid(format!("--release: {}", f.message)));
+        }
+        notices.push(format!(
+            "release: the credential could not be checked now ({})",
+            f.message
+        ));
+    }
+    if let crate::cloud::release::Method::Scheduler(s) = &plan.method {
+        notices.push(format!("release: {s}"));
+    }
+    Ok(Some(plan))
 }
 
 /// NVML, when it loads (or an error when `--gpu nvml` requires it).

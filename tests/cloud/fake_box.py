@@ -7,8 +7,11 @@ Answers as the provider's own server does — headers enforced, the other provid
     fake_box.py MODE --bind ADDR --port N --log FILE --ready FILE [--spot]
                 [--type T] [--region R] [--notice-file F] [--fail N]
 
-MODE: aws, gcp, azure (metadata servers); runpod, vast (price APIs); silent (accepts
-connections and never answers). --notice-file: the spot reclaim notice is served once that
+MODE: aws, gcp, azure (metadata servers, with the instance's credentials); runpod, vast
+(price and stop APIs); ec2, compute, arm (AWS EC2, GCP Compute and Azure Resource Manager:
+the stop calls, each checked — EC2's SigV4 signature by botocore's own signer, an
+implementation independent of costguard's); silent (accepts connections and never answers).
+--deny: the stop API answers 403 forever; --no-role: no instance role / identity. --notice-file: the spot reclaim notice is served once that
 file exists. --fail N: the first N price-API calls answer 500 (N < 0: every call).
 The ready file gets the bound port once the server listens.
 """
@@ -23,6 +26,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from os.path import exists
 
 TOKEN = "AQAEAtoken-SEKRET-imds-0123456789"
+ROLE = "costguard-test-role"
+AWS_KEY, AWS_SECRET, AWS_SESSION = "ASIATESTACCESSKEY01", "SEKRET-aws-secret-key-0123456789", "SEKRET-aws-session-token-0123"
+GCP_TOKEN = "ya29.SEKRET-gcp-access-token"
+AZURE_TOKEN = "eyJ0eXAi.SEKRET-azure-access-token"
 FLAVOR = {"Metadata-Flavor": "Google"}
 
 
@@ -39,6 +46,8 @@ def parse():
     p.add_argument("--notice-file", default="")
     p.add_argument("--fail", type=int, default=0)
     p.add_argument("--price", default="2.99")
+    p.add_argument("--deny", action="store_true")
+    p.add_argument("--no-role", action="store_true")
     return p.parse_args()
 
 
@@ -48,6 +57,7 @@ CALLS = {"price": 0}
 
 
 def log(entry):
+    entry["t"] = time.time()
     with LOCK, open(ARGS.log, "a") as f:
         f.write(json.dumps(entry) + "\n")
 
@@ -85,7 +95,10 @@ class Handler(BaseHTTPRequestHandler):
         })
 
     def do_PUT(self):
-        self.record(self.body())
+        body = self.body()
+        self.record(body)
+        if ARGS.mode == "vast":
+            return self.bearer_api()
         if ARGS.mode == "aws" and self.path == "/latest/api/token":
             if not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
                 return self.reply(400, "missing ttl")
@@ -97,7 +110,51 @@ class Handler(BaseHTTPRequestHandler):
         self.record(body)
         if ARGS.mode == "runpod":
             return self.runpod(body)
+        if ARGS.mode == "ec2":
+            return self.ec2(body)
+        if ARGS.mode in ("compute", "arm"):
+            return self.bearer_api()
         self.reply(404, "not found")
+
+    def do_DELETE(self):
+        self.record()
+        if ARGS.mode in ("compute", "arm", "vast"):
+            return self.bearer_api()
+        self.reply(404, "not found")
+
+    # --- the providers' stop calls ---
+    def stop_refused(self):
+        if ARGS.deny:
+            self.reply(403, json.dumps({"error": {"code": "AuthorizationFailed", "message": "denied"}}),
+                       ctype="application/json")
+            return True
+        if self.failing():
+            self.reply(500, json.dumps({"error": {"code": "InternalError"}}), ctype="application/json")
+            return True
+        return False
+
+    def bearer_api(self):
+        want = {"compute": GCP_TOKEN, "arm": AZURE_TOKEN, "vast": ARGS.type}[ARGS.mode]
+        if self.headers.get("Authorization") != "Bearer " + want:
+            return self.reply(401, json.dumps({"error": "unauthorized"}), ctype="application/json")
+        if self.stop_refused():
+            return
+        self.reply(200, json.dumps({"kind": "compute#operation", "status": "RUNNING"}),
+                   ctype="application/json")
+
+    def ec2(self, body):
+        valid = sigv4_valid(self, body)
+        log({"method": "SIGV4", "path": self.path, "headers": {}, "body": str(valid)})
+        if valid is not True:
+            return self.reply(403, "<Response><Errors><Error><Code>SignatureDoesNotMatch</Code></Error></Errors></Response>")
+        if "DryRun=true" in body:
+            if ARGS.deny:
+                return self.reply(403, "<Response><Errors><Error><Code>UnauthorizedOperation</Code></Error></Errors></Response>")
+            return self.reply(412, "<Response><Errors><Error><Code>DryRunOperation</Code><Message>Request would have succeeded, but DryRun flag is set.</Message></Error></Errors></Response>")
+        if self.stop_refused():
+            return
+        self.reply(200, "<StopInstancesResponse><instancesSet><item><currentState><name>stopping</name></currentState></item></instancesSet></StopInstancesResponse>",
+                   ctype="text/xml")
 
     def do_GET(self):
         self.record()
@@ -128,6 +185,13 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(404, "not found")
         if key in values:
             return self.reply(200, values[key])
+        if key == "iam/security-credentials/" and not ARGS.no_role:
+            return self.reply(200, ROLE)
+        if key == "iam/security-credentials/" + ROLE and not ARGS.no_role:
+            return self.reply(200, json.dumps({
+                "Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": AWS_KEY,
+                "SecretAccessKey": AWS_SECRET, "Token": AWS_SESSION,
+                "Expiration": "2099-01-01T00:00:00Z"}))
         self.reply(404, "not found")
 
     # --- GCP ---
@@ -150,6 +214,11 @@ class Handler(BaseHTTPRequestHandler):
                 },
             }
             return self.reply(200, json.dumps(doc), FLAVOR, "application/json")
+        if rest == "project/project-id":
+            return self.reply(200, "costguard-test-project", FLAVOR)
+        if rest == "instance/service-accounts/default/token" and not ARGS.no_role:
+            return self.reply(200, json.dumps({"access_token": GCP_TOKEN, "expires_in": 3599,
+                                               "token_type": "Bearer"}), FLAVOR, "application/json")
         if rest == "instance/preempted":
             return self.reply(200, "TRUE" if notice() else "FALSE", FLAVOR)
         self.reply(404, "not found", FLAVOR)
@@ -171,6 +240,11 @@ class Handler(BaseHTTPRequestHandler):
                 "subscriptionId": "sub",
             }}
             return self.reply(200, json.dumps(doc), ctype="application/json")
+        if self.path.startswith("/metadata/identity/oauth2/token") and not ARGS.no_role:
+            if "resource=https://management.azure.com/" not in self.path:
+                return self.reply(400, json.dumps({"error": "invalid_resource"}), ctype="application/json")
+            return self.reply(200, json.dumps({"access_token": AZURE_TOKEN, "expires_in": "86399",
+                                               "token_type": "Bearer"}), ctype="application/json")
         if self.path.startswith("/metadata/scheduledevents"):
             events = []
             if notice():
@@ -191,6 +265,11 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(500, json.dumps({"errors": [{"message": "internal"}]}), ctype="application/json")
         if self.headers.get("Authorization") != "Bearer " + ARGS.type:
             return self.reply(401, json.dumps({"errors": [{"message": "unauthorized"}]}), ctype="application/json")
+        if "mutation" in body:
+            if ARGS.deny:
+                return self.reply(200, json.dumps({"errors": [{"message": "forbidden"}]}), ctype="application/json")
+            return self.reply(200, json.dumps({"data": {"podStop": {"id": ARGS.region, "desiredStatus": "EXITED"}}}),
+                              ctype="application/json")
         doc = {"data": {"pod": {"id": ARGS.region, "costPerHr": float(ARGS.price)}}}
         self.reply(200, json.dumps(doc), ctype="application/json")
 
@@ -201,6 +280,36 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(401, "unauthorized")
         self.reply(200, json.dumps({"instances": {"id": 1, "dph_total": float(ARGS.price)}}),
                    ctype="application/json")
+
+
+def sigv4_valid(h, body):
+    """Recomputes the request's SigV4 signature with botocore (True when it matches)."""
+    try:
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+    except ImportError:
+        return "botocore missing"
+    auth_header = h.headers.get("Authorization", "")
+    try:
+        parts = dict(p.strip().split("=", 1) for p in auth_header.split(" ", 1)[1].split(","))
+    except (IndexError, ValueError):
+        return "no Authorization"
+    scope = parts["Credential"].split("/")
+    if scope[0] != AWS_KEY or scope[3] != "ec2":
+        return "wrong key or service: " + parts["Credential"]
+    signed = parts["SignedHeaders"].split(";")
+    if h.headers.get("X-Amz-Security-Token") != AWS_SESSION or "x-amz-security-token" not in signed:
+        return "session token missing or unsigned"
+    region = scope[2]
+    url = "http://" + h.headers["Host"] + h.path
+    headers = {k: h.headers[k] for k in signed if k in h.headers}
+    req = AWSRequest(method=h.command, url=url, data=body.encode(), headers=headers)
+    req.context["timestamp"] = h.headers["X-Amz-Date"]
+    a = SigV4Auth(Credentials(AWS_KEY, AWS_SECRET, AWS_SESSION), "ec2", region)
+    canonical = a.canonical_request(req)
+    want = a.signature(a.string_to_sign(req, canonical), req)
+    return True if want == parts["Signature"] else "signature mismatch"
 
 
 def silent(sock):

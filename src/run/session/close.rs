@@ -135,10 +135,16 @@ impl Session {
         first: Signal,
         force: tokio::sync::watch::Receiver<bool>,
     ) -> Vec<i32> {
+        self.kill_started = Some(std::time::Instant::now());
+        let then = if reason.is_ceiling() {
+            self.release_announcement().unwrap_or_default()
+        } else {
+            String::new()
+        };
         self.emit(
             EventKind::Killed,
             Some(reason.as_str()),
-            evidence.to_string(),
+            format!("{evidence}{then}"),
         );
         let now = self.now();
         self.sinks

@@ -50,6 +50,15 @@ impl Session {
             }
         }
         self.flush_notifications(ended).await;
+        if ended {
+            let outcome = match overall {
+                LedgerState::Killed => Outcome::Killed,
+                LedgerState::Stopped => Outcome::Stopped,
+                LedgerState::Completed => Outcome::Completed,
+                _ => Outcome::Failed,
+            };
+            self.release_box(outcome).await;
+        }
         (code, ended)
     }
 

@@ -8,6 +8,7 @@
 mod close;
 mod conclude;
 mod open;
+mod release;
 
 use std::ffi::OsString;
 use std::time::{Duration, SystemTime};
@@ -43,6 +44,10 @@ pub struct Session {
     record_errors: Option<sources::Rx<String>>,
     /// What to ask the box about itself (None: `--provider none`).
     probe: Option<crate::cloud::Probe>,
+    /// How the box is released after the run (None: it is not).
+    release: Option<crate::cloud::release::Plan>,
+    /// When the kill began (the release is timed from it).
+    kill_started: Option<std::time::Instant>,
 }
 
 impl Session {

@@ -206,6 +206,8 @@ pub async fn open(
         live,
         record_errors,
         probe: started.probe.clone(),
+        release: started.release.clone(),
+        kill_started: None,
     };
     s.announce(&started.pricing, listening);
     Ok(s)
