@@ -107,6 +107,18 @@ pub struct AgentArgs {
     /// so a Job's pod completes and its node is freed.
     #[arg(long, env = "COSTGUARD_EXIT_WHEN_DONE", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
     pub exit_when_done: Option<bool>,
+    /// The forgotten box: release it (--release stop, or --release-command) once, for this
+    /// long, no GPU process exists and every GPU is below --idle-below.
+    #[arg(
+        long,
+        env = "COSTGUARD_IDLE_BOX",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
+    pub idle_box: Option<String>,
+    /// With --idle-box: keep the box while someone is logged in (an interactive session).
+    #[arg(long, env = "COSTGUARD_KEEP_IF_LOGGED_IN", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0..=1, default_missing_value = "true")]
+    pub keep_if_logged_in: Option<bool>,
 }
 
 #[derive(Debug, Args)]

@@ -178,6 +178,10 @@ fn agent(a: costguard::cli::AgentArgs) -> ExitCode {
         Err(e) => return fail(&e),
     };
     settings.exit_when_done = a.exit_when_done.unwrap_or(false);
+    if let Err(e) = idle_box(&mut settings, &a) {
+        costguard::console::error(e);
+        return ExitCode::from(exit::OWN_FAILURE);
+    }
     costguard::console::set_quiet(settings.quiet);
     costguard::redact::install(settings.notify.secrets());
     let target = match Selection::parse(&a.target) {
@@ -205,6 +209,23 @@ fn agent(a: costguard::cli::AgentArgs) -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => fail(&e),
     }
+}
+
+/// `--idle-box D` (with how the box is released) and `--keep-if-logged-in`.
+fn idle_box(settings: &mut Settings, a: &costguard::cli::AgentArgs) -> Result<(), String> {
+    settings.keep_if_logged_in = a.keep_if_logged_in.unwrap_or(false);
+    let Some(v) = &a.idle_box else {
+        return Ok(());
+    };
+    let d = costguard::units::parse_duration(v).map_err(|e| format!("{e} (from --idle-box)"))?;
+    if d.is_zero() {
+        return Err("invalid --idle-box 0s: must be greater than zero".into());
+    }
+    if !settings.release.enabled() {
+        return Err("--idle-box needs how to release the box: --release stop (or terminate), or --release-command CMD".into());
+    }
+    settings.idle_box = Some(d);
+    Ok(())
 }
 
 /// What a person most likely meant when clap found an argument it did not expect: a

@@ -391,3 +391,95 @@ fn check_answers_what_stops_the_meter_and_proves_the_credential() {
         "{o}"
     );
 }
+
+/// The agent on two fake H100s at `util` %, on an AWS box whose EC2 fake records calls.
+fn agent_on_box(util: u32, script: &str) -> (Ran, tempfile::TempDir) {
+    let dir = tempdir();
+    let scenario = serde_json::json!({"gpus": gpus(2, "NVIDIA H100 80GB HBM3", util)});
+    let path = dir.path().join("scenario.json");
+    std::fs::write(&path, scenario.to_string()).unwrap();
+    let nvml = fake_nvml();
+    let r = in_box_with_api(
+        dir.path(),
+        Some(AWS),
+        Some("ec2"),
+        &format!("export AWS_ENDPOINT_URL_EC2=$API\n{script}"),
+        &[
+            ("COSTGUARD_GPU", "nvml"),
+            ("COSTGUARD_NVML_LIB", nvml.to_str().unwrap()),
+            ("FAKE_NVML_SCENARIO", path.to_str().unwrap()),
+        ],
+    );
+    (r, dir)
+}
+
+const AGENT: &str = "$CG agent --interval 100ms --idle-box 1s --release stop";
+
+#[test]
+fn the_forgotten_box_is_released_by_the_agent_and_a_busy_one_is_kept() {
+    let (r, _d) = agent_on_box(0, &format!("{AGENT} --run-id idle"));
+    let e = r.stderr();
+    assert_eq!(r.out.status.code(), Some(0), "{e}");
+    assert!(e.contains("the box has been idle for"), "{e}");
+    let c = calls(&r);
+    assert_eq!(c.len(), 1, "{e} {c:?}");
+    assert!(c[0]["body"]
+        .as_str()
+        .unwrap()
+        .contains("Action=StopInstances"));
+    assert_eq!(r.ledger("idle")["release"]["state"], "released");
+
+    // Busy GPUs for three times the window: nothing is called (the agent is stopped by TERM).
+    let (r, _d) = agent_on_box(90, &format!("timeout -s TERM 3 {AGENT} --run-id busy"));
+    assert!(calls(&r).is_empty(), "{:?}", calls(&r));
+    assert_eq!(
+        r.ledger("busy")["run_id"],
+        "busy",
+        "the agent ran: {}",
+        r.stderr()
+    );
+    assert_eq!(r.ledger("busy")["release"], serde_json::Value::Null);
+}
+
+#[test]
+fn someone_logged_in_keeps_an_idle_box() {
+    // A private /run with a utmp holding one live interactive session (this shell's).
+    let utmp = "mount -t tmpfs none /run || exit 97
+python3 -c 'import os,struct; open(\"/run/utmp\",\"wb\").write(struct.pack(\"<hxxi32s4s32s256shhiii4i20s\", 7, os.getppid(), b\"pts/0\", b\"ts/0\", b\"root\", b\"\", 0, 0, 0, 0, 0, 0, 0, 0, 0, b\"\"))'";
+    let (r, _d) = agent_on_box(
+        0,
+        &format!("{utmp}\ntimeout -s TERM 3 {AGENT} --keep-if-logged-in --run-id kept"),
+    );
+    assert!(calls(&r).is_empty(), "{}: {:?}", r.stderr(), calls(&r));
+    assert_eq!(
+        r.ledger("kept")["run_id"],
+        "kept",
+        "the agent ran: {}",
+        r.stderr()
+    );
+    let (r, _d) = agent_on_box(
+        0,
+        &format!("timeout -s TERM 10 {AGENT} --keep-if-logged-in --run-id alone"),
+    );
+    assert_eq!(
+        calls(&r).len(),
+        1,
+        "nobody logged in: released: {}",
+        r.stderr()
+    );
+}
+
+#[test]
+fn idle_box_needs_a_way_to_release() {
+    let out = run({
+        let mut c = costguard();
+        c.args(["agent", "--idle-box", "30m"]);
+        c
+    });
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("--idle-box needs how to release the box: --release stop"),
+        "{}",
+        stderr(&out)
+    );
+}

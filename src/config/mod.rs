@@ -85,6 +85,10 @@ pub struct Settings {
     pub linger: Duration,
     /// The agent ends (completed) once every GPU process it saw has ended by itself.
     pub exit_when_done: bool,
+    /// The agent releases the box once idle this long (`--idle-box`).
+    pub idle_box: Option<Duration>,
+    /// ... unless someone is logged in (`--keep-if-logged-in`).
+    pub keep_if_logged_in: bool,
     pub listen: Option<SocketAddr>,
     /// Whether the user named the address (a bind failure is then an error, not a notice).
     pub listen_explicit: bool,
@@ -548,6 +552,8 @@ impl Settings {
             shared_gpus: args.shared_gpus.or(file.shared_gpus).unwrap_or(false),
             linger: w.linger,
             exit_when_done: false,
+            idle_box: None,
+            keep_if_logged_in: false,
             listen,
             listen_explicit,
             quiet,

@@ -23,6 +23,10 @@ pub struct SampleMsg {
     /// Processes holding NVIDIA device files (see `telemetry::devfiles`): for the agent every
     /// one in this namespace; for the wrapper its job's and NVML's pids that exist here.
     pub holders: Vec<DevHolder>,
+    /// GPU processes on the box, the agent's targets or not (set by the agent's target).
+    pub gpu_processes: usize,
+    /// An interactive session is open (only looked at with --keep-if-logged-in).
+    pub logged_in: bool,
 }
 
 /// Runs until the receiver is dropped. `root` is the holder's pid, whose descendants are
@@ -72,6 +76,8 @@ pub async fn run(
                 host,
                 pids,
                 holders,
+                gpu_processes: 0,
+                logged_in: false,
             })
             .await
             .is_err()

@@ -110,6 +110,8 @@ pub struct Init {
     pub whole_gpus: bool,
     /// The agent ends, completed, once every target it saw has ended by itself.
     pub exit_when_done: bool,
+    /// The agent releases the box once it has been idle this long (`--idle-box`).
+    pub idle_box: Option<Duration>,
 }
 
 /// How the run behaves, fixed for the session.
@@ -148,6 +150,8 @@ pub struct RunState {
     cloud: Option<crate::cloud::Detection>,
     /// The provider's reclaim notice, once one came.
     preempted: Option<String>,
+    /// The forgotten-box watch of the agent.
+    idle_box: Option<super::idle_box::IdleBox>,
 }
 
 /// The run's own bookkeeping: when spend was last put on record, the longest idle streak,
@@ -162,6 +166,7 @@ struct Marks {
 
 impl RunState {
     pub fn new(i: Init) -> RunState {
+        let idle_below = i.engine.limits().idle_below;
         RunState {
             t0: i.t0,
             id: i.id,
@@ -185,6 +190,9 @@ impl RunState {
             marks: Marks::default(),
             cloud: None,
             preempted: None,
+            idle_box: i
+                .idle_box
+                .map(|d| super::idle_box::IdleBox::new(d, idle_below)),
         }
     }
 
@@ -238,6 +246,11 @@ impl RunState {
             spot: info.provider.map(|_| info.spot),
             detected: self.cloud.is_some(),
         }
+    }
+
+    /// Whether the agent ended because the box was idle (it is then released).
+    pub fn idle_box_fired(&self) -> bool {
+        self.idle_box.as_ref().is_some_and(|b| b.fired())
     }
 
     /// The provider's reclaim notice, if one came.
@@ -615,6 +628,13 @@ impl RunState {
                 obs.gpus = self.telemetry.unknown_gpus();
             }
             Some(Ok(gpus)) => {
+                if let Some(why) = self
+                    .idle_box
+                    .as_mut()
+                    .and_then(|b| b.observe(now, &gpus, s.gpu_processes, s.logged_in))
+                {
+                    acts.push(Action::End(Ending::Stop(why)));
+                }
                 self.take_gpus(gpus, s.wall, now, &mut acts);
                 obs.gpus = self.telemetry.job_gpus(&s.pids, &s.holders);
                 self.energy_rate(now);

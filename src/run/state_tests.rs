@@ -53,6 +53,7 @@ fn state(limits: Limits, pricing: Pricing, carried: Carried, kind: TargetKind) -
         tracks_progress: true,
         whole_gpus: true,
         exit_when_done: false,
+        idle_box: None,
     })
 }
 
@@ -122,6 +123,8 @@ fn sample(
         host: HostSample::default(),
         pids: vec![42],
         holders: Vec::new(),
+        gpu_processes: 0,
+        logged_in: false,
     }
 }
 
@@ -263,6 +266,7 @@ fn init_of(st: &RunState) -> Init {
         tracks_progress: true,
         whole_gpus: true,
         exit_when_done: false,
+        idle_box: None,
     }
 }
 
@@ -402,6 +406,8 @@ fn a_failed_sample_is_unknown_once_and_the_return_is_said() {
         host: HostSample::default(),
         pids: Vec::new(),
         holders: Vec::new(),
+        gpu_processes: 0,
+        logged_in: false,
     };
     let a = st.handle(LoopEvent::Sample(bad(&st, 1.0)), s(1.0));
     assert_eq!(
@@ -442,6 +448,8 @@ fn in_a_container_unresolved_gpu_memory_on_a_gpu_the_job_holds_is_the_jobs() {
         }])),
         host: HostSample::default(),
         pids: vec![42],
+        gpu_processes: 0,
+        logged_in: false,
         holders: vec![crate::telemetry::DevHolder {
             pid: 42,
             minors: vec![0],

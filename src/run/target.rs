@@ -202,6 +202,7 @@ impl Target {
                 );
             }
         }
+        s.gpu_processes = gpu_procs.len();
         let mut targets: Vec<i32> = gpu_procs
             .into_iter()
             .filter(|p| g.selector.selects(*p))

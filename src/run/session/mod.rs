@@ -78,6 +78,9 @@ impl Session {
                 .map(|d| (self.state.t0() + d).into());
             let mut ev = sources.next(wake).await;
             if let LoopEvent::Sample(s) = &mut ev {
+                if self.settings.keep_if_logged_in {
+                    s.logged_in = crate::run::idle_box::someone_logged_in();
+                }
                 let mut seen: Vec<LoopEvent> = target
                     .refine(s)
                     .into_iter()

@@ -262,6 +262,7 @@ fn init_of(
         tracks_progress: capture || settings.heartbeat_file.is_some(),
         whole_gpus: !settings.shared_gpus,
         exit_when_done: settings.exit_when_done,
+        idle_box: settings.idle_box,
     }
 }
 

@@ -14,6 +14,9 @@ impl Session {
     /// Whether this ending releases the box (a plan: only its last ending).
     pub(super) fn release_due(&self, outcome: Outcome) -> Option<&Plan> {
         let plan = self.release.as_ref()?;
+        if self.state.idle_box_fired() {
+            return Some(plan);
+        }
         let due = match self.settings.release.on {
             On::Kill => outcome == Outcome::Killed,
             On::End => outcome != Outcome::Stopped,
