@@ -12,9 +12,39 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_costguard")
 }
 
+/// Signals a test's processes depend on, back to their defaults and unblocked: the suite may
+/// be started under `nohup` (HUP ignored) or by a script's `&` (INT and QUIT ignored), and a
+/// shell cannot trap a signal ignored on entry.
+pub fn default_signals(c: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            for s in [
+                libc::SIGHUP,
+                libc::SIGINT,
+                libc::SIGQUIT,
+                libc::SIGTERM,
+                libc::SIGUSR1,
+                libc::SIGUSR2,
+                libc::SIGALRM,
+                libc::SIGCHLD,
+                libc::SIGPIPE,
+            ] {
+                libc::signal(s, libc::SIG_DFL);
+            }
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}
+
 /// A costguard command with no HTTP listener and no inherited settings.
 pub fn costguard() -> Command {
     let mut c = Command::new(bin());
+    default_signals(&mut c);
     for (k, _) in std::env::vars() {
         if k.starts_with("COSTGUARD_")
             || k == "CUDA_VISIBLE_DEVICES"
