@@ -101,6 +101,7 @@ rc=$?
 exit $rc"
     );
     let mut c = Command::new("unshare");
+    default_signals(&mut c);
     c.args([
         "--net",
         "--mount",
