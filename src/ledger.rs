@@ -216,6 +216,9 @@ pub struct Ledger {
     pub report_path: Option<PathBuf>,
     pub watchdogs: Vec<String>,
     pub on_exit: Option<String>,
+    /// The page's address (`http://ADDR/`) as bound: the port actually served.
+    #[serde(default)]
+    pub page_url: Option<String>,
 }
 
 pub fn path(run_dir: &Path) -> PathBuf {
