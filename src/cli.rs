@@ -68,6 +68,7 @@ pub enum Sub {
     /// run's exit status.
     Logs(LogsArgs),
     /// Wait for a run (e.g. one started with run --detach) to end; exit with its exit status.
+    /// Without RUN, wait for every running run.
     Wait(WaitArgs),
     /// Remove ended runs from the state directory (never a running one, nor one whose
     /// notifications are still waiting in the outbox).
@@ -182,7 +183,7 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct WaitArgs {
-    /// The run id [default: the newest run].
+    /// The run id [default: every running run; exit with the first non-zero status].
     pub run: Option<String>,
     #[command(flatten)]
     pub state: StateArg,

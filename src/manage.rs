@@ -83,8 +83,8 @@ pub fn list(state: &Path, a: &crate::cli::ListArgs) -> ExitCode {
             let w = state_word(&l);
             (dir, l, w)
         })
-        .filter(|(_, _, w)| states.as_ref().is_none_or(|s| s.contains(w)))
-        .filter(|(_, l, _)| cutoff.as_ref().is_none_or(|c| l.started_at >= *c))
+        .filter(|(_, _, w)| states.as_ref().map_or(true, |s| s.contains(w)))
+        .filter(|(_, l, _)| cutoff.as_ref().map_or(true, |c| l.started_at >= *c))
         .collect();
     if a.json {
         for (dir, l, w) in runs {
@@ -177,15 +177,37 @@ pub fn await_end(dir: &Path, id: &str) -> Ledger {
     }
 }
 
-/// `costguard wait RUN`: blocks until the run ends, says how, exits with its exit status.
+/// `costguard wait [RUN]`: blocks until the run ends (without RUN: every live run, as
+/// `pueue wait` does), says how each ended, and exits with the run's exit status (without
+/// RUN: the first non-zero one).
 pub fn wait(state: &Path, id: Option<&str>) -> ExitCode {
-    let (dir, l) = match find(state, id) {
-        Ok(x) => x,
-        Err(e) => return err(e),
+    let runs: Vec<(PathBuf, String)> = match id {
+        Some(_) => match find(state, id) {
+            Ok((dir, l)) => vec![(dir, l.run_id)],
+            Err(e) => return err(e),
+        },
+        None => {
+            let all = ledger::list(state);
+            let live: Vec<(PathBuf, String)> = all
+                .iter()
+                .filter(|(_, l)| l.live())
+                .map(|(d, l)| (d.clone(), l.run_id.clone()))
+                .collect();
+            match (live.is_empty(), all.into_iter().next()) {
+                (false, _) => live,
+                (true, Some((dir, l))) => vec![(dir, l.run_id)],
+                (true, None) => return err(format!("no runs in {}", state.display())),
+            }
+        }
     };
-    let l = await_end(&dir, &l.run_id);
-    let (code, line) = exit_of(&l);
-    crate::console::alert(format!("{line} (exit {code})"));
+    let mut code = 0;
+    for (dir, run_id) in runs {
+        let (c, line) = exit_of(&await_end(&dir, &run_id));
+        crate::console::alert(format!("{line} (exit {c})"));
+        if code == 0 {
+            code = c;
+        }
+    }
     ExitCode::from(code)
 }
 

@@ -156,6 +156,25 @@ fn wait_and_logs_follow_exit_with_the_runs_exit_status() {
 }
 
 #[test]
+fn wait_without_a_run_waits_for_every_running_one() {
+    let state = tempdir();
+    detach(state.path(), "slow-ok", &["--max-wall", "1m"], "sleep 1");
+    detach(
+        state.path(),
+        "quick-bad",
+        &["--max-wall", "1m"],
+        "sleep 0.3; exit 5",
+    );
+    let mut c = guard(state.path());
+    c.arg("wait");
+    let out = run(c);
+    let err = stderr(&out);
+    assert_eq!(code(&out), Some(5), "the first non-zero status: {err}");
+    assert!(err.contains("run slow-ok completed"), "{err}");
+    assert!(err.contains("run quick-bad failed"), "{err}");
+}
+
+#[test]
 fn wait_for_a_crashed_run_has_no_exit_status_to_give() {
     let state = tempdir();
     let dir = state.path().join("runs/gone");
