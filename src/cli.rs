@@ -12,12 +12,17 @@ Examples:
   COSTGUARD_USD_PER_HOUR=2.49 costguard --max-usd 5 --warn-signal USR1 --warn-before 2m -- make bench
   costguard run --detach --max-usd 40 --stall 20m --progress-regex 'step (\\d+)' \\
       --slack-webhook-file ~/.slack --on-exit 'cp -r out /data/runs/$COSTGUARD_RUN_ID' -- python train.py
-  costguard status; costguard logs RUN -f; costguard report RUN
+  costguard status; costguard logs RUN -f; costguard wait RUN; costguard report RUN
+  costguard list --state killed --since 2d; costguard clean --older-than 30d --dry-run
   costguard agent --target 'cmdline:^python train' --idle 15m --max-usd 40
 
 Exit status: the job's own status when it ends by itself; 128+N when it died of signal N;
 124 when a ceiling killed it; 125 for costguard's own failures (bad flags, values, config);
-126 when the command cannot be executed; 127 when it is not found.";
+126 when the command cannot be executed; 127 when it is not found.
+
+The page: while a run lives, http://127.0.0.1:9947/ shows it at a glance (spend, ceilings,
+GPUs, timeline, events); the start line names its address (the next free port when 9947 is
+taken), and costguard status shows it.";
 
 /// Guards metered GPU time: meters spend, watches the GPUs, and kills the job's whole
 /// process tree at a dollar, wall-clock, idle, stall or memory ceiling.
@@ -56,16 +61,34 @@ pub enum Sub {
     /// Preflight: is the run safe to leave? (notification path, watchdog, exit hook)
     Check(Box<RunArgs>),
     /// The runs in the state directory, newest first.
-    List(StateArg),
+    List(ListArgs),
     /// One run's check-in: phase, elapsed, ETA, kills, spend, what it waits on.
     Status(RunRef),
-    /// A run's output (output.log); -f follows it while the run lives.
+    /// A run's output (output.log); -f follows it while the run lives, then exits with the
+    /// run's exit status.
     Logs(LogsArgs),
+    /// Wait for a run (e.g. one started with run --detach) to end; exit with its exit status.
+    /// Without RUN, wait for every running run.
+    Wait(WaitArgs),
+    /// Remove ended runs from the state directory (never a running one, nor one whose
+    /// notifications are still waiting in the outbox).
+    Clean(CleanArgs),
     /// Stop a running run: TERM to its costguard, which ends the job's tree.
     Stop(RunRef),
     /// Print a run's postmortem (writing report.md again from its ledger).
     Report(RunRef),
     /// Sidecar / node agent: guard the GPU processes it can see (no command of its own).
+    #[command(
+        mut_arg("plan", |a| a.hide(true)),
+        mut_arg("progress_regex", |a| a.hide(true)),
+        mut_arg("progress_total", |a| a.hide(true)),
+        mut_arg("output_log_max", |a| a.hide(true)),
+        mut_arg("stall", |a| a.help(
+            "Kill when --heartbeat-file was not touched for this long (the agent cannot read \
+             its targets' output)")),
+        mut_arg("listen", |a| a.help(
+            "Address for the page (/), /metrics, /healthz and /status [default: 127.0.0.1:9947]")),
+    )]
     Agent(Box<AgentArgs>),
     /// The shipped instance price catalog (what a box of a provider's type costs per hour).
     Prices(PricesArgs),
@@ -150,6 +173,42 @@ pub struct RunRef {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub state: StateArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// One JSON object per run (the ledger, with `status` and `run_dir`), newest first.
+    #[arg(long)]
+    pub json: bool,
+    /// Only runs in these states: running, completed, failed, killed, stopped, crashed,
+    /// preempted, corrupted (a comma-separated list).
+    #[arg(long, value_name = "STATES")]
+    pub state: Option<String>,
+    /// Only runs started within this long before now (90m, 2d, 1-00:00:00).
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub since: Option<String>,
+    #[command(flatten)]
+    pub dir: StateArg,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// The run id [default: every running run; exit with the first non-zero status].
+    pub run: Option<String>,
+    #[command(flatten)]
+    pub state: StateArg,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// Only runs that ended at least this long ago (30d, 12h) [default: every ended run].
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub older_than: Option<String>,
+    /// Say what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub state: StateArg,
 }
@@ -412,7 +471,8 @@ pub struct GuardArgs {
     )]
     pub output_log_max: Option<String>,
 
-    /// Address for /metrics, /healthz and /status [default: 127.0.0.1:9947].
+    /// Address for the page (http://ADDR/), /metrics, /healthz and /status
+    /// [default: 127.0.0.1:9947, or the next free port up to 9962 when it is taken].
     #[arg(long, env = "COSTGUARD_LISTEN", value_name = "ADDR")]
     pub listen: Option<String>,
 

@@ -23,7 +23,7 @@ fn err(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 /// The run directory of `id`, or of the newest run.
-fn find(state: &Path, id: Option<&str>) -> Result<(PathBuf, Ledger), String> {
+pub(crate) fn find(state: &Path, id: Option<&str>) -> Result<(PathBuf, Ledger), String> {
     match id {
         Some(id) => {
             let dir = ledger::runs_dir(state).join(id);
@@ -53,7 +53,7 @@ fn find(state: &Path, id: Option<&str>) -> Result<(PathBuf, Ledger), String> {
     }
 }
 
-fn state_word(l: &Ledger) -> String {
+pub(crate) fn state_word(l: &Ledger) -> String {
     if l.crashed() && l.preempted.is_some() {
         // Its box was reclaimed after the notice: costguard died with it.
         "preempted".into()
@@ -62,40 +62,6 @@ fn state_word(l: &Ledger) -> String {
     } else {
         l.state.as_str().into()
     }
-}
-
-pub fn list(state: &Path) -> ExitCode {
-    let runs = ledger::list(state);
-    if runs.is_empty() {
-        crate::console::outln(format!("no runs in {}", state.display()));
-        return ExitCode::SUCCESS;
-    }
-    let header = format!(
-        "{:<36} {:<9} {:>10} {:>11} {:<24}",
-        "RUN", "STATE", "SPEND", "ELAPSED", "STARTED"
-    );
-    if !crate::console::outln(header) {
-        return ExitCode::SUCCESS; // stdout closed (`| head`): nothing more to say
-    }
-    for (_, l) in runs {
-        let spend = if l.priced {
-            format_money(l.spend_dollars)
-        } else {
-            "unknown".into()
-        };
-        let line = format!(
-            "{:<36} {:<9} {:>10} {:>11} {:<24}",
-            l.run_id,
-            state_word(&l),
-            spend,
-            format_secs(l.elapsed_seconds),
-            l.started_at
-        );
-        if !crate::console::outln(line) {
-            break;
-        }
-    }
-    ExitCode::SUCCESS
 }
 
 pub fn status(state: &Path, id: Option<&str>, json: bool) -> ExitCode {
@@ -151,10 +117,37 @@ fn eta_text(l: &Ledger) -> String {
         Some(e) => format!(
             "{e} more{}",
             l.projected_spend_dollars
-                .map(|p| format!(", {} projected at completion", format_money(p)))
+                .map(|p| format!(", {}", projection_text(p, l.budget_dollars)))
                 .unwrap_or_default()
         ),
     }
+}
+
+/// The projected spend at completion, flagged when it is over the budget: the run will be
+/// killed at its dollar ceiling before it completes.
+pub fn projection_text(projected: f64, budget: Option<f64>) -> String {
+    match budget {
+        Some(b) if projected > b + 1e-9 => format!(
+            "projected {} — over the {} budget",
+            format_money(projected),
+            format_money(b)
+        ),
+        _ => format!("{} projected at completion", format_money(projected)),
+    }
+}
+
+/// Text from the job (its last output line) made safe for a terminal: control characters
+/// (escape sequences, NULs, carriage returns) shown as `\xNN`, never sent raw.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\t' => out.push(' '),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Utilization and spend over the run from `series.json`: block-character sparklines on a
@@ -212,7 +205,10 @@ fn status_text(dir: &Path, l: &Ledger, st: &str, phase_text: &str) -> String {
         .map(|w| format!(" of {}", format_secs(w)));
     let mut o = String::new();
     let _ = writeln!(o, "run:       {} ({st})", l.run_id);
-    let _ = writeln!(o, "command:   {}", l.command);
+    let _ = writeln!(o, "command:   {}", printable(&l.command));
+    if let Some(url) = l.page_url.as_deref().filter(|_| st == "running") {
+        let _ = writeln!(o, "page:      {url}");
+    }
     let _ = writeln!(o, "phase:     {phase_text}");
     let _ = writeln!(
         o,
@@ -229,11 +225,11 @@ fn status_text(dir: &Path, l: &Ledger, st: &str, phase_text: &str) -> String {
     }
     let _ = writeln!(o, "kills:     {kills}");
     let _ = writeln!(o, "warnings:  {}   errors: {}", l.warnings, l.errors);
-    let progress = l.last_progress.as_deref();
+    let progress = l.last_progress.as_deref().map(printable);
     let _ = writeln!(
         o,
         "progress:  {}",
-        progress.unwrap_or("no progress signal seen")
+        progress.as_deref().unwrap_or("no progress signal seen")
     );
     if st == "running" {
         let w = l.waiting_on.as_deref().unwrap_or("the first sample");
@@ -297,11 +293,13 @@ pub fn logs(state: &Path, id: Option<&str>, follow: bool) -> ExitCode {
             None => started.elapsed() < Duration::from_secs(10),
         };
         if !live {
-            // One last read after the end, then stop.
+            // One last read after the end, then the run's own exit status.
             buf.clear();
             let _ = f.read_to_end(&mut buf);
             let _ = out.write_all(&buf);
-            return ExitCode::SUCCESS;
+            let (code, line) = crate::manage::exit_of(&crate::manage::await_end(&dir, id));
+            crate::console::alert(format!("{line} (exit {code})"));
+            return ExitCode::from(code);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -461,6 +459,64 @@ pub async fn preflight(settings: &Settings, host: &str) -> Vec<Answer> {
         },
     });
     out
+}
+
+/// A word as a shell reads it back: bare when safe, else in single quotes.
+pub fn shell_quote(w: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c);
+    if !w.is_empty() && w.chars().all(safe) {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
+}
+
+/// The command line that would answer the preflight's open questions: this invocation with
+/// the missing flags put before `--`. None when an answer needs more than a flag (a
+/// configured channel that failed its test send).
+pub fn passing_line(answers: &[Answer], settings: &Settings, args: &[OsString]) -> Option<String> {
+    let open = |q: &str| answers.iter().any(|a| a.question == q && !a.ok);
+    let mut add: Vec<String> = Vec::new();
+    if open("notification path") {
+        if !settings.notify.channels.is_empty() {
+            return None;
+        }
+        let log = settings.state_dir.join("events.jsonl");
+        add.push("--notify-command".into());
+        add.push(format!(
+            "cat >> {}",
+            shell_quote(&log.display().to_string())
+        ));
+    }
+    if open("watchdog") {
+        if settings.max_usd.is_some() && settings.usd_per_hour.is_none() {
+            add.extend(["--usd-per-hour".into(), "RATE".into()]);
+        } else if settings.max_usd.is_none() && settings.max_wall.is_none() {
+            add.extend(["--max-wall".into(), "24h".into()]);
+        }
+    }
+    if open("exit hook") {
+        add.extend(["--on-exit".into(), ":".into()]);
+    }
+    if add.is_empty() {
+        return None;
+    }
+    let words: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let end = words.iter().position(|w| w == "--").unwrap_or(words.len());
+    let mut line = vec!["costguard".to_string()];
+    line.extend(words[..end].iter().map(|w| shell_quote(w)));
+    line.extend(add.iter().map(|w| {
+        if w == "RATE" {
+            w.clone()
+        } else {
+            shell_quote(w)
+        }
+    }));
+    line.extend(words[end..].iter().map(|w| shell_quote(w)));
+    Some(line.join(" "))
 }
 
 pub fn print_preflight(answers: &[Answer]) -> bool {
@@ -710,4 +766,39 @@ fn price_line(cat: &crate::cloud::catalog::Catalog, r: &crate::cloud::catalog::R
         price.map_or("no price".into(), |p| format!("{p:.2}")),
         spot
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_projection_over_the_budget_is_flagged() {
+        assert_eq!(
+            projection_text(2.78, Some(1.0)),
+            "projected $2.78 — over the $1.00 budget"
+        );
+        assert_eq!(
+            projection_text(0.5, Some(1.0)),
+            "$0.5000 projected at completion"
+        );
+        assert_eq!(
+            projection_text(0.5, None),
+            "$0.5000 projected at completion"
+        );
+    }
+
+    #[test]
+    fn the_jobs_text_reaches_the_terminal_without_control_characters() {
+        assert_eq!(printable("a\x1b[31mred\0x\r"), "a\\x1b[31mred\\x00x\\x0d");
+        assert_eq!(printable("step 5\tloss 1.2 ✓"), "step 5 loss 1.2 ✓");
+    }
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(shell_quote("--max-wall"), "--max-wall");
+        assert_eq!(shell_quote("cat >> x"), "'cat >> x'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
 }

@@ -216,6 +216,9 @@ pub struct Ledger {
     pub report_path: Option<PathBuf>,
     pub watchdogs: Vec<String>,
     pub on_exit: Option<String>,
+    /// The page's address (`http://ADDR/`) as bound: the port actually served.
+    #[serde(default)]
+    pub page_url: Option<String>,
     /// The box's release, once per run id: on record before the call is made.
     #[serde(default)]
     pub release: Option<Release>,

@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod hook;
 pub mod http;
 pub mod ledger;
+pub mod manage;
 pub mod metrics;
 pub mod notify;
 pub mod page;

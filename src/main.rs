@@ -33,6 +33,10 @@ fn preflight(settings: &Settings) -> bool {
     } else {
         "preflight: not safe to leave yet"
     });
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(line) = cmd::passing_line(&answers, settings, &args) {
+        costguard::console::outln(format!("preflight: this would answer them: {line}"));
+    }
     ok
 }
 
@@ -77,7 +81,9 @@ fn main() -> ExitCode {
         .init();
     let sd = |a: &costguard::cli::StateArg| cmd::state_dir(&a.state_dir);
     let (args, command, detach, no_preflight, mode) = match cli.subcommand {
-        Some(Sub::List(a)) => return cmd::list(&sd(&a)),
+        Some(Sub::List(a)) => return costguard::manage::list(&sd(&a.dir), &a),
+        Some(Sub::Wait(w)) => return costguard::manage::wait(&sd(&w.state), w.run.as_deref()),
+        Some(Sub::Clean(c)) => return costguard::manage::clean(&sd(&c.state), &c),
         Some(Sub::Status(r)) => return cmd::status(&sd(&r.state), r.run.as_deref(), r.json),
         Some(Sub::Report(r)) => return cmd::report(&sd(&r.state), r.run.as_deref()),
         Some(Sub::Stop(r)) => return cmd::stop(&sd(&r.state), r.run.as_deref()),
@@ -173,6 +179,13 @@ fn notify_test(settings: &Settings) -> ExitCode {
 /// `costguard agent`: the selector, then the agent loop on a one-thread runtime.
 fn agent(a: costguard::cli::AgentArgs) -> ExitCode {
     use costguard::run::agent::{Selection, Selector};
+    if let Some(flag) = agent_cannot_use(&a.guard) {
+        costguard::console::error(format!(
+            "costguard agent cannot use {flag}: it runs no command of its own and cannot read \
+             its targets' output"
+        ));
+        return ExitCode::from(exit::OWN_FAILURE);
+    }
     let mut settings = match Settings::resolve(&a.guard) {
         Ok(s) => s,
         Err(e) => return fail(&e),
@@ -181,6 +194,10 @@ fn agent(a: costguard::cli::AgentArgs) -> ExitCode {
     if let Err(e) = idle_box(&mut settings, &a) {
         costguard::console::error(e);
         return ExitCode::from(exit::OWN_FAILURE);
+    }
+    // The agent sees nothing without NVML: required, so a GPU-less box says why at once.
+    if settings.gpu == costguard::config::GpuMode::Auto {
+        settings.gpu = costguard::config::GpuMode::Nvml;
     }
     costguard::console::set_quiet(settings.quiet);
     costguard::redact::install(settings.notify.secrets());
@@ -228,6 +245,19 @@ fn idle_box(settings: &mut Settings, a: &costguard::cli::AgentArgs) -> Result<()
     Ok(())
 }
 
+/// The first flag given to the agent that only a wrapped command can use.
+fn agent_cannot_use(g: &costguard::cli::GuardArgs) -> Option<&'static str> {
+    [
+        (g.plan.is_some(), "--plan"),
+        (g.progress_regex.is_some(), "--progress-regex"),
+        (g.progress_total.is_some(), "--progress-total"),
+        (g.output_log_max.is_some(), "--output-log-max"),
+    ]
+    .into_iter()
+    .find(|(given, _)| *given)
+    .map(|(_, flag)| flag)
+}
+
 /// What a person most likely meant when clap found an argument it did not expect: a
 /// subcommand with a typo (`costguard lst`), or a job given without `--`.
 fn hint_for(e: &clap::Error) -> Option<String> {
@@ -241,8 +271,17 @@ fn hint_for(e: &clap::Error) -> Option<String> {
     if arg.starts_with('-') {
         return None; // clap already suggests similar flags
     }
-    const SUBCOMMANDS: [&str; 9] = [
-        "run", "agent", "check", "list", "status", "logs", "stop", "report", "notify",
+    if e.render().to_string().contains("Usage: costguard agent") {
+        return Some(
+            "error: the agent takes no command: it guards the GPU processes it finds \
+             (--target all | cgroup:TEXT | cmdline:REGEX); to guard one command, run \
+             costguard [flags] -- CMD"
+                .into(),
+        );
+    }
+    const SUBCOMMANDS: [&str; 12] = [
+        "run", "agent", "check", "list", "status", "logs", "stop", "report", "notify", "wait",
+        "clean", "prices",
     ];
     let near = SUBCOMMANDS
         .iter()

@@ -351,9 +351,27 @@ fn surprises(o: &mut String, l: &Ledger, events: &[Event]) {
     }
 }
 
-fn suggestions(o: &mut String, l: &Ledger) {
+fn suggestions(out: &mut String, l: &Ledger) {
+    let _ = writeln!(out, "\n## Suggested limits for the next similar run\n");
+    let mut o = String::new();
+    suggestion_lines(&mut o, l);
+    if o.is_empty() {
+        // Never an empty section: say why there is nothing to suggest.
+        let why = match l.state {
+            crate::ledger::RunState::Stopped => "it was stopped from outside",
+            crate::ledger::RunState::Failed => "the job failed by itself",
+            _ => "it ended before telling how long and how much a complete run takes",
+        };
+        o = format!(
+            "- None from this run: {why} after {}, so its time and spend are no guide.\n",
+            format_secs(l.elapsed_seconds)
+        );
+    }
+    out.push_str(&o);
+}
+
+fn suggestion_lines(o: &mut String, l: &Ledger) {
     let spend = spend_text(l);
-    let _ = writeln!(o, "\n## Suggested limits for the next similar run\n");
     let killed_by = |r: &str| l.kills.iter().any(|k| k.reason == r);
     let completed = l.state == crate::ledger::RunState::Completed;
     // Limits suggested from a run of seconds or cents would only be noise.
@@ -418,6 +436,31 @@ fn suggestions(o: &mut String, l: &Ledger) {
 mod tests {
     use super::*;
     use crate::ledger::{Kill, PhaseRecord};
+
+    #[test]
+    fn a_stopped_run_says_why_it_suggests_no_limits() {
+        let l = Ledger {
+            run_id: "s".into(),
+            state: crate::ledger::RunState::Stopped,
+            elapsed_seconds: 42.0,
+            watchdogs: vec![
+                "wall 1h00m00s".into(),
+                "idle off".into(),
+                "stall 5m00s".into(),
+            ],
+            ..Ledger::default()
+        };
+        let r = render(&l, &[]);
+        let (_, section) = r
+            .split_once("## Suggested limits for the next similar run\n")
+            .expect("the section");
+        assert!(
+            section
+                .trim_start()
+                .starts_with("- None from this run: it was stopped from outside after 42.000s"),
+            "{r}"
+        );
+    }
 
     #[test]
     fn a_killed_run_reads_as_a_postmortem() {

@@ -105,6 +105,10 @@ pub struct Series {
     pub points: Vec<Point>,
     #[serde(default)]
     pub marks: Vec<Mark>,
+    /// When the run started (Unix seconds), spend $0: the spend line begins there, not at
+    /// the first sample. Absent for a series begun by an older costguard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<f64>,
     /// A resume happened: the next point starts after a gap.
     #[serde(skip)]
     resumed: bool,
@@ -119,6 +123,7 @@ impl Default for Series {
             step: 1.0,
             points: Vec::new(),
             marks: Vec::new(),
+            start: None,
             resumed: false,
             anchor: None,
         }

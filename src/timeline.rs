@@ -68,7 +68,15 @@ fn clock_full(t: f64) -> String {
 /// The picture for `series`, `marks` (kills, warnings, phases) and the budget.
 pub fn render(series: &Series, marks: &[Mark], budget: Option<f64>, title: &str) -> String {
     let pts = &series.points;
-    let times = pts.iter().map(|p| p.t).chain(marks.iter().map(|m| m.t));
+    // The run's start (spend $0) opens the picture when it comes before the first sample.
+    let start = series
+        .start
+        .filter(|s| pts.first().is_some_and(|p| p.t > *s));
+    let times = pts
+        .iter()
+        .map(|p| p.t)
+        .chain(marks.iter().map(|m| m.t))
+        .chain(start);
     let (t0, t1) = times.fold((f64::MAX, f64::MIN), |(a, b), t| (a.min(t), b.max(t)));
     let (t0, t1) = if t0 <= t1 {
         (t0, t1.max(t0 + 1.0))
@@ -95,7 +103,7 @@ pub fn render(series: &Series, marks: &[Mark], budget: Option<f64>, title: &str)
     phases(&mut o, &f, marks);
     stretches(&mut o, &f, pts);
     axes(&mut o, &f, spent, budget);
-    lines(&mut o, &f, pts);
+    lines(&mut o, &f, pts, start);
     draw_marks(&mut o, &f, marks);
     legend(&mut o);
     o.push_str("</svg>\n");
@@ -291,8 +299,11 @@ fn legend(o: &mut String) {
 }
 
 /// The spend and utilization lines, broken at gaps and unknown readings.
-fn lines(o: &mut String, f: &Frame, pts: &[Point]) {
+fn lines(o: &mut String, f: &Frame, pts: &[Point], start: Option<f64>) {
     let mut spend = vec![String::new()];
+    if let Some(s) = start {
+        let _ = write!(spend[0], "{:.1},{:.1} ", f.x(s), f.y_usd(0.0));
+    }
     let mut util = vec![String::new()];
     for p in pts {
         if p.gap_before {
@@ -356,5 +367,53 @@ fn draw_marks(o: &mut String, f: &Frame, marks: &[Mark]) {
             );
         }
         o.push_str("</g>\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(t: f64, usd: f64) -> Point {
+        Point {
+            t,
+            usd,
+            util: None,
+            idle: false,
+            stall: false,
+            gap_before: false,
+            gpus: Vec::new(),
+            rss: None,
+        }
+    }
+
+    fn spend_points(svg: &str) -> Vec<String> {
+        let line = svg
+            .lines()
+            .find(|l| l.contains(r#"class="spend""#))
+            .expect("a spend line");
+        let pts = line.split("points=\"").nth(1).expect("points");
+        pts[..pts.find('"').expect("end")]
+            .split(' ')
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_spend_line_starts_at_zero_at_the_runs_start() {
+        let mut s = Series::default();
+        s.points = vec![point(1001.0, 0.5), point(1002.0, 1.0)];
+        let without = spend_points(&render(&s, &[], Some(2.0), "t"));
+        assert_eq!(without.len(), 2, "from the first sample only: {without:?}");
+        s.start = Some(1000.0);
+        let with = spend_points(&render(&s, &[], Some(2.0), "t"));
+        assert_eq!(with.len(), 3, "{with:?}");
+        // The first point is at the left edge at $0: the bottom of the spend axis.
+        let f = Frame {
+            t0: 1000.0,
+            t1: 1002.0,
+            usd_max: nice_ceil(2.0 * 1.05),
+        };
+        assert_eq!(with[0], format!("{:.1},{:.1}", f.x(1000.0), f.y_usd(0.0)));
     }
 }

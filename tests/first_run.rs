@@ -59,6 +59,13 @@ fn the_first_run_transcript_is_what_costguard_says_today() {
         "line 1: `max-wall = 10`",
         "unknown key `fleet-querry`; did you mean `fleet-query`?",
         "the dollar ceiling cannot work",
+        "(metrics: /metrics)",
+        "preflight: this would answer them: costguard run --detach",
+        "killed: wall: ran",
+        "(exit 124)",
+        "would remove",
+        "nothing was started or recorded",
+        "the agent takes no command",
     ] {
         assert!(fresh.contains(must), "{must}\n{fresh}");
     }

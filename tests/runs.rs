@@ -125,7 +125,9 @@ fn detach_status_logs_and_stop() {
         "at $36.00/h",
         "kills:     none",
         "progress:  step",
-        "waiting:   the stall kill unless progress comes in",
+        // The wall ceiling ends the run; the stall window only if progress stops.
+        "waiting:   the wall ceiling in ",
+        "(sooner: the stall kill unless progress comes in ",
         "preflight: skipped (--no-preflight)",
     ] {
         assert!(st.contains(want), "{want:?} in\n{st}");

@@ -131,9 +131,9 @@ fn batch_script(form: &str, name: &str) -> String {
         )
 }
 
-/// The metrics address a run printed in its `started` line.
+/// The page's port a run printed in its `started` line (`page http://127.0.0.1:PORT/`).
 fn metrics_port(out: &str) -> Option<u16> {
-    let at = out.find("metrics on http://127.0.0.1:")? + "metrics on http://127.0.0.1:".len();
+    let at = out.find("page http://127.0.0.1:")? + "page http://127.0.0.1:".len();
     out[at..].split('/').next()?.parse().ok()
 }
 

@@ -121,6 +121,9 @@ pub struct PhaseCtx {
     pub last: bool,
     /// Expected seconds of the phases after this one (None when any of them has none).
     pub expected_after: Option<f64>,
+    /// This process ran an earlier phase of the plan: this one continues the run, it does
+    /// not resume it.
+    pub continues: bool,
 }
 
 /// Picks flag/env (already merged by clap) over the file value, and remembers the origin.
@@ -573,6 +576,13 @@ impl Settings {
     }
 
     fn check_consistency(&self) -> Result<(), ConfigError> {
+        // `costguard status -x` would read it as a flag: such an id could not be named again.
+        if let Some(id) = self.run_id.as_deref().filter(|id| id.starts_with('-')) {
+            return Err(ConfigError::Invalid(format!(
+                "invalid --run-id {id:?}: a run id may not start with `-` (costguard status, \
+                 logs and stop would read it as a flag)"
+            )));
+        }
         match (self.warn_signal, self.warn_before) {
             (Some(_), None) => {
                 return Err(ConfigError::Invalid(

@@ -40,15 +40,21 @@ pub(crate) fn command(cmd: &str, l: &Ledger) -> tokio::process::Command {
         .env("COSTGUARD_EXIT_CODE", l.exit_code.unwrap_or(0).to_string())
         .env("COSTGUARD_REPORT", &report)
         .env("COSTGUARD_RUN_DIR", &run_dir)
-        .env("COSTGUARD_SPEND_DOLLARS", format!("{:.4}", l.spend_dollars))
-        .env(
-            "COSTGUARD_WASTED_DOLLARS",
-            format!("{:.4}", l.wasted_dollars),
-        )
         .env(
             "COSTGUARD_ELAPSED_SECONDS",
             format!("{:.3}", l.elapsed_seconds),
         )
         .stdin(Stdio::null());
+    // Spend that was never metered (no price) is unknown, not $0: the variables are unset.
+    if l.priced {
+        c.env("COSTGUARD_SPEND_DOLLARS", format!("{:.4}", l.spend_dollars))
+            .env(
+                "COSTGUARD_WASTED_DOLLARS",
+                format!("{:.4}", l.wasted_dollars),
+            );
+    } else {
+        c.env_remove("COSTGUARD_SPEND_DOLLARS")
+            .env_remove("COSTGUARD_WASTED_DOLLARS");
+    }
     c
 }

@@ -137,6 +137,7 @@ pub fn load(path: &Path) -> Result<Vec<Phase>, String> {
                 )?,
                 last: i + 1 == total,
                 expected_after: None,
+                continues: false,
             },
             command,
             idle: dur(&p.idle, "idle")?,
@@ -192,12 +193,15 @@ pub async fn run(settings: Settings, phases: Vec<Phase>, plan: &Path) -> Result<
             ));
             continue;
         }
-        ran = true;
         let mut s = settings.clone();
         s.run_id = Some(run_id.clone());
         s.idle = p.idle.or(s.idle);
         s.stall = p.stall.or(s.stall);
-        s.phase = Some(p.ctx);
+        s.phase = Some(PhaseCtx {
+            continues: ran,
+            ..p.ctx
+        });
+        ran = true;
         let (c, ended) = run_session(s, p.command).await?;
         code = c;
         if ended {

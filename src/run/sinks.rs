@@ -366,6 +366,8 @@ impl Sinks {
             "recent_events": st.recent().rev().take(20).collect::<Vec<_>>(),
             "updated_at": rfc3339(SystemTime::now()),
         });
+        let mut doc = doc;
+        doc["page_url"] = json!(id.page_url);
         if let Ok(mut w) = self.status.write() {
             *w = doc;
         }

@@ -339,15 +339,55 @@ const INTERPRETERS: [&str; 10] = [
     "exec",
 ];
 /// Shell words that start a script without naming its program.
-const SHELL_WORDS: [&str; 14] = [
+const SHELL_WORDS: [&str; 19] = [
     "for", "while", "until", "if", "then", "do", "cd", "export", "set", "source", ".", "time",
-    "nohup", "echo",
+    "nohup", "echo", "done", "fi", "esac", "elif", "case",
 ];
+
+/// Programs that say nothing of what a shell script is for (`echo start; sleep 5`): a
+/// script's name is never taken from them.
+const TRIVIAL: [&str; 16] = [
+    "sleep", "echo", "printf", "true", "false", "exit", "wait", "trap", "kill", "read", "test",
+    "[", ":", "seq", "date", "exec",
+];
+
+/// A shell script without its redirections (`2>&1`, `>&2`, `> out.log`, `2>/dev/null`):
+/// their numbers and targets are no program names.
+fn without_redirects(text: &str) -> String {
+    let mut out = Vec::new();
+    let mut skip_target = false;
+    for w in text.split(' ') {
+        if std::mem::take(&mut skip_target) && !w.is_empty() {
+            continue;
+        }
+        let Some(i) = w.find(['>', '<']) else {
+            out.push(w);
+            continue;
+        };
+        // What comes before the operator, without its descriptor number (`2>`).
+        out.push(w[..i].trim_end_matches(|c: char| c.is_ascii_digit()));
+        let op_end = w[i..]
+            .find(|c: char| !"<>&".contains(c))
+            .map_or(w.len(), |k| i + k);
+        // `>&2`, `2>&1`, `>/dev/null`: the target is attached, up to a separator (kept);
+        // `> file`: the target is the next word.
+        let rest = &w[op_end..];
+        skip_target = rest.is_empty() && !w[i..].ends_with('&');
+        out.push(rest.find([';', '|', '&', '\n']).map_or("", |k| &rest[k..]));
+    }
+    out.join(" ")
+}
 
 /// The first program a command line or a shell script runs: each of its commands (split at
 /// `;`, `&`, `|` and newlines) without its leading keywords (`do`, `then`); a command that
-/// starts with a shell word (`cd data`, `for i in …`, `export X=1`) is skipped whole.
-fn program_of(text: &str, stem: &dyn Fn(&str) -> String) -> Option<String> {
+/// starts with a shell word (`cd data`, `for i in …`, `export X=1`) is skipped whole, and so
+/// is, in a script, one that only sleeps or echoes.
+fn program_of(text: &str, stem: &dyn Fn(&str) -> String, script: bool) -> Option<String> {
+    let text = if script {
+        without_redirects(text)
+    } else {
+        text.to_string()
+    };
     for command in text.split(|c: char| ";&|\n".contains(c)) {
         let mut words = command
             .split_whitespace()
@@ -356,8 +396,12 @@ fn program_of(text: &str, stem: &dyn Fn(&str) -> String) -> Option<String> {
         if words.peek().is_some_and(|w| SHELL_WORDS.contains(w)) {
             continue;
         }
+        if script && words.peek().is_some_and(|w| TRIVIAL.contains(w)) {
+            continue;
+        }
         let found = words
             .filter(|w| !w.contains('=') && !w.starts_with('-'))
+            .filter(|w| !w.bytes().all(|b| b.is_ascii_digit()))
             .map(stem)
             .find(|s| !s.is_empty() && !INTERPRETERS.contains(&s.as_str()));
         if found.is_some() {
@@ -417,9 +461,17 @@ fn job_name(command: &[std::ffi::OsString]) -> String {
         if was_flag && !script && !a.contains('.') && !a.contains('/') {
             continue;
         }
-        if let Some(n) = program_of(a, &stem) {
+        if let Some(n) = program_of(a, &stem, script) {
             return n;
         }
+    }
+    // A script of sleeps and echoes: named after its shell (`bash-…`).
+    if let Some(shell) = args
+        .iter()
+        .map(|a| stem(a))
+        .find(|s| shells.contains(&s.as_str()))
+    {
+        return shell;
     }
     args.first()
         .map(|a| stem(a))
@@ -515,6 +567,26 @@ mod tests {
         );
         assert_eq!(name(&["python3", "-c", "import torch"]), "python3");
         assert_eq!(name(&["sleep", "30"]), "sleep");
+        // Redirections are no program, and a script of sleeps is named after its shell.
+        assert_eq!(name(&["bash", "-c", "echo hi >&2; sleep 1"]), "bash");
+        assert_eq!(
+            name(&[
+                "bash",
+                "-c",
+                "for i in 1 2 3; do echo $i; sleep 1; done 2>&1"
+            ]),
+            "bash"
+        );
+        assert_eq!(name(&["sh", "-c", "sleep 1; exit 1"]), "sh");
+        assert_eq!(
+            name(&["bash", "-c", "echo start; python3 fit.x 2>/dev/null"]),
+            "fit"
+        );
+        assert_eq!(
+            name(&["bash", "-c", "echo start >&2; nvidia-smi > out.txt"]),
+            "nvidia-smi"
+        );
+        assert_eq!(name(&["sh", "-c", "make 2> err.log"]), "make");
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct Identity {
     pub run_dir: Option<PathBuf>,
     /// Names of the configured channels (never their URLs or keys).
     pub notify_channels: Vec<&'static str>,
+    /// The page's address as served (`http://ADDR/`), when there is an endpoint.
+    pub page_url: Option<String>,
 }
 
 /// A plan's phase.

@@ -40,6 +40,7 @@ fn state(limits: Limits, pricing: Pricing, carried: Carried, kind: TargetKind) -
             started_wall: SystemTime::UNIX_EPOCH,
             run_dir: None,
             notify_channels: Vec::new(),
+            page_url: None,
         },
         kind,
         engine: Engine::new(limits, SpendMeter::new(carried.spend, rate)),
@@ -294,6 +295,7 @@ fn a_phase_cap_kills_at_the_phase_wall_and_events_name_the_phase() {
         abort_on_kill: false,
         last: false,
         expected_after: None,
+        continues: false,
     });
     // 10 s and $20 carried from the first phase: the phase's own $5 counts from $20.
     let lim = super::session::limits_of(&settings, 10.0, 20.0);
@@ -494,4 +496,39 @@ fn a_fleet_query_matching_nothing_is_unknown_spend_not_zero() {
     assert!(e.message.contains("experiment=\"bert\""), "{}", e.message);
     assert_eq!(st.fleet().and_then(|f| f.total), None, "never $0");
     assert!(kill_of(&a).is_none());
+}
+
+#[test]
+fn waiting_on_names_the_ceiling_that_ends_the_run_first() {
+    // $3600/h and $1 left: the dollar ceiling in 1 s; the stall window is 10 min.
+    let lim = Limits {
+        max_usd: Some(1.0),
+        max_wall: Some(s(3600.0)),
+        stall: Some(s(600.0)),
+        ..limits()
+    };
+    let st = state(lim, fixed(3600.0), Carried::default(), TargetKind::Job);
+    assert_eq!(st.waiting_text(s(0.0)), "the dollar ceiling in 1.000s");
+    // A stall window shorter than the ceiling is named second, as what comes sooner if
+    // progress stops: the ceiling is what ends the run.
+    let lim = Limits {
+        max_wall: Some(s(3600.0)),
+        stall: Some(s(60.0)),
+        ..limits()
+    };
+    let st = state(lim, fixed(1.0), Carried::default(), TargetKind::Job);
+    assert_eq!(
+        st.waiting_text(s(0.0)),
+        "the wall ceiling in 1h00m00s (sooner: the stall kill unless progress comes in 1m00s)"
+    );
+    // No ceiling: the watchdog is all there is.
+    let lim = Limits {
+        stall: Some(s(60.0)),
+        ..limits()
+    };
+    let st = state(lim, fixed(1.0), Carried::default(), TargetKind::Job);
+    assert_eq!(
+        st.waiting_text(s(0.0)),
+        "the stall kill unless progress comes in 1m00s"
+    );
 }

@@ -72,31 +72,39 @@ impl RunState {
         }
     }
 
-    /// The next thing that will happen on its own, in words: the nearest ceiling or window.
+    /// What ends the run first, in words: the nearest ceiling (dollar or wall: they fire
+    /// whatever the job does), and a watchdog that would fire before it if its condition
+    /// holds (GPUs idle now, no progress from now on). A stall timer that progress resets
+    /// every few seconds is never named as the run's end.
     pub fn waiting_text(&self, now: Duration) -> String {
         let e = self.engine();
-        let mut next: Vec<(Duration, &str)> = Vec::new();
+        let mut ceilings: Vec<(Duration, &'static str)> = Vec::new();
         if let Some(t) = e.usd_deadline(now) {
-            next.push((t.saturating_sub(now), "the dollar ceiling"));
+            ceilings.push((t.saturating_sub(now), "the dollar ceiling"));
         }
         if let Some(w) = e.limits().max_wall {
-            next.push((w.saturating_sub(now), "the wall ceiling"));
+            ceilings.push((w.saturating_sub(now), "the wall ceiling"));
         }
+        let mut watchdogs: Vec<(Duration, &'static str)> = Vec::new();
         if let Some(w) = e.limits().idle {
             let idle = e.idle_for(now);
             if !idle.is_zero() {
-                next.push((w.saturating_sub(idle), "the idle kill (GPUs idle now)"));
+                watchdogs.push((w.saturating_sub(idle), "the idle kill (GPUs idle now)"));
             }
         }
-        if let Some(w) = e.limits().stall {
-            next.push((
+        if let (Some(w), true) = (e.limits().stall, self.tracks_progress()) {
+            watchdogs.push((
                 w.saturating_sub(e.since_progress(now)),
                 "the stall kill unless progress comes",
             ));
         }
-        match next.into_iter().min_by_key(|(d, _)| *d) {
-            Some((d, what)) => format!("{what} in {}", format_duration(d)),
-            None => "the job to finish (no ceiling or watchdog will end it)".into(),
+        let first = |v: Vec<(Duration, &'static str)>| v.into_iter().min_by_key(|(d, _)| *d);
+        let say = |(d, what): (Duration, &'static str)| format!("{what} in {}", format_duration(d));
+        match (first(ceilings), first(watchdogs)) {
+            (Some(c), Some(w)) if w.0 < c.0 => format!("{} (sooner: {})", say(c), say(w)),
+            (Some(c), _) => say(c),
+            (None, Some(w)) => say(w),
+            (None, None) => "the job to finish (no ceiling or watchdog will end it)".into(),
         }
     }
 

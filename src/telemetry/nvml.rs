@@ -31,6 +31,22 @@ pub enum NvmlFailure {
     Call(String),
 }
 
+/// Why NVML did not load, in words: a library that is not there is named as such (no NVIDIA
+/// driver on this machine), not as "a libloading error occurred".
+fn load_message(e: &NvmlError) -> String {
+    match e {
+        NvmlError::LibloadingError(inner) => {
+            let text = inner.to_string();
+            if text.contains("No such file") || text.contains("cannot open shared object") {
+                format!("the library was not found (no NVIDIA driver on this machine?): {text}")
+            } else {
+                format!("the library could not be loaded: {text}")
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
 type Reply = oneshot::Sender<Result<Vec<GpuSample>, NvmlFailure>>;
 
 /// A handle to the NVML thread.
@@ -66,8 +82,8 @@ impl NvmlSource {
                     Ok(n) => n,
                     Err(e) => {
                         let _ = init_tx.send(Err(NvmlFailure::Load {
+                            message: load_message(&e),
                             lib: name,
-                            message: e.to_string(),
                         }));
                         return;
                     }

@@ -57,6 +57,27 @@ pub enum GuardError {
     Spent(String),
 }
 
+/// A plan's next phase in the same process continues the run: no "resuming" notice for it.
+/// One earlier session is "1 earlier session".
+fn tidy_resume_notice(settings: &Settings, notices: &mut Vec<String>) {
+    if settings.phase.as_ref().is_some_and(|p| p.continues) {
+        notices.retain(|n| !n.starts_with("resuming run "));
+    }
+    for n in notices.iter_mut() {
+        if n.starts_with("resuming run ") {
+            *n = n.replace(" over 1 earlier sessions;", " over 1 earlier session;");
+        }
+    }
+}
+
+fn no_gpu_for_agent(why: &str) -> String {
+    format!(
+        "costguard agent needs NVML to see the GPU processes it guards, and has none here \
+         ({why}); nothing was started or recorded. Run it on a GPU node (--nvml-lib PATH for a \
+         library elsewhere), or guard one command with costguard [flags] -- CMD"
+    )
+}
+
 /// Why a resumed run may not start its job at all: a ceiling its earlier sessions reached.
 fn spent(s: &Settings, prev: &Ledger) -> Option<String> {
     if let Some(b) = s.max_usd.filter(|b| prev.spend_dollars >= b - 1e-9) {
@@ -148,10 +169,20 @@ pub async fn open(
     base_id: &str,
     capture: bool,
 ) -> Result<Session, GuardError> {
-    let started = start::prepare(&settings).await?;
+    let started = match start::prepare(&settings).await {
+        // The agent sees its targets through NVML only: without it nothing is recorded.
+        Err(StartError::NvmlRequired(why)) if kind == TargetKind::Agent => {
+            return Err(GuardError::Agent(no_gpu_for_agent(&why)))
+        }
+        r => r?,
+    };
+    if kind == TargetKind::Agent && started.gpu.is_none() {
+        return Err(GuardError::Agent(no_gpu_for_agent("--gpu none")));
+    }
     let started_wall = SystemTime::now();
     let mut notices = Vec::new();
     let claim = Recorder::claim(&settings, base_id, &mut notices).await?;
+    tidy_resume_notice(&settings, &mut notices);
     if let (TargetKind::Job, Some(why)) =
         (kind, claim.prev.as_ref().and_then(|p| spent(&settings, p)))
     {
@@ -179,10 +210,20 @@ pub async fn open(
     let notifier = open_notifier(&settings, &metrics, &mut notices)?;
     let status = Arc::new(RwLock::new(json!({})));
     // A resumed run's series goes on from where it was.
-    let series = crate::series::Series::load(&rec.run_dir)
+    let mut series = crate::series::Series::load(&rec.run_dir)
         .map_or_else(Default::default, crate::series::Series::resumed);
+    if series.points.is_empty() && prev.spend_dollars == 0.0 {
+        // A new run: its spend line starts at $0 at this instant, not at the first sample.
+        let t = started_wall.duration_since(std::time::UNIX_EPOCH);
+        series.start = t.ok().map(|d| d.as_secs_f64());
+    }
     let series = Arc::new(RwLock::new(series));
     let listening = open_endpoint(&settings, &metrics, &status, &series).await?;
+    // The snapshot names the address actually served (the default port may have moved).
+    let mut shown = settings.clone();
+    shown.listen = listening;
+    crate::run::record::write_config(&rec.run_dir, &shown, label);
+    rec.update(|l| l.page_url = listening.map(page_url));
     for n in &notices {
         crate::console::notice_once(n);
     }
@@ -193,6 +234,7 @@ pub async fn open(
         started_wall,
         run_dir: Some(rec.run_dir.clone()),
         notify_channels: channel_names,
+        page_url: listening.map(page_url),
     };
     rec.update(|l| l.host = id.host.clone());
     let state = RunState::new(init_of(&settings, kind, id, &started, &prev, capture));
@@ -288,7 +330,11 @@ fn first_record(rec: &Recorder, settings: &Settings, label: &[OsString], wall: S
             l.phases_total = Some(p.total);
         }
     });
-    crate::run::record::write_config(&rec.run_dir, settings, label);
+}
+
+/// The page's address for a bound socket.
+pub fn page_url(a: SocketAddr) -> String {
+    format!("http://{a}/")
 }
 
 fn open_notifier(
@@ -404,7 +450,7 @@ impl Session {
             msg += &format!(", wall {}", format_duration(w));
         }
         if let Some(a) = listening {
-            msg += &format!(", metrics on http://{a}/metrics");
+            msg += &format!(", page {} (metrics: /metrics)", page_url(a));
         }
         crate::console::say(&msg);
         self.emit(EventKind::Started, None, msg);
