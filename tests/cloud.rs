@@ -817,11 +817,20 @@ fn scripts_prices_distills_the_skypilot_format_into_a_table_costguard_reads() {
         csv.contains("aws,p4d.24xlarge,us-east-2,A100,8.0,96.0,1152.0,21.957642,6.6,8.7"),
         "spot min and max across the zones: {csv}"
     );
-    assert!(!csv.contains("m5.large") && !csv.contains("n2-standard"), "{csv}");
+    assert!(
+        !csv.contains("m5.large") && !csv.contains("n2-standard"),
+        "{csv}"
+    );
     let shown = run({
         let mut c = costguard();
-        c.args(["prices", "--provider", "gcp", "a3-highgpu-8g", "--price-table"])
-            .arg(&out);
+        c.args([
+            "prices",
+            "--provider",
+            "gcp",
+            "a3-highgpu-8g",
+            "--price-table",
+        ])
+        .arg(&out);
         c
     });
     let t = out_text(&shown);
