@@ -232,19 +232,24 @@ pub enum NotifyCmd {
 }
 
 impl HoldArgs {
-    /// Parses `__hold --status-fd N [--cgroup DIR] -- COMMAND…` by hand: the holder is on
+    /// Parses `__hold --status-fd N [--control-fd N] [--record-fd N] [--cgroup DIR] --
+    /// COMMAND…` by hand: the holder is on
     /// the path of every job's start, and clap's parse of the whole CLI is most of its cost.
     /// `args` starts after `__hold`; None when they are not in this exact shape.
     pub fn parse_fast(args: &[OsString]) -> Option<HoldArgs> {
         let mut it = args.iter();
         let mut out = HoldArgs {
             status_fd: -1,
+            control_fd: None,
+            record_fd: None,
             cgroup: None,
             command: Vec::new(),
         };
         while let Some(a) = it.next() {
             match a.to_str()? {
                 "--status-fd" => out.status_fd = it.next()?.to_str()?.parse().ok()?,
+                "--control-fd" => out.control_fd = Some(it.next()?.to_str()?.parse().ok()?),
+                "--record-fd" => out.record_fd = Some(it.next()?.to_str()?.parse().ok()?),
                 "--cgroup" => out.cgroup = Some(PathBuf::from(it.next()?)),
                 "--" => {
                     out.command = it.cloned().collect();
@@ -262,6 +267,12 @@ pub struct HoldArgs {
     /// File descriptor to report the job's pid and status on.
     #[arg(long)]
     pub status_fd: i32,
+    /// File descriptor costguard sends kill deadlines on.
+    #[arg(long)]
+    pub control_fd: Option<i32>,
+    /// File descriptor of the file to record a deadline kill in.
+    #[arg(long)]
+    pub record_fd: Option<i32>,
     /// cgroup v2 directory to join before starting the job.
     #[arg(long)]
     pub cgroup: Option<PathBuf>,
@@ -717,6 +728,10 @@ mod hold_args_tests {
         let h = HoldArgs::parse_fast(&os(&[
             "--status-fd",
             "3",
+            "--control-fd",
+            "4",
+            "--record-fd",
+            "5",
             "--cgroup",
             "/cg/x",
             "--",
@@ -726,6 +741,7 @@ mod hold_args_tests {
         ]))
         .expect("parsed");
         assert_eq!(h.status_fd, 3);
+        assert_eq!((h.control_fd, h.record_fd), (Some(4), Some(5)));
         assert_eq!(h.cgroup.as_deref(), Some(std::path::Path::new("/cg/x")));
         assert_eq!(h.command, os(&["sh", "-c", "--"]));
         assert!(

@@ -40,18 +40,26 @@ fn preflight(settings: &Settings) -> bool {
     ok
 }
 
+/// The holder (`costguard __hold`): single-threaded, no runtime, no logging.
+fn hold(h: &costguard::cli::HoldArgs) -> u8 {
+    costguard::supervise::hold::main(&costguard::supervise::hold::Opts {
+        status_fd: h.status_fd,
+        control_fd: h.control_fd,
+        record_fd: h.record_fd,
+        cgroup: h.cgroup.as_deref(),
+        command: &h.command,
+    })
+}
+
 fn main() -> ExitCode {
     // The holder first, without clap: it is on the path of every job's start.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "__hold") {
         if let Some(h) = costguard::cli::HoldArgs::parse_fast(&args[2..]) {
-            return ExitCode::from(costguard::supervise::hold::main(
-                h.status_fd,
-                h.cgroup.as_deref(),
-                &h.command,
-            ));
+            return ExitCode::from(hold(&h));
         }
     }
+    costguard::supervise::reset_signals();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -68,11 +76,7 @@ fn main() -> ExitCode {
     };
     if let Some(Sub::Hold(h)) = &cli.subcommand {
         // The holder stays single-threaded: no runtime, no logging.
-        return ExitCode::from(costguard::supervise::hold::main(
-            h.status_fd,
-            h.cgroup.as_deref(),
-            &h.command,
-        ));
+        return ExitCode::from(hold(h));
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("COSTGUARD_LOG"))

@@ -123,6 +123,7 @@ async fn resume(
         why: e.to_string(),
     })?;
     let mut prev = prev_with_events(id, &dir, prev, notices);
+    holder_kill_notice(id, &dir, notices);
     if let Some(p) = prev.as_mut() {
         // Holding the lock, a "running" ledger means its costguard died.
         if p.state == ledger::RunState::Running && p.costguard.is_none_or(|c| c.pid != me()) {
@@ -145,6 +146,24 @@ async fn resume(
         prev,
         lock,
     })
+}
+
+/// What an earlier session's holder recorded when it killed the job itself because that
+/// costguard had not begun its kill by the deadline (`supervise/deadman.rs`). The file is
+/// emptied when the next job starts.
+fn holder_kill_notice(id: &str, dir: &std::path::Path, notices: &mut Vec<String>) {
+    let path = dir.join(crate::supervise::deadman::RECORD_FILE);
+    let Ok(bytes) = crate::fsutil::read_bounded(&path, 64 * 1024) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let text = text.trim();
+    if !text.is_empty() {
+        notices.push(format!(
+            "run {id}: an earlier session's holder killed the job itself: {}",
+            text.replace('\n', "; ")
+        ));
+    }
 }
 
 fn me() -> i32 {

@@ -16,7 +16,7 @@ use super::agent::{cmdline, Selector};
 use super::output::{self, LineJudge, LineProgress, Tail};
 use super::sampler::SampleMsg;
 use crate::supervise::kill::{self as protocol, KillReport, Procs, Scope};
-use crate::supervise::{tree, Job, SpawnError};
+use crate::supervise::{tree, Job, SpawnError, SpawnOpts};
 use crate::telemetry::devfiles;
 
 /// The wrapped job: its holder, and the last lines of its output.
@@ -39,17 +39,19 @@ pub enum Target {
 }
 
 impl JobTarget {
-    /// Spawns `command` under the holder. With `capture`, its output is copied through
+    /// Spawns `command` under the holder. With `opts.capture`, its output is copied through
     /// costguard (to our stdout/stderr when `echo`, and to the capped `log`), and lines
-    /// judged as progress come back on the returned channel.
+    /// judged as progress come back on the returned channel. The holder holds
+    /// `opts.deadline` before anything here (opening the log, say) could block.
     pub fn start(
         command: &[OsString],
-        capture: bool,
+        opts: SpawnOpts,
         judge: LineJudge,
         log: Option<(&Path, u64)>,
         echo: bool,
     ) -> Result<(JobTarget, Option<mpsc::Receiver<LineProgress>>), SpawnError> {
-        let mut job = Job::spawn(command, capture, true)?;
+        let capture = opts.capture;
+        let mut job = Job::spawn(command, opts)?;
         let tail = Tail::default();
         if !capture {
             return Ok((JobTarget { job, tail }, None));
@@ -134,6 +136,25 @@ impl Target {
         pids.iter()
             .filter(|p| kill(Pid::from_raw(**p), sig).is_ok())
             .count()
+    }
+
+    /// Hands the job's holder the current kill deadline (the agent has no holder).
+    pub fn hold_deadline(&mut self, deadline: Option<(std::time::Instant, Duration, String)>) {
+        if let Target::Job(j) = self {
+            j.job.hold_deadline(deadline);
+        }
+    }
+
+    /// The job's processes now outside its cgroup leaf, with their names.
+    pub fn outside_leaf(&self) -> Vec<String> {
+        let Target::Job(j) = self else {
+            return Vec::new();
+        };
+        j.job
+            .outside_leaf()
+            .into_iter()
+            .map(|p| format!("pid {p} ({})", tree::comm(p)))
+            .collect()
     }
 
     /// Passes a signal costguard does not act on to the job's leader, as tini does (its
@@ -232,6 +253,24 @@ impl Target {
                 let mut scope = g.scope();
                 protocol::terminate(&mut scope as &mut dyn Scope, first, grace, None, force).await
             }
+        }
+    }
+
+    /// The holder was killed from outside: the kill protocol on the job's process group,
+    /// cgroup leaf and `recorded` members (the agent has no holder to lose).
+    pub async fn kill_lost(
+        &mut self,
+        recorded: Vec<crate::ledger::Proc>,
+        grace: Duration,
+        force: watch::Receiver<bool>,
+    ) -> KillReport {
+        match self {
+            Target::Job(j) => {
+                j.job
+                    .terminate_lost(recorded, Signal::SIGTERM, grace, Some(force))
+                    .await
+            }
+            Target::Gpus(_) => KillReport::default(),
         }
     }
 

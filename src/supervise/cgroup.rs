@@ -33,23 +33,31 @@ pub fn own_dir() -> Option<PathBuf> {
 }
 
 impl Leaf {
-    /// Makes a fresh leaf below our own cgroup, or `None` where that is not allowed.
+    /// Makes a fresh leaf below our own cgroup, or `None` where that is not allowed. Its
+    /// name is unique to this costguard process — its pid *and* start time (a container's
+    /// costguard is always pid 1, and a leaf an earlier one left must never be taken for
+    /// ours) — and a name already taken is skipped, never a reason to go without a leaf.
     pub fn create() -> Option<Leaf> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let base = own_dir()?;
         clean_stale(&base);
-        let name = format!(
-            "costguard-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = base.join(name);
-        fs::create_dir(&dir).ok()?;
-        if !dir.join("cgroup.kill").exists() {
-            let _ = fs::remove_dir(&dir);
-            return None;
+        let pid = std::process::id() as i32;
+        let ticks = super::tree::stat(pid).map_or(0, |s| s.start_ticks);
+        for _ in 0..16 {
+            let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+            let dir = base.join(format!("costguard-{pid}-{ticks}-{seq}"));
+            match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(_) => return None,
+            }
+            if !dir.join("cgroup.kill").exists() {
+                let _ = fs::remove_dir(&dir);
+                return None;
+            }
+            return Some(Leaf { dir });
         }
-        Some(Leaf { dir })
+        None
     }
 
     pub fn procs(&self) -> Vec<i32> {
@@ -69,7 +77,10 @@ impl Leaf {
     }
 }
 
-/// Removes empty leaves left behind by earlier costguard processes that have exited.
+/// Removes empty leaves left behind by earlier costguard processes that have exited: the
+/// owner named `costguard-PID-TICKS-SEQ` is alive only if that pid still has that start time
+/// (older names, `costguard-PID-SEQ`, by the pid alone). A leaf with processes in it cannot
+/// be removed, so only empty ones go.
 fn clean_stale(base: &Path) {
     let Ok(entries) = fs::read_dir(base) else {
         return;
@@ -77,13 +88,49 @@ fn clean_stale(base: &Path) {
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(rest) = name.strip_prefix("costguard-") else {
-            continue;
-        };
-        let owner: Option<i32> = rest.split('-').next().and_then(|p| p.parse().ok());
-        let alive = owner.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-        if !alive {
+        if !owner_alive(name) {
             let _ = fs::remove_dir(e.path());
         }
+    }
+}
+
+/// Whether the costguard that made the leaf `name` is still running (true for names that
+/// are not costguard leaves: those are never touched).
+fn owner_alive(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("costguard-") else {
+        return true;
+    };
+    let parts: Vec<&str> = rest.split('-').collect();
+    let Some(pid) = parts.first().and_then(|p| p.parse::<i32>().ok()) else {
+        return true;
+    };
+    match parts.len() {
+        3 => {
+            let ticks = parts[1].parse::<u64>().ok();
+            super::tree::stat(pid).is_some_and(|s| Some(s.start_ticks) == ticks)
+        }
+        _ => Path::new(&format!("/proc/{pid}")).exists(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leaf_belongs_to_a_pid_and_its_start_time() {
+        let me = std::process::id() as i32;
+        let ticks = crate::supervise::tree::stat(me).expect("self").start_ticks;
+        assert!(owner_alive(&format!("costguard-{me}-{ticks}-0")));
+        assert!(
+            !owner_alive(&format!("costguard-{me}-{}-0", ticks + 1)),
+            "same pid, another start: an earlier costguard's (a container's pid 1)"
+        );
+        assert!(
+            owner_alive(&format!("costguard-{me}-0")),
+            "an older name: by pid"
+        );
+        assert!(owner_alive("system.slice"), "not ours: never touched");
+        assert!(!owner_alive(&format!("costguard-{}-0", i32::MAX)));
     }
 }

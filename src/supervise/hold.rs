@@ -5,6 +5,9 @@
 //! and exit status to costguard on a pipe, exits once it has no children left (so its exit
 //! means "the whole tree is gone"), and when costguard dies — even by SIGKILL — it notices
 //! (PDEATHSIG, and `getppid()` polled as a backstop) and kills the whole tree within a second.
+//! It also holds costguard's current kill deadline (`deadman.rs`): when costguard has not
+//! begun its kill by then (a blocked loop, a stopped process), the holder kills the tree
+//! itself and says why in a file opened for it in advance.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -19,6 +22,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::getppid;
 
 use super::cgroup::Leaf;
+use super::deadman::{self, Record, Switch};
 use super::tree;
 
 /// The signal costguard asks the kernel to send the holder when costguard dies.
@@ -33,26 +37,55 @@ impl Status {
     }
 }
 
-/// Runs the holder; returns its exit code.
-pub fn main(status_fd: i32, cgroup: Option<&Path>, command: &[OsString]) -> u8 {
-    // SAFETY: costguard dup2'd the write end of its status pipe onto `status_fd` for us; we
-    // own it from here on and nothing else in this process uses that descriptor.
-    let file = unsafe { File::from_raw_fd(status_fd) };
+/// What costguard handed the holder: descriptors (already open) and the job.
+pub struct Opts<'a> {
+    /// The status pipe to costguard.
+    pub status_fd: i32,
+    /// The deadline pipe from costguard (`deadman.rs`).
+    pub control_fd: Option<i32>,
+    /// The file to record a deadline kill in.
+    pub record_fd: Option<i32>,
+    pub cgroup: Option<&'a Path>,
+    pub command: &'a [OsString],
+}
+
+/// Takes over a descriptor costguard left open for us, closed on the job's exec.
+fn adopt(fd: i32) -> File {
+    // SAFETY: costguard dup2'd this descriptor for us before exec; we own it from here on and
+    // nothing else in this process uses that number.
+    let file = unsafe { File::from_raw_fd(fd) };
     let _ = nix::fcntl::fcntl(
         &file,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
-    let mut status = Status(file);
+    file
+}
+
+/// Runs the holder; returns its exit code.
+pub fn main(o: &Opts) -> u8 {
+    let mut status = Status(adopt(o.status_fd));
+    let control = o.control_fd.map(adopt);
+    if let Some(c) = &control {
+        let _ = nix::fcntl::fcntl(
+            c,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+    }
+    let mut guard = Guard {
+        switch: Switch::new(control),
+        record: Record(o.record_fd.map(adopt)),
+        cgroup: o.cgroup,
+    };
     let parent = getppid();
     if nix::sys::prctl::set_child_subreaper(true).is_err() {
         status.say("warn subreaper-unavailable");
     }
     let set = block_signals();
-    let Some(leader) = spawn_job(command, cgroup, &mut status) else {
+    let Some(leader) = spawn_job(o.command, o.cgroup, &mut status) else {
         return 1;
     };
     status.say(&format!("spawned {leader}"));
-    if let Some(dir) = cgroup {
+    if let Some(dir) = o.cgroup {
         let leaf = Leaf {
             dir: dir.to_path_buf(),
         };
@@ -63,7 +96,44 @@ pub fn main(status_fd: i32, cgroup: Option<&Path>, command: &[OsString]) -> u8 {
             status.say("warn cgroup-join-failed: the job runs outside its cgroup leaf");
         }
     }
-    reap_until_done(leader, parent, &set, cgroup, &mut status)
+    reap_until_done(leader, parent, &set, &mut guard, &mut status)
+}
+
+/// What the holder enforces on its own: the armed deadline and where to record a kill.
+struct Guard<'a> {
+    switch: Switch,
+    record: Record,
+    cgroup: Option<&'a Path>,
+}
+
+impl Guard<'_> {
+    /// costguard has not begun its kill by the armed deadline: the kill protocol here, and
+    /// the account of it in the record (and on the status pipe, should costguard read it).
+    fn deadline_kill(&mut self, status: &mut Status) {
+        let Some(arm) = self.switch.armed.take() else {
+            return;
+        };
+        let when = crate::events::unix_now();
+        self.record.write(&format!(
+            "at unix time {when:.3} the holder (pid {}) killed the job itself: costguard had not \
+             begun its kill {}s after {}\n",
+            std::process::id(),
+            deadman::SLACK.as_secs(),
+            arm.why
+        ));
+        status.say(&format!(
+            "warn deadline-kill: costguard had not begun its kill after {}; the holder is killing the job",
+            arm.why
+        ));
+        let r = kill_everything(self.cgroup, arm.grace);
+        self.record.write(&format!(
+            "SIGTERM to {} processes, then {} after {:.3}s; survivors: {:?}\n",
+            r.signalled,
+            if r.escalated { "SIGKILL" } else { "no SIGKILL" },
+            r.took.as_secs_f64(),
+            r.survivors
+        ));
+    }
 }
 
 /// Blocks every signal in the holder: it takes them synchronously with sigtimedwait, and
@@ -73,7 +143,9 @@ pub fn main(status_fd: i32, cgroup: Option<&Path>, command: &[OsString]) -> u8 {
 fn block_signals() -> SigSet {
     let set = SigSet::all();
     let _ = set.thread_block();
-    for s in [Signal::SIGTTOU, Signal::SIGTTIN] {
+    // An ignored SIGCHLD (inherited through exec) would have the kernel reap every child
+    // unseen: the leader's status would never come. Default, as coreutils `timeout` does.
+    for s in [Signal::SIGTTOU, Signal::SIGTTIN, Signal::SIGCHLD] {
         // SAFETY: restoring the default disposition installs no handler code.
         let _ = unsafe { nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl) };
     }
@@ -121,12 +193,12 @@ fn spawn_job(command: &[OsString], cgroup: Option<&Path>, status: &mut Status) -
 }
 
 /// Reaps everything, reports the leader's end, and returns once no child is left — or kills
-/// the whole tree when costguard is gone.
+/// the whole tree when costguard is gone, or has not begun its kill by the armed deadline.
 fn reap_until_done(
     leader: i32,
     parent: nix::unistd::Pid,
     set: &SigSet,
-    cgroup: Option<&Path>,
+    guard: &mut Guard,
     status: &mut Status,
 ) -> u8 {
     let mut leader_done = false;
@@ -150,11 +222,22 @@ fn reap_until_done(
             }
         }
         if getppid() != parent {
-            kill_everything(cgroup);
+            kill_everything(guard.cgroup, Duration::from_secs(1));
             return 0;
         }
-        // Wake on a child's end, on costguard's death, or every 200 ms to look again.
-        let _ = sigtimedwait(set, Duration::from_millis(200));
+        guard.switch.poll();
+        let until = guard.switch.until(deadman::mono_now_ns());
+        if until == Some(Duration::ZERO) {
+            // Every child is reaped by the time the kill returns: the tree is gone.
+            guard.deadline_kill(status);
+            return 0;
+        }
+        // Wake on a child's end, on costguard's death, at the deadline, or every 200 ms to
+        // look again (a new deadline comes on the pipe).
+        let wait = until.map_or(Duration::from_millis(200), |u| {
+            u.min(Duration::from_millis(200))
+        });
+        let _ = sigtimedwait(set, wait);
     }
 }
 
@@ -201,18 +284,19 @@ impl super::kill::Scope for Orphaned {
     }
 }
 
-/// costguard is gone: the kill protocol with a second's grace, reaping as it goes, then
-/// the leaf is removed.
-fn kill_everything(cgroup: Option<&Path>) {
+/// costguard is gone (a second's grace) or late (its grace): the kill protocol, reaping as
+/// it goes, then the leaf is removed.
+fn kill_everything(cgroup: Option<&Path>, grace: Duration) -> super::kill::KillReport {
     let mut scope = Orphaned {
         me: std::process::id() as i32,
         leaf: cgroup.map(|d| Leaf {
             dir: d.to_path_buf(),
         }),
     };
-    super::kill::terminate_blocking(&mut scope, Signal::SIGTERM, Duration::from_secs(1));
+    let report = super::kill::terminate_blocking(&mut scope, Signal::SIGTERM, grace);
     while waitpid(None, None).is_ok() {}
     if let Some(l) = &scope.leaf {
         l.remove();
     }
+    report
 }

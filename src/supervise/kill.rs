@@ -45,6 +45,8 @@ pub struct KillReport {
     pub survivors: Vec<i32>,
     /// Every pid that was signalled.
     pub pids: Vec<i32>,
+    /// Members found outside the scope's cgroup leaf (they moved themselves out of it).
+    pub escaped: Vec<i32>,
 }
 
 /// What the driver does next.

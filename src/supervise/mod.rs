@@ -7,8 +7,10 @@
 //! `kill.rs`, the one protocol every caller uses.
 
 pub mod cgroup;
+pub mod deadman;
 pub mod hold;
 pub mod kill;
+mod lost;
 pub mod tree;
 
 use std::ffi::OsString;
@@ -25,8 +27,10 @@ use tokio::sync::{mpsc, watch};
 use crate::exit::JobStatus;
 use cgroup::Leaf;
 
-/// The fd number the holder finds its status pipe on.
+/// The fd numbers the holder finds its status pipe, its deadline pipe and its record on.
 const STATUS_FD: i32 = 3;
+const CONTROL_FD: i32 = 4;
+const RECORD_FD: i32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -63,9 +67,26 @@ fn parse_msg(line: &str) -> Option<HolderMsg> {
 
 pub use kill::KillReport;
 
+/// How to start the job.
+#[derive(Debug, Default)]
+pub struct SpawnOpts {
+    /// Pipe the job's stdout and stderr to us (for progress signals); otherwise they are
+    /// inherited untouched.
+    pub capture: bool,
+    pub use_cgroup: bool,
+    /// Where the holder records a kill it makes itself (opened here, before it starts).
+    pub record: Option<std::path::PathBuf>,
+    /// The kill deadline the holder holds from its first instant: (deadline, grace, why).
+    pub deadline: Option<(std::time::Instant, Duration, String)>,
+}
+
 pub struct Job {
     pub holder_pid: i32,
     pub leaf: Option<Leaf>,
+    /// The holder's dead man's switch (`deadman.rs`).
+    control: Option<deadman::Control>,
+    /// Processes found below the holder but outside the cgroup leaf (escaped it).
+    escaped: Vec<i32>,
     msgs: Option<mpsc::UnboundedReceiver<HolderMsg>>,
     pub stdout: Option<ChildStdout>,
     pub stderr: Option<ChildStderr>,
@@ -73,6 +94,50 @@ pub struct Job {
     exit: watch::Receiver<Option<std::process::ExitStatus>>,
     /// The job's leader, once the holder has said it started.
     leader: watch::Receiver<Option<i32>>,
+}
+
+/// Undoes what costguard's parent may have set that would blind it, as coreutils `timeout`
+/// does: an ignored SIGCHLD (`(trap '' CHLD; exec costguard …)`) has the kernel reap the
+/// holder unseen, so its end would never be noticed; a blocked mask would keep TERM, INT,
+/// HUP and the forwarded signals from costguard's handlers. Other dispositions are left as
+/// inherited: an ignore meant for the whole command (`nohup`'s HUP, a background job's INT
+/// and QUIT) reaches the job, since the holder is spawned before costguard's own handlers
+/// exist (and handlers, unlike ignores, do not survive exec). Call first, on the main thread.
+pub fn reset_signals() {
+    // SAFETY: SIG_DFL installs no handler code; sigprocmask on the only thread so far.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        let mut empty = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+}
+
+/// The task that reads the holder's status pipe: its messages, and the leader once known.
+fn read_status(
+    rd: OwnedFd,
+) -> Result<
+    (
+        mpsc::UnboundedReceiver<HolderMsg>,
+        watch::Receiver<Option<i32>>,
+    ),
+    SpawnError,
+> {
+    let (tx, msgs) = mpsc::unbounded_channel();
+    let (leader_tx, leader) = watch::channel(None);
+    let receiver = tokio::net::unix::pipe::Receiver::from_owned_fd(rd).map_err(SpawnError::Pipe)?;
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(receiver).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(m) = parse_msg(&line) {
+                if let HolderMsg::Spawned(pid) = m {
+                    let _ = leader_tx.send(Some(pid));
+                }
+                let _ = tx.send(m);
+            }
+        }
+    });
+    Ok((msgs, leader))
 }
 
 /// Makes costguard a subreaper (orphans of a lost holder come to us) and keeps job control
@@ -85,67 +150,157 @@ pub fn prepare_supervisor() {
     }
 }
 
+/// The descriptors the holder inherits, each numbered 10 or above (so that moving them to
+/// 3, 4 and 5 in the child never overwrites one another) and close-on-exec here.
+struct HolderFds {
+    status_rd: OwnedFd,
+    status_wr: OwnedFd,
+    control_rd: OwnedFd,
+    control_wr: OwnedFd,
+    record: Option<OwnedFd>,
+}
+
+fn high(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    let n = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; nothing else owns it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
+}
+
+/// Opens the record file without following a link or waiting on a FIFO; a regular file
+/// only, emptied (the resume already read what an earlier holder wrote).
+fn open_record(path: &std::path::Path) -> Option<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    f.set_len(0).ok()?;
+    Some(f.into())
+}
+
+impl HolderFds {
+    fn open(opts: &SpawnOpts) -> std::io::Result<HolderFds> {
+        let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+        let (status_rd, status_wr) = nix::unistd::pipe2(cloexec)?;
+        let (control_rd, control_wr) = nix::unistd::pipe2(cloexec)?;
+        Ok(HolderFds {
+            status_rd,
+            status_wr: high(status_wr)?,
+            control_rd: high(control_rd)?,
+            control_wr,
+            record: opts
+                .record
+                .as_deref()
+                .and_then(open_record)
+                .map(high)
+                .transpose()?,
+        })
+    }
+
+    /// costguard's end of the deadline pipe, non-blocking, with the first deadline already
+    /// in it (so the holder holds it before anything here can block).
+    fn control(&self, opts: &SpawnOpts) -> std::io::Result<deadman::Control> {
+        let w = self.control_wr.try_clone()?;
+        nix::fcntl::fcntl(
+            &w,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        let mut c = deadman::Control::new(std::fs::File::from(w));
+        if let Some((at, grace, why)) = &opts.deadline {
+            c.arm(*at, *grace, why.clone());
+        }
+        Ok(c)
+    }
+}
+
+/// `costguard __hold …` with the descriptors moved into place between fork and exec.
+fn holder_command(
+    exe: &std::path::Path,
+    leaf: Option<&Leaf>,
+    fds: &HolderFds,
+    command: &[OsString],
+    capture: bool,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("__hold")
+        .arg("--status-fd")
+        .arg(STATUS_FD.to_string())
+        .arg("--control-fd")
+        .arg(CONTROL_FD.to_string());
+    if fds.record.is_some() {
+        cmd.arg("--record-fd").arg(RECORD_FD.to_string());
+    }
+    if let Some(l) = leaf {
+        cmd.arg("--cgroup").arg(&l.dir);
+    }
+    cmd.arg("--").args(command);
+    cmd.process_group(0);
+    if capture {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    let moves = [
+        (fds.status_wr.as_raw_fd(), STATUS_FD),
+        (fds.control_rd.as_raw_fd(), CONTROL_FD),
+        (fds.record.as_ref().map_or(-1, |f| f.as_raw_fd()), RECORD_FD),
+    ];
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // calls (prctl, dup2, signal) on values prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                hold::PARENT_DEATH_SIGNAL as libc::c_ulong,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            for (from, to) in moves {
+                if from >= 0 && libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            libc::signal(libc::SIGTTOU, libc::SIG_DFL);
+            libc::signal(libc::SIGTTIN, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
 impl Job {
-    /// Starts `command` under the holder. `capture` pipes the job's stdout and stderr to us
-    /// (for progress signals); otherwise they are inherited untouched.
-    pub fn spawn(command: &[OsString], capture: bool, use_cgroup: bool) -> Result<Job, SpawnError> {
+    /// Starts `command` under the holder, which holds `opts.deadline` from its start.
+    pub fn spawn(command: &[OsString], opts: SpawnOpts) -> Result<Job, SpawnError> {
         let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-        let (rd, wr): (OwnedFd, OwnedFd) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| SpawnError::Pipe(e.into()))?;
-        let leaf = if use_cgroup { Leaf::create() } else { None };
-        let mut cmd = tokio::process::Command::new(&exe);
-        cmd.arg("__hold")
-            .arg("--status-fd")
-            .arg(STATUS_FD.to_string());
-        if let Some(l) = &leaf {
-            cmd.arg("--cgroup").arg(&l.dir);
-        }
-        cmd.arg("--").args(command);
-        cmd.process_group(0);
-        if capture {
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        }
-        let wr_fd = wr.as_raw_fd();
-        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // calls (prctl, dup2, signal) on values prepared before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    hold::PARENT_DEATH_SIGNAL as libc::c_ulong,
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::dup2(wr_fd, STATUS_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::signal(libc::SIGTTOU, libc::SIG_DFL);
-                libc::signal(libc::SIGTTIN, libc::SIG_DFL);
-                Ok(())
-            });
-        }
+        let fds = HolderFds::open(&opts).map_err(SpawnError::Pipe)?;
+        let control = fds.control(&opts).map_err(SpawnError::Pipe)?;
+        let leaf = if opts.use_cgroup {
+            Leaf::create()
+        } else {
+            None
+        };
+        let mut cmd = holder_command(&exe, leaf.as_ref(), &fds, command, opts.capture);
         let mut holder = cmd.spawn().map_err(|source| SpawnError::Holder {
             exe: exe.display().to_string(),
             source,
         })?;
-        drop(wr);
+        // Our copies of the holder's ends go now: the status pipe's end of file must mean
+        // the holder is gone.
+        let HolderFds {
+            status_rd,
+            status_wr,
+            control_rd,
+            control_wr,
+            record,
+        } = fds;
+        drop((status_wr, control_rd, control_wr, record));
         let holder_pid = holder.id().map(|p| p as i32).unwrap_or(-1);
-        let (tx, msgs) = mpsc::unbounded_channel();
-        let (leader_tx, leader) = watch::channel(None);
-        let receiver =
-            tokio::net::unix::pipe::Receiver::from_owned_fd(rd).map_err(SpawnError::Pipe)?;
-        tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(receiver).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(m) = parse_msg(&line) {
-                    if let HolderMsg::Spawned(pid) = m {
-                        let _ = leader_tx.send(Some(pid));
-                    }
-                    let _ = tx.send(m);
-                }
-            }
-        });
+        let (msgs, leader) = read_status(status_rd)?;
         let stdout = holder.stdout.take();
         let stderr = holder.stderr.take();
         let (exit_tx, exit) = watch::channel(None);
@@ -159,12 +314,25 @@ impl Job {
         Ok(Job {
             holder_pid,
             leaf,
+            control: Some(control),
+            escaped: Vec::new(),
             msgs: Some(msgs),
             stdout,
             stderr,
             exit,
             leader,
         })
+    }
+
+    /// Hands the holder the current kill deadline (None: no ceiling is armed).
+    pub fn hold_deadline(&mut self, deadline: Option<(std::time::Instant, Duration, String)>) {
+        let Some(c) = self.control.as_mut() else {
+            return;
+        };
+        match deadline {
+            Some((at, grace, why)) => c.arm(at, grace, why),
+            None => c.send(deadman::Msg::Disarm),
+        }
     }
 
     /// The holder's messages (pid, exit status); can be taken once.
@@ -174,21 +342,39 @@ impl Job {
             .unwrap_or_else(|| mpsc::unbounded_channel().1)
     }
 
-    /// Every live process of the job (the holder excluded). With a cgroup leaf its member
-    /// list is complete (the job joined it before exec) and no /proc walk is needed; an
-    /// empty leaf (the join failed, or all is over) falls back to the walk.
+    /// Every live process of the job (the holder excluded): the cgroup leaf's members and
+    /// the tree walk below the holder, both — a process that moved itself out of the leaf is
+    /// still below the holder, and one that escaped the tree (setsid, double fork to a
+    /// subreaper elsewhere) is still in the leaf.
     pub fn members(&self) -> Vec<i32> {
-        if let Some(l) = &self.leaf {
-            let procs: Vec<i32> = l
-                .procs()
-                .into_iter()
-                .filter(|p| *p != self.holder_pid && tree::stat(*p).is_some_and(|s| !s.is_zombie()))
-                .collect();
-            if !procs.is_empty() {
-                return procs;
-            }
-        }
-        tree::live_descendants(self.holder_pid)
+        self.members_and_outside().0
+    }
+
+    /// The members, and those of them found below the holder but outside the cgroup leaf.
+    fn members_and_outside(&self) -> (Vec<i32>, Vec<i32>) {
+        // The walk first: a process it finds existed before the leaf is read, so if it is
+        // in the leaf, the leaf's list shows it (children are born in their parent's leaf).
+        let walk = tree::live_descendants(self.holder_pid);
+        let Some(l) = &self.leaf else {
+            return (walk, Vec::new());
+        };
+        let inside = l.procs();
+        let outside: Vec<i32> = walk
+            .iter()
+            .copied()
+            .filter(|p| !inside.contains(p))
+            .collect();
+        let mut pids: Vec<i32> = inside
+            .into_iter()
+            .filter(|p| *p != self.holder_pid && tree::stat(*p).is_some_and(|s| !s.is_zombie()))
+            .collect();
+        pids.extend(outside.iter().copied());
+        (pids, outside)
+    }
+
+    /// Processes of the job now outside its cgroup leaf (empty without a leaf).
+    pub fn outside_leaf(&self) -> Vec<i32> {
+        self.members_and_outside().1
     }
 
     /// Sends `sig` to every process of the job; returns the pids it reached.
@@ -241,7 +427,19 @@ impl Job {
         grace: Duration,
         force: Option<watch::Receiver<bool>>,
     ) -> KillReport {
+        // The holder finishes this kill should we stall in it: its switch is re-armed at the
+        // end of our grace plus its slack (never earlier, so it never races us).
+        self.hold_deadline(Some((
+            std::time::Instant::now() + grace,
+            Duration::from_secs(1),
+            format!(
+                "costguard began its own kill ({} first, {} grace)",
+                first.as_str(),
+                crate::units::format_duration(grace)
+            ),
+        )));
         self.wait_started(Duration::from_secs(2)).await;
+        self.escaped.clear();
         let (gone_tx, gone_rx) = watch::channel(self.gone());
         let mut exit = self.exit.clone();
         let relay = tokio::spawn(async move {
@@ -251,6 +449,7 @@ impl Job {
         });
         let mut report = kill::terminate(self, first, grace, Some(gone_rx), force).await;
         relay.abort();
+        report.escaped = std::mem::take(&mut self.escaped);
         if report.escalated && !self.gone() {
             // Ten seconds of SIGKILL did not empty the tree: kill the holder itself so its
             // orphans come to us, and report whatever is still there.
@@ -270,6 +469,26 @@ impl Job {
         report
     }
 
+    /// The holder was killed from outside: the kill protocol on what is left of the job (see
+    /// `lost.rs`), `recorded` being the members last written to the ledger.
+    pub async fn terminate_lost(
+        &mut self,
+        recorded: Vec<crate::ledger::Proc>,
+        first: Signal,
+        grace: Duration,
+        force: Option<watch::Receiver<bool>>,
+    ) -> KillReport {
+        let mut scope = lost::Lost::new(self.holder_pid, self.leaf.clone(), recorded);
+        let mut report = kill::terminate(&mut scope, first, grace, None, force).await;
+        // The last of them died as our children: reap them rather than leave zombies.
+        kill::Scope::between_rounds(&mut scope);
+        if let Some(l) = &self.leaf {
+            report.survivors.extend(l.procs());
+            l.remove();
+        }
+        report
+    }
+
     /// After the job ended by itself: removes the cgroup leaf once empty.
     pub fn cleanup(&self) {
         if let Some(l) = &self.leaf {
@@ -280,7 +499,13 @@ impl Job {
 
 impl kill::Scope for Job {
     fn members(&mut self) -> Vec<i32> {
-        Job::members(self)
+        let (pids, outside) = self.members_and_outside();
+        for p in outside {
+            if !self.escaped.contains(&p) {
+                self.escaped.push(p);
+            }
+        }
+        pids
     }
     fn kill_atomically(&mut self) {
         if let Some(l) = &self.leaf {

@@ -50,6 +50,13 @@ pub fn age_seconds(start_ticks: u64) -> Option<f64> {
     (hz > 0).then(|| (uptime - start_ticks as f64 / hz as f64).max(0.0))
 }
 
+/// A process's command name (`/proc/PID/comm`), or "?" when it is gone.
+pub fn comm(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
 pub fn stat(pid: i32) -> Option<ProcStat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }

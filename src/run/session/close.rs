@@ -81,7 +81,8 @@ impl Session {
                     .await;
             }
             Ending::Leader(_) => target.finish_leftovers(grace, force).await,
-            Ending::HolderLost | Ending::Stop(_) => {}
+            Ending::HolderLost => ended_pids = self.kill_lost(&mut target, force).await,
+            Ending::Stop(_) => {}
         }
         target.close().await;
         let leader = match &ending {
@@ -136,6 +137,17 @@ impl Session {
         force: tokio::sync::watch::Receiver<bool>,
     ) -> Vec<i32> {
         self.kill_started = Some(std::time::Instant::now());
+        // Processes that moved themselves out of the job's cgroup leaf are killed all the
+        // same (they are still below the holder), and named: the leaf did not hold them.
+        let outside = target.outside_leaf();
+        let evidence = if outside.is_empty() {
+            evidence.to_string()
+        } else {
+            format!(
+                "{evidence}; outside costguard's cgroup: {}",
+                outside.join(", ")
+            )
+        };
         let then = if reason.is_ceiling() {
             self.release_announcement().unwrap_or_default()
         } else {
@@ -148,7 +160,7 @@ impl Session {
         );
         let now = self.now();
         self.sinks
-            .record_kill(&self.state, reason.as_str(), evidence, target.tail(), now);
+            .record_kill(&self.state, reason.as_str(), &evidence, target.tail(), now);
         let grace = self.settings.kill_grace;
         if reason == KillReason::Signal && !grace.is_zero() {
             let again = if first == Signal::SIGINT {
@@ -182,6 +194,19 @@ impl Session {
             took_ms = report.took.as_secs_f64() * 1000.0,
             "the target is gone"
         );
+        let late: Vec<i32> = report
+            .escaped
+            .iter()
+            .copied()
+            .filter(|p| !outside.iter().any(|o| o.starts_with(&format!("pid {p} "))))
+            .collect();
+        if !late.is_empty() {
+            self.emit(
+                EventKind::AgentError,
+                Some("escaped"),
+                format!("during the kill, processes of the job were found outside costguard's cgroup (killed all the same): {late:?}"),
+            );
+        }
         if !report.survivors.is_empty() {
             self.emit(
                 EventKind::AgentError,
@@ -193,6 +218,38 @@ impl Session {
                 ),
             );
         }
+        report.pids
+    }
+
+    /// The holder was killed from outside: the job must not run on unguarded. The kill
+    /// protocol on what is left of it; returns the pids it reached.
+    async fn kill_lost(
+        &mut self,
+        target: &mut Target,
+        force: tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<i32> {
+        crate::console::alert(
+            "the holder process was lost (killed from outside?): ending the job's processes",
+        );
+        let recorded = self
+            .sinks
+            .recorder
+            .as_ref()
+            .map(|r| r.read(|l| l.members.clone()))
+            .unwrap_or_default();
+        let report = target
+            .kill_lost(recorded, self.settings.kill_grace, force)
+            .await;
+        self.state.note_pids(&report.pids);
+        let mut text = format!(
+            "the holder process was lost; the kill protocol ended {} processes of the job {:?}",
+            report.pids.len(),
+            report.pids
+        );
+        if !report.survivors.is_empty() {
+            text += &format!("; survivors {:?}", report.survivors);
+        }
+        self.emit(EventKind::AgentError, Some("holder-lost"), text);
         report.pids
     }
 
@@ -315,6 +372,14 @@ impl Session {
             (_, Ending::Kill { evidence, .. }, None) => {
                 v(exit::OWN_FAILURE, Outcome::Stopped, evidence.clone())
             }
+            (_, Ending::HolderLost, _) => v(
+                exit::OWN_FAILURE,
+                Outcome::Stopped,
+                format!(
+                    "the holder process was lost; the job was ended ({} processes {pids:?}), its own status unknown",
+                    pids.len()
+                ),
+            ),
             (_, _, Some(s @ JobStatus::Exited(0))) => v(s.code(), Outcome::Completed, s.describe()),
             (_, _, Some(s)) => v(s.code(), Outcome::Failed, s.describe()),
             (_, _, None) => v(

@@ -68,10 +68,35 @@ impl Session {
         self.sinks.publish(&self.state, &snap);
     }
 
+    /// The ceiling's kill deadline as the holder holds it (`supervise/deadman.rs`): the
+    /// instant, the grace, and what it is. None once the engine has decided a kill (the
+    /// kill itself re-arms the holder) or with no ceiling to reach.
+    fn kill_deadline(&self) -> Option<(std::time::Instant, Duration, String)> {
+        let e = self.state.engine();
+        if e.killed().is_some() {
+            return None;
+        }
+        let (at, reason) = e.ceiling_deadline(self.now())?;
+        let what = match reason {
+            KillReason::Usd => "the dollar ceiling (--max-usd)",
+            _ => "the wall-clock ceiling (--max-wall)",
+        };
+        Some((
+            self.state.t0() + at,
+            self.settings.kill_grace,
+            format!(
+                "{what}, due {} into the session",
+                crate::units::format_duration(at)
+            ),
+        ))
+    }
+
     /// The loop: one event at a time through the state, its actions performed, until an
-    /// action ends it.
+    /// action ends it. The holder is handed every new kill deadline (a rate correction
+    /// moves the dollar one) before the loop waits again.
     pub async fn drive(&mut self, target: &mut Target, sources: &mut Sources) -> Ending {
         loop {
+            target.hold_deadline(self.kill_deadline());
             let wake = self
                 .state
                 .next_wakeup(self.now())
@@ -227,7 +252,17 @@ pub async fn run_session(
         .map(|r| r.run_dir.join("output.log"));
     let judge = LineJudge::new(s.settings.progress_regex.clone());
     let log = log.as_deref().map(|p| (p, s.settings.output_log_max));
-    let (mut job, progress) = JobTarget::start(&command, capture, judge, log, !detached)?;
+    let opts = crate::supervise::SpawnOpts {
+        capture,
+        use_cgroup: true,
+        record: s
+            .sinks
+            .recorder
+            .as_ref()
+            .map(|r| r.run_dir.join(crate::supervise::deadman::RECORD_FILE)),
+        deadline: s.kill_deadline(),
+    };
+    let (mut job, progress) = JobTarget::start(&command, opts, judge, log, !detached)?;
     s.note_job(&job);
     let msgs = job.job.take_msgs();
     let mut sources = sources_of(&mut s, job.job.holder_pid, Some(msgs), progress);
