@@ -436,6 +436,11 @@ pub struct GuardArgs {
     #[arg(long, env = "COSTGUARD_ON_EXIT", value_name = "CMD")]
     pub on_exit: Option<String>,
 
+    /// How long the exit hook may run: then TERM, and KILL 5 s later, to its whole
+    /// process group [default: 5m].
+    #[arg(long, env = "COSTGUARD_ON_EXIT_TIMEOUT", value_name = "DURATION")]
+    pub on_exit_timeout: Option<String>,
+
     /// Let --on-exit run a command that pushes, deploys, publishes or sends.
     #[arg(long)]
     pub allow_side_effects: bool,

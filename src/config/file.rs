@@ -85,6 +85,8 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     #[serde(alias = "on_exit")]
     pub on_exit: Option<String>,
+    #[serde(alias = "on_exit_timeout")]
+    pub on_exit_timeout: Option<String>,
     #[serde(alias = "fleet_max_usd")]
     pub fleet_max_usd: Option<Scalar>,
     #[serde(alias = "prometheus_url")]

@@ -94,6 +94,8 @@ pub struct Settings {
     pub notify: NotifySettings,
     pub run_id: Option<String>,
     pub on_exit: Option<String>,
+    /// How long the exit hook may run before its process group is ended.
+    pub on_exit_timeout: Duration,
     /// Started with --no-preflight: recorded in status and the report.
     pub no_preflight: bool,
     /// Set by a plan for each of its phases.
@@ -468,6 +470,18 @@ impl Settings {
             args.on_exit.clone().or(file.on_exit),
             args.allow_side_effects || file.allow_side_effects.unwrap_or(false),
         )?;
+        let on_exit_timeout = positive(
+            conv(
+                pick(
+                    &args.on_exit_timeout,
+                    file.on_exit_timeout,
+                    "on-exit-timeout",
+                ),
+                dur,
+            )?,
+            "on-exit-timeout",
+        )?
+        .unwrap_or(Duration::from_secs(300));
 
         let settings = Settings {
             max_usd,
@@ -504,6 +518,7 @@ impl Settings {
             notify,
             run_id: args.run_id.clone(),
             on_exit,
+            on_exit_timeout,
             no_preflight: false,
             phase: None,
             plan: args.plan.clone().or(file.plan),
