@@ -128,3 +128,67 @@ fn a_hanging_notify_command_does_not_outlive_costguard() {
         "the notify command's group outlived costguard: {pids:?}"
     );
 }
+
+#[test]
+fn a_thousand_idle_connections_do_not_stop_the_kill() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let port = free_port();
+    // 1,024 descriptors, as a container often has: the connections must not take them all.
+    let mut c = Command::new("prlimit");
+    c.args(["--nofile=1024:1024", "--", bin()]);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("COSTGUARD_")) {
+        c.env_remove(k);
+    }
+    c.env("COSTGUARD_GPU", "none")
+        .env("COSTGUARD_PROVIDER", "none")
+        .env("COSTGUARD_STATE_DIR", &state)
+        .stdin(Stdio::null())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--run-id",
+            "conns",
+            "--usd-per-hour",
+            "18",
+            "--max-usd",
+            "0.05",
+        ])
+        .args(["--kill-grace", "1s", "--", "sh", "-c"])
+        .arg(escaping_job(d.path()));
+    let child = spawn_logged(c, d.path());
+    let pids = job_pids(d.path());
+    assert!(
+        wait_until(Duration::from_secs(5), || http_get(port, "/healthz")
+            .is_some()),
+        "no endpoint"
+    );
+    // Idle connections (never a request), held until costguard has ended.
+    let mut conns = Vec::new();
+    for _ in 0..1100 {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => conns.push(s),
+            Err(_) => break,
+        }
+    }
+    let opened = conns.len();
+    // The $0.05 ceiling at $18/h is due 10 s after the start.
+    let st = exits_within(child, Duration::from_secs(30), "dollar ceiling under load");
+    drop(conns);
+    let err = read(&d.path().join("err"));
+    assert_eq!(
+        opened, 1100,
+        "the connections were opened before the kill: {err}"
+    );
+    assert_eq!(st.code(), Some(124), "{err}");
+    assert!(
+        !err.contains("Too many open files") && !err.contains("agent-error"),
+        "{err}"
+    );
+    let l = ledger(&state, "conns");
+    assert_eq!(l["state"], "killed", "{l}\n{err}");
+    assert_eq!(l["kills"][0]["reason"], "usd", "{l}");
+    let at = l["kills"][0]["elapsed_seconds"].as_f64().unwrap_or(99.0);
+    assert!(at < 10.5, "the kill was late: {at} s");
+    let gone = wait_until(Duration::from_secs(5), || pids.iter().all(|p| !alive(*p)));
+    assert!(!reap_leftovers(&pids) && gone, "the job survived: {err}");
+}
