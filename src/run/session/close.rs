@@ -81,7 +81,7 @@ impl Session {
                     .await;
             }
             Ending::Leader(_) => target.finish_leftovers(grace, force).await,
-            Ending::HolderLost | Ending::Stop(_) => {}
+            Ending::HolderLost | Ending::Stop(_) | Ending::Disarmed { .. } => {}
         }
         target.close().await;
         let leader = match &ending {
@@ -216,12 +216,13 @@ impl Session {
                         return ending;
                     }
                 }
-                LoopEvent::Signal(sig) => {
-                    return Ending::Stop(format!(
+                LoopEvent::Signal(sig) => return Ending::Disarmed {
+                    signal: sig,
+                    detail: format!(
                         "stopped by {} while over budget with no GPU process to kill ({evidence})",
                         sig.as_str()
-                    ))
-                }
+                    ),
+                },
                 _ => {}
             }
         }
@@ -294,6 +295,12 @@ impl Session {
                 format!("{evidence}; ended pids {pids:?}"),
             ),
             (TargetKind::Agent, Ending::Stop(d), _) => v(0, Outcome::Completed, d.clone()),
+            // Over budget and stopped before it could kill: never "completed", never 0.
+            (_, Ending::Disarmed { signal, detail }, _) => v(
+                JobStatus::Signaled(*signal as i32).code(),
+                Outcome::Stopped,
+                detail.clone(),
+            ),
             (
                 _,
                 Ending::Kill {
