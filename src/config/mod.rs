@@ -20,6 +20,7 @@ use crate::units::{self, MemLimit, UnitError};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9947";
 
 mod file;
+pub(crate) use file::{explain, MAX_FILE};
 pub use file::{FileConfig, Scalar};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +31,7 @@ pub enum ConfigError {
         #[source]
         source: UnitError,
     },
-    #[error("failed to read config file {path}: {source}")]
+    #[error("cannot read --config {path}: {source}")]
     Read {
         path: PathBuf,
         #[source]
