@@ -192,3 +192,179 @@ fn a_thousand_idle_connections_do_not_stop_the_kill() {
     let gone = wait_until(Duration::from_secs(5), || pids.iter().all(|p| !alive(*p)));
     assert!(!reap_leftovers(&pids) && gone, "the job survived: {err}");
 }
+
+/// costguard with its address space capped: a file read without bound fails fast instead of
+/// taking the machine's memory.
+fn capped_costguard(state: &Path) -> Command {
+    let mut c = Command::new("prlimit");
+    c.args(["--as=2000000000", "--", bin()]);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("COSTGUARD_")) {
+        c.env_remove(k);
+    }
+    c.env("COSTGUARD_GPU", "none")
+        .env("COSTGUARD_PROVIDER", "none")
+        .env("COSTGUARD_LISTEN", "127.0.0.1:0")
+        .env("COSTGUARD_STATE_DIR", state)
+        .stdin(Stdio::null());
+    c
+}
+
+#[test]
+fn special_files_given_as_config_plan_or_secret_are_refused_at_once() {
+    let d = tempdir();
+    let fifo = d.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let fifo = path_str(&fifo);
+    let cases: &[(&str, &str)] = &[
+        ("--config", "/dev/zero"),
+        ("--config", &fifo),
+        ("--plan", "/dev/zero"),
+        ("--plan", &fifo),
+        ("--webhook-file", "/dev/zero"),
+        ("--slack-webhook-file", &fifo),
+        ("--pagerduty-routing-key-file", "/dev/zero"),
+    ];
+    for (flag, path) in cases {
+        let mut c = capped_costguard(&d.path().join("state"));
+        c.args([flag, path]);
+        if *flag != "--plan" {
+            c.args(["--", "true"]);
+        }
+        let child = spawn_logged(c, d.path());
+        let st = exits_within(child, Duration::from_secs(10), flag);
+        let err = read(&d.path().join("err"));
+        assert_eq!(st.code(), Some(125), "{flag} {path}: {err}");
+        assert!(
+            err.contains(&format!("{flag} {path}")) && err.contains("not a regular file"),
+            "{flag} {path}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_plan_error_names_the_line_and_the_key() {
+    let d = tempdir();
+    let plan = d.path().join("plan.toml");
+    std::fs::write(
+        &plan,
+        "[[phase]]\nname = \"prep\"\ncommand = \"true\"\nmax_wal = \"1m\"\n",
+    )
+    .expect("plan");
+    let mut c = guard(&d.path().join("state"));
+    c.arg("--plan").arg(&plan);
+    let o = run(c);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("line 4: unknown key `max_wal`; did you mean `max-wall`?"),
+        "{err}"
+    );
+}
+
+/// The start time (clock ticks since boot) of `pid`, from /proc/PID/stat.
+fn start_ticks(pid: u32) -> u64 {
+    let stat = read(Path::new(&format!("/proc/{pid}/stat")));
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    after
+        .split_whitespace()
+        .nth(19)
+        .and_then(|t| t.parse().ok())
+        .expect("start time")
+}
+
+#[test]
+fn stop_never_signals_a_process_a_tampered_ledger_names() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let mut c = guard(&state);
+    c.args(["--run-id", "tampered", "--", "true"]);
+    assert_eq!(run(c).status.code(), Some(0));
+    let victim = Command::new("sleep").arg("300").spawn().expect("sleep");
+    let pid = victim.id();
+    let path = state.join("runs/tampered/ledger.json");
+    let mut l: serde_json::Value = serde_json::from_str(&read(&path)).expect("ledger");
+    l["state"] = "running".into();
+    l["costguard"] = serde_json::json!({"pid": pid, "start_ticks": start_ticks(pid)});
+    std::fs::write(&path, l.to_string()).expect("tamper");
+    let mut c = guard(&state);
+    c.args(["stop", "tampered"]);
+    let o = run(c);
+    let err = stderr(&o);
+    let survived = alive(pid as i32);
+    end(victim);
+    assert!(
+        survived,
+        "costguard stop signalled an unrelated process: {err}"
+    );
+    assert_eq!(o.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains(&format!("not stopping pid {pid}")) && err.contains("not costguard"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_armed_agent_stopped_by_a_signal_records_stopped_not_completed() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    // One GPU and no process on it: over budget, the agent has nothing to kill.
+    let mut c = costguard_on_gpus(
+        d.path(),
+        &serde_json::json!({ "gpus": gpus(1, "NVIDIA H100 80GB HBM3", 100) }),
+    );
+    c.env("COSTGUARD_STATE_DIR", &state).args([
+        "agent",
+        "--run-id",
+        "armed",
+        "--interval",
+        "100ms",
+        "--usd-per-hour",
+        "3600",
+        "--max-usd",
+        "1",
+    ]);
+    let child = spawn_logged(c, d.path());
+    let pid = child.id() as i32;
+    let armed = wait_until(Duration::from_secs(15), || {
+        read(&d.path().join("err")).contains("over budget, no targets")
+    });
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let st = exits_within(child, Duration::from_secs(15), "armed agent");
+    let err = read(&d.path().join("err"));
+    assert!(armed, "{err}");
+    assert_eq!(st.code(), Some(143), "{err}");
+    let l = ledger(&state, "armed");
+    assert_eq!(l["state"], "stopped", "{l}");
+    assert_eq!(l["exit_code"], 143, "{l}");
+    assert!(
+        err.contains("agent stopped: stopped by SIGTERM while over budget"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_agent_refuses_a_host_memory_ceiling_it_cannot_measure() {
+    let d = tempdir();
+    let mut c = costguard_on_gpus(
+        d.path(),
+        &serde_json::json!({ "gpus": gpus(1, "NVIDIA H100 80GB HBM3", 100) }),
+    );
+    c.env("COSTGUARD_STATE_DIR", d.path().join("state")).args([
+        "agent",
+        "--max-host-mem",
+        "1GiB",
+        "--max-wall",
+        "2s",
+    ]);
+    let child = spawn_logged(c, d.path());
+    let st = exits_within(child, Duration::from_secs(15), "agent --max-host-mem");
+    let err = read(&d.path().join("err"));
+    assert_eq!(st.code(), Some(125), "{err}");
+    assert!(
+        err.contains("--max-host-mem is not available to costguard agent"),
+        "{err}"
+    );
+}
