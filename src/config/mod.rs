@@ -293,6 +293,30 @@ fn on_exit(cmd: Option<String>, allowed: bool) -> Result<Option<String>, ConfigE
     Ok(Some(cmd))
 }
 
+/// The exit hook (checked for side effects) and how long it may run.
+fn exit_hook(
+    args: &GuardArgs,
+    file: &mut FileConfig,
+) -> Result<(Option<String>, Duration), ConfigError> {
+    let cmd = on_exit(
+        args.on_exit.clone().or(file.on_exit.take()),
+        args.allow_side_effects || file.allow_side_effects.unwrap_or(false),
+    )?;
+    let timeout = positive(
+        conv(
+            pick(
+                &args.on_exit_timeout,
+                file.on_exit_timeout.take(),
+                "on-exit-timeout",
+            ),
+            units::parse_duration,
+        )?,
+        "on-exit-timeout",
+    )?
+    .unwrap_or(Duration::from_secs(300));
+    Ok((cmd, timeout))
+}
+
 /// How the job is priced: an explicit rate, energy, and what to ask the box.
 struct Rates {
     usd_per_hour: Option<f64>,
@@ -428,6 +452,7 @@ impl Settings {
         let w = Watchdogs::resolve(args, &mut file)?;
         let fleet = resolve_fleet(args, &mut file)?;
         let r = Rates::resolve(args, &mut file)?;
+        let (on_exit, on_exit_timeout) = exit_hook(args, &mut file)?;
         let s = |x: Option<Scalar>| x.map(Scalar::into_string);
         let money = |v: &str| units::parse_money(v);
         let dur = |v: &str| units::parse_duration(v);
@@ -467,22 +492,6 @@ impl Settings {
             .or(file.state_dir)
             .unwrap_or_else(default_state_dir);
         let notify = resolve_notify(args, file.notify)?;
-        let on_exit = on_exit(
-            args.on_exit.clone().or(file.on_exit),
-            args.allow_side_effects || file.allow_side_effects.unwrap_or(false),
-        )?;
-        let on_exit_timeout = positive(
-            conv(
-                pick(
-                    &args.on_exit_timeout,
-                    file.on_exit_timeout,
-                    "on-exit-timeout",
-                ),
-                dur,
-            )?,
-            "on-exit-timeout",
-        )?
-        .unwrap_or(Duration::from_secs(300));
 
         let settings = Settings {
             max_usd,

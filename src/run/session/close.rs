@@ -216,13 +216,15 @@ impl Session {
                         return ending;
                     }
                 }
-                LoopEvent::Signal(sig) => return Ending::Disarmed {
-                    signal: sig,
-                    detail: format!(
+                LoopEvent::Signal(sig) => {
+                    return Ending::Disarmed {
+                        signal: sig,
+                        detail: format!(
                         "stopped by {} while over budget with no GPU process to kill ({evidence})",
                         sig.as_str()
                     ),
-                },
+                    }
+                }
                 _ => {}
             }
         }
