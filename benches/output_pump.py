@@ -5,7 +5,9 @@ costguard's memory while `yes` floods it.
 
 Run by hand after `cargo build --release`:
     python3 benches/output_pump.py [--bytes 2000000000] [--flood-seconds 20] [--bin PATH]
-Prints a table. Targets: >= 500 MB/s of 100-byte lines, RSS <= 32 MiB.
+        [--regex 'step (\d+)'] [--no-flood]
+Prints a table. Targets: >= 500 MB/s of 100-byte lines, RSS <= 32 MiB; with --regex, the
+--progress-regex path at >= 50 % of the --stall-only one.
 """
 import argparse, os, subprocess, tempfile, time
 
@@ -34,6 +36,8 @@ def main():
     ap.add_argument("--bytes", type=int, default=2_000_000_000)
     ap.add_argument("--flood-seconds", type=int, default=20)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "costguard"))
+    ap.add_argument("--regex", help="also time --progress-regex REGEX (the lines never match)")
+    ap.add_argument("--no-flood", action="store_true", help="skip the memory flood")
     a = ap.parse_args()
     env = {k: v for k, v in os.environ.items() if not k.startswith("COSTGUARD_")}
     env.update(COSTGUARD_GPU="none", COSTGUARD_STATE_DIR=tempfile.mkdtemp())
@@ -44,6 +48,12 @@ def main():
     print(f"{'path':34} {'seconds':>8} {'MB/s':>8}")
     print(f"{'yes | head | cat':34} {plain:8.2f} {mb / plain:8.0f}")
     print(f"{'costguard --stall (reads output)':34} {guarded:8.2f} {mb / guarded:8.0f}")
+    if a.regex:
+        rx = timed([a.bin, "-q", "--no-listen", "--stall", "1h", "--progress-regex", a.regex,
+                    "--", "sh", "-c", job], env)
+        print(f"{'costguard --stall --progress-regex':34} {rx:8.2f} {mb / rx:8.0f}")
+    if a.no_flood:
+        return
     # Memory under a flood: `yes` for N seconds, costguard's RSS sampled every 100 ms.
     p = subprocess.Popen([a.bin, "-q", "--no-listen", "--stall", "1h", "--max-wall",
                           f"{a.flood_seconds}s", "--", "yes"], env=env,

@@ -519,6 +519,11 @@ pub struct GuardArgs {
     #[arg(long, env = "COSTGUARD_ON_EXIT", value_name = "CMD")]
     pub on_exit: Option<String>,
 
+    /// How long the exit hook may run: then TERM, and KILL 5 s later, to its whole
+    /// process group [default: 5m].
+    #[arg(long, env = "COSTGUARD_ON_EXIT_TIMEOUT", value_name = "DURATION")]
+    pub on_exit_timeout: Option<String>,
+
     /// After a kill, stop what bills: stop (or terminate) this box through its provider's API
     /// with the credential the box already has [default: none]. terminate destroys disks and
     /// needs --allow-side-effects.

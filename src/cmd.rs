@@ -317,6 +317,14 @@ pub fn stop(state: &Path, id: Option<&str>) -> ExitCode {
         crate::console::outln(format!("run {id} is not running ({})", state_word(&l)));
         return ExitCode::SUCCESS;
     };
+    // The ledger is a file anyone with the state directory can edit: signal the pid only
+    // when it is this run's costguard.
+    if let Err(why) = costguard_of(cg.pid, &dir, id) {
+        return err(format!(
+            "run {id}: not stopping pid {}: {why}; its ledger may have been edited",
+            cg.pid
+        ));
+    }
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(cg.pid),
         nix::sys::signal::Signal::SIGTERM,
@@ -352,6 +360,52 @@ fn meter_answer(settings: &Settings, check: &Result<crate::run::PriceCheck, Stri
         },
         (Err(e), true) => Answer { question: q, ok: false, text: e.clone() },
         (Err(_), false) => Answer { question: q, ok: true, text: "nothing (no --release)".into() },
+    }
+}
+
+/// Whether `pid` is a costguard of run `id`: its executable is this very binary (or one
+/// named costguard), and it holds the run directory's lock, or names the run id on its
+/// command line or in COSTGUARD_RUN_ID.
+fn costguard_of(pid: i32, dir: &Path, id: &str) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let exe = std::fs::read_link(proc.join("exe"))
+        .map_err(|e| format!("cannot read its executable: {e}"))?;
+    let same = match (
+        std::fs::metadata(proc.join("exe")),
+        std::fs::metadata("/proc/self/exe"),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    let named = exe
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("costguard"));
+    if !same && !named {
+        return Err(format!("it is {}, not costguard", exe.display()));
+    }
+    let lock = std::fs::canonicalize(dir.join("lock")).ok();
+    let holds_lock = lock.is_some_and(|lock| {
+        std::fs::read_dir(proc.join("fd"))
+            .map(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == lock))
+            })
+            .unwrap_or(false)
+    });
+    let words = |f: &str| std::fs::read(proc.join(f)).unwrap_or_default();
+    let cmdline = words("cmdline");
+    let environ = words("environ");
+    let env_id = format!("COSTGUARD_RUN_ID={id}");
+    let flag_id = format!("--run-id={id}");
+    let names_id = cmdline
+        .split(|b| *b == 0)
+        .any(|w| w == id.as_bytes() || w == flag_id.as_bytes())
+        || environ.split(|b| *b == 0).any(|w| w == env_id.as_bytes());
+    if holds_lock || names_id {
+        Ok(())
+    } else {
+        Err(format!("that costguard is not running run {id}"))
     }
 }
 

@@ -84,6 +84,58 @@ pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Reads a file a person named (the config file, a plan, a secret's file) as UTF-8 text: a
+/// symbolic link is followed (Kubernetes mounts ConfigMaps and Secrets as links), but what it
+/// ends at must be a regular file of at most `max` bytes. A FIFO, a device such as
+/// /dev/zero, a socket or a directory is refused at once (opened with O_NONBLOCK, so a FIFO
+/// without a writer does not hang the open, then checked) — never read until memory runs
+/// out. The errors do not repeat the path: the caller names the flag and the path.
+pub fn read_given(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    let t = meta.file_type();
+    let what = if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_char_device() || t.is_block_device() {
+        Some("a device")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if !t.is_file() {
+        Some("not a regular file")
+    } else {
+        None
+    };
+    if let Some(what) = what {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{what}, not a regular file"),
+        ));
+    }
+    let too_big = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        )
+    };
+    if meta.len() > max {
+        return Err(too_big());
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    f.take(max + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        return Err(too_big());
+    }
+    String::from_utf8(out)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 /// Creates `dir` (and parents) readable only by the owner: it may hold notification payloads.
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -126,5 +178,25 @@ mod tests {
         std::fs::write(&big, vec![b'x'; 101]).expect("write");
         assert!(read_bounded(&big, 100).is_err());
         assert_eq!(read_bounded(&big, 101).expect("fits").len(), 101);
+    }
+
+    #[test]
+    fn given_files_follow_links_but_refuse_devices_fifos_and_big_files() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let e = read_given(&fifo, 100).expect_err("a FIFO is refused, and does not hang");
+        assert_eq!(e.to_string(), "a FIFO, not a regular file");
+        let e = read_given(Path::new("/dev/zero"), 100).expect_err("a device is refused");
+        assert_eq!(e.to_string(), "a device, not a regular file");
+        let real = d.path().join("real.toml");
+        std::fs::write(&real, "max-usd = 5\n").expect("write");
+        let link = d.path().join("link.toml");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        assert_eq!(read_given(&link, 100).expect("followed"), "max-usd = 5\n");
+        assert!(read_given(&link, 5).is_err());
+        let zero = d.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+        assert!(read_given(&zero, 1 << 20).is_err());
     }
 }

@@ -2,6 +2,9 @@
 //! and `/timeline.svg`. Handlers read the last snapshot, the series and the metric atomics;
 //! they never call NVML or wait on the run loop. One server per process (one process runs
 //! one run): a plan's next phase gets the running server, now showing the new phase.
+//! At most `MAX_CONNECTIONS` are open at once; the rest are closed as soon as they are
+//! accepted, so no number of idle clients can take the descriptors the kill and the run
+//! record need.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -99,6 +102,82 @@ async fn timeline(State(c): State<Current>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "image/svg+xml"), NO_STORE], body)
 }
 
+/// The most HTTP connections open at once (a scrape, a browser or two need a handful).
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// A listener that holds at most `MAX_CONNECTIONS` connections: one accepted beyond the cap is
+/// closed at once (the client sees the connection end, and may retry).
+struct Capped {
+    inner: tokio::net::TcpListener,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+/// An accepted connection with its place under the cap, given back when it closes.
+struct CappedStream {
+    stream: tokio::net::TcpStream,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for Capped {
+    type Io = CappedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (CappedStream, SocketAddr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => match self.permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let _permit = permit;
+                        return (CappedStream { stream, _permit }, addr);
+                    }
+                    // Closed here, before it costs more than the moment it took.
+                    Err(_) => drop(stream),
+                },
+                // Out of descriptors (or the client gave up): wait a little, never spin.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+impl tokio::io::AsyncRead for CappedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// Binds `addr` and serves until the process ends (or shows `shared` on the server already
 /// running). Returns the bound address.
 pub async fn serve(addr: SocketAddr, shared: Shared) -> std::io::Result<SocketAddr> {
@@ -122,6 +201,10 @@ pub async fn serve(addr: SocketAddr, shared: Shared) -> std::io::Result<SocketAd
         .route("/series", get(series))
         .route("/timeline.svg", get(timeline))
         .with_state(current);
+    let listener = Capped {
+        inner: listener,
+        permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+    };
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

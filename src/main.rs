@@ -203,6 +203,14 @@ fn agent(a: costguard::cli::AgentArgs) -> ExitCode {
     if settings.gpu == costguard::config::GpuMode::Auto {
         settings.gpu = costguard::config::GpuMode::Nvml;
     }
+    if settings.max_host_mem.is_some() {
+        // The agent guards other processes' GPU work and samples no process tree of its
+        // own: a host-memory ceiling would read 0 and never fire. Refused, not pretended.
+        costguard::console::error(
+            "--max-host-mem is not available to costguard agent: it measures no process tree (its targets are GPU processes it did not start); use --max-gpu-mem, or wrap the job with costguard run for a host-memory ceiling",
+        );
+        return ExitCode::from(exit::OWN_FAILURE);
+    }
     costguard::console::set_quiet(settings.quiet);
     costguard::redact::install(settings.notify.secrets());
     let target = match Selection::parse(&a.target) {

@@ -85,6 +85,8 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     #[serde(alias = "on_exit")]
     pub on_exit: Option<String>,
+    #[serde(alias = "on_exit_timeout")]
+    pub on_exit_timeout: Option<String>,
     #[serde(alias = "fleet_max_usd")]
     pub fleet_max_usd: Option<Scalar>,
     #[serde(alias = "prometheus_url")]
@@ -111,20 +113,27 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        // Bounded and a regular file (links followed): /dev/zero or a FIFO is an error.
+        let text =
+            crate::fsutil::read_given(path, MAX_FILE).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: explain(&text, &e),
+            message: explain(&text, &e, KEYS_HINT),
         })
     }
 }
 
+/// The largest config (or plan) file read: far more than any real one.
+pub(crate) const MAX_FILE: u64 = 1 << 20;
+
+const KEYS_HINT: &str = "the keys are the long flags without `--` (costguard --help)";
+
 /// A TOML error as a person fixes it: the line, the key, and for an unknown key the nearest
-/// known one (instead of the ~60 accepted names, twice).
-fn explain(text: &str, e: &toml::de::Error) -> String {
+/// known one (instead of the ~60 accepted names, twice), else `keys_hint`.
+pub(crate) fn explain(text: &str, e: &toml::de::Error, keys_hint: &str) -> String {
     let line_no = e
         .span()
         .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
@@ -150,7 +159,7 @@ fn explain(text: &str, e: &toml::de::Error) -> String {
             .min();
         let hint = match near {
             Some((_, k)) => format!("; did you mean `{k}`?"),
-            None => "; the keys are the long flags without `--` (costguard --help)".into(),
+            None => format!("; {keys_hint}"),
         };
         return format!("{at}unknown key `{key}`{hint}");
     }
@@ -170,7 +179,7 @@ mod tests {
 
     fn parse_error(text: &str) -> String {
         let e = toml::from_str::<FileConfig>(text).expect_err("refused");
-        explain(text, &e)
+        explain(text, &e, KEYS_HINT)
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::units::{self, MemLimit, UnitError};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9947";
 
 mod file;
+pub(crate) use file::{explain, MAX_FILE};
 pub use file::{FileConfig, Scalar};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +31,7 @@ pub enum ConfigError {
         #[source]
         source: UnitError,
     },
-    #[error("failed to read config file {path}: {source}")]
+    #[error("cannot read --config {path}: {source}")]
     Read {
         path: PathBuf,
         #[source]
@@ -100,6 +101,8 @@ pub struct Settings {
     pub on_exit: Option<String>,
     /// Whether and how the box is released after the run.
     pub release: crate::cloud::release::Settings,
+    /// How long the exit hook may run before its process group is ended.
+    pub on_exit_timeout: Duration,
     /// Started with --no-preflight: recorded in status and the report.
     pub no_preflight: bool,
     /// Set by a plan for each of its phases.
@@ -350,6 +353,30 @@ fn on_exit(cmd: Option<String>, allowed: bool) -> Result<Option<String>, ConfigE
     Ok(Some(cmd))
 }
 
+/// The exit hook (checked for side effects) and how long it may run.
+fn exit_hook(
+    args: &GuardArgs,
+    file: &mut FileConfig,
+) -> Result<(Option<String>, Duration), ConfigError> {
+    let cmd = on_exit(
+        args.on_exit.clone().or(file.on_exit.take()),
+        args.allow_side_effects || file.allow_side_effects.unwrap_or(false),
+    )?;
+    let timeout = positive(
+        conv(
+            pick(
+                &args.on_exit_timeout,
+                file.on_exit_timeout.take(),
+                "on-exit-timeout",
+            ),
+            units::parse_duration,
+        )?,
+        "on-exit-timeout",
+    )?
+    .unwrap_or(Duration::from_secs(300));
+    Ok((cmd, timeout))
+}
+
 /// How the job is priced: an explicit rate, energy, and what to ask the box.
 struct Rates {
     usd_per_hour: Option<f64>,
@@ -487,6 +514,7 @@ impl Settings {
         let r = Rates::resolve(args, &mut file)?;
         let allowed = args.allow_side_effects || file.allow_side_effects.unwrap_or(false);
         let release = resolve_release(args, &mut file, allowed)?;
+        let (on_exit, on_exit_timeout) = exit_hook(args, &mut file)?;
         let s = |x: Option<Scalar>| x.map(Scalar::into_string);
         let money = |v: &str| units::parse_money(v);
         let dur = |v: &str| units::parse_duration(v);
@@ -526,7 +554,6 @@ impl Settings {
             .or(file.state_dir)
             .unwrap_or_else(default_state_dir);
         let notify = resolve_notify(args, file.notify)?;
-        let on_exit = on_exit(args.on_exit.clone().or(file.on_exit), allowed)?;
 
         let settings = Settings {
             max_usd,
@@ -566,6 +593,7 @@ impl Settings {
             run_id: args.run_id.clone(),
             on_exit,
             release,
+            on_exit_timeout,
             no_preflight: false,
             phase: None,
             plan: args.plan.clone().or(file.plan),

@@ -68,7 +68,9 @@ fn secret(
     cfg_file: Option<PathBuf>,
 ) -> Result<Option<(Secret, String)>, ConfigError> {
     let read = |p: &PathBuf, origin: String| -> Result<Option<(Secret, String)>, ConfigError> {
-        let text = std::fs::read_to_string(p).map_err(|e| {
+        // A secret is a line: a regular file of at most 64 KiB (links followed), never a
+        // FIFO or a device read until memory runs out.
+        let text = crate::fsutil::read_given(p, 64 << 10).map_err(|e| {
             ConfigError::Invalid(format!("cannot read {origin} {}: {e}", p.display()))
         })?;
         let v = text.trim();

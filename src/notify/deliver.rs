@@ -174,6 +174,9 @@ async fn run_command(
         }
     };
     let pid = child.id();
+    // Abandoned at the flush deadline (this future dropped), its whole group goes: a hanging
+    // command must not outlive costguard.
+    let mut group = GroupGuard(pid.map(|p| nix::unistd::Pid::from_raw(p as i32)));
     // One event per line: `cat >> log` keeps them apart.
     let mut bytes = serde_json::to_vec(body).unwrap_or_default();
     bytes.push(b'\n');
@@ -184,7 +187,12 @@ async fn run_command(
         }
         child.wait().await
     };
-    match tokio::time::timeout(timeout, run).await {
+    let done = tokio::time::timeout(timeout, run).await;
+    if matches!(done, Ok(Ok(_))) {
+        // It ended by itself: whatever it left running in the background is its business.
+        group.0 = None;
+    }
+    match done {
         Ok(Ok(s)) if s.success() => Outcome::Delivered,
         Ok(Ok(s)) => Outcome::Retry {
             after: None,
@@ -194,21 +202,24 @@ async fn run_command(
             after: None,
             why: format!("the notify command failed: {e}"),
         },
-        Err(_) => {
-            if let Some(pid) = pid {
-                // Its whole group: a shell's children go too.
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            Outcome::Retry {
-                after: None,
-                why: format!(
-                    "the notify command took longer than {}",
-                    crate::units::format_duration(timeout)
-                ),
-            }
+        // Its whole group goes with `group`: a shell's children too.
+        Err(_) => Outcome::Retry {
+            after: None,
+            why: format!(
+                "the notify command took longer than {}",
+                crate::units::format_duration(timeout)
+            ),
+        },
+    }
+}
+
+/// Kills the notify command's process group when dropped, unless it ended by itself.
+struct GroupGuard(Option<nix::unistd::Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

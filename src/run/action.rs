@@ -63,6 +63,9 @@ pub enum Ending {
     HolderLost,
     /// The agent was told to stop (TERM from the kubelet, Ctrl-C).
     Stop(String),
+    /// A signal ended an agent armed at a ceiling with nothing to kill yet: the run did not
+    /// complete, it was stopped (recorded `stopped`, exit 128+N).
+    Disarmed { signal: Signal, detail: String },
 }
 
 /// One thing to do, decided by the run state.

@@ -45,12 +45,40 @@ impl Tail {
 #[derive(Debug, Clone)]
 pub struct LineJudge {
     regex: Option<Regex>,
+    /// The same pattern over bytes, `^`/`$` at line ends: finds the chunk's last matching
+    /// line without a string or a lock per line.
+    lines: Option<regex::bytes::Regex>,
     last: Option<f64>,
 }
 
 impl LineJudge {
     pub fn new(regex: Option<Regex>) -> Self {
-        LineJudge { regex, last: None }
+        let lines = regex.as_ref().and_then(|r| {
+            regex::bytes::RegexBuilder::new(r.as_str())
+                .multi_line(true)
+                .crlf(true)
+                .build()
+                .ok()
+        });
+        LineJudge {
+            regex,
+            lines,
+            last: None,
+        }
+    }
+
+    /// The last line of `text` (complete lines, ended by `\n` or `\r`) the regex matches.
+    /// The step number only has to grow, so the chunk's last step is the one that counts;
+    /// a chunk without a match costs one scan of the regex, no work per line.
+    pub fn last_match<'a>(&self, text: &'a [u8]) -> Option<&'a [u8]> {
+        let re = self.lines.as_ref()?;
+        // A match in a line is a match in the text (line ends are `^`/`$`): none here, none
+        // in any line.
+        if !re.is_match(text) {
+            return None;
+        }
+        text.rsplit(|b| *b == b'\n' || *b == b'\r')
+            .find(|line| re.is_match(line))
     }
 
     pub fn has_regex(&self) -> bool {
@@ -189,7 +217,6 @@ impl Lines {
             self.keep(chunk);
             return;
         };
-        let has_regex = sinks.judge.lock().map(|j| j.has_regex()).unwrap_or(false);
         let first: std::borrow::Cow<[u8]> = if self.partial.is_empty() {
             std::borrow::Cow::Borrowed(&chunk[..=last_end])
         } else {
@@ -197,41 +224,29 @@ impl Lines {
             joined.extend_from_slice(&chunk[..=last_end]);
             std::borrow::Cow::Owned(joined)
         };
-        if has_regex {
-            // Every line may carry a step number.
-            for line in first.split(is_end) {
-                self.offer(line, sinks, true);
-            }
-        } else {
-            // Any line is progress: the last ones are all the tail and the stall watchdog
-            // need, however many the chunk holds.
-            let mut last: Vec<&[u8]> = first
-                .rsplit(is_end)
-                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-                .take(Tail::KEEP)
-                .collect();
-            last.reverse();
-            let n = last.len();
-            for (i, line) in last.into_iter().enumerate() {
-                self.offer(line, sinks, i + 1 == n);
+        // The tail needs the last lines only, however many the chunk holds.
+        let mut last: Vec<&[u8]> = first
+            .rsplit(is_end)
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .take(Tail::KEEP)
+            .collect();
+        last.reverse();
+        for line in &last {
+            sinks.tail.push(String::from_utf8_lossy(line).into_owned());
+        }
+        if let Ok(mut judge) = sinks.judge.lock() {
+            // With a regex, the chunk's last matching line (its step is the highest that
+            // counts: steps only grow); without one, any line is progress: the last.
+            let line = if judge.has_regex() {
+                judge.last_match(&first)
+            } else {
+                last.last().copied()
+            };
+            if let Some(p) = line.and_then(|l| judge.judge(&String::from_utf8_lossy(l))) {
+                let _ = sinks.progress.try_send(p);
             }
         }
         self.keep(&chunk[last_end + 1..]);
-    }
-
-    fn offer(&self, line: &[u8], sinks: &PumpSinks, judge: bool) {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            return;
-        }
-        let text = String::from_utf8_lossy(line);
-        sinks.tail.push(text.clone().into_owned());
-        if !judge {
-            return;
-        }
-        let verdict = sinks.judge.lock().ok().and_then(|mut j| j.judge(&text));
-        if let Some(p) = verdict {
-            let _ = sinks.progress.try_send(p);
-        }
     }
 
     /// Keeps the start of an unfinished line, bounded: a line without an end for megabytes
@@ -256,5 +271,55 @@ mod tests {
         assert_eq!(j.judge("step 2").and_then(|p| p.step), Some(2.0));
         let mut any = LineJudge::new(None);
         assert!(any.judge("anything").is_some());
+    }
+
+    fn sinks(re: &str) -> (PumpSinks, mpsc::Receiver<LineProgress>) {
+        let (tx, rx) = mpsc::channel(16);
+        let judge = LineJudge::new(Some(Regex::new(re).expect("re")));
+        let s = PumpSinks {
+            judge: Arc::new(Mutex::new(judge)),
+            tail: Tail::default(),
+            progress: tx,
+            log: None,
+        };
+        (s, rx)
+    }
+
+    fn steps(rx: &mut mpsc::Receiver<LineProgress>) -> Vec<f64> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .filter_map(|p| p.step)
+            .collect()
+    }
+
+    #[test]
+    fn the_last_step_of_a_chunk_is_what_counts() {
+        let (s, mut rx) = sinks(r"^step (\d+)");
+        let mut l = Lines::default();
+        l.take(b"step 1\nstep 2\nnoise\nstep 3\nnoise\n", &s);
+        assert_eq!(
+            steps(&mut rx),
+            vec![3.0],
+            "one signal per chunk: its last step"
+        );
+        // A chunk whose last step is not above the one seen is no progress.
+        l.take(b"step 9\nstep 2\n", &s);
+        assert_eq!(steps(&mut rx), Vec::<f64>::new());
+        l.take(b"nothing here\r\n", &s);
+        assert_eq!(steps(&mut rx), Vec::<f64>::new());
+        // `^` is a line start, not the chunk's: the anchored pattern finds "step 10".
+        l.take(b"x\nstep 10\nx\n", &s);
+        assert_eq!(steps(&mut rx), vec![10.0]);
+        assert_eq!(s.tail.snapshot().last().map(String::as_str), Some("x"));
+    }
+
+    #[test]
+    fn a_step_line_split_across_chunks_still_counts() {
+        let (s, mut rx) = sinks(r"step (\d+)");
+        let mut l = Lines::default();
+        l.take(b"noise\nst", &s);
+        assert_eq!(steps(&mut rx), Vec::<f64>::new());
+        l.take(b"ep 4", &s);
+        l.take(b"2 done\nmore noise\n", &s);
+        assert_eq!(steps(&mut rx), vec![42.0]);
     }
 }

@@ -80,10 +80,17 @@ fn abort_of(v: Option<&str>, default: bool, origin: &str) -> Result<bool, String
 
 /// Reads and checks the plan; every error names the phase and the bad value.
 pub fn load(path: &Path) -> Result<Vec<Phase>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read plan {}: {e}", path.display()))?;
-    let plan: PlanFile = toml::from_str(&text)
-        .map_err(|e| format!("invalid plan {}: {}", path.display(), e.message()))?;
+    // Bounded and a regular file (links followed): /dev/zero or a FIFO is an error.
+    let text = crate::fsutil::read_given(path, crate::config::MAX_FILE)
+        .map_err(|e| format!("cannot read --plan {}: {e}", path.display()))?;
+    let plan: PlanFile = toml::from_str(&text).map_err(|e| {
+        let hint = "a plan's keys are on_kill and [[phase]] tables of name, command, max_wall, max_usd, idle, stall, expected, on_kill";
+        format!(
+            "invalid plan {}: {}",
+            path.display(),
+            crate::config::explain(&text, &e, hint)
+        )
+    })?;
     if plan.phase.is_empty() {
         return Err(format!(
             "plan {} has no [[phase]]: nothing to run",

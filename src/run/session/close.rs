@@ -82,7 +82,7 @@ impl Session {
             }
             Ending::Leader(_) => target.finish_leftovers(grace, force).await,
             Ending::HolderLost => ended_pids = self.kill_lost(&mut target, force).await,
-            Ending::Stop(_) => {}
+            Ending::Stop(_) | Ending::Disarmed { .. } => {}
         }
         target.close().await;
         let leader = match &ending {
@@ -280,10 +280,13 @@ impl Session {
                     }
                 }
                 LoopEvent::Signal(sig) => {
-                    return Ending::Stop(format!(
+                    return Ending::Disarmed {
+                        signal: sig,
+                        detail: format!(
                         "stopped by {} while over budget with no GPU process to kill ({evidence})",
                         sig.as_str()
-                    ))
+                    ),
+                    }
                 }
                 _ => {}
             }
@@ -357,6 +360,12 @@ impl Session {
                 format!("{evidence}; ended pids {pids:?}"),
             ),
             (TargetKind::Agent, Ending::Stop(d), _) => v(0, Outcome::Completed, d.clone()),
+            // Over budget and stopped before it could kill: never "completed", never 0.
+            (_, Ending::Disarmed { signal, detail }, _) => v(
+                JobStatus::Signaled(*signal as i32).code(),
+                Outcome::Stopped,
+                detail.clone(),
+            ),
             (
                 _,
                 Ending::Kill {

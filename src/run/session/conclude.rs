@@ -46,7 +46,7 @@ impl Session {
                 crate::console::alert(format!("report: {}", p.display()));
             }
             if let (Some(cmd), Some(l)) = (&self.settings.on_exit, &ledger) {
-                crate::run::exit_hook::run(cmd, l).await;
+                crate::run::exit_hook::run(cmd, l, self.settings.on_exit_timeout).await;
             }
         }
         self.flush_notifications(ended).await;
