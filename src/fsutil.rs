@@ -46,6 +46,82 @@ pub fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Opens a file of the state directory for appending (or, with `append` false, for writing
+/// without truncating, as a lock file is), creating it: never through a symbolic link and
+/// never blocking on a FIFO (O_NOFOLLOW | O_NONBLOCK), and only a regular file — anything
+/// else at a record path is an error to report, not a hang.
+pub fn open_record(path: &Path, append: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.create(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .mode(0o600);
+    if append {
+        o.append(true);
+    } else {
+        o.write(true).truncate(false);
+    }
+    let f = o.open(path).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) => std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is a symbolic link, not a regular file", path.display()),
+        ),
+        Some(libc::ENXIO) => std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is a FIFO, not a regular file", path.display()),
+        ),
+        _ => e,
+    })?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    // Blocking again for the writes themselves (a regular file never blocks).
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    // SAFETY: fcntl on a descriptor this function owns.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(f)
+}
+
+/// The last `max` bytes of a state-directory file (whatever its size), from its first whole
+/// line: an event log is read from its tail, never skipped for being big.
+pub fn read_tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    let start = meta.len().saturating_sub(max);
+    f.seek(SeekFrom::Start(start))?;
+    let mut b = Vec::new();
+    f.take(max).read_to_end(&mut b)?;
+    if start > 0 {
+        // A partial first line is not an event.
+        let cut = b
+            .iter()
+            .position(|c| *c == b'\n')
+            .map_or(b.len(), |i| i + 1);
+        b.drain(..cut);
+    }
+    Ok(b)
+}
+
 /// Reads a file of the state directory defensively: a regular file only (no FIFO, device or
 /// symlink: opened with O_NOFOLLOW | O_NONBLOCK, then checked), at most `max` bytes.
 pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {

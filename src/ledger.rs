@@ -327,10 +327,7 @@ impl Ledger {
 
 /// Appends one event to `events.jsonl` (flushed; fsynced for kills and endings).
 pub fn append_event(run_dir: &Path, e: &Event) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run_dir.join("events.jsonl"))?;
+    let mut f = crate::fsutil::open_record(&run_dir.join("events.jsonl"), true)?;
     let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;
     line.push(b'\n');
     f.write_all(&line)?;
@@ -356,11 +353,34 @@ pub fn read_events(run_dir: &Path) -> Vec<Event> {
 /// resume takes the larger of this and the ledger, so a ledger that stopped being written
 /// never credits the run with money it spent.
 pub fn spend_in_events(run_dir: &Path) -> f64 {
-    read_events(run_dir)
+    tail_events(run_dir)
         .iter()
         .map(|e| e.spend_dollars)
         .filter(|s| s.is_finite())
         .fold(0.0, f64::max)
+}
+
+/// The highest event sequence number in the event log (`<run-id>-<seq>`): event ids go on
+/// from there, never from a ledger that may be older than the log.
+pub fn last_seq_in_events(run_dir: &Path) -> u64 {
+    tail_events(run_dir)
+        .iter()
+        .filter_map(|e| e.id.rsplit('-').next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// The events at the log's end (its last 4 MiB, whatever its size): each carries the run's
+/// totals, so the tail is what a resume needs.
+fn tail_events(run_dir: &Path) -> Vec<Event> {
+    crate::fsutil::read_tail(&run_dir.join("events.jsonl"), 4 << 20)
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `<state-dir>/runs`.

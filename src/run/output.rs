@@ -115,10 +115,7 @@ pub struct CappedLog {
 
 impl CappedLog {
     pub fn open(path: &std::path::Path, max: u64) -> std::io::Result<CappedLog> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let file = crate::fsutil::open_record(path, true)?;
         let written = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(CappedLog {
             path: path.to_path_buf(),

@@ -79,12 +79,7 @@ fn lock(id: &str, dir: &std::path::Path) -> Result<Flock<File>, RecordError> {
         dir: dir.display().to_string(),
         source,
     };
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("lock"))
-        .map_err(io)?;
+    let f = crate::fsutil::open_record(&dir.join("lock"), false).map_err(io)?;
     Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
         if errno == nix::errno::Errno::EWOULDBLOCK {
             let who = match Ledger::load(dir).ok().flatten().and_then(|l| l.costguard) {
@@ -178,6 +173,21 @@ fn prev_with_events(
     prev: Option<Ledger>,
     notices: &mut Vec<String>,
 ) -> Option<Ledger> {
+    // Event ids go on from the log: a ledger saved once a second can be behind it.
+    let seq = ledger::last_seq_in_events(dir);
+    let prev = match prev {
+        Some(mut p) => {
+            p.events = p.events.max(seq);
+            Some(p)
+        }
+        None if seq > 0 => Some(Ledger {
+            run_id: id.to_string(),
+            sessions: 1,
+            events: seq,
+            ..Ledger::default()
+        }),
+        None => None,
+    };
     let logged = ledger::spend_in_events(dir);
     let on_record = prev.as_ref().map_or(0.0, |p| p.spend_dollars);
     if logged <= on_record {

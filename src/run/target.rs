@@ -58,7 +58,17 @@ impl JobTarget {
         }
         let (tx, rx) = mpsc::channel(64);
         let log = log
-            .and_then(|(p, max)| output::CappedLog::open(p, max).ok())
+            .and_then(|(p, max)| match output::CappedLog::open(p, max) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    // Never a hang (a FIFO there), never written through a link: said.
+                    crate::console::alert(format!(
+                        "notice: the job's output is not kept in {}: {e}",
+                        p.display()
+                    ));
+                    None
+                }
+            })
             .map(|l| Arc::new(Mutex::new(l)));
         let sinks = output::PumpSinks {
             judge: Arc::new(Mutex::new(judge)),
