@@ -465,6 +465,12 @@ pub struct GuardArgs {
     )]
     pub linger: Option<String>,
 
+    /// Fail-closed for money: kill the run once its record (ledger, event log) has failed to
+    /// be written for this long (a full or read-only disk), or `off` to run on unrecorded
+    /// [default: 60s].
+    #[arg(long, env = "COSTGUARD_RECORD_GRACE", value_name = "DURATION|off")]
+    pub record_grace: Option<String>,
+
     /// GPUs are shared with other containers (time-slicing, MPS): memory of GPU processes
     /// whose pids do not resolve in this PID namespace is then not counted as the job's.
     /// By default a GPU the job holds is the job's alone, as the Kubernetes device plugin and

@@ -58,11 +58,13 @@ pub enum KillReason {
     GpuMem,
     HostMem,
     Fleet,
+    /// The run record stopped being written for --record-grace (fail-closed for money).
+    Record,
     Signal,
 }
 
 impl KillReason {
-    pub const ALL: [KillReason; 8] = [
+    pub const ALL: [KillReason; 9] = [
         KillReason::Usd,
         KillReason::Wall,
         KillReason::Idle,
@@ -70,6 +72,7 @@ impl KillReason {
         KillReason::GpuMem,
         KillReason::HostMem,
         KillReason::Fleet,
+        KillReason::Record,
         KillReason::Signal,
     ];
 
@@ -82,6 +85,7 @@ impl KillReason {
             KillReason::GpuMem => "gpu_mem",
             KillReason::HostMem => "host_mem",
             KillReason::Fleet => "fleet",
+            KillReason::Record => "record",
             KillReason::Signal => "signal",
         }
     }

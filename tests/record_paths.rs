@@ -158,3 +158,40 @@ fn a_huge_event_log_is_read_from_its_tail_on_resume() {
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("$40.00 already spent"), "{err}");
 }
+
+#[test]
+fn a_record_that_stops_being_written_kills_the_run_after_the_grace() {
+    // The state directory on a 2 MiB tmpfs in a private mount namespace, filled mid-run:
+    // every write of the record fails; after --record-grace 2s the run is killed (record),
+    // not left to spend unrecorded. Root, as CI: fails, never skips, without it.
+    let dir = tempdir();
+    let script = r#"
+S=$D/state; mkdir -p $S
+mount -t tmpfs -o size=2m none $S || exit 97
+$CG --run-id full --record-grace 2s --max-wall 60s -- sleep 60 2> $D/err &
+cg=$!
+n=0; while [ ! -s $S/runs/full/ledger.json ] && [ $n -lt 400 ]; do sleep 0.05; n=$((n+1)); done
+dd if=/dev/zero of=$S/fill bs=64k 2>/dev/null
+wait $cg; echo $? > $D/rc
+"#;
+    let mut c = std::process::Command::new("unshare");
+    default_signals(&mut c);
+    c.args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("CG", bin())
+        .env("D", dir.path())
+        .env("COSTGUARD_PROVIDER", "none")
+        .env("COSTGUARD_GPU", "none")
+        .env("COSTGUARD_LISTEN", "127.0.0.1:0")
+        .env("COSTGUARD_STATE_DIR", dir.path().join("state"))
+        .stdin(Stdio::null());
+    let (code, err, took) = run_within(c, Duration::from_secs(40));
+    assert_eq!(code, Some(0), "the namespace (root, as CI): {err}");
+    let rc = std::fs::read_to_string(dir.path().join("rc")).unwrap_or_default();
+    let e = std::fs::read_to_string(dir.path().join("err")).unwrap_or_default();
+    assert_eq!(rc.trim(), "124", "{e}");
+    assert!(
+        e.contains("killed: record: the run record has not been written for"),
+        "{e}"
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+}

@@ -76,6 +76,8 @@ pub struct FileConfig {
     #[serde(alias = "shared_gpus")]
     pub shared_gpus: Option<bool>,
     pub linger: Option<String>,
+    #[serde(alias = "record_grace")]
+    pub record_grace: Option<String>,
     pub listen: Option<String>,
     pub quiet: Option<bool>,
     /// Per-model price overrides in dollars per GPU-hour: `[prices] "NVIDIA H100 80GB HBM3" = 2.5`.

@@ -84,6 +84,8 @@ pub struct Settings {
     pub shared_gpus: bool,
     /// How long /metrics and /status keep serving after the run ends.
     pub linger: Duration,
+    /// How long failed record writes are tolerated before the run is killed (None: off).
+    pub record_grace: Option<Duration>,
     /// The agent ends (completed) once every GPU process it saw has ended by itself.
     pub exit_when_done: bool,
     /// The agent releases the box once idle this long (`--idle-box`).
@@ -421,6 +423,7 @@ struct Watchdogs {
     max_host_mem: Option<u64>,
     output_log_max: u64,
     linger: Duration,
+    record_grace: Option<Duration>,
 }
 
 impl Watchdogs {
@@ -486,7 +489,14 @@ impl Watchdogs {
             units::parse_duration,
         )?
         .unwrap_or(Duration::ZERO);
+        let record_grace = match pick(&args.record_grace, file.record_grace.take(), "record-grace")
+        {
+            Some((v, _)) if v.trim() == "off" => None,
+            p => positive(conv(p, units::parse_duration)?, "record-grace")?
+                .or(Some(Duration::from_secs(60))),
+        };
         Ok(Watchdogs {
+            record_grace,
             linger,
             output_log_max,
             interval,
@@ -581,6 +591,7 @@ impl Settings {
             output_log_max: w.output_log_max,
             shared_gpus: args.shared_gpus.or(file.shared_gpus).unwrap_or(false),
             linger: w.linger,
+            record_grace: w.record_grace,
             exit_when_done: false,
             idle_box: None,
             keep_if_logged_in: false,

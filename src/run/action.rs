@@ -42,6 +42,8 @@ pub enum LoopEvent {
     Preempted(crate::cloud::preempt::Notice),
     /// The run record could not be written (the ledger or the event log).
     RecordFailed(String),
+    /// The run record is written again after failures.
+    RecordRecovered,
     /// Every 200 ms: keep the spend counters and the record current.
     Tick,
     /// Every second on a terminal: redraw the live line.

@@ -26,7 +26,7 @@ pub struct Recorder {
     ev_tx: mpsc::UnboundedSender<Event>,
     task: tokio::task::JoinHandle<Result<(), String>>,
     /// Write failures of the record, for the run loop to raise (taken once).
-    errors: Option<mpsc::UnboundedReceiver<String>>,
+    errors: Option<mpsc::UnboundedReceiver<RecordNews>>,
     /// One costguard per run id: held until the record is closed; the kernel releases it
     /// however this process ends.
     _lock: Flock<File>,
@@ -254,6 +254,13 @@ async fn end_leftovers(id: &str, p: &Ledger, notices: &mut Vec<String>) -> f64 {
     extra
 }
 
+/// What the writer tells the loop: a write failed, or writes succeed again after failing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordNews {
+    Failed(String),
+    Recovered,
+}
+
 /// The writer task: the ledger at most once a second (the latest snapshot wins) and at once
 /// when the run closes; every event appended as it comes. A failed write is sent on
 /// `errors` at once (the loop raises it); the task ends with the last write's result.
@@ -261,10 +268,11 @@ fn spawn_writer(
     dir: PathBuf,
     mut rx: watch::Receiver<Ledger>,
     mut ev_rx: mpsc::UnboundedReceiver<Event>,
-    errors: mpsc::UnboundedSender<String>,
+    errors: mpsc::UnboundedSender<RecordNews>,
 ) -> tokio::task::JoinHandle<Result<(), String>> {
     tokio::spawn(async move {
         let (mut ledger_open, mut events_open, mut pending) = (true, true, false);
+        let mut failing = false;
         // The first ledger is already on disk (written before the job started): the next
         // durable save comes a second in, or at the close, whichever is first.
         let mut next_save = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -282,8 +290,16 @@ fn spawn_writer(
                 e = ev_rx.recv(), if events_open => match e {
                     Some(e) => {
                         let d = dir.clone();
-                        if let Err(why) = blocking(Box::new(move || ledger::append_event(&d, &e))).await {
-                            let _ = errors.send(format!("cannot append to {}: {why}", dir.join("events.jsonl").display()));
+                        match blocking(Box::new(move || ledger::append_event(&d, &e))).await {
+                            Err(why) => {
+                                failing = true;
+                                let _ = errors.send(RecordNews::Failed(format!("cannot append to {}: {why}", dir.join("events.jsonl").display())));
+                            }
+                            Ok(()) if failing => {
+                                failing = false;
+                                let _ = errors.send(RecordNews::Recovered);
+                            }
+                            Ok(()) => {}
                         }
                     }
                     None => events_open = false,
@@ -298,8 +314,16 @@ fn spawn_writer(
                 _ = tokio::time::sleep_until(next_save), if pending && ledger_open => {
                     let l = rx.borrow().clone();
                     last = blocking(save(l, dir.clone())).await;
-                    if let Err(why) = &last {
-                        let _ = errors.send(format!("cannot write {}: {why}", ledger::path(&dir).display()));
+                    match &last {
+                        Err(why) => {
+                            failing = true;
+                            let _ = errors.send(RecordNews::Failed(format!("cannot write {}: {why}", ledger::path(&dir).display())));
+                        }
+                        Ok(()) if failing => {
+                            failing = false;
+                            let _ = errors.send(RecordNews::Recovered);
+                        }
+                        Ok(()) => {}
                     }
                     pending = false;
                     next_save = tokio::time::Instant::now() + Duration::from_secs(1);
@@ -381,7 +405,7 @@ impl Recorder {
     }
 
     /// The record's write failures, for the run loop (can be taken once).
-    pub fn take_errors(&mut self) -> Option<mpsc::UnboundedReceiver<String>> {
+    pub fn take_errors(&mut self) -> Option<mpsc::UnboundedReceiver<RecordNews>> {
         self.errors.take()
     }
 

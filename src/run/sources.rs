@@ -46,7 +46,7 @@ pub struct Config {
     pub heartbeat: Option<(PathBuf, Option<Duration>)>,
     pub fleet: Option<FleetSettings>,
     /// The record's write failures.
-    pub record: Option<Rx<String>>,
+    pub record: Option<Rx<super::record::RecordNews>>,
     /// Whether the live line is drawn (a redraw tick every second).
     pub live: bool,
     /// What to ask the box about itself (None: `--provider none`).
@@ -61,7 +61,7 @@ pub struct Sources {
     progress: Option<mpsc::Receiver<LineProgress>>,
     samples: mpsc::Receiver<SampleMsg>,
     fleet: Option<mpsc::UnboundedReceiver<FleetMsg>>,
-    record: Option<Rx<String>>,
+    record: Option<Rx<super::record::RecordNews>>,
     cloud: Option<Rx<LoopEvent>>,
     meters: Interval,
     redraw: Option<Interval>,
@@ -195,7 +195,8 @@ impl Sources {
                     }
                 },
                 e = recv_opt(&mut self.record) => match e {
-                    Some(e) => Some(LoopEvent::RecordFailed(e)),
+                    Some(super::record::RecordNews::Failed(e)) => Some(LoopEvent::RecordFailed(e)),
+                    Some(super::record::RecordNews::Recovered) => Some(LoopEvent::RecordRecovered),
                     None => {
                         self.record = None;
                         None

@@ -106,6 +106,8 @@ pub struct Init {
     pub phase: Option<PhaseInfo>,
     pub fleet: Option<FleetView>,
     pub warn_signal: Option<Signal>,
+    /// How long the record may go unwritten before the run is killed (None: never).
+    pub record_grace: Option<Duration>,
     /// Whether a progress source exists (output rules or a heartbeat).
     pub tracks_progress: bool,
     /// GPUs are the job's alone (see `TelemetryCache::whole_gpus`).
@@ -120,6 +122,7 @@ pub struct Init {
 #[derive(Debug, Clone, Copy)]
 struct Conduct {
     warn_signal: Option<Signal>,
+    record_grace: Option<Duration>,
     tracks_progress: bool,
     exit_when_done: bool,
 }
@@ -164,6 +167,8 @@ struct Marks {
     longest_idle: f64,
     record_errors: u64,
     record_error: Option<String>,
+    /// When the current streak of failed record writes began.
+    record_failing_since: Option<Duration>,
 }
 
 impl RunState {
@@ -181,6 +186,7 @@ impl RunState {
             fleet: i.fleet,
             conduct: Conduct {
                 warn_signal: i.warn_signal,
+                record_grace: i.record_grace,
                 tracks_progress: i.tracks_progress,
                 exit_when_done: i.exit_when_done,
             },
@@ -381,6 +387,7 @@ impl RunState {
             )],
             LoopEvent::Fleet(m) => self.on_fleet(m, now),
             LoopEvent::RecordFailed(why) => self.on_record_failed(why, now),
+            LoopEvent::RecordRecovered => self.on_record_recovered(),
             LoopEvent::Box(d) => self.on_box(*d, now),
             LoopEvent::Preempted(n) => self.on_preempted(n, now),
             LoopEvent::Tick => self.on_tick(now),
@@ -455,18 +462,47 @@ impl RunState {
 
     /// The record is the budget: a failed write is an alarm at once (an event that reaches
     /// the console, the metrics and the notifiers), once per distinct failure.
+    /// Fail-closed for money: after `--record-grace` of failed writes the run is killed
+    /// (reason `record`); `--record-grace off` keeps it running, loudly.
     fn on_record_failed(&mut self, why: String, now: Duration) -> Vec<Action> {
         self.marks.record_errors += 1;
+        let since = *self.marks.record_failing_since.get_or_insert(now);
+        if let Some(grace) = self.conduct.record_grace {
+            if now.saturating_sub(since) >= grace {
+                return vec![Action::End(Ending::Kill {
+                    reason: KillReason::Record,
+                    evidence: format!(
+                        "record: the run record has not been written for {} ({why}); killed so that no spend goes unrecorded (--record-grace {})",
+                        crate::units::format_duration(now.saturating_sub(since)),
+                        crate::units::format_duration(grace)
+                    ),
+                    first: Signal::SIGTERM,
+                })];
+            }
+        }
         if self.marks.record_error.as_deref() == Some(why.as_str()) {
             return vec![Action::Publish];
         }
         self.marks.record_error = Some(why.clone());
+        let then = match self.conduct.record_grace {
+            Some(g) => format!(
+                "; the run is killed if it stays unwritten for {} (--record-grace)",
+                crate::units::format_duration(g)
+            ),
+            None => "; --record-grace off: the run goes on unrecorded".into(),
+        };
         vec![self.emit(
             EventKind::AgentError,
             "record",
-            format!("the run record is not being written: {why}; a restart cannot know what this run spent"),
+            format!("the run record is not being written: {why}; a restart cannot know what this run spent{then}"),
             now,
         )]
+    }
+
+    fn on_record_recovered(&mut self) -> Vec<Action> {
+        self.marks.record_failing_since = None;
+        self.marks.record_error = None;
+        vec![Action::Say("the run record is written again".into())]
     }
 
     /// The box named itself: its rate replaces a guessed one from the run's first instant

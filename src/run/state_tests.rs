@@ -51,6 +51,7 @@ fn state(limits: Limits, pricing: Pricing, carried: Carried, kind: TargetKind) -
         phase: None,
         fleet: None,
         warn_signal: None,
+        record_grace: Some(Duration::from_secs(60)),
         tracks_progress: true,
         whole_gpus: true,
         exit_when_done: false,
@@ -264,6 +265,7 @@ fn init_of(st: &RunState) -> Init {
         phase: None,
         fleet: None,
         warn_signal: None,
+        record_grace: Some(Duration::from_secs(60)),
         tracks_progress: true,
         whole_gpus: true,
         exit_when_done: false,
@@ -530,5 +532,34 @@ fn waiting_on_names_the_ceiling_that_ends_the_run_first() {
     assert_eq!(
         st.waiting_text(s(0.0)),
         "the stall kill unless progress comes in 1m00s"
+    );
+}
+
+#[test]
+fn a_record_unwritten_for_the_grace_kills_the_run_and_a_recovery_resets_it() {
+    let mut st = unpriced(limits(), TargetKind::Job);
+    let fail =
+        |st: &mut RunState, at: f64| st.handle(LoopEvent::RecordFailed("disk full".into()), s(at));
+    let ends = |acts: &[Action]| acts.iter().any(|a| matches!(a, Action::End(_)));
+    assert!(!ends(&fail(&mut st, 0.0)));
+    assert!(!ends(&fail(&mut st, 59.0)));
+    st.handle(LoopEvent::RecordRecovered, s(59.5));
+    assert!(
+        !ends(&fail(&mut st, 70.0)),
+        "the streak began again at 70 s"
+    );
+    assert!(!ends(&fail(&mut st, 129.0)));
+    let acts = fail(&mut st, 130.0);
+    let end = acts.iter().find_map(|a| match a {
+        Action::End(Ending::Kill {
+            reason, evidence, ..
+        }) => Some((*reason, evidence.clone())),
+        _ => None,
+    });
+    let (reason, evidence) = end.expect("killed at 60 s of failed writes");
+    assert_eq!(reason, crate::events::KillReason::Record);
+    assert!(
+        evidence.contains("has not been written for 1m00s (disk full)"),
+        "{evidence}"
     );
 }

@@ -41,7 +41,7 @@ pub struct Session {
     gpu: Option<NvmlSource>,
     live: Option<LiveLine>,
     /// The record's write failures (handed to the sources at the start of the loop).
-    record_errors: Option<sources::Rx<String>>,
+    record_errors: Option<sources::Rx<super::record::RecordNews>>,
     /// What to ask the box about itself (None: `--provider none`).
     probe: Option<crate::cloud::Probe>,
     /// How the box is released after the run (None: it is not).

@@ -301,6 +301,7 @@ fn init_of(
             error: None,
         }),
         warn_signal: settings.warn_signal,
+        record_grace: settings.record_grace,
         tracks_progress: capture || settings.heartbeat_file.is_some(),
         whole_gpus: !settings.shared_gpus,
         exit_when_done: settings.exit_when_done,
