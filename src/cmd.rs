@@ -86,6 +86,7 @@ pub fn status(state: &Path, id: Option<&str>, json: bool) -> ExitCode {
         v["status"] = serde_json::json!(st);
         v["run_dir"] = serde_json::json!(dir);
         v["phase_text"] = serde_json::json!(phase_text);
+        v["checkin"] = serde_json::json!(crate::run::checkin::of(&l, st == "running", None));
         crate::console::outln(serde_json::to_string_pretty(&v).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
@@ -209,13 +210,25 @@ fn status_text(dir: &Path, l: &Ledger, st: &str, phase_text: &str) -> String {
     if let Some(url) = l.page_url.as_deref().filter(|_| st == "running") {
         let _ = writeln!(o, "page:      {url}");
     }
-    let _ = writeln!(o, "phase:     {phase_text}");
-    let _ = writeln!(
-        o,
-        "elapsed:   {}{}",
-        format_secs(l.elapsed_seconds),
-        wall.unwrap_or_default()
-    );
+    let checkin = crate::run::checkin::of(l, st == "running", None);
+    match &checkin {
+        Some(c) => {
+            let _ = writeln!(o, "phases:    {}", c.phases);
+            if let Some(r) = &c.running {
+                let _ = writeln!(o, "running:   {r}");
+            }
+            let _ = writeln!(o, "elapsed:   {}", c.elapsed);
+        }
+        None => {
+            let _ = writeln!(o, "phase:     {phase_text}");
+            let _ = writeln!(
+                o,
+                "elapsed:   {}{}",
+                format_secs(l.elapsed_seconds),
+                wall.unwrap_or_default()
+            );
+        }
+    }
     if st == "running" {
         let _ = writeln!(o, "eta:       {}", eta_text(l));
     }
@@ -231,7 +244,9 @@ fn status_text(dir: &Path, l: &Ledger, st: &str, phase_text: &str) -> String {
         "progress:  {}",
         progress.as_deref().unwrap_or("no progress signal seen")
     );
-    if st == "running" {
+    if let Some(next) = checkin.as_ref().and_then(|c| c.next.as_ref()) {
+        let _ = writeln!(o, "next:      {next}");
+    } else if st == "running" {
         let w = l.waiting_on.as_deref().unwrap_or("the first sample");
         let _ = writeln!(o, "waiting:   {w}");
     } else {

@@ -146,6 +146,19 @@ pub struct PhaseRecord {
     pub spend_dollars: f64,
     #[serde(default)]
     pub reason: Option<String>,
+    /// Its steps (`steps = { KEY = [VALUES] }`), in order; empty without steps.
+    #[serde(default)]
+    pub steps: Vec<StepRecord>,
+}
+
+/// A step of a phase: "seed 2", how it ended (completed, killed, failed, stopped, or
+/// "not run" after an earlier step ended the phase) and how long it ran.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StepRecord {
+    pub label: String,
+    pub outcome: String,
+    #[serde(default)]
+    pub elapsed_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -212,6 +225,20 @@ pub struct Ledger {
     pub phase_index: Option<usize>,
     pub phase: Option<String>,
     pub phases: Vec<PhaseRecord>,
+    /// The phase running: its own wall cap, how long it has run, and its step in words
+    /// ("seed 2 of 3").
+    #[serde(default)]
+    pub phase_max_wall_seconds: Option<f64>,
+    #[serde(default)]
+    pub phase_elapsed_seconds: Option<f64>,
+    #[serde(default)]
+    pub step: Option<String>,
+    /// The run's own --max-wall, in seconds (a phase's cap is `phase_max_wall_seconds`).
+    #[serde(default)]
+    pub run_max_wall_seconds: Option<f64>,
+    /// Whether a notification channel takes each phase's end (`phase-completed`).
+    #[serde(default)]
+    pub pings_phase_ends: bool,
     pub no_preflight: bool,
     pub report_path: Option<PathBuf>,
     pub watchdogs: Vec<String>,

@@ -109,6 +109,15 @@ fn main() -> ExitCode {
     match mode {
         Mode::NotifyTest => return notify_test(&settings),
         Mode::Check => {
+            // The plan expanded first: what would run, phase by phase and step by step.
+            if let Some(plan) = &settings.plan {
+                match costguard::run::plan::load(plan) {
+                    Ok(phases) => {
+                        costguard::console::out(costguard::run::plan::describe(&phases));
+                    }
+                    Err(e) => return fail(&costguard::run::GuardError::Plan(e)),
+                }
+            }
             let ok = preflight(&settings);
             return ExitCode::from(u8::from(!ok));
         }

@@ -202,6 +202,58 @@ fn phases(o: &mut String, l: &Ledger) {
             );
         }
     }
+    steps(o, l);
+}
+
+/// Each step of the phases that had steps: how it ended and how long it ran.
+fn steps(o: &mut String, l: &Ledger) {
+    if l.phases.iter().all(|p| p.steps.is_empty()) {
+        return;
+    }
+    let _ = writeln!(o, "\n| phase | step | outcome | time |\n|---|---|---|---|");
+    for p in &l.phases {
+        for s in &p.steps {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} |",
+                p.name,
+                s.label,
+                s.outcome,
+                s.elapsed_seconds.map_or("—".into(), format_secs)
+            );
+        }
+    }
+}
+
+/// A killed phase, in words: its cap, when, the step it cut and what did not run.
+fn phase_kill_text(p: &crate::ledger::PhaseRecord) -> String {
+    let why = p.reason.as_deref().unwrap_or("unknown");
+    let how = match why {
+        "wall" | "usd" => format!("at its {why} cap"),
+        other => format!("by the {other} watchdog"),
+    };
+    let cut = p
+        .steps
+        .iter()
+        .find(|s| s.outcome == "killed")
+        .map(|s| format!(", in {}", s.label))
+        .unwrap_or_default();
+    let skipped: Vec<&str> = p
+        .steps
+        .iter()
+        .filter(|s| s.outcome == "not run")
+        .map(|s| s.label.as_str())
+        .collect();
+    let skipped = if skipped.is_empty() {
+        String::new()
+    } else {
+        format!("; not run: {}", skipped.join(", "))
+    };
+    format!(
+        "phase {} was killed {how} after {}{cut}{skipped}",
+        p.name,
+        format_secs(p.elapsed_seconds)
+    )
 }
 
 fn kills(o: &mut String, l: &Ledger) {
@@ -307,6 +359,14 @@ fn cost(o: &mut String, l: &Ledger) {
 fn surprises(o: &mut String, l: &Ledger, events: &[Event]) {
     let _ = writeln!(o, "\n## Surprises\n");
     let mut surprises = Vec::new();
+    // A killed phase is always a surprise: the plan did not go as written.
+    for p in l
+        .phases
+        .iter()
+        .filter(|p| p.outcome == crate::ledger::Outcome::Killed)
+    {
+        surprises.push(phase_kill_text(p));
+    }
     for p in &l.phases {
         if let Some(exp) = p.expected_seconds.filter(|e| *e > 0.0) {
             let r = p.elapsed_seconds / exp;
@@ -421,7 +481,24 @@ fn suggestion_lines(o: &mut String, l: &Ledger) {
     } else if l.watchdogs.iter().any(|w| w == "stall off") {
         let _ = writeln!(o, "- Turn on `--stall` (e.g. `--stall 15m`) with `--progress-regex`: a hang at 100% GPU is invisible to utilization.");
     }
+    phase_suggestions(o, l);
+}
+
+/// A plan's next time: each phase's caps (a killed one: raise it or fix the job), the
+/// notification cadence and the exit hook.
+fn phase_suggestions(o: &mut String, l: &Ledger) {
     for p in &l.phases {
+        if p.outcome == crate::ledger::Outcome::Killed {
+            let _ = writeln!(
+                o,
+                "- phase {}: killed ({}) after {}: if its steps were progressing, raise its cap (`max_wall = \"{}\"`); if they hung, fix them before spending more on it.",
+                p.name,
+                p.reason.as_deref().unwrap_or("unknown"),
+                format_secs(p.elapsed_seconds),
+                format_duration(round_up_secs(p.elapsed_seconds * 2.0))
+            );
+            continue;
+        }
         let _ = writeln!(
             o,
             "- phase {}: `expected = \"{}\"`, `max_wall = \"{}\"`.",
@@ -430,6 +507,27 @@ fn suggestion_lines(o: &mut String, l: &Ledger) {
             format_duration(round_up_secs(p.elapsed_seconds * 1.5))
         );
     }
+    if l.phases_total.is_none() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "- Notifications: {}",
+        if l.pings_phase_ends {
+            "each phase's end was sent (completed or killed) and the plan's summary last; `--notify-on killed,failed,completed` keeps only the kills and the summary."
+        } else {
+            "no channel took the phases' ends: the default with a plan does (`phase-completed`); give a channel, or add `phase-completed` to `--notify-on`."
+        }
+    );
+    let _ = writeln!(
+        o,
+        "- Exit hook: {}",
+        match l.on_exit.as_deref() {
+            Some(":") => "none (`--on-exit :`): results stay where the phases wrote them.".into(),
+            Some(c) => format!("`{c}` ran after the plan: check it left the results where you look for them."),
+            None => "none ran: `--on-exit 'cp -r outputs /mnt/results/$COSTGUARD_RUN_ID'` leaves the results somewhere known when the plan ends.".into(),
+        }
+    );
 }
 
 #[cfg(test)]
@@ -495,6 +593,7 @@ mod tests {
                 expected_seconds: Some(600.0),
                 spend_dollars: 5.0,
                 reason: None,
+                steps: Vec::new(),
             }],
             ..Ledger::default()
         };

@@ -186,10 +186,9 @@ fn a_plans_last_line_is_the_plans_and_a_finished_run_shows_no_eta() {
     assert_eq!(out.status.code(), Some(124), "{err}");
     let last_lines: Vec<&str> = err.lines().rev().take(2).collect();
     assert!(
-        last_lines.iter().any(
-            |l| l.starts_with("costguard: plan killed: 1 of 2 phases completed")
-                && l.ends_with("exit status 124")
-        ),
+        last_lines.iter().any(|l| l.starts_with(
+            "costguard: plan completed: 1 of 2 phases completed; train killed at its wall cap"
+        ) && l.ends_with("exit status 124")),
         "{err}"
     );
     assert!(

@@ -129,6 +129,12 @@ pub struct PhaseCtx {
     /// This process ran an earlier phase of the plan: this one continues the run, it does
     /// not resume it.
     pub continues: bool,
+    /// `steps = { KEY = [VALUES] }`: the key and its values, run in order in the phase.
+    pub step_key: Option<String>,
+    pub step_values: Vec<String>,
+    /// Where the phase's job writes the number of the step it starts (set by the plan's
+    /// run; costguard polls it).
+    pub step_file: Option<PathBuf>,
 }
 
 /// Picks flag/env (already merged by clap) over the file value, and remembers the origin.
@@ -563,7 +569,9 @@ impl Settings {
             .clone()
             .or(file.state_dir)
             .unwrap_or_else(default_state_dir);
-        let notify = resolve_notify(args, file.notify)?;
+        // A plan pings at each phase's end unless the channels say otherwise.
+        let has_plan = args.plan.is_some() || file.plan.is_some();
+        let notify = resolve_notify(args, file.notify, has_plan)?;
 
         let settings = Settings {
             max_usd,

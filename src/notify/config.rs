@@ -119,6 +119,7 @@ fn url_secret(
 pub(crate) fn resolve_notify(
     args: &GuardArgs,
     f: NotifyFile,
+    plan: bool,
 ) -> Result<NotifySettings, ConfigError> {
     let dur = |v: &str| units::parse_duration(v);
     let mut set = NotifySettings::default();
@@ -127,6 +128,7 @@ pub(crate) fn resolve_notify(
             KindFilter::parse(&v, &origin).map_err(ConfigError::Invalid)?,
             true,
         ),
+        None if plan => (KindFilter::for_plans(), false),
         None => (KindFilter::default(), false),
     };
     let mut per: BTreeMap<ChannelKind, KindFilter> = BTreeMap::new();

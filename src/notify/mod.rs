@@ -87,6 +87,13 @@ impl KindFilter {
         Ok(KindFilter(out))
     }
 
+    /// Whether events of this kind (with some reason) reach the channel.
+    pub fn takes(&self, kind: &str) -> bool {
+        self.0
+            .iter()
+            .any(|f| f == "all" || f.split(':').next() == Some(kind))
+    }
+
     pub fn matches(&self, e: &Event) -> bool {
         self.0.iter().any(|f| {
             f == "all"
@@ -94,6 +101,14 @@ impl KindFilter {
                 || f.split_once(':')
                     .is_some_and(|(k, r)| k == e.kind.as_str() && e.reason.as_deref() == Some(r))
         })
+    }
+}
+
+impl KindFilter {
+    /// The default with a plan: each phase's end too (completed or killed).
+    pub fn for_plans() -> Self {
+        KindFilter::parse(&format!("{DEFAULT_KINDS},phase-completed"), "default")
+            .expect("valid default")
     }
 }
 

@@ -40,6 +40,8 @@ pub enum LoopEvent {
     Box(Box<crate::cloud::Detection>),
     /// The provider is reclaiming this spot box.
     Preempted(crate::cloud::preempt::Notice),
+    /// A plan phase's job started its step N (1-based).
+    Step(usize),
     /// The run record could not be written (the ledger or the event log).
     RecordFailed(String),
     /// The run record is written again after failures.

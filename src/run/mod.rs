@@ -8,6 +8,7 @@
 
 pub mod action;
 pub mod agent;
+pub mod checkin;
 pub(crate) mod exit_hook;
 pub mod idle_box;
 mod live;

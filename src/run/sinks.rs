@@ -368,6 +368,11 @@ impl Sinks {
         });
         let mut doc = doc;
         doc["page_url"] = json!(id.page_url);
+        doc["step"] = json!(s.step);
+        if let Some(r) = &self.recorder {
+            let c = r.read(|l| super::checkin::of(l, true, s.step.as_deref()));
+            doc["checkin"] = json!(c);
+        }
         if let Ok(mut w) = self.status.write() {
             *w = doc;
         }
@@ -426,6 +431,10 @@ impl Sinks {
             l.projected_spend_dollars = s.projected;
             l.longest_idle_seconds = l.longest_idle_seconds.max(longest);
             l.waiting_on = Some(s.waiting_on.clone());
+            l.step = s.step.clone();
+            if l.phases_total.is_some() {
+                l.phase_elapsed_seconds = Some(s.now.as_secs_f64());
+            }
         });
     }
 }

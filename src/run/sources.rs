@@ -51,6 +51,8 @@ pub struct Config {
     pub live: bool,
     /// What to ask the box about itself (None: `--provider none`).
     pub cloud: Option<crate::cloud::Probe>,
+    /// A plan phase's step file: the number of the step its job has started.
+    pub steps: Option<PathBuf>,
 }
 
 pub struct Sources {
@@ -118,11 +120,15 @@ impl Sources {
             tasks.push(tokio::spawn(crate::fleet::poll(f, tx)));
             rx
         });
-        let cloud = c.cloud.map(|p| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tasks.push(tokio::spawn(cloud_watch(p, tx)));
-            rx
-        });
+        // The box's answers and the phase's steps share one channel of loop events.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cloud = (c.cloud.is_some() || c.steps.is_some()).then_some(rx);
+        if let Some(p) = c.cloud {
+            tasks.push(tokio::spawn(cloud_watch(p, tx.clone())));
+        }
+        if let Some(path) = c.steps {
+            tasks.push(tokio::spawn(step_watch(path, tx)));
+        }
         Sources {
             cloud,
             signals,
@@ -286,6 +292,27 @@ async fn cloud_watch(p: crate::cloud::Probe, tx: mpsc::UnboundedSender<LoopEvent
         let _ = tx.send(LoopEvent::Preempted(n));
     }
     watch.abort();
+}
+
+/// Polls a phase's step file (200 ms): each new number is the step its job started.
+async fn step_watch(path: PathBuf, tx: mpsc::UnboundedSender<LoopEvent>) {
+    let mut last = 0;
+    loop {
+        // The job writes it: a regular file, a few bytes, no link followed.
+        let p = path.clone();
+        let read = tokio::task::spawn_blocking(move || crate::fsutil::read_bounded(&p, 64)).await;
+        if let Ok(Ok(bytes)) = read {
+            if let Ok(n) = String::from_utf8_lossy(&bytes).trim().parse::<usize>() {
+                if n != last {
+                    last = n;
+                    if tx.send(LoopEvent::Step(n)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Polls `path`'s modification time; a newer one is progress.

@@ -65,12 +65,68 @@ pub struct PhaseInfo {
     pub total: usize,
     /// (expected duration of this phase, expected seconds of the phases after it).
     pub expected: Option<(Duration, f64)>,
+    /// `steps = { KEY = [VALUES] }`: the key and its values.
+    pub step_key: Option<String>,
+    pub step_values: Vec<String>,
+    /// The step running (1-based) and when it started.
+    pub step: Option<(usize, Duration)>,
+    /// How long each finished step took, in seconds.
+    pub step_times: Vec<f64>,
 }
 
 impl PhaseInfo {
     /// "i/n name", as status shows it.
     pub fn label(&self) -> String {
         format!("{}/{} {}", self.index + 1, self.total, self.name)
+    }
+
+    /// The step running, in words: "seed 2 of 3" (or "seed 42, 2 of 3").
+    pub fn step_text(&self) -> Option<String> {
+        let key = self.step_key.as_deref()?;
+        let (n, _) = self.step?;
+        let total = self.step_values.len();
+        let value = self.step_values.get(n.checked_sub(1)?)?;
+        Some(if *value == n.to_string() {
+            format!("{key} {value} of {total}")
+        } else {
+            format!("{key} {value}, {n} of {total}")
+        })
+    }
+
+    /// The job started step `n`: the steps before it are done (a poll that missed one
+    /// shares the time between them).
+    pub fn on_step(&mut self, n: usize, now: Duration) {
+        if let Some((m, t0)) = self.step {
+            if n > m {
+                let each = now.saturating_sub(t0).as_secs_f64() / (n - m) as f64;
+                self.step_times.extend(std::iter::repeat_n(each, n - m));
+            }
+        }
+        // The job writes step 1 first thing: it began with the phase, not at the poll.
+        let start = if self.step.is_none() && n == 1 {
+            Duration::ZERO
+        } else {
+            now
+        };
+        self.step = Some((n, start));
+    }
+
+    /// What is left of this phase: per step, the mean of the steps done (else the
+    /// expected duration shared among the steps), less the running step's time so far.
+    pub fn remaining(&self, now: Duration) -> Option<Duration> {
+        let (this, _) = self.expected?;
+        let total = self.step_values.len();
+        let Some((n, t0)) = self.step.filter(|_| total > 0) else {
+            return Some(this.saturating_sub(now));
+        };
+        let per = if self.step_times.is_empty() {
+            this.as_secs_f64() / total as f64
+        } else {
+            self.step_times.iter().sum::<f64>() / self.step_times.len() as f64
+        };
+        let left =
+            per * (total + 1).saturating_sub(n) as f64 - now.saturating_sub(t0).as_secs_f64();
+        Some(Duration::from_secs_f64(left.max(0.0)))
     }
 }
 
@@ -390,6 +446,12 @@ impl RunState {
             LoopEvent::RecordRecovered => self.on_record_recovered(),
             LoopEvent::Box(d) => self.on_box(*d, now),
             LoopEvent::Preempted(n) => self.on_preempted(n, now),
+            LoopEvent::Step(n) => {
+                if let Some(p) = self.phase.as_mut() {
+                    p.on_step(n, now);
+                }
+                vec![Action::Publish]
+            }
             LoopEvent::Tick => self.on_tick(now),
             LoopEvent::Redraw => vec![Action::Redraw],
         };

@@ -298,6 +298,9 @@ fn a_phase_cap_kills_at_the_phase_wall_and_events_name_the_phase() {
         last: false,
         expected_after: None,
         continues: false,
+        step_key: None,
+        step_values: Vec::new(),
+        step_file: None,
     });
     // 10 s and $20 carried from the first phase: the phase's own $5 counts from $20.
     let lim = super::session::limits_of(&settings, 10.0, 20.0);
@@ -315,6 +318,10 @@ fn a_phase_cap_kills_at_the_phase_wall_and_events_name_the_phase() {
             index: 1,
             total: 3,
             expected: None,
+            step_key: None,
+            step_values: Vec::new(),
+            step: None,
+            step_times: Vec::new(),
         }),
         ..init_of(&st)
     });

@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub steps_per_second: Option<f64>,
     pub last_progress: Option<String>,
     pub waiting_on: String,
+    /// A plan phase's step running, in words ("seed 2 of 3").
+    pub step: Option<String>,
 }
 
 impl RunState {
@@ -43,9 +45,9 @@ impl RunState {
         let priced = self.priced();
         let total = e.limits().progress_total;
         let eta = total.and_then(|t| e.progress().eta(t, now)).or_else(|| {
-            self.phase()
-                .and_then(|p| p.expected)
-                .map(|(this, rest)| this.saturating_sub(now) + Duration::from_secs_f64(rest))
+            let p = self.phase()?;
+            let rest = p.expected?.1;
+            Some(p.remaining(now)? + Duration::from_secs_f64(rest))
         });
         Snapshot {
             now,
@@ -69,6 +71,7 @@ impl RunState {
             steps_per_second: e.progress().step_rate(),
             last_progress: e.progress().last_label().map(str::to_string),
             waiting_on: self.waiting_text(now),
+            step: self.phase().and_then(|p| p.step_text()),
         }
     }
 
@@ -116,6 +119,12 @@ impl RunState {
             s => format_duration(Duration::from_secs(s)),
         };
         let mut parts = Vec::new();
+        if let Some(p) = self.phase() {
+            parts.push(match p.step_text() {
+                Some(step) => format!("{} ({step})", p.name),
+                None => p.name.clone(),
+            });
+        }
         let spend = e.spend(now);
         parts.push(match (self.priced(), e.limits().max_usd) {
             (false, _) => "spend unknown".to_string(),

@@ -222,6 +222,7 @@ fn sources_of(
         record: s.record_errors.take(),
         live: s.live.is_some(),
         cloud: s.probe.clone(),
+        steps: s.settings.phase.as_ref().and_then(|p| p.step_file.clone()),
     })
 }
 

@@ -289,6 +289,10 @@ fn init_of(
             index: p.index,
             total: p.total,
             expected: p.expected.zip(p.expected_after),
+            step_key: p.step_key.clone(),
+            step_values: p.step_values.clone(),
+            step: None,
+            step_times: Vec::new(),
         }),
         fleet: settings.fleet.as_ref().map(|f| FleetView {
             max_usd: f.max_usd,
@@ -329,7 +333,16 @@ fn first_record(rec: &Recorder, settings: &Settings, label: &[OsString], wall: S
             l.phase = Some(p.name.clone());
             l.phase_index = Some(p.index);
             l.phases_total = Some(p.total);
+            l.phase_max_wall_seconds = p.max_wall.map(|w| w.as_secs_f64());
+            l.phase_elapsed_seconds = Some(0.0);
+            l.step = None;
         }
+        l.run_max_wall_seconds = settings.max_wall.map(|w| w.as_secs_f64());
+        l.pings_phase_ends = settings
+            .notify
+            .channels
+            .iter()
+            .any(|c| c.on.takes("phase-completed"));
     });
 }
 
