@@ -302,9 +302,9 @@ fn check_prices(prices: &BTreeMap<String, f64>) -> Result<(), ConfigError> {
 fn resolve_release(
     args: &GuardArgs,
     f: &mut FileConfig,
-    allowed: bool,
 ) -> Result<crate::cloud::release::Settings, ConfigError> {
     use crate::cloud::release::{Mode, On, Settings};
+    let allowed = args.allow_side_effects || f.allow_side_effects.unwrap_or(false);
     let mode = match pick(&args.release, f.release.take(), "release") {
         None => Mode::None,
         Some((v, origin)) => Mode::parse(&v).ok_or_else(|| {
@@ -528,8 +528,7 @@ impl Settings {
         let w = Watchdogs::resolve(args, &mut file)?;
         let fleet = resolve_fleet(args, &mut file)?;
         let r = Rates::resolve(args, &mut file)?;
-        let allowed = args.allow_side_effects || file.allow_side_effects.unwrap_or(false);
-        let release = resolve_release(args, &mut file, allowed)?;
+        let release = resolve_release(args, &mut file)?;
         let (on_exit, on_exit_timeout) = exit_hook(args, &mut file)?;
         let s = |x: Option<Scalar>| x.map(Scalar::into_string);
         let money = |v: &str| units::parse_money(v);
