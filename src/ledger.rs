@@ -173,6 +173,12 @@ pub struct Ledger {
     /// `updated_at` as Unix seconds, for arithmetic.
     #[serde(default)]
     pub updated_unix: f64,
+    /// The boot clock (CLOCK_BOOTTIME) at `updated_at`, and the boot it belongs to: a crash
+    /// gap within one boot is measured on it, whatever the wall clock did.
+    #[serde(default)]
+    pub updated_boottime: Option<f64>,
+    #[serde(default)]
+    pub boot_id: Option<String>,
     /// Sessions of this run (1 + number of resumes).
     pub sessions: u32,
     pub costguard: Option<Proc>,

@@ -195,3 +195,67 @@ wait $cg; echo $? > $D/rc
     );
     assert!(took < Duration::from_secs(30), "{took:?}");
 }
+
+#[test]
+fn a_wall_clock_stepped_back_does_not_hide_a_crash_gap() {
+    // costguard and its holder are SIGKILLed; the job (TERM-proof) runs on unguarded. The
+    // ledger then reads as if the wall clock had been stepped back an hour since its last
+    // write. Resumed in the same boot, the gap is measured on the boot clock: the seconds
+    // the leftovers ran are charged, not $0.
+    let state = tempdir();
+    let pid_file = state.path().join("job.pid");
+    let job = format!(
+        "trap '' TERM; echo $$ > {}; while :; do sleep 0.1; done",
+        pid_file.display()
+    );
+    let args = [
+        "--run-id",
+        "step",
+        "--usd-per-hour",
+        "3600",
+        "--max-usd",
+        "100",
+    ];
+    let mut c = guard(state.path());
+    c.args(args)
+        .args(["--interval", "200ms", "--", "sh", "-c", &job])
+        .stderr(Stdio::null());
+    let mut first = c.spawn().expect("spawn");
+    let old_job = read_pid(&pid_file);
+    assert!(wait_until(Duration::from_secs(10), || {
+        let l = ledger(state.path(), "step");
+        l["members"].as_array().is_some_and(|m| !m.is_empty()) && l["boot_id"].is_string()
+    }));
+    let l = ledger(state.path(), "step");
+    let holder = l["holder"]["pid"].as_i64().expect("holder") as i32;
+    for pid in [first.id() as i32, holder] {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = first.wait();
+    let path = state.path().join("runs/step/ledger.json");
+    let mut l: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    l["updated_unix"] = serde_json::json!(l["updated_unix"].as_f64().unwrap() + 3600.0);
+    std::fs::write(&path, l.to_string()).unwrap();
+    // Time passes while the leftovers run unguarded (the condition under test, not a wait).
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut c = guard(state.path());
+    c.args(args)
+        .args(["--max-wall", "1s", "--kill-grace", "200ms", "--", "true"]);
+    let (code, err, _) = run_within(c, Duration::from_secs(30));
+    assert!(code.is_some(), "{err}");
+    assert!(!alive(old_job), "the leftovers were ended: {err}");
+    let charged = err
+        .lines()
+        .find_map(|l| l.split("charging $").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|d| d.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no charge said: {err}"));
+    assert!(
+        charged >= 1.5,
+        "charged ${charged} at $1/s for 1.5 s and more: {err}"
+    );
+}

@@ -240,8 +240,8 @@ async fn end_leftovers(id: &str, p: &Ledger, notices: &mut Vec<String>) -> f64 {
         hit.len(),
         hit
     ));
-    let wall_gap = (crate::events::unix_now() - p.updated_unix).max(0.0);
-    let gap = age.map_or(wall_gap, |a| wall_gap.min(a));
+    let gap = crash_gap(p);
+    let gap = age.map_or(gap, |a| gap.min(a));
     let (Some(rate), true) = (p.rate_dollars_per_hour, p.updated_unix > 0.0) else {
         return 0.0;
     };
@@ -252,6 +252,17 @@ async fn end_leftovers(id: &str, p: &Ledger, notices: &mut Vec<String>) -> f64 {
         crate::units::format_duration(Duration::from_secs_f64(gap))
     ));
     extra
+}
+
+/// How long ago the crashed session last wrote its ledger: by the boot clock when it is the
+/// same boot (a wall-clock step between crash and resume is then irrelevant), by wall time
+/// otherwise; never less than 0.
+fn crash_gap(p: &Ledger) -> f64 {
+    let same_boot = p.boot_id.is_some() && p.boot_id.as_deref() == crate::events::boot_id();
+    match (same_boot, p.updated_boottime) {
+        (true, Some(then)) => (crate::events::boot_clock() - then).max(0.0),
+        _ => (crate::events::unix_now() - p.updated_unix).max(0.0),
+    }
 }
 
 /// What the writer tells the loop: a write failed, or writes succeed again after failing.

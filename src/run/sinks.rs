@@ -131,6 +131,8 @@ impl Sinks {
             l.elapsed_seconds = elapsed;
             l.updated_at = rfc3339(SystemTime::now());
             l.updated_unix = crate::events::unix_now();
+            l.updated_boottime = Some(crate::events::boot_clock());
+            l.boot_id = crate::events::boot_id().map(str::to_string);
         });
     }
 
