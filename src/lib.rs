@@ -7,6 +7,7 @@ pub mod config;
 pub mod console;
 pub mod events;
 pub mod exit;
+pub mod feed;
 pub mod fleet;
 pub mod fsutil;
 pub mod hook;
