@@ -27,3 +27,4 @@ pub mod supervise;
 pub mod telemetry;
 pub mod timeline;
 pub mod units;
+pub mod watch;

@@ -10,7 +10,7 @@ pub mod action;
 pub mod agent;
 pub(crate) mod exit_hook;
 pub mod idle_box;
-mod live;
+pub(crate) mod live;
 pub mod output;
 pub mod plan;
 pub mod record;
