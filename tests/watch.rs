@@ -2,7 +2,8 @@
 //! client (ids, kinds, the end, Last-Event-ID resumption), `watch` against a URL started
 //! before costguard listens and against a run id, and `watch --desktop` showing a kill on a
 //! real notification daemon (dunst on Xvfb, on a private session bus) seen by dbus-monitor and
-//! in a screenshot (`target/pictures/watch-desktop.png`).
+//! in a screenshot (`target/pictures/watch-desktop.png`; with `COSTGUARD_UPDATE_PICTURES=1`,
+//! also the README's `docs/pictures/watch-desktop.png`).
 
 mod common;
 
@@ -409,4 +410,8 @@ fn watch_desktop_shows_the_kill_on_a_real_notification_daemon() {
     let pictures = repo_root().join("target/pictures");
     std::fs::create_dir_all(&pictures).expect("target/pictures");
     std::fs::copy(out.join("shot.png"), pictures.join("watch-desktop.png")).expect("copy");
+    if std::env::var_os("COSTGUARD_UPDATE_PICTURES").is_some() {
+        let docs = repo_root().join("docs/pictures/watch-desktop.png");
+        std::fs::copy(out.join("shot.png"), docs).expect("docs/pictures");
+    }
 }
