@@ -77,6 +77,9 @@ pub enum Sub {
     Stop(RunRef),
     /// Print a run's postmortem (writing report.md again from its ledger).
     Report(RunRef),
+    /// Follow a run's events from anywhere the endpoint reaches (a URL through ssh -L or
+    /// kubectl port-forward, or a run id here); exit with the run's exit status.
+    Watch(WatchArgs),
     /// Sidecar / node agent: guard the GPU processes it can see (no command of its own).
     #[command(
         mut_arg("plan", |a| a.hide(true)),
@@ -173,6 +176,19 @@ pub struct RunRef {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub state: StateArg,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// A costguard endpoint (http://127.0.0.1:9947) or a run id in the state directory.
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+    /// Also show kills, failures, completion and budget warnings as desktop notifications
+    /// (freedesktop notifications on the session D-Bus).
+    #[arg(long)]
+    pub desktop: bool,
     #[command(flatten)]
     pub state: StateArg,
 }

@@ -1,5 +1,5 @@
-//! The read-only HTTP endpoint: `/` (the page), `/metrics`, `/healthz`, `/status`, `/series`
-//! and `/timeline.svg`. Handlers read the last snapshot, the series and the metric atomics;
+//! The read-only HTTP endpoint: `/` (the page), `/metrics`, `/healthz`, `/status`, `/series`,
+//! `/timeline.svg` and `/events` (server-sent events, from `feed.rs`). Handlers read the last snapshot, the series and the metric atomics;
 //! they never call NVML or wait on the run loop. One server per process (one process runs
 //! one run): a plan's next phase gets the running server, now showing the new phase.
 //! At most `MAX_CONNECTIONS` are open at once; the rest are closed as soon as they are
@@ -102,6 +102,72 @@ async fn timeline(State(c): State<Current>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "image/svg+xml"), NO_STORE], body)
 }
 
+/// How often an idle `/events` stream says it is still there (proxies and tunnels drop
+/// connections that stay silent; a client notices a dead one).
+pub const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The id a client has seen: the `Last-Event-ID` header (an `EventSource` reconnecting), or
+/// `?last_event_id=` (a page opening the stream after it was drawn).
+fn last_event_id(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+    if let Some(v) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_string()).filter(|v| !v.is_empty());
+    }
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("last_event_id="))
+        .map(percent_decode)
+        .filter(|v| !v.is_empty())
+}
+
+/// `%XX` escapes and `+` decoded (an event id is `<run-id>-<seq>`: rarely anything to decode).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `GET /events`: every event of the run as `id:`/`event:`/`data:` (one line of JSON), from
+/// after the id the client has seen; `event: end` with the exit status when the run ends, and
+/// the stream closes. A `: keep-alive` comment every 15 s.
+async fn events(headers: axum::http::HeaderMap, uri: axum::http::Uri) -> impl IntoResponse {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let tail = crate::feed::global().tail(last_event_id(&headers, &uri));
+    let stream = futures_util::stream::unfold(tail, |mut t| async move {
+        let ev = match t.next().await? {
+            crate::feed::Item::Event { id, kind, json } => {
+                Event::default().id(id).event(kind).data(json)
+            }
+            crate::feed::Item::End { json } => Event::default().event("end").data(json),
+        };
+        Some((Ok::<_, std::convert::Infallible>(ev), t))
+    });
+    (
+        // nginx and friends: pass each event on as it comes.
+        [("x-accel-buffering", "no")],
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive")),
+    )
+}
+
 /// The most HTTP connections open at once (a scrape, a browser or two need a handful).
 pub const MAX_CONNECTIONS: usize = 256;
 
@@ -200,6 +266,7 @@ pub async fn serve(addr: SocketAddr, shared: Shared) -> std::io::Result<SocketAd
         .route("/status", get(status))
         .route("/series", get(series))
         .route("/timeline.svg", get(timeline))
+        .route("/events", get(events))
         .with_state(current);
     let listener = Capped {
         inner: listener,
@@ -209,4 +276,21 @@ pub async fn serve(addr: SocketAddr, shared: Shared) -> std::io::Result<SocketAd
         let _ = axum::serve(listener, app).await;
     });
     Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_event_id_comes_from_the_header_or_the_query() {
+        let mut h = axum::http::HeaderMap::new();
+        let uri: axum::http::Uri = "/events?x=1&last_event_id=train%2D1-0007".parse().unwrap();
+        assert_eq!(last_event_id(&h, &uri).as_deref(), Some("train-1-0007"));
+        h.insert("last-event-id", "train-1-0009".parse().unwrap());
+        assert_eq!(last_event_id(&h, &uri).as_deref(), Some("train-1-0009"));
+        let bare: axum::http::Uri = "/events".parse().unwrap();
+        assert_eq!(last_event_id(&axum::http::HeaderMap::new(), &bare), None);
+        assert_eq!(percent_decode("a%zz+b%41"), "a%zz bA");
+    }
 }

@@ -94,6 +94,7 @@ fn main() -> ExitCode {
         Some(Sub::Logs(l)) => return cmd::logs(&sd(&l.state), l.run.as_deref(), l.follow),
         Some(Sub::Agent(a)) => return agent(*a),
         Some(Sub::Prices(p)) => return cmd::prices(&p),
+        Some(Sub::Watch(w)) => return costguard::watch::run(&w.target, w.desktop, &sd(&w.state)),
         Some(Sub::Notify(NotifyCmd::Test(a))) => (*a, Vec::new(), false, false, Mode::NotifyTest),
         Some(Sub::Run(r)) => (r.guard, r.command, r.detach, r.no_preflight, Mode::Run),
         Some(Sub::Check(r)) => (r.guard, r.command, false, false, Mode::Check),

@@ -11,7 +11,7 @@ pub mod agent;
 pub mod checkin;
 pub(crate) mod exit_hook;
 pub mod idle_box;
-mod live;
+pub(crate) mod live;
 pub mod output;
 pub mod plan;
 pub mod record;

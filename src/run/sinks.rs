@@ -1,5 +1,5 @@
-//! Where actions land: metrics, the /status document, the run record, the notifier and the
-//! console. Each takes the events and snapshots it cares about; none decides anything.
+//! Where actions land: metrics, the /status document, the run record, the notifier, the
+//! `/events` feed and the console. Each takes the events and snapshots it cares about; none decides anything.
 
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -80,6 +80,7 @@ impl Sinks {
         if let Some(n) = &self.notifier {
             n.send(ev);
         }
+        crate::feed::global().push(ev);
         if let Ok(mut s) = self.series.write() {
             s.mark(ev);
         }

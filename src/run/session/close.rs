@@ -104,6 +104,8 @@ impl Session {
         let done = self.conclude(v).await;
         if done.1 {
             self.sinks.metrics.run_ended.set(1.0);
+            // Watchers get the end before the process goes (a lingering one keeps serving it).
+            crate::feed::global().drain(Duration::from_secs(1)).await;
             self.linger(stop).await;
         }
         done

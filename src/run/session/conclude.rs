@@ -36,6 +36,14 @@ impl Session {
             let report = report.map(|p| p.display().to_string());
             self.sinks
                 .publish_end(overall.as_str(), code, &detail, report.as_deref());
+            // `/events` ends with the run: its exit status, outcome and words.
+            crate::feed::global().end(&serde_json::json!({
+                "run_id": self.state.id().run_id,
+                "exit_code": code,
+                "outcome": overall.as_str(),
+                "detail": detail,
+                "report_path": report,
+            }));
         }
         if ended && self.settings.phase.is_some() {
             // The plan's own last word: not the last phase's.
