@@ -227,6 +227,7 @@ mod tests {
             phase: None,
             report_path: None,
             command: Some("python train.py".into()),
+            page_url: None,
             test: false,
         }
     }
