@@ -178,9 +178,10 @@ pub fn body(e: &Event, delivery_id: &str) -> String {
     lines.push(String::new());
     lines.push("-- ".into());
     lines.push(format!(
-        "costguard {}; delivery {delivery_id} (a mail with the same id is a repeat)",
+        "costguard {}, delivery {delivery_id}",
         env!("CARGO_PKG_VERSION")
     ));
+    lines.push("(a mail with the same delivery id is a repeat)".into());
     redact::text(&(lines.join("\n") + "\n")).into_owned()
 }
 
@@ -325,7 +326,7 @@ mod tests {
             "Spend:   $4.10 of $40.00 (at $12.00/h)",
             "Report:  /state/runs/train-0612/report.md",
             "Page:    http://127.0.0.1:9400/",
-            "delivery train-0612-0007.email",
+            "delivery train-0612-0007.email\n",
         ] {
             assert!(b.contains(want), "{want:?} not in {b}");
         }
