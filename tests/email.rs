@@ -498,6 +498,26 @@ fn malformed_addresses_and_urls_are_refused_at_start() {
         &[],
         &["invalid config key notify.smtp-url"],
     );
+    refuse(
+        &["--email-from", "me@example.com"],
+        &[],
+        &["--email-from is for the email channel: give --email-to and --smtp-url too"],
+    );
+    // The project's bounded reader: a device or a FIFO is refused at once, never read.
+    let fifo = state.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let fifo = path_str(&fifo);
+    for (flag, path) in [
+        ("--smtp-password-file", "/dev/zero"),
+        ("--smtp-password-file", fifo.as_str()),
+        ("--smtp-ca-file", fifo.as_str()),
+    ] {
+        refuse(
+            &["--email-to", "a@b.c", "--smtp-url", "smtp://mx", flag, path],
+            &[],
+            &[&format!("{flag} {path}"), "not a regular file"],
+        );
+    }
     let empty = state.path().join("empty");
     std::fs::write(&empty, "\n").expect("write");
     refuse(

@@ -257,15 +257,15 @@ struct EmailFile {
 /// sender and the CA file are checked here: a typo is exit 125, not a lost mail at the kill.
 fn resolve_email(
     args: &GuardArgs,
-    f: EmailFile,
+    mut f: EmailFile,
 ) -> Result<Option<(EmailSettings, String)>, ConfigError> {
     let bad = |origin: &str, shown: &str, why: String| {
         ConfigError::Invalid(format!("invalid {origin} {shown:?}: {why}"))
     };
-    let to = pick_url(&args.email_to, f.to, "email-to", "notify.email-to");
-    let url = pick_url(&args.smtp_url, f.url, "smtp-url", "notify.smtp-url");
+    let to = pick_url(&args.email_to, f.to.take(), "email-to", "notify.email-to");
+    let url = pick_url(&args.smtp_url, f.url.take(), "smtp-url", "notify.smtp-url");
     let ((to, to_origin), (url, url_origin)) = match (to, url) {
-        (None, None) => return Ok(None),
+        (None, None) => return unused_email_keys(args, &f),
         (Some(_), None) => return Err(ConfigError::Invalid(
             "--email-to needs an SMTP server: give --smtp-url (COSTGUARD_SMTP_URL, [notify] smtp-url), e.g. smtps://user@mail.example.com".into(),
         )),
@@ -308,6 +308,31 @@ fn resolve_email(
         ca_pem,
     };
     Ok(Some((set, url.trim().to_string())))
+}
+
+/// Without --email-to and --smtp-url, a sender, a password file or a CA file is a mistake to
+/// say, not to ignore (COSTGUARD_SMTP_PASSWORD alone is left alone: a shared environment).
+fn unused_email_keys(
+    args: &GuardArgs,
+    f: &EmailFile,
+) -> Result<Option<(EmailSettings, String)>, ConfigError> {
+    let given = [
+        ("--smtp-password-file", args.smtp_password_file.is_some()),
+        ("--email-from", args.email_from.is_some()),
+        ("--smtp-ca-file", args.smtp_ca_file.is_some()),
+        (
+            "config key notify.smtp-password-file",
+            f.password_file.is_some(),
+        ),
+        ("config key notify.email-from", f.from.is_some()),
+        ("config key notify.smtp-ca-file", f.ca_file.is_some()),
+    ];
+    match given.iter().find(|(_, g)| *g) {
+        Some((name, _)) => Err(ConfigError::Invalid(format!(
+            "{name} is for the email channel: give --email-to and --smtp-url too"
+        ))),
+        None => Ok(None),
+    }
 }
 
 /// COSTGUARD_SMTP_PASSWORD (never a flag: it would show in `ps`), else the file.
