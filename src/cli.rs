@@ -710,6 +710,55 @@ pub struct GuardArgs {
     )]
     pub notify_command: Option<String>,
 
+    /// Email the events to these addresses (ADDR[,ADDR]), through --smtp-url.
+    #[arg(
+        long,
+        env = "COSTGUARD_EMAIL_TO",
+        value_name = "ADDR[,ADDR]",
+        help_heading = "Notifications"
+    )]
+    pub email_to: Option<String>,
+
+    /// SMTP server for --email-to: smtp://[user@]host[:port] (STARTTLS when offered, port 25)
+    /// or smtps://[user@]host[:port] (TLS, port 465). The password: COSTGUARD_SMTP_PASSWORD or
+    /// --smtp-password-file.
+    #[arg(
+        long,
+        env = "COSTGUARD_SMTP_URL",
+        value_name = "URL",
+        hide_env_values = true,
+        help_heading = "Notifications"
+    )]
+    pub smtp_url: Option<String>,
+
+    /// File holding the SMTP password (or give it in COSTGUARD_SMTP_PASSWORD).
+    #[arg(
+        long,
+        env = "COSTGUARD_SMTP_PASSWORD_FILE",
+        value_name = "PATH",
+        help_heading = "Notifications"
+    )]
+    pub smtp_password_file: Option<PathBuf>,
+
+    /// Sender of the mails [default: costguard@<hostname>].
+    #[arg(
+        long,
+        env = "COSTGUARD_EMAIL_FROM",
+        value_name = "ADDR",
+        help_heading = "Notifications"
+    )]
+    pub email_from: Option<String>,
+
+    /// PEM file of a private CA to trust for the SMTP server's certificate, besides the public
+    /// roots.
+    #[arg(
+        long,
+        env = "COSTGUARD_SMTP_CA_FILE",
+        value_name = "PATH",
+        help_heading = "Notifications"
+    )]
+    pub smtp_ca_file: Option<PathBuf>,
+
     /// Event kinds to send: all, or a list of kinds, KIND:REASON allowed
     /// [default: killed,failed,completed,warning:budget,warning:checkpoint,warning:preemption,agent-error:record,agent-error:release;
     /// PagerDuty: killed,failed,stalled,agent-error,completed].

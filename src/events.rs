@@ -119,6 +119,9 @@ pub struct Event {
     /// The job's command line, secret-looking values masked.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub command: Option<String>,
+    /// The run's page (`http://ADDR/`), when costguard serves one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub page_url: Option<String>,
     /// Sent by `costguard notify test`, not by a run.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub test: bool,

@@ -236,6 +236,7 @@ mod tests {
             host: String::new(),
             phase: None,
             report_path: None,
+            page_url: None,
             command: None,
             test: false,
         }

@@ -167,7 +167,8 @@ fn notify_test(settings: &Settings) -> ExitCode {
     if settings.notify.channels.is_empty() {
         costguard::console::error(
             "no notification channel configured (give --slack-webhook, --webhook, \
-             --alertmanager, --pagerduty-routing-key or --notify-command, or their COSTGUARD_* \
+             --alertmanager, --pagerduty-routing-key, --notify-command or --email-to with \
+             --smtp-url, or their COSTGUARD_* \
              variables or [notify] config keys)",
         );
         return ExitCode::from(exit::OWN_FAILURE);

@@ -393,6 +393,7 @@ mod tests {
             phase: None,
             report_path: None,
             command: None,
+            page_url: None,
             test: false,
         }
     }

@@ -35,6 +35,7 @@ pub fn test_event(host: &str, origin: &str) -> Event {
         phase: None,
         report_path: None,
         command: None,
+        page_url: None,
         test: true,
     }
 }

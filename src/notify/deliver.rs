@@ -30,7 +30,8 @@ pub fn body(ch: &Channel, item: &Item) -> serde_json::Value {
     let e = &item.event;
     match ch.kind {
         ChannelKind::Slack => payload::slack(e),
-        ChannelKind::Webhook | ChannelKind::Command => payload::webhook(e),
+        // The mail is built by `email::message`; this JSON is what the webhook would get.
+        ChannelKind::Webhook | ChannelKind::Command | ChannelKind::Email => payload::webhook(e),
         ChannelKind::Alertmanager => payload::alertmanager(e, SystemTime::now()),
         ChannelKind::Pagerduty => payload::pagerduty(e, &ch.target.0, item.resolve.as_deref()),
     }
@@ -107,6 +108,14 @@ pub async fn send(
     ch: &Channel,
     item: &Item,
 ) -> Outcome {
+    if ch.kind == ChannelKind::Email {
+        return match &set.email {
+            Some(s) => super::email::send(s, item, set.timeout).await,
+            None => Outcome::Refused {
+                why: "the email channel has no SMTP settings".into(),
+            },
+        };
+    }
     let body = body(ch, item);
     if ch.kind == ChannelKind::Command {
         return run_command(&ch.target.0, &body, item, set.timeout).await;

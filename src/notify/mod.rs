@@ -5,6 +5,7 @@
 pub mod check;
 pub mod config;
 pub mod deliver;
+pub mod email;
 pub mod outbox;
 pub mod payload;
 pub mod worker;
@@ -36,15 +37,17 @@ pub enum ChannelKind {
     Alertmanager,
     Pagerduty,
     Command,
+    Email,
 }
 
 impl ChannelKind {
-    pub const ALL: [ChannelKind; 5] = [
+    pub const ALL: [ChannelKind; 6] = [
         ChannelKind::Slack,
         ChannelKind::Webhook,
         ChannelKind::Alertmanager,
         ChannelKind::Pagerduty,
         ChannelKind::Command,
+        ChannelKind::Email,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +57,7 @@ impl ChannelKind {
             ChannelKind::Alertmanager => "alertmanager",
             ChannelKind::Pagerduty => "pagerduty",
             ChannelKind::Command => "command",
+            ChannelKind::Email => "email",
         }
     }
 
@@ -118,7 +122,8 @@ impl Default for KindFilter {
     }
 }
 
-/// One configured destination. `target` is the URL, routing key or command: a secret.
+/// One configured destination. `target` is the URL, routing key or command: a secret
+/// (for email, the SMTP URL; its settings and password are in `NotifySettings::email`).
 #[derive(Debug, Clone)]
 pub struct Channel {
     pub kind: ChannelKind,
@@ -132,8 +137,10 @@ pub struct NotifySettings {
     pub pagerduty_url: String,
     /// How long to keep delivering after the run ended.
     pub flush: Duration,
-    /// Bound on one delivery attempt (an HTTP request, or the notify command).
+    /// Bound on one delivery attempt (an HTTP request, an SMTP session, or the notify command).
     pub timeout: Duration,
+    /// The email channel's server, credentials and addresses, when it is configured.
+    pub email: Option<email::EmailSettings>,
 }
 
 impl Default for NotifySettings {
@@ -143,6 +150,7 @@ impl Default for NotifySettings {
             pagerduty_url: DEFAULT_PAGERDUTY_URL.into(),
             flush: Duration::from_secs(10),
             timeout: Duration::from_secs(10),
+            email: None,
         }
     }
 }
@@ -152,12 +160,18 @@ impl NotifySettings {
         self.channels.iter().find(|c| c.kind == kind)
     }
 
-    /// The secret values to mask everywhere.
+    /// The secret values to mask everywhere: URLs and keys, and the SMTP password (the
+    /// SMTP URL is not one: its user, the only private part, is masked as any `user@` is).
     pub fn secrets(&self) -> Vec<String> {
         self.channels
             .iter()
-            .filter(|c| c.kind != ChannelKind::Command)
+            .filter(|c| !matches!(c.kind, ChannelKind::Command | ChannelKind::Email))
             .map(|c| c.target.0.clone())
+            .chain(
+                self.email
+                    .iter()
+                    .filter_map(|e| e.password.as_ref().map(|p| p.0.clone())),
+            )
             .collect()
     }
 }
@@ -182,6 +196,7 @@ mod tests {
             phase: None,
             report_path: None,
             command: None,
+            page_url: None,
             test: false,
         }
     }

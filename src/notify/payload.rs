@@ -25,8 +25,9 @@ fn elapsed(e: &Event) -> String {
     format_duration(Duration::from_secs_f64(e.elapsed_seconds.max(0.0)))
 }
 
-fn headline(e: &Event) -> String {
-    let what = match e.kind {
+/// The event's kind as a person reads it: `killed`, `phase completed`, `costguard error`.
+pub fn kind_word(kind: EventKind) -> &'static str {
+    match kind {
         EventKind::Killed => "killed",
         EventKind::Failed => "failed",
         EventKind::Completed => "completed",
@@ -37,7 +38,11 @@ fn headline(e: &Event) -> String {
         EventKind::PhaseCompleted => "phase completed",
         EventKind::AgentError => "costguard error",
         EventKind::Test => "test",
-    };
+    }
+}
+
+fn headline(e: &Event) -> String {
+    let what = kind_word(e.kind);
     let reason = e
         .reason
         .as_deref()
@@ -227,6 +232,7 @@ mod tests {
             phase: None,
             report_path: None,
             command: Some("python train.py".into()),
+            page_url: None,
             test: false,
         }
     }

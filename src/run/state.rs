@@ -391,6 +391,7 @@ impl RunState {
                 .filter(|_| final_kind)
                 .map(|d| d.join("report.md").display().to_string()),
             command: Some(self.id.command_line.clone()),
+            page_url: self.id.page_url.clone(),
             test: false,
         };
         self.events.recent.push_back(ev.clone());
