@@ -50,9 +50,11 @@ fn holder_record(state: &Path, id: &str) -> String {
     std::fs::read_to_string(state.join("runs").join(id).join("holder-kill.txt")).unwrap_or_default()
 }
 
-/// The reproduction: `output.log` is a FIFO, so costguard's runtime thread blocks
-/// opening it right after the job started, and its own kill can never fire. The holder
-/// holds the dollar deadline (2 s at $3600/h with $2) and kills the job by deadline + slack.
+/// The reproduction: `output.log` is a FIFO. costguard used to block opening it
+/// right after the job started, so its own kill could never fire; the holder holds the
+/// dollar deadline (2 s at $3600/h with $2) and kills the job by deadline + slack whatever
+/// costguard does. Since record paths are opened O_NONBLOCK, costguard says what is wrong
+/// and kills on time itself; the holder's part is shown by the SIGSTOP test below.
 #[test]
 fn the_holder_kills_at_the_deadline_while_costguard_is_blocked_on_a_fifo() {
     let (state, dir) = (tempdir(), tempdir());
@@ -76,20 +78,30 @@ fn the_holder_kills_at_the_deadline_while_costguard_is_blocked_on_a_fifo() {
     let took = start.elapsed();
     let still_blocked = matches!(child.try_wait(), Ok(None));
     let record = holder_record(state.path(), "x");
-    // Unblock costguard: a reader on the FIFO lets its open return; it then finds its
-    // deadline passed and ends as a dollar kill of a tree that is already gone.
-    let reader = std::thread::spawn(move || {
-        let _ = std::io::copy(
-            &mut std::fs::File::open(&fifo).expect("open fifo"),
-            &mut std::io::sink(),
-        );
+    // Unblock costguard if its open of the FIFO did block (costguard now opens record paths
+    // O_NONBLOCK and says what is wrong instead): a reader lets that open return; it then
+    // finds its deadline passed and ends as a dollar kill of a tree that is already gone.
+    let reader = still_blocked.then(|| {
+        std::thread::spawn(move || {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Non-blocking: a costguard that already ended never opens the other side.
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo);
+            if let Ok(mut f) = f {
+                let _ = std::io::copy(&mut f, &mut std::io::sink());
+            }
+        })
     });
     let code = exit_within(&mut child, Duration::from_secs(10));
     if code.is_none() || !gone {
         signal(leader, Signal::SIGKILL);
         end(child);
     }
-    let _ = reader.join();
+    if let Some(r) = reader {
+        let _ = r.join();
+    }
     assert!(
         gone,
         "the job still ran {took:?} after the start (deadline 2 s)"
