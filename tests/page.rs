@@ -328,7 +328,7 @@ fn a_killed_plan_reads_the_same_with_and_without_javascript() {
 
     assert_eq!(shown(&plain, "state"), "killed");
     assert!(
-        shown(&plain, "outcome_detail").contains("train killed (usd)"),
+        shown(&plain, "outcome_detail").contains("train killed at its usd cap"),
         "{}",
         shown(&plain, "outcome_detail")
     );
