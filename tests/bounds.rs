@@ -181,7 +181,7 @@ fn a_thousand_idle_connections_do_not_stop_the_kill() {
     );
     assert_eq!(st.code(), Some(124), "{err}");
     assert!(
-        !err.contains("Too many open files") && !err.contains("agent-error"),
+        !err.contains("Too many open files") && !err.contains("agent-error (record)"),
         "{err}"
     );
     let l = ledger(&state, "conns");

@@ -108,7 +108,9 @@ fn the_holder_kills_at_the_deadline_while_costguard_is_blocked_on_a_fifo() {
     );
     eprintln!("job gone {took:?} after the start; costguard blocked: {still_blocked}");
     assert!(took < Duration::from_secs(8), "{took:?}");
-    if still_blocked {
+    // costguard no longer blocks there (a race may still see it ending): whoever killed,
+    // the job was gone on time; when the holder did, it said why.
+    if still_blocked && !record.is_empty() {
         assert!(
             record.contains("dollar ceiling"),
             "holder's record: {record:?}"

@@ -316,13 +316,15 @@ fn a_matrix_plan_checks_in_pings_each_phase_and_ends_completed_with_its_kills() 
     assert_eq!(l["state"], "completed");
     assert_eq!(l["outcome_detail"], summary);
 
-    // One notification per phase end, the kills, and the summary last.
-    let sent: Vec<serde_json::Value> = std::fs::read_to_string(&notes)
+    // One notification per phase end, the kills, and the summary last — in the order the
+    // events were made (deliveries run concurrently, so arrival order may differ).
+    let mut sent: Vec<serde_json::Value> = std::fs::read_to_string(&notes)
         .expect("notes")
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).expect("json"))
         .collect();
+    sent.sort_by_key(|e| e["id"].as_str().unwrap_or_default().to_string());
     let kinds: Vec<String> = sent
         .iter()
         .map(|e| {

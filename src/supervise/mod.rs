@@ -359,10 +359,13 @@ impl Job {
             return (walk, Vec::new());
         };
         let inside = l.procs();
+        // Alive (and no zombie) after the leaf was read means alive while it was read: a
+        // process that died in between is gone, not escaped.
         let outside: Vec<i32> = walk
             .iter()
             .copied()
             .filter(|p| !inside.contains(p))
+            .filter(|p| tree::stat(*p).is_some_and(|s| !s.is_zombie()))
             .collect();
         let mut pids: Vec<i32> = inside
             .into_iter()
