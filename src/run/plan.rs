@@ -117,6 +117,31 @@ fn abort_of(v: Option<&str>, default: bool, origin: &str) -> Result<bool, String
     }
 }
 
+/// "line N: " for `key` in the `i`-th `[[phase]]` table (or before the first one when `i`
+/// is None), as config errors name it; empty when it cannot be found.
+fn key_line(text: &str, i: Option<usize>, key: &str) -> String {
+    let dashed = key.replace('_', "-");
+    let mut table: Option<usize> = None;
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with("[[phase]]") {
+            table = Some(table.map_or(0, |x| x + 1));
+            continue;
+        }
+        if table != i {
+            continue;
+        }
+        for k in [key, dashed.as_str()] {
+            if let Some(rest) = t.strip_prefix(k) {
+                if rest.trim_start().starts_with('=') {
+                    return format!("line {}: ", n + 1);
+                }
+            }
+        }
+    }
+    String::new()
+}
+
 /// The line of a byte offset, 1-based.
 fn line_of(text: &str, at: usize) -> usize {
     text[..at.min(text.len())].matches('\n').count() + 1
@@ -264,7 +289,11 @@ pub fn load(path: &Path) -> Result<Vec<Phase>, String> {
             path.display()
         ));
     }
-    let default_abort = abort_of(plan.on_kill.as_deref(), false, "on_kill")?;
+    let default_abort = abort_of(
+        plan.on_kill.as_deref(),
+        false,
+        &format!("{}on_kill", key_line(&text, None, "on_kill")),
+    )?;
     let mut out = Vec::new();
     for (i, p) in plan.phase.iter().enumerate() {
         out.extend(expand(&text, i, p, default_abort).map_err(invalid)?);
@@ -294,9 +323,10 @@ pub fn load(path: &Path) -> Result<Vec<Phase>, String> {
 /// One `[[phase]]` table: its caps checked once, then one phase per `for_each` combination.
 fn expand(text: &str, i: usize, p: &PhaseFile, default_abort: bool) -> Result<Vec<Phase>, String> {
     let at = format!("phase {} ({:?})", i + 1, p.name);
+    let line = |key: &str| key_line(text, Some(i), key);
     let dur = |v: &Option<String>, key: &str| -> Result<Option<std::time::Duration>, String> {
         v.as_deref()
-            .map(|s| units::parse_duration(s).map_err(|e| format!("{at}: {key}: {e}")))
+            .map(|s| units::parse_duration(s).map_err(|e| format!("{}{at}: {key}: {e}", line(key))))
             .transpose()
     };
     // A TOML number goes through the same parser as a string: negatives and amounts
@@ -304,10 +334,13 @@ fn expand(text: &str, i: usize, p: &PhaseFile, default_abort: bool) -> Result<Ve
     let max_usd = p
         .max_usd
         .clone()
-        .map(|v| units::parse_money(&v.into_string()).map_err(|e| format!("{at}: max_usd: {e}")))
+        .map(|v| {
+            units::parse_money(&v.into_string())
+                .map_err(|e| format!("{}{at}: max_usd: {e}", line("max_usd")))
+        })
         .transpose()?;
     if max_usd.is_some_and(|u| !u.is_finite() || u <= 0.0) {
-        return Err(format!("{at}: max_usd must be above 0"));
+        return Err(format!("{}{at}: max_usd must be above 0", line("max_usd")));
     }
     let each = match &p.for_each {
         Some(m) => matrix(text, m, "for_each").map_err(|e| format!("{at}: {e}"))?,
@@ -339,7 +372,7 @@ fn expand(text: &str, i: usize, p: &PhaseFile, default_abort: bool) -> Result<Ve
         abort_on_kill: abort_of(
             p.on_kill.as_deref(),
             default_abort,
-            &format!("{at}: on_kill"),
+            &format!("{}{at}: on_kill", line("on_kill")),
         )?,
         last: false,
         expected_after: None,
@@ -508,6 +541,24 @@ mod tests {
 
     fn phase(extra: &str) -> String {
         format!("[[phase]]\nname = \"a\"\ncommand = \"true\"\n{extra}\n")
+    }
+
+    #[test]
+    fn value_errors_name_the_line_and_the_key() {
+        let text = format!(
+            "{}{}",
+            phase(""),
+            phase("max-wall = \"soon\"\non_kill = \"stop\"")
+        );
+        let err = refused(&text);
+        assert!(
+            err.contains("line 8: phase 2 (\"a\"): max_wall: invalid duration \"soon\""),
+            "{err}"
+        );
+        let err = refused(&phase("max_usd = -3"));
+        assert!(err.contains("line 4: phase 1 (\"a\"): max_usd:"), "{err}");
+        let err = refused(&format!("on_kill = \"never\"\n{}", phase("")));
+        assert!(err.contains("line 1: on_kill"), "{err}");
     }
 
     #[test]
