@@ -23,6 +23,8 @@ use crate::telemetry::devfiles;
 pub struct JobTarget {
     pub job: Job,
     pub tail: Tail,
+    /// Why output.log is not kept (a FIFO or a link at its path), for the record's alarm.
+    pub log_error: Option<String>,
 }
 
 /// The agent's targets: the GPU processes its selector picks from each sample.
@@ -54,16 +56,24 @@ impl JobTarget {
         let mut job = Job::spawn(command, opts)?;
         let tail = Tail::default();
         if !capture {
-            return Ok((JobTarget { job, tail }, None));
+            return Ok((
+                JobTarget {
+                    job,
+                    tail,
+                    log_error: None,
+                },
+                None,
+            ));
         }
         let (tx, rx) = mpsc::channel(64);
+        // Never a hang (a FIFO there), never written through a link: an alarm instead.
+        let mut log_error = None;
         let log = log
             .and_then(|(p, max)| match output::CappedLog::open(p, max) {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    // Never a hang (a FIFO there), never written through a link: said.
-                    crate::console::alert(format!(
-                        "notice: the job's output is not kept in {}: {e}",
+                    log_error = Some(format!(
+                        "the job's output is not kept in {}: {e}",
                         p.display()
                     ));
                     None
@@ -85,7 +95,14 @@ impl JobTarget {
             let to = if echo { dup_fd(to).ok() } else { None };
             output::spawn_pump(from, to, sinks.clone()).map_err(SpawnError::Pipe)?;
         }
-        Ok((JobTarget { job, tail }, Some(rx)))
+        Ok((
+            JobTarget {
+                job,
+                tail,
+                log_error,
+            },
+            Some(rx),
+        ))
     }
 }
 

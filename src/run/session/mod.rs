@@ -265,6 +265,9 @@ pub async fn run_session(
     };
     let (mut job, progress) = JobTarget::start(&command, opts, judge, log, !detached)?;
     s.note_job(&job);
+    if let Some(why) = job.log_error.take() {
+        s.emit(crate::events::EventKind::AgentError, Some("record"), why);
+    }
     let msgs = job.job.take_msgs();
     let mut sources = sources_of(&mut s, job.job.holder_pid, Some(msgs), progress);
     let mut target = Target::Job(job);
