@@ -46,39 +46,46 @@ pub fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// Opens a file of the state directory for appending (or, with `append` false, for writing
-/// without truncating, as a lock file is), creating it: never through a symbolic link and
-/// never blocking on a FIFO (O_NOFOLLOW | O_NONBLOCK), and only a regular file — anything
-/// else at a record path is an error to report, not a hang.
-pub fn open_record(path: &Path, append: bool) -> std::io::Result<std::fs::File> {
+/// Opens a file of the state directory with `o`, never through a symbolic link and never
+/// blocking on a FIFO (O_NOFOLLOW | O_NONBLOCK), and only a regular file: anything else at a
+/// record path is an error to report, not a hang. The one way such a file is opened.
+fn open_state(o: &mut std::fs::OpenOptions, path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut o = std::fs::OpenOptions::new();
-    o.create(true)
+    let bad = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is {what}, not a regular file", path.display()),
+        )
+    };
+    let f = o
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .mode(0o600);
-    if append {
-        o.append(true);
-    } else {
-        o.write(true).truncate(false);
-    }
-    let f = o.open(path).map_err(|e| match e.raw_os_error() {
-        Some(libc::ELOOP) => std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{} is a symbolic link, not a regular file", path.display()),
-        ),
-        Some(libc::ENXIO) => std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{} is a FIFO, not a regular file", path.display()),
-        ),
-        _ => e,
-    })?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => bad("a symbolic link"),
+            Some(libc::ENXIO) => bad("a FIFO"),
+            _ => e,
+        })?;
+    if !f.metadata()?.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("{} is not a regular file", path.display()),
         ));
     }
+    Ok(f)
+}
+
+/// Opens a file of the state directory for appending (or, with `append` false, for writing
+/// without truncating, as a lock file is), creating it (see `open_state`).
+pub fn open_record(path: &Path, append: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.create(true).mode(0o600);
+    if append {
+        o.append(true);
+    } else {
+        o.write(true).truncate(false);
+    }
+    let f = open_state(&mut o, path)?;
     // Blocking again for the writes themselves (a regular file never blocks).
     let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
     // SAFETY: fcntl on a descriptor this function owns.
@@ -95,19 +102,8 @@ pub fn open_record(path: &Path, append: bool) -> std::io::Result<std::fs::File> 
 /// line: an event log is read from its tail, never skipped for being big.
 pub fn read_tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{} is not a regular file", path.display()),
-        ));
-    }
-    let start = meta.len().saturating_sub(max);
+    let mut f = open_state(std::fs::OpenOptions::new().read(true), path)?;
+    let start = f.metadata()?.len().saturating_sub(max);
     f.seek(SeekFrom::Start(start))?;
     let mut b = Vec::new();
     f.take(max).read_to_end(&mut b)?;
@@ -122,40 +118,21 @@ pub fn read_tail(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     Ok(b)
 }
 
-/// Reads a file of the state directory defensively: a regular file only (no FIFO, device or
-/// symlink: opened with O_NOFOLLOW | O_NONBLOCK, then checked), at most `max` bytes.
+/// Reads a file of the state directory defensively (see `open_state`), at most `max` bytes.
 pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{} is a symbolic link, not a regular file", path.display()),
-            ),
-            _ => e,
-        })?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{} is not a regular file", path.display()),
-        ));
-    }
-    if meta.len() > max {
+    let f = open_state(std::fs::OpenOptions::new().read(true), path)?;
+    let len = f.metadata()?.len();
+    if len > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!(
-                "{} is {} bytes, more than the {max} a costguard file can be",
-                path.display(),
-                meta.len()
+                "{} is {len} bytes, more than the {max} a costguard file can be",
+                path.display()
             ),
         ));
     }
-    let mut out = Vec::with_capacity(meta.len() as usize);
+    let mut out = Vec::with_capacity(len as usize);
     f.take(max + 1).read_to_end(&mut out)?;
     Ok(out)
 }
