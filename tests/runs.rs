@@ -320,6 +320,8 @@ fn a_detached_run_survives_its_terminal_closing() {
     );
     // A shell whose controlling terminal is the pty, as in a terminal window.
     let mut c = Command::new("sh");
+    // HUP back to its default: under `nohup` the shell would inherit it ignored.
+    default_signals(&mut c);
     c.env("COSTGUARD_PROVIDER", "none");
     c.arg("-c")
         .arg(format!(
