@@ -323,7 +323,10 @@ fn a_killed_plan_reads_the_same_with_and_without_javascript() {
 
     // Every number the script rewrote reads as the server wrote it.
     let (a, b) = (all_shown(&live), all_shown(&plain));
-    assert!(a.len() > 30, "{a:?}");
+    // The run's numbers, the limits and the host; the GPU cards only when the killed phase
+    // lived long enough for a sample (the kill comes ~4 s into it: on a loaded machine it
+    // may not), so they are not counted on here.
+    assert!(a.len() >= 20, "{a:?}");
     assert_eq!(a, b, "the script's formats are the server's");
 
     assert_eq!(shown(&plain, "state"), "killed");
