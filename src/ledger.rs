@@ -21,7 +21,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
 use crate::fsutil::write_atomic;
-use crate::supervise::tree;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Kill {
@@ -36,26 +35,8 @@ pub struct Kill {
     pub last_output: Vec<String>,
 }
 
-/// A process identified across pid reuse.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
-pub struct Proc {
-    pub pid: i32,
-    pub start_ticks: u64,
-}
-
-impl Proc {
-    pub fn of(pid: i32) -> Option<Proc> {
-        tree::stat(pid).map(|s| Proc {
-            pid,
-            start_ticks: s.start_ticks,
-        })
-    }
-
-    /// Whether this very process still exists (same pid, same start time, not a zombie).
-    pub fn alive(&self) -> bool {
-        tree::stat(self.pid).is_some_and(|s| s.start_ticks == self.start_ticks && !s.is_zombie())
-    }
-}
+/// The record names processes as the supervisor knows them (pid and start time).
+pub use crate::supervise::tree::Proc;
 
 /// How a session, a phase or a run ended. The serialized names are the ledger's and the
 /// webhooks' vocabulary and never change.

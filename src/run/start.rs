@@ -481,17 +481,9 @@ fn job_name(command: &[std::ffi::OsString]) -> String {
 
 /// The time part of a default run id: `YYYY-MM-DD-HHMM` (UTC).
 pub fn run_id_stamp(now: std::time::SystemTime) -> String {
-    let secs = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64;
-    let (y, m, d) = crate::events::civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}-{:02}{:02}",
-        rem / 3600,
-        (rem % 3600) / 60
-    )
+    // "2026-11-29T17:41:53Z" → "2026-11-29-1741"
+    let t = humantime::format_rfc3339_seconds(now).to_string();
+    format!("{}-{}{}", &t[..10], &t[11..13], &t[14..16])
 }
 
 /// Claims `<state-dir>/runs/<id>` for this run: `base`, else `base-2`, `base-3`, … so two

@@ -202,7 +202,7 @@ pub fn terminate_blocking(scope: &mut dyn Scope, first: Signal, grace: Duration)
 /// The agent's targets and a crashed session's leftovers are such scopes.
 #[derive(Debug, Clone, Default)]
 pub struct Procs {
-    pub roots: Vec<crate::ledger::Proc>,
+    pub roots: Vec<super::tree::Proc>,
     pub leaf: Option<super::cgroup::Leaf>,
     /// Never touched, whatever the roots say (costguard itself, pid 1).
     pub spare: Vec<i32>,
@@ -322,7 +322,7 @@ mod tests {
             .spawn()
             .expect("sh");
         let pid = child.id() as i32;
-        let root = crate::ledger::Proc::of(pid).expect("alive");
+        let root = crate::supervise::tree::Proc::of(pid).expect("alive");
         let mut stale = root;
         stale.start_ticks += 1;
         let mut wrong = Procs {

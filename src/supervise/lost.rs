@@ -24,7 +24,7 @@ pub struct Lost {
 }
 
 impl Lost {
-    pub fn new(holder_pid: i32, leaf: Option<Leaf>, recorded: Vec<crate::ledger::Proc>) -> Lost {
+    pub fn new(holder_pid: i32, leaf: Option<Leaf>, recorded: Vec<super::tree::Proc>) -> Lost {
         let me = std::process::id() as i32;
         Lost {
             pgid: holder_pid,

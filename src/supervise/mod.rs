@@ -476,7 +476,7 @@ impl Job {
     /// `lost.rs`), `recorded` being the members last written to the ledger.
     pub async fn terminate_lost(
         &mut self,
-        recorded: Vec<crate::ledger::Proc>,
+        recorded: Vec<tree::Proc>,
         first: Signal,
         grace: Duration,
         force: Option<watch::Receiver<bool>>,

@@ -57,6 +57,27 @@ pub fn comm(pid: i32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// A process identified across pid reuse.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Proc {
+    pub pid: i32,
+    pub start_ticks: u64,
+}
+
+impl Proc {
+    pub fn of(pid: i32) -> Option<Proc> {
+        stat(pid).map(|s| Proc {
+            pid,
+            start_ticks: s.start_ticks,
+        })
+    }
+
+    /// Whether this very process still exists (same pid, same start time, not a zombie).
+    pub fn alive(&self) -> bool {
+        stat(self.pid).is_some_and(|s| s.start_ticks == self.start_ticks && !s.is_zombie())
+    }
+}
+
 pub fn stat(pid: i32) -> Option<ProcStat> {
     parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }

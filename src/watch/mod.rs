@@ -100,28 +100,15 @@ fn resolve(target: &str, state: &Path) -> Result<Source, String> {
 /// An RFC 3339 UTC time as this machine's local time of day (`HH:MM:SS`).
 fn clock(at: &str) -> String {
     let local = (|| {
-        let num = |r: std::ops::Range<usize>| at.get(r)?.parse::<i64>().ok();
-        let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-        let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-        let days = days_from_civil(y, mo, d);
-        let t = (days * 86_400 + h * 3600 + mi * 60 + s) as libc::time_t;
+        let t = humantime::parse_rfc3339_weak(at).ok()?;
+        let secs = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+        let t = libc::time_t::try_from(secs).ok()?;
         // SAFETY: localtime_r fills the tm we own from the time_t we own.
         let mut tm: libc::tm = unsafe { std::mem::zeroed() };
         let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
         ok.then(|| format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec))
     })();
     local.unwrap_or_else(|| at.to_string())
-}
-
-/// Days since 1970-01-01 of a civil date (the inverse of `events::civil_from_days`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// One event as a line: time, kind, reason, message.
@@ -432,14 +419,6 @@ mod tests {
         );
         assert_eq!(base_of("[::]:9947").as_deref(), Some("http://[::1]:9947"));
         assert_eq!(base_of("none"), None);
-    }
-
-    #[test]
-    fn days_from_civil_inverts_civil_from_days() {
-        for z in [-1000, 0, 1, 19_000, 20_500, 60_000] {
-            let (y, m, d) = crate::events::civil_from_days(z);
-            assert_eq!(days_from_civil(y, i64::from(m), i64::from(d)), z);
-        }
     }
 
     #[test]
