@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use crate::config::{default_state_dir, Settings};
 use crate::exit::OWN_FAILURE;
-use crate::ledger::{self, Ledger};
+use crate::ledger::{self, find, Ledger};
+use crate::shell::quote as shell_quote;
 use crate::units::{format_duration, format_money, format_secs};
 
 pub fn state_dir(p: &Option<PathBuf>) -> PathBuf {
@@ -22,54 +23,12 @@ fn err(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(OWN_FAILURE)
 }
 
-/// The run directory of `id`, or of the newest run.
-pub(crate) fn find(state: &Path, id: Option<&str>) -> Result<(PathBuf, Ledger), String> {
-    match id {
-        Some(id) => {
-            let dir = ledger::runs_dir(state).join(id);
-            match Ledger::load(&dir) {
-                Ok(Some(l)) => Ok((dir, l)),
-                // Reserved by `run --detach`, its costguard not yet on record.
-                Ok(None) if dir.is_dir() => Ok((
-                    dir,
-                    Ledger {
-                        run_id: id.to_string(),
-                        state: ledger::RunState::Starting,
-                        ..Ledger::default()
-                    },
-                )),
-                Ok(None) => Err(format!(
-                    "no run {id:?} in {} (costguard list shows the runs)",
-                    state.display()
-                )),
-                // Shown as corrupted, with the reason, rather than hidden behind an error.
-                Err(e) => Ok((dir, Ledger::corrupted(id, e.to_string()))),
-            }
-        }
-        None => ledger::list(state)
-            .into_iter()
-            .next()
-            .ok_or_else(|| format!("no runs in {}", state.display())),
-    }
-}
-
-pub(crate) fn state_word(l: &Ledger) -> String {
-    if l.crashed() && l.preempted.is_some() {
-        // Its box was reclaimed after the notice: costguard died with it.
-        "preempted".into()
-    } else if l.crashed() {
-        "crashed".into()
-    } else {
-        l.state.as_str().into()
-    }
-}
-
 pub fn status(state: &Path, id: Option<&str>, json: bool) -> ExitCode {
     let (dir, l) = match find(state, id) {
         Ok(x) => x,
         Err(e) => return err(e),
     };
-    let st = state_word(&l);
+    let st = l.state_word();
     let phase_text = match (l.phase_index, l.phases_total) {
         (Some(i), Some(n)) => format!(
             "{} of {n}{}",
@@ -329,7 +288,7 @@ pub fn stop(state: &Path, id: Option<&str>) -> ExitCode {
         Err(e) => return err(e),
     };
     let Some(cg) = l.costguard.filter(|_| l.live()) else {
-        crate::console::outln(format!("run {id} is not running ({})", state_word(&l)));
+        crate::console::outln(format!("run {id} is not running ({})", l.state_word()));
         return ExitCode::SUCCESS;
     };
     // The ledger is a file anyone with the state directory can edit: signal the pid only
@@ -528,16 +487,6 @@ pub async fn preflight(settings: &Settings, host: &str) -> Vec<Answer> {
         },
     });
     out
-}
-
-/// A word as a shell reads it back: bare when safe, else in single quotes.
-pub fn shell_quote(w: &str) -> String {
-    let safe = |c: char| c.is_ascii_alphanumeric() || "_./:=@%+,-".contains(c);
-    if !w.is_empty() && w.chars().all(safe) {
-        w.to_string()
-    } else {
-        format!("'{}'", w.replace('\'', "'\\''"))
-    }
 }
 
 /// The command line that would answer the preflight's open questions: this invocation with
@@ -861,13 +810,5 @@ mod tests {
     fn the_jobs_text_reaches_the_terminal_without_control_characters() {
         assert_eq!(printable("a\x1b[31mred\0x\r"), "a\\x1b[31mred\\x00x\\x0d");
         assert_eq!(printable("step 5\tloss 1.2 ✓"), "step 5 loss 1.2 ✓");
-    }
-
-    #[test]
-    fn shell_words_are_quoted_only_when_needed() {
-        assert_eq!(shell_quote("--max-wall"), "--max-wall");
-        assert_eq!(shell_quote("cat >> x"), "'cat >> x'");
-        assert_eq!(shell_quote("it's"), "'it'\\''s'");
-        assert_eq!(shell_quote(""), "''");
     }
 }

@@ -426,6 +426,52 @@ pub fn list(state_dir: &Path) -> Vec<(PathBuf, Ledger)> {
     out
 }
 
+/// The run directory of `id`, or of the newest run.
+pub fn find(state: &Path, id: Option<&str>) -> Result<(PathBuf, Ledger), String> {
+    match id {
+        Some(id) => {
+            let dir = runs_dir(state).join(id);
+            match Ledger::load(&dir) {
+                Ok(Some(l)) => Ok((dir, l)),
+                // Reserved by `run --detach`, its costguard not yet on record.
+                Ok(None) if dir.is_dir() => Ok((
+                    dir,
+                    Ledger {
+                        run_id: id.to_string(),
+                        state: RunState::Starting,
+                        ..Ledger::default()
+                    },
+                )),
+                Ok(None) => Err(format!(
+                    "no run {id:?} in {} (costguard list shows the runs)",
+                    state.display()
+                )),
+                // Shown as corrupted, with the reason, rather than hidden behind an error.
+                Err(e) => Ok((dir, Ledger::corrupted(id, e.to_string()))),
+            }
+        }
+        None => list(state)
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("no runs in {}", state.display())),
+    }
+}
+
+impl Ledger {
+    /// The run's state as `list` and `status` say it: a crashed run is "crashed" (or
+    /// "preempted" when its box was reclaimed after the notice), whatever it last recorded.
+    pub fn state_word(&self) -> String {
+        if self.crashed() && self.preempted.is_some() {
+            // Its box was reclaimed after the notice: costguard died with it.
+            "preempted".into()
+        } else if self.crashed() {
+            "crashed".into()
+        } else {
+            self.state.as_str().into()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ pub mod redact;
 pub mod report;
 pub mod run;
 pub mod series;
+pub mod shell;
 pub mod spend;
 pub mod supervise;
 pub mod telemetry;

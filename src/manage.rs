@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use crate::cmd::{find, state_word};
 use crate::exit::OWN_FAILURE;
+use crate::ledger::find;
 use crate::ledger::{self, Ledger};
 use crate::units::{format_money, format_secs};
 
@@ -80,7 +80,7 @@ pub fn list(state: &Path, a: &crate::cli::ListArgs) -> ExitCode {
     let runs: Vec<(PathBuf, Ledger, String)> = ledger::list(state)
         .into_iter()
         .map(|(dir, l)| {
-            let w = state_word(&l);
+            let w = l.state_word();
             (dir, l, w)
         })
         .filter(|(_, _, w)| states.as_ref().is_none_or(|s| s.contains(w)))
@@ -143,13 +143,13 @@ fn print_table(runs: &[(PathBuf, Ledger, String)]) {
 pub fn exit_of(l: &Ledger) -> (u8, String) {
     let detail = l.outcome_detail.as_deref().unwrap_or("ended");
     match l.exit_code {
-        Some(c) if !l.crashed() => (c, format!("run {} {}: {detail}", l.run_id, state_word(l))),
+        Some(c) if !l.crashed() => (c, format!("run {} {}: {detail}", l.run_id, l.state_word())),
         _ => (
             OWN_FAILURE,
             format!(
                 "run {} is {}: {}",
                 l.run_id,
-                state_word(l),
+                l.state_word(),
                 l.outcome_detail
                     .as_deref()
                     .filter(|_| l.state == ledger::RunState::Corrupted)
@@ -291,13 +291,13 @@ pub fn clean(state: &Path, a: &crate::cli::CleanArgs) -> ExitCode {
         }
         if a.dry_run {
             removed += 1;
-            crate::console::outln(format!("would remove {id} ({})", state_word(&l)));
+            crate::console::outln(format!("would remove {id} ({})", l.state_word()));
             continue;
         }
         match remove_locked(&dir) {
             Ok(()) => {
                 removed += 1;
-                crate::console::outln(format!("removed {id} ({})", state_word(&l)));
+                crate::console::outln(format!("removed {id} ({})", l.state_word()));
             }
             Err(e) => {
                 failed += 1;

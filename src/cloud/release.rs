@@ -399,7 +399,7 @@ pub async fn attempt(plan: &Plan, ledger: &crate::ledger::Ledger) -> Attempt {
 
 /// `sh -c CMD` with the run's variables, bounded.
 async fn command(c: &str, ledger: &crate::ledger::Ledger) -> Attempt {
-    let mut cmd = crate::run::exit_hook::command(c, ledger);
+    let mut cmd = crate::shell::with_run_facts(c, ledger);
     cmd.kill_on_drop(true).process_group(0);
     let status = tokio::time::timeout(Duration::from_secs(120), cmd.status()).await;
     match status {

@@ -4,7 +4,6 @@
 //! TERM, then KILL after `HOOK_GRACE`, so a hanging hook never keeps costguard (and the pod
 //! or instance it holds) alive.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
@@ -17,7 +16,7 @@ use crate::units::format_duration;
 const HOOK_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(cmd: &str, l: &Ledger, timeout: Duration) {
-    let mut c = command(cmd, l);
+    let mut c = crate::shell::with_run_facts(cmd, l);
     // Its own group: what the shell starts is ended with it at the timeout.
     c.process_group(0).kill_on_drop(true);
     let mut child = match c.spawn() {
@@ -36,49 +35,6 @@ pub async fn run(cmd: &str, l: &Ledger, timeout: Duration) {
         Ok(s) => crate::console::alert(format!("notice: exit hook failed: {s}")),
         Err(e) => crate::console::alert(format!("notice: exit hook failed: {e}")),
     }
-}
-
-/// `sh -c CMD` with the run's facts as `COSTGUARD_*` variables (the exit hook's and the
-/// release command's environment).
-pub(crate) fn command(cmd: &str, l: &Ledger) -> tokio::process::Command {
-    let reason = l.kills.last().map(|k| k.reason.clone()).unwrap_or_default();
-    let report = l
-        .report_path
-        .as_ref()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    let run_dir = l
-        .report_path
-        .as_ref()
-        .and_then(|p| p.parent())
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
-    let mut c = tokio::process::Command::new("sh");
-    c.arg("-c")
-        .arg(cmd)
-        .env("COSTGUARD_RUN_ID", &l.run_id)
-        .env("COSTGUARD_OUTCOME", l.state.as_str())
-        .env("COSTGUARD_REASON", &reason)
-        .env("COSTGUARD_EXIT_CODE", l.exit_code.unwrap_or(0).to_string())
-        .env("COSTGUARD_REPORT", &report)
-        .env("COSTGUARD_RUN_DIR", &run_dir)
-        .env(
-            "COSTGUARD_ELAPSED_SECONDS",
-            format!("{:.3}", l.elapsed_seconds),
-        )
-        .stdin(Stdio::null());
-    // Spend that was never metered (no price) is unknown, not $0: the variables are unset.
-    if l.priced {
-        c.env("COSTGUARD_SPEND_DOLLARS", format!("{:.4}", l.spend_dollars))
-            .env(
-                "COSTGUARD_WASTED_DOLLARS",
-                format!("{:.4}", l.wasted_dollars),
-            );
-    } else {
-        c.env_remove("COSTGUARD_SPEND_DOLLARS")
-            .env_remove("COSTGUARD_WASTED_DOLLARS");
-    }
-    c
 }
 
 /// The hook ran past its time: TERM to its process group, KILL after the grace; said even

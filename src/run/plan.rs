@@ -416,7 +416,7 @@ pub fn describe(phases: &[Phase]) -> String {
         [sh, c, line] if sh == "sh" && c == "-c" => line.to_string_lossy().into_owned(),
         _ => argv
             .iter()
-            .map(|w| crate::cmd::shell_quote(&w.to_string_lossy()))
+            .map(|w| crate::shell::quote(&w.to_string_lossy()))
             .collect::<Vec<_>>()
             .join(" "),
     };

@@ -73,12 +73,12 @@ fn resolve(target: &str, state: &Path) -> Result<Source, String> {
             run_dir: None,
         });
     }
-    let (run_dir, mut l) = crate::cmd::find(state, Some(target))?;
+    let (run_dir, mut l) = crate::ledger::find(state, Some(target))?;
     // Reserved by `run --detach`: its costguard records itself within moments.
     let since = std::time::Instant::now();
     while l.state == ledger::RunState::Starting && since.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(100));
-        l = crate::cmd::find(state, Some(target))?.1;
+        l = crate::ledger::find(state, Some(target))?.1;
     }
     if !l.live() {
         return Ok(Source::Ended {
