@@ -11,8 +11,6 @@ use std::collections::BTreeMap;
 use super::GpuInfo;
 
 pub const TABLE_DATE: &str = "2026-11-01";
-pub const TABLE_SOURCE: &str =
-    "approximate public on-demand list prices per GPU-hour (Lambda, RunPod, AWS per-GPU shares)";
 
 /// (substring of the NVML model name, dollars per GPU-hour). First match wins: the more
 /// specific names come first.
