@@ -1,4 +1,5 @@
-//! The run-management commands: check, run --detach, list, status, logs, stop, report. They
+//! The run-management commands: check, run --detach, status, logs, stop, report, prices
+//! (list, wait and clean are in `manage.rs`). They
 //! read the run directories under the state directory; only `stop` touches a live run (a
 //! TERM to its costguard, which then ends the job as it would on Ctrl-C).
 
@@ -319,7 +320,7 @@ pub fn stop(state: &Path, id: Option<&str>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The fourth question: what stops the meter after the run.
+/// What stops the meter after the run.
 fn meter_answer(settings: &Settings, check: &Result<crate::run::PriceCheck, String>) -> Answer {
     let q = "stops the meter";
     match (check, settings.release.enabled()) {
@@ -390,7 +391,8 @@ pub struct Answer {
     pub text: String,
 }
 
-/// The three questions: notification path (with a real test send), watchdog, exit hook.
+/// The preflight's questions: notification path (with a real test send), what stops the
+/// meter, the price, watchdog, exit hook.
 pub async fn preflight(settings: &Settings, host: &str) -> Vec<Answer> {
     let mut out = Vec::new();
     if settings.notify.channels.is_empty() {
@@ -491,9 +493,12 @@ pub async fn preflight(settings: &Settings, host: &str) -> Vec<Answer> {
 
 /// The command line that would answer the preflight's open questions: this invocation with
 /// the missing flags put before `--`. None when an answer needs more than a flag (a
-/// configured channel that failed its test send).
+/// configured channel that failed its test send, a release that cannot work).
 pub fn passing_line(answers: &[Answer], settings: &Settings, args: &[OsString]) -> Option<String> {
     let open = |q: &str| answers.iter().any(|a| a.question == q && !a.ok);
+    if open("stops the meter") {
+        return None;
+    }
     let mut add: Vec<String> = Vec::new();
     if open("notification path") {
         if !settings.notify.channels.is_empty() {

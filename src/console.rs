@@ -1,4 +1,6 @@
-//! Every line costguard prints for a person, on stderr: one prefix, one quiet rule.
+//! Every message costguard prints for a person goes to stderr with one prefix and one quiet
+//! rule; `out`/`outln` write a read-only command's output (list, status, report, watch, the
+//! preflight) to stdout as is.
 //!
 //! - `say` and `notice` are information: `--quiet` hides them.
 //! - `alert` and `error` are what a person must see (a kill, a watchdog firing, costguard's

@@ -127,7 +127,6 @@ pub struct Event {
     pub test: bool,
 }
 
-/// RFC 3339 UTC timestamp for a SystemTime, second precision plus milliseconds.
 /// This machine's name, as events and notifications report it.
 pub fn hostname() -> String {
     nix::unistd::gethostname()

@@ -339,7 +339,7 @@ impl Ledger {
     }
 }
 
-/// Appends one event to `events.jsonl` (flushed; fsynced for kills and endings).
+/// Appends one event to `events.jsonl` (written through; fsynced for kills).
 pub fn append_event(run_dir: &Path, e: &Event) -> std::io::Result<()> {
     let mut f = crate::fsutil::open_record(&run_dir.join("events.jsonl"), true)?;
     let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;

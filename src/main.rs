@@ -29,7 +29,7 @@ fn preflight(settings: &Settings) -> bool {
     let answers = rt.block_on(cmd::preflight(settings, &costguard::events::hostname()));
     let ok = cmd::print_preflight(&answers);
     costguard::console::outln(if ok {
-        "preflight: all three answered: safe to leave"
+        "preflight: every question answered: safe to leave"
     } else {
         "preflight: not safe to leave yet"
     });

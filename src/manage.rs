@@ -213,7 +213,7 @@ pub fn wait(state: &Path, id: Option<&str>) -> ExitCode {
 
 /// Whether `<state-dir>/outbox/` still holds a delivery of run `id`. Deliveries are named
 /// `<run-id>-<seq>.<channel>….json` (event ids), so a name is this run's when what follows
-/// `<id>-` is the sequence number and a dot: `demo-2-5.webhook.json` is run `demo-2`'s.
+/// `<id>-` is the sequence number and a dot: `demo-2-0005.webhook.json` is run `demo-2`'s.
 pub fn undelivered(state: &Path, id: &str) -> bool {
     let Ok(rd) = std::fs::read_dir(state.join("outbox")) else {
         return false;

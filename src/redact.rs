@@ -1,7 +1,8 @@
 //! Secrets never leave costguard in clear: webhook URLs, routing keys and tokens given to it,
 //! and the values of the job's own secret-looking flags and variables wherever its command
-//! line is shown. The secret list is installed once at start and applied to every line
-//! costguard prints, every event, /status and every notification error.
+//! line is shown. The secret list is installed once at start; `text` masks it in every event
+//! message, the job's command line wherever it is shown, notification errors and command
+//! errors. The console itself does not mask: callers pass text through `text`.
 
 use std::borrow::Cow;
 use std::ffi::OsString;

@@ -1,6 +1,6 @@
 //! The postmortem: `report.md` in the run directory, written at the end of every run and
-//! printed by `costguard report RUN`. Built only from the ledger and the event log, so it can
-//! be written again at any time.
+//! printed by `costguard report RUN`. Built from the ledger, the event log and `series.json`
+//! (for the timeline), so it can be written again at any time.
 
 use std::fmt::Write;
 use std::time::Duration;

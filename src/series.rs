@@ -1,8 +1,9 @@
 //! The run's bounded time series (`runs/<id>/series.json`): spend, mean GPU utilization, each
 //! GPU's utilization and memory, the job's host memory and the idle/stall flags, one point
 //! per second at first. At [`CAP`] points, neighbours merge in pairs and the step doubles, so
-//! a run of any length keeps at most `CAP` points: a week-long run ends with a step of about
-//! 14 minutes in ~60 KB (one GPU; each further GPU adds ~20 KB). 720 points is one per pixel
+//! a run of any length keeps at most `CAP` points (a week at one reading a second ends with a
+//! step of 2048 s, ~400 points about 25 minutes apart: a reading folds into the last point
+//! within 0.75 step of where that point began). 720 points is one per pixel
 //! of the timeline's plot width; finer data would not show. Beside the points, the marks: the
 //! run's kills, warnings, watchdog events and phase starts (at most [`MARKS`], kills and phase
 //! starts kept first), so the live page and a resumed run draw them without the event log.
@@ -137,7 +138,7 @@ impl Series {
         prev
     }
 
-    /// Adds a reading; readings closer than the step to the last point fold into it.
+    /// Adds a reading; one within 0.75 step of where the last point's stretch began folds into it.
     pub fn push(&mut self, p: Point) {
         // A resume right after the last point (a plan's next phase) is no gap.
         let gap = std::mem::take(&mut self.resumed)

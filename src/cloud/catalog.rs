@@ -1,6 +1,7 @@
 //! The shipped price catalog: hourly prices of GPU instance types by (provider, instance
 //! type, region), distilled from the public SkyPilot catalog (`scripts/prices` rebuilds
-//! `catalog.csv` from it). Read once, on the detection task, never on the start path.
+//! `catalog.csv` from it). The shipped table is parsed once, by detection (on the start path
+//! only when the start waits for it) or by `costguard prices`.
 //!
 //! GCP bills a GPU VM as two rows — the machine type (vCPU and memory) and its GPUs — so a
 //! GCP price is composed from both. A price of 0 or an empty cell is "no price", never $0.

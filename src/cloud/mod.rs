@@ -3,8 +3,9 @@
 //! the provider's own API where the box has one (RunPod, Vast), else the shipped catalog,
 //! and the spot reclaim notices of a spot box.
 //!
-//! Detection runs once per process on its own task, beside the start and never in its way:
-//! every probe is bounded, and the run loop takes its answer as an event that corrects the
+//! Detection runs once per process on its own task beside the start; the start waits for it
+//! (bounded) only when `--max-usd` has no local price or `--release` needs the box. Every
+//! probe is bounded, and the run loop takes its answer as an event that corrects the
 //! meter from the run's first instant.
 
 pub mod catalog;

@@ -1,4 +1,5 @@
-//! Stop the meter: after the run ends at a ceiling, release the box with the credential the
+//! Stop the meter: after a kill (with `--release-on end`, any ending but a stop; always when
+//! the idle-box watchdog fired), release the box with the credential the
 //! box already has — AWS `StopInstances`/`TerminateInstances` signed (SigV4, `aws-sigv4`) with
 //! the instance role's credentials from IMDSv2, GCP `instances.stop`/`delete` with the default
 //! service account's token, Azure `deallocate`/delete with the managed identity's token,

@@ -20,8 +20,8 @@ use crate::redact::Secret;
 pub use worker::{Notifier, Report};
 
 pub const DEFAULT_PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
-/// Kinds sent when a channel does not say: kills, failures, completion, budget warnings,
-/// the spot box's reclaim notice.
+/// Kinds sent when a channel does not say: kills, failures, completion, budget and checkpoint
+/// warnings, the spot box's reclaim notice, a record or a release that failed.
 pub const DEFAULT_KINDS: &str =
     "killed,failed,completed,warning:budget,warning:checkpoint,warning:preemption,agent-error:record,agent-error:release";
 /// PagerDuty's default: only what opens an incident (kills, failures, stalls, costguard unable

@@ -1,6 +1,7 @@
 //! The durable outbox: `<state-dir>/outbox/<event id>.<channel>[.resolve-N].json`, one file
 //! per delivery, written atomically before the first attempt and removed once delivered. A
-//! delivery refused for good (a 4xx other than 429) moves to `outbox/failed/`. Files hold the
+//! delivery refused for good (a 4xx other than 429, a permanent redirect, an SMTP 5xx, a
+//! channel no longer configured) moves to `outbox/failed/`. Files hold the
 //! channel's name, never its URL or key: those stay in the configuration.
 
 use std::path::{Path, PathBuf};

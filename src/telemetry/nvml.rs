@@ -2,7 +2,8 @@
 //!
 //! NVML calls can hang (a wedged driver) or take seconds (init without persistence mode).
 //! All of them run on one thread that owns the `Nvml` handle; callers wait for an answer
-//! with a timeout and get `Unknown` when it does not come. While a call hangs, no new
+//! with a timeout and get `NvmlFailure::Timeout` (unknown telemetry, never zero) when it
+//! does not come. While a call hangs, no new
 //! request is queued behind it: the next ones answer "busy" at once.
 
 use std::ffi::OsStr;

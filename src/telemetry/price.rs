@@ -17,11 +17,11 @@ pub const TABLE_DATE: &str = "2026-11-01";
 const TABLE: &[(&str, f64)] = &[
     ("GB200", 6.50),
     ("B200", 5.99),
+    ("GH200", 3.19),
     ("H200", 3.79),
     ("H100 PCIe", 2.49),
     ("H100 NVL", 2.79),
     ("H100", 2.99),
-    ("GH200", 3.19),
     ("A100-SXM4-80GB", 1.79),
     ("A100 80GB PCIe", 1.64),
     ("A100", 1.29),
@@ -133,6 +133,25 @@ mod tests {
             model: model.into(),
             mem_total: None,
         }
+    }
+
+    #[test]
+    fn no_row_is_shadowed_by_an_earlier_one() {
+        // First match wins, so every row must be found by its own name (a "GH200" row
+        // after "H200" was never reached).
+        let none = BTreeMap::new();
+        for (name, dollars) in TABLE {
+            let model = format!("NVIDIA {name} 96GB");
+            assert_eq!(
+                price_of(&model, &none).map(|p| p.0),
+                Some(*dollars),
+                "{model}"
+            );
+        }
+        assert_eq!(
+            price_of("NVIDIA GH200 480GB", &none).map(|p| p.0),
+            Some(3.19)
+        );
     }
 
     #[test]
