@@ -68,7 +68,13 @@ pub struct Sources {
     meters: Interval,
     redraw: Option<Interval>,
     tasks: Vec<JoinHandle<()>>,
+    /// The leader's end, held back until its last output lines are in (or `DRAIN` passed).
+    ended: Option<(crate::exit::JobStatus, Instant)>,
 }
+
+/// How long the leader's end waits for the output it printed just before it ended (the
+/// output stream usually closes at once: every writer is gone).
+const DRAIN: Duration = Duration::from_millis(200);
 
 impl Drop for Sources {
     fn drop(&mut self) {
@@ -141,6 +147,7 @@ impl Sources {
             meters: every(Duration::from_millis(200)),
             redraw: c.live.then(|| every(Duration::from_secs(1))),
             tasks,
+            ended: None,
         }
     }
 
@@ -162,6 +169,20 @@ impl Sources {
     /// Waits for the next event; `wake` is the policy's next deadline.
     pub async fn next(&mut self, wake: Option<Instant>) -> LoopEvent {
         loop {
+            if let Some(until) = self.ended.as_ref().map(|e| e.1) {
+                // The job's last lines come before its end, so a progress line printed just
+                // before it exited is on record.
+                if let Some(r) = self.progress.as_mut() {
+                    match tokio::time::timeout_at(until, r.recv()).await {
+                        Ok(Some(p)) => return LoopEvent::Progress(p),
+                        Ok(None) => self.progress = None,
+                        Err(_) => {}
+                    }
+                }
+                if let Some((s, _)) = self.ended.take() {
+                    return LoopEvent::LeaderEnded(s);
+                }
+            }
             let ev = tokio::select! {
                 biased;
                 Some((sig, ends)) = self.signals.recv() => Some(if ends {
@@ -173,7 +194,10 @@ impl Sources {
                     Some(LoopEvent::Deadline)
                 }
                 m = recv_opt(&mut self.holder) => match m {
-                    Some(HolderMsg::Ended(s)) => Some(LoopEvent::LeaderEnded(s)),
+                    Some(HolderMsg::Ended(s)) => {
+                        self.ended = Some((s, Instant::now() + DRAIN));
+                        None
+                    }
                     Some(HolderMsg::Warn(w)) => Some(LoopEvent::HolderNotice(w)),
                     Some(HolderMsg::Spawned(pid)) => {
                         tracing::debug!(pid, "job leader started");
