@@ -365,7 +365,9 @@ fn a_killed_plan_reads_the_same_with_and_without_javascript() {
     );
     assert!(plain.contains(">prep</td><td><span class=\"state s-completed\">completed</span>"));
     assert!(plain.contains(">train</td><td><span class=\"state s-killed\">killed (usd)</span>"));
-    assert!(plain.contains(">killed (usd)</span></td><td>usd: spent $6.00 of $6.00"));
+    // At $1 a second a loaded machine may see the kill a few cents past the ceiling.
+    assert!(plain.contains(">killed (usd)</span></td><td>usd: spent $6.0"));
+    assert!(plain.contains(" of $6.00 at $3600.00/h"));
 
     let shot = screenshot(&profile, &url, "page.png", (1200, 1500));
     let pics = repo_root().join("docs/pictures");
