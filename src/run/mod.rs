@@ -9,6 +9,8 @@
 pub mod action;
 pub mod agent;
 pub mod checkin;
+#[cfg(test)]
+mod ending_tests;
 pub(crate) mod exit_hook;
 pub mod idle_box;
 pub(crate) mod live;

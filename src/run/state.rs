@@ -20,6 +20,9 @@ use crate::fleet::FleetMsg;
 use crate::policy::{Decision, Engine, Observation};
 use crate::units::format_money;
 
+mod ending;
+pub use ending::{Conclusion, EndRules, PlanRules, Verdict};
+
 /// Where the rate comes from and the box it was found on.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RateView {
@@ -213,6 +216,8 @@ pub struct RunState {
     preempted: Option<String>,
     /// The forgotten-box watch of the agent.
     idle_box: Option<super::idle_box::IdleBox>,
+    /// What the ending needs beyond this session (the run's ceilings, the plan).
+    rules: EndRules,
 }
 
 /// The run's own bookkeeping: when spend was last put on record, the longest idle streak,
@@ -257,7 +262,13 @@ impl RunState {
             idle_box: i
                 .idle_box
                 .map(|d| super::idle_box::IdleBox::new(d, idle_below)),
+            rules: EndRules::default(),
         }
+    }
+
+    /// What the ending needs to know beyond this session, given once after the start.
+    pub fn set_rules(&mut self, rules: EndRules) {
+        self.rules = rules;
     }
 
     pub fn t0(&self) -> Instant {

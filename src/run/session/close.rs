@@ -10,11 +10,12 @@ use nix::sys::signal::Signal;
 
 use super::Session;
 use crate::events::{EventKind, KillReason};
-use crate::exit::{self, JobStatus};
+use crate::exit::JobStatus;
 use crate::ledger::Outcome;
 use crate::run::action::{Ending, LoopEvent};
 use crate::run::sources::Sources;
 use crate::run::state::TargetKind;
+use crate::run::state::Verdict;
 use crate::run::target::Target;
 use crate::units::{format_duration, format_money};
 
@@ -42,13 +43,6 @@ impl Stop {
             None => std::future::pending().await,
         }
     }
-}
-
-/// How the session ended, decided once.
-pub(super) struct Verdict {
-    pub(super) code: u8,
-    pub(super) outcome: Outcome,
-    pub(super) detail: String,
 }
 
 impl Session {
@@ -98,7 +92,7 @@ impl Session {
                 self.check_gpu_freed().await;
             }
         }
-        let v = self.verdict(&ending, leader, &ended_pids);
+        let v = self.state.verdict(&ending, leader, &ended_pids);
         let last_line = target.tail().last().cloned();
         self.summary(&v, leader, command, last_line);
         let done = self.conclude(v).await;
@@ -346,58 +340,6 @@ impl Session {
         }
         for h in held {
             self.emit(EventKind::AgentError, Some("gpu-not-freed"), h);
-        }
-    }
-
-    fn verdict(&self, ending: &Ending, leader: Option<JobStatus>, pids: &[i32]) -> Verdict {
-        let v = |code, outcome, detail: String| Verdict {
-            code,
-            outcome,
-            detail,
-        };
-        match (self.state.kind(), ending, leader) {
-            (TargetKind::Agent, Ending::Kill { evidence, .. }, _) => v(
-                exit::CEILING_KILLED,
-                Outcome::Killed,
-                format!("{evidence}; ended pids {pids:?}"),
-            ),
-            (TargetKind::Agent, Ending::Stop(d), _) => v(0, Outcome::Completed, d.clone()),
-            // Over budget and stopped before it could kill: never "completed", never 0.
-            (_, Ending::Disarmed { signal, detail }, _) => v(
-                JobStatus::Signaled(*signal as i32).code(),
-                Outcome::Stopped,
-                detail.clone(),
-            ),
-            (
-                _,
-                Ending::Kill {
-                    reason, evidence, ..
-                },
-                _,
-            ) if reason.is_ceiling() => v(exit::CEILING_KILLED, Outcome::Killed, evidence.clone()),
-            (_, Ending::Kill { evidence, .. }, Some(s)) => v(
-                s.code(),
-                Outcome::Stopped,
-                format!("{evidence}; job {}", s.describe()),
-            ),
-            (_, Ending::Kill { evidence, .. }, None) => {
-                v(exit::OWN_FAILURE, Outcome::Stopped, evidence.clone())
-            }
-            (_, Ending::HolderLost, _) => v(
-                exit::OWN_FAILURE,
-                Outcome::Stopped,
-                format!(
-                    "the holder process was lost; the job was ended ({} processes {pids:?}), its own status unknown",
-                    pids.len()
-                ),
-            ),
-            (_, _, Some(s @ JobStatus::Exited(0))) => v(s.code(), Outcome::Completed, s.describe()),
-            (_, _, Some(s)) => v(s.code(), Outcome::Failed, s.describe()),
-            (_, _, None) => v(
-                exit::OWN_FAILURE,
-                Outcome::Failed,
-                "the holder process was lost; the job's status is unknown".into(),
-            ),
         }
     }
 

@@ -21,7 +21,7 @@ use super::output::LineJudge;
 use super::sinks::Sinks;
 use super::sources::{self, Sources};
 use super::start;
-use super::state::{RunState, TargetKind};
+use super::state::{EndRules, PlanRules, RunState, TargetKind};
 use super::target::{JobTarget, Target};
 use crate::config::Settings;
 use crate::events::{EventKind, KillReason};
@@ -48,6 +48,28 @@ pub struct Session {
     release: Option<crate::cloud::release::Plan>,
     /// When the kill began (the release is timed from it).
     kill_started: Option<std::time::Instant>,
+}
+
+/// What the state's ending needs beyond the session: the run's own ceilings, and a plan
+/// phase's place in the plan with the phases already on record.
+fn end_rules(s: &Session) -> EndRules {
+    let done = s
+        .sinks
+        .recorder
+        .as_ref()
+        .map(|r| r.snapshot().phases)
+        .unwrap_or_default();
+    EndRules {
+        run_max_usd: s.settings.max_usd,
+        run_max_wall: s.settings.max_wall,
+        plan: s.settings.phase.as_ref().map(|p| PlanRules {
+            total: p.total,
+            last: p.last,
+            abort_on_kill: p.abort_on_kill,
+            expected: p.expected,
+            done,
+        }),
+    }
 }
 
 impl Session {
@@ -246,6 +268,7 @@ pub async fn run_session(
     let detached = std::env::var_os("COSTGUARD_OUTPUT_LOG_IS_STDOUT").is_some();
     let capture = settings.needs_output() || detached;
     let mut s = open(settings, TargetKind::Job, &command, &base_id, capture).await?;
+    s.state.set_rules(end_rules(&s));
     let log = s
         .sinks
         .recorder
@@ -284,6 +307,7 @@ pub async fn run_agent(
     let base = format!("agent-{host}-{}", start::run_id_stamp(SystemTime::now()));
     let label = vec![OsString::from("costguard agent")];
     let mut s = open(settings, TargetKind::Agent, &label, &base, false).await?;
+    s.state.set_rules(end_rules(&s));
     if s.gpu.is_none() {
         return Err(GuardError::Agent(
             "costguard agent needs NVML to see GPU processes (--gpu nvml, --nvml-lib PATH)".into(),
