@@ -3,9 +3,9 @@
 
 use nix::sys::signal::Signal;
 
-use super::action::{Action, Ending};
+use super::action::{Action, Ending, LoopEvent};
 use super::state::{Carried, EndRules, Init, PhaseInfo, PlanRules, RunState, TargetKind};
-use super::state_tests::{events, fixed, init_of, limits, run_until, s, state, unpriced};
+use super::state_tests::{events, fixed, init_of, limits, run_until, s, sample, state, unpriced};
 use crate::events::{EventKind, KillReason};
 use crate::exit::JobStatus;
 use crate::ledger::{Outcome, PhaseRecord, RunState as LedgerState};
@@ -151,6 +151,7 @@ fn phase(index: usize, total: usize, done: Vec<PhaseRecord>, abort: bool, lim: L
             expected: None,
             done,
         }),
+        ..EndRules::default()
     });
     st
 }
@@ -296,4 +297,119 @@ fn a_single_run_ends_with_its_event_and_a_kill_adds_none() {
     let c = st.conclude(&v, s(1.0), &mut acts);
     assert_eq!((c.overall, c.code), (LedgerState::Killed, 124));
     assert!(events(&acts).is_empty(), "{acts:?}");
+}
+
+/// An agent over its 2 s wall ceiling with no GPU process to kill: armed.
+fn armed_agent() -> (RunState, Vec<Action>) {
+    let lim = Limits {
+        max_wall: Some(s(2.0)),
+        ..limits()
+    };
+    let mut st = state(lim, fixed(3600.0), Carried::default(), TargetKind::Agent);
+    let mut none = sample(&st, s(1.0), 50.0, None, None);
+    none.pids.clear();
+    st.handle(LoopEvent::Sample(none), s(1.0));
+    let acts = run_until(&mut st, s(10.0));
+    (st, acts)
+}
+
+#[test]
+fn an_agent_at_a_ceiling_with_no_target_is_armed_and_keeps_metering() {
+    let (mut st, acts) = armed_agent();
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::End(_))),
+        "no kill claimed with nothing to kill: {acts:?}"
+    );
+    let alert = acts.iter().find_map(|a| match a {
+        Action::Alert(t) => Some(t.clone()),
+        _ => None,
+    });
+    let alert = alert.expect("the arming is said");
+    assert!(alert.starts_with("over budget, no targets"), "{alert}");
+    assert_eq!(
+        st.snapshot(s(5.0)).waiting_on,
+        alert,
+        "/status and the ledger say it"
+    );
+    // The loop goes on: the spend counters and the record stay current while armed.
+    let mut recorded = 0;
+    for i in 1..=10 {
+        let acts = st.handle(LoopEvent::Tick, s(2.0 + 0.5 * f64::from(i)));
+        assert!(acts.contains(&Action::Meters), "{acts:?}");
+        recorded += acts.iter().filter(|a| **a == Action::Record).count();
+    }
+    assert!(recorded >= 2, "the ledger is written while armed");
+    assert!(st.snapshot(s(7.0)).spend > st.snapshot(s(2.0)).spend + 4.9);
+    // A fleet total at its budget or --exit-when-done does not end it: the kill is armed.
+    let acts = st.handle(LoopEvent::TargetsEnded, s(7.0));
+    assert!(
+        !acts.iter().any(|a| matches!(a, Action::End(_))),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn an_armed_agent_kills_the_first_target_with_the_kill_it_holds() {
+    let (mut st, _) = armed_agent();
+    let acts = st.handle(LoopEvent::NewTarget(42, "python train.py".into()), s(8.0));
+    assert_eq!(
+        events(&acts),
+        vec![(EventKind::Started, Some("target".into()))]
+    );
+    assert!(!acts.iter().any(|a| matches!(a, Action::End(_))));
+    let one = sample(&st, s(8.0), 50.0, None, None);
+    let acts = st.handle(LoopEvent::Sample(one), s(8.0));
+    let end = acts.iter().find_map(|a| match a {
+        Action::End(e) => Some(e.clone()),
+        _ => None,
+    });
+    let Some(Ending::Kill { reason, .. }) = end else {
+        panic!("the armed kill: {acts:?}")
+    };
+    assert_eq!(reason, KillReason::Wall);
+    let v = st.verdict(&end.expect("end"), None, &[42]);
+    assert_eq!((v.code, v.outcome), (124, Outcome::Killed));
+}
+
+#[test]
+fn an_armed_agent_stopped_by_a_signal_is_stopped_never_completed() {
+    let (mut st, _) = armed_agent();
+    let acts = st.handle(LoopEvent::Signal(Signal::SIGTERM), s(9.0));
+    let Some(Action::End(end)) = acts.first() else {
+        panic!("{acts:?}")
+    };
+    assert!(matches!(end, Ending::Disarmed { .. }), "{end:?}");
+    let v = st.verdict(end, None, &[]);
+    assert_eq!((v.code, v.outcome), (143, Outcome::Stopped));
+    assert!(
+        v.detail
+            .starts_with("stopped by SIGTERM while over budget with no GPU process to kill (wall"),
+        "{}",
+        v.detail
+    );
+    // The same signal without arming is the agent's ordinary stop.
+    let mut st = unpriced(limits(), TargetKind::Agent);
+    let acts = st.handle(LoopEvent::Signal(Signal::SIGTERM), s(1.0));
+    assert!(
+        matches!(acts.first(), Some(Action::End(Ending::Stop(_)))),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn an_agent_with_a_target_at_the_ceiling_kills_at_once() {
+    let lim = Limits {
+        max_wall: Some(s(2.0)),
+        ..limits()
+    };
+    let mut st = state(lim, fixed(3600.0), Carried::default(), TargetKind::Agent);
+    let one = sample(&st, s(1.0), 50.0, None, None);
+    st.handle(LoopEvent::Sample(one), s(1.0));
+    let acts = run_until(&mut st, s(10.0));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::End(Ending::Kill { .. }))),
+        "{acts:?}"
+    );
+    assert!(st.armed_text().is_none());
 }

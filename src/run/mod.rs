@@ -14,6 +14,8 @@ mod ending_tests;
 pub(crate) mod exit_hook;
 pub mod idle_box;
 pub(crate) mod live;
+#[cfg(test)]
+mod machine_tests;
 pub mod output;
 pub mod plan;
 pub mod record;

@@ -227,6 +227,9 @@ fn the_warning_signal_is_an_action_in_both_modes() {
 #[test]
 fn the_fleet_total_at_the_budget_kills_and_an_unreachable_fleet_warns_once() {
     let mut st = with_fleet(TargetKind::Agent, 100.0, "q at http://p");
+    // A target to kill (an agent with none is armed instead: ending_tests.rs).
+    let one = sample(&st, s(0.5), 50.0, None, None);
+    st.handle(LoopEvent::Sample(one), s(0.5));
     let a = st.handle(LoopEvent::Fleet(FleetMsg::Error("refused".into())), s(1.0));
     assert_eq!(
         events(&a),
@@ -405,6 +408,11 @@ fn signals_end_a_wrapped_job_with_a_kill_and_an_agent_with_a_stop() {
             ..
         })]
     ));
+    // The loop is over after its ending: nothing more is forwarded.
+    assert!(job
+        .handle(LoopEvent::Forward(Signal::SIGUSR1), s(1.0))
+        .is_empty());
+    let mut job = unpriced(limits(), TargetKind::Job);
     let a = job.handle(LoopEvent::Forward(Signal::SIGUSR1), s(1.0));
     assert_eq!(a, vec![Action::Forward(Signal::SIGUSR1)]);
     let mut agent = unpriced(limits(), TargetKind::Agent);

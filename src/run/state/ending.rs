@@ -26,6 +26,24 @@ pub struct EndRules {
     pub run_max_wall: Option<Duration>,
     /// A plan's phase: where it stands in the plan.
     pub plan: Option<PlanRules>,
+    /// The kill's grace (`--kill-grace`).
+    pub grace: Duration,
+    /// The job's program as the summary names it when it cannot run (`"train.py"`).
+    pub program: Option<String>,
+    /// How the box is released after the run (None: it is not).
+    pub release: Option<ReleaseRules>,
+    /// An exit hook runs with the final ledger (`--on-exit`).
+    pub hook: bool,
+    /// How long the endpoint serves the end (`--linger`; None: no linger or no endpoint).
+    pub linger: Option<Duration>,
+}
+
+/// The release as the state decides it.
+#[derive(Debug, Clone)]
+pub struct ReleaseRules {
+    pub on: crate::cloud::release::On,
+    /// "aws StopInstances i-…", for the kill alert and a failure's event.
+    pub describe: String,
 }
 
 /// A plan phase's place in the plan.
