@@ -4,6 +4,11 @@
 //! the policy engine, the telemetry cache, carried spend, the fleet reading and the phase, and
 //! answers with [`Action`]s for the session and its sinks. `now` is the run's monotonic time
 //! since this session started, so tests drive hours of a run on simulated time.
+//!
+//! The whole session is this one machine ([`Stage`]): running, an agent armed at a ceiling,
+//! then the ending (`closing.rs`: settling, killing, concluding, releasing, lingering) whose
+//! effects' results come back as `LoopEvent::Done`; the verdict and a plan's verdict are
+//! `ending.rs`. Every event of the run is made here, on the sequence seeded from its log.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;

@@ -1,8 +1,10 @@
 //! One session of a run — the whole run, one phase of a plan, or the agent's life — in three
 //! steps: [`open`] (prices and NVML, the run record, metrics and the endpoint, notifications,
 //! the state, the `started` event), [`Session::drive`] (sources → `LoopEvent` →
-//! `RunState::handle` → `Action`s performed here and by the sinks) and `close` (the kill
-//! protocol or the leftovers, the verdict, the summary, the record, the hook, the flush).
+//! `RunState::handle` → `Action`s performed here and by the sinks) and `close` (the ending's
+//! effects the state asks for one at a time — the kill protocol or the leftovers, the GPU
+//! check, the record, the hook, the flush, the release, the linger — each result handed
+//! back to it as a `LoopEvent::Done`).
 //! The wrapper and the agent run exactly this code; they differ only in their [`Target`].
 
 mod close;
