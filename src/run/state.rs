@@ -25,8 +25,10 @@ use crate::fleet::FleetMsg;
 use crate::policy::{Decision, Engine, Observation};
 use crate::units::format_money;
 
+mod armed;
 mod closing;
 mod ending;
+pub use armed::Stage;
 pub use closing::STOPPED_TOGETHER;
 pub use ending::{Conclusion, EndRules, PlanRules, ReleaseRules, Verdict};
 
@@ -231,29 +233,6 @@ pub struct RunState {
     stage: Stage,
     /// What the ending has learned so far.
     closing: closing::Closing,
-}
-
-/// The session's stages, one machine from the start to the exit.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Stage {
-    /// The loop runs: sources in, actions out.
-    Running,
-    /// The agent at a ceiling with nothing to kill yet: the loop runs on (metering and
-    /// recording) and the first target selected is killed with this kill.
-    Armed(Box<Ending>),
-    /// The loop stopped: how it ended is being settled (a stop from outside?).
-    Settling,
-    /// The kill protocol (or the leftovers, or what a lost holder left), the leader's
-    /// status, the "GPU freed?" check.
-    Killing,
-    /// The verdict, the ending events, the record, the hook and the flush.
-    Concluding,
-    /// The box is being released.
-    Releasing,
-    /// The run is over; the endpoint serves its end (`--linger`).
-    Lingering,
-    /// Nothing left to do: the process exits.
-    Over,
 }
 
 /// The run's own bookkeeping: when spend was last put on record, the longest idle streak,
@@ -467,17 +446,7 @@ impl RunState {
         }
         let acts = match (ev, &self.stage) {
             (LoopEvent::Signal(sig), Stage::Armed(kill)) => {
-                let evidence = match kill.as_ref() {
-                    Ending::Kill { evidence, .. } => evidence.clone(),
-                    _ => String::new(),
-                };
-                vec![Action::End(Ending::Disarmed {
-                    signal: sig,
-                    detail: format!(
-                        "stopped by {} while over budget with no GPU process to kill ({evidence})",
-                        sig.as_str()
-                    ),
-                })]
+                vec![Action::End(armed::disarmed(kill, sig))]
             }
             (ev, Stage::Running | Stage::Armed(_)) => self.dispatch(ev, now),
             // The loop is over: its sources feed nothing more.
@@ -492,49 +461,6 @@ impl RunState {
             self.begin_ending(e);
         }
         acts
-    }
-
-    /// The agent never claims a kill it did not make: at a ceiling with no target (none
-    /// seen yet, or none running now) it stays armed — the loop goes on metering and
-    /// recording — and the first GPU process its selector picks is killed at once. While
-    /// armed nothing else ends it but a signal (`Ending::Disarmed`).
-    fn arming(&mut self, mut acts: Vec<Action>) -> Vec<Action> {
-        if let Stage::Armed(kill) = &self.stage {
-            acts.retain(|x| !matches!(x, Action::End(e) if !matches!(e, Ending::Disarmed { .. })));
-            if self.targets_now > 0 {
-                acts.push(Action::End(kill.as_ref().clone()));
-            }
-            return acts;
-        }
-        if self.kind != TargetKind::Agent || self.targets_now > 0 {
-            return acts;
-        }
-        // The first ending is the one the loop would take.
-        let first = acts.iter().find_map(|x| match x {
-            Action::End(e) => Some(e),
-            _ => None,
-        });
-        let Some(kill @ Ending::Kill { .. }) = first else {
-            return acts;
-        };
-        self.stage = Stage::Armed(Box::new(kill.clone()));
-        acts.retain(|x| !matches!(x, Action::End(_)));
-        acts.push(Action::Alert(self.armed_text().unwrap_or_default()));
-        acts.push(Action::Publish);
-        acts
-    }
-
-    /// What an armed agent waits for, in words (None when it is not armed).
-    pub fn armed_text(&self) -> Option<String> {
-        let Stage::Armed(kill) = &self.stage else {
-            return None;
-        };
-        let Ending::Kill { evidence, .. } = kill.as_ref() else {
-            return None;
-        };
-        Some(format!(
-            "over budget, no targets: the first GPU process selected is killed at once ({evidence})"
-        ))
     }
 
     fn dispatch(&mut self, ev: LoopEvent, now: Duration) -> Vec<Action> {

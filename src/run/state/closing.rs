@@ -42,11 +42,6 @@ pub(super) struct Closing {
 }
 
 impl RunState {
-    /// Where the session is: running, armed, or a stage of its ending.
-    pub fn stage(&self) -> &Stage {
-        &self.stage
-    }
-
     /// The loop took `ending`: the ending begins at the next `Done::LoopStopped`.
     pub(super) fn begin_ending(&mut self, ending: Ending) {
         self.stage = Stage::Settling;
