@@ -3,6 +3,8 @@
 //! the session and its sinks perform the actions. Both modes — the wrapped job and the
 //! agent's GPU processes — speak exactly this vocabulary.
 
+use std::time::Duration;
+
 use nix::sys::signal::Signal;
 
 use super::output::LineProgress;
@@ -10,7 +12,9 @@ use super::sampler::SampleMsg;
 use crate::events::{Event, KillReason};
 use crate::exit::JobStatus;
 use crate::fleet::FleetMsg;
+use crate::ledger::{Ledger, PhaseRecord, RunState as LedgerState};
 use crate::policy::WarnReason;
+use crate::supervise::kill::KillReport;
 
 /// One thing the loop noticed.
 pub enum LoopEvent {
@@ -50,6 +54,49 @@ pub enum LoopEvent {
     Tick,
     /// Every second on a terminal: redraw the live line.
     Redraw,
+    /// The job's output log could not be opened (the job runs on; said as a record error).
+    LogError(String),
+    /// The warning signal was sent: to how many processes.
+    Warned {
+        signal: Signal,
+        reason: WarnReason,
+        message: String,
+        reached: usize,
+    },
+    /// An effect of the ending is done: its result.
+    Done(Done),
+}
+
+/// The result of one of the ending's effects ([`Action`]s from `Action::AwaitStop` on).
+#[derive(Debug, Clone)]
+pub enum Done {
+    /// The loop stopped on `Action::End`: the ending begins.
+    LoopStopped,
+    /// A stop signal to costguard within the moment after the leader died (or none).
+    StopSignal(Option<Signal>),
+    /// The target's processes outside costguard's cgroup leaf ("pid N (cmd)").
+    OutsideLeaf(Vec<String>),
+    /// The kill protocol ended (on the target, or on what a lost holder left).
+    Killed(KillReport),
+    /// What the leader left behind is gone.
+    Leftovers,
+    /// The target is closed; the job's last output line.
+    TargetClosed(Option<String>),
+    /// The leader's status, when the holder told it.
+    Leader(Option<JobStatus>),
+    /// What still holds GPU memory after a ceiling kill, in words.
+    GpuHeld(Vec<String>),
+    /// The record is closed: the final ledger (None: it could not be written).
+    RecordClosed(Option<Box<Ledger>>),
+    /// The notifications are flushed.
+    Flushed,
+    /// The release call's result (None: nothing was called — already released, or the
+    /// ledger could not record it first) and its attempts.
+    Released(Option<(Result<String, String>, u32)>),
+    /// The release's result is on record.
+    ReleaseRecorded,
+    /// The linger is over.
+    Lingered,
 }
 
 /// Why the loop stopped.
@@ -96,10 +143,69 @@ pub enum Action {
     Record,
     /// The target's processes at this sample, for the record (what a restart must kill).
     Members(Vec<i32>),
+    /// A line for the person at the terminal that `--quiet` never hides.
+    Alert(String),
     /// A notice for the person at the terminal.
     Notice(String),
     /// A plain line of information for the person at the terminal.
     Say(String),
     /// Redraw the live line.
     Redraw,
+    // The ending's effects, each answered by a `LoopEvent::Done`.
+    /// Wait this long for a stop signal to costguard (`Done::StopSignal`).
+    AwaitStop(Duration),
+    /// Look for the target's processes outside the cgroup leaf (`Done::OutsideLeaf`).
+    FindOutside,
+    /// The kill on record in the ledger, with the job's last lines.
+    RecordKill {
+        reason: KillReason,
+        evidence: String,
+    },
+    /// The one kill protocol on the target (`Done::Killed`).
+    Kill { first: Signal, grace: Duration },
+    /// The kill protocol on what a lost holder left (`Done::Killed`).
+    KillLost { grace: Duration },
+    /// End what the leader left behind (`Done::Leftovers`).
+    FinishLeftovers { grace: Duration },
+    /// Wait for the holder and remove the cgroup leaf (`Done::TargetClosed`).
+    CloseTarget,
+    /// Wait this long for the leader's status (`Done::Leader`); the sources stop after it.
+    AwaitLeader(Duration),
+    /// The sources stop (the agent's: nothing to wait for).
+    StopSources,
+    /// Does anything of the job still hold GPU memory (`Done::GpuHeld`)?
+    CheckGpuFreed,
+    /// A plan's phase on record.
+    RecordPhase(Box<PhaseRecord>),
+    /// The final ledger, the series and the report (`Done::RecordClosed`).
+    CloseRecord {
+        state: LedgerState,
+        code: u8,
+        detail: String,
+    },
+    /// The ending into /status, and `/events` ends.
+    PublishEnd {
+        state: LedgerState,
+        code: u8,
+        detail: String,
+        report: Option<String>,
+    },
+    /// The exit hook, with the final ledger.
+    Hook(Box<Ledger>),
+    /// Flush the notifications (`Done::Flushed`); between phases at most a second.
+    Flush { ended: bool },
+    /// Release the box (`Done::Released`).
+    Release,
+    /// The release's result on record, with the failure's event (`Done::ReleaseRecorded`).
+    RecordRelease {
+        result: Result<String, String>,
+        attempts: u32,
+        failed: Option<Box<Event>>,
+    },
+    /// The run ended: the metric says so, and watchers get the end (at most a second).
+    MarkEnded,
+    /// Keep the endpoint up this long (`Done::Lingered`; TERM or INT cuts it short).
+    Linger(Duration),
+    /// The session is over: the exit code, and whether the run ended with it.
+    Exit { code: u8, ended: bool },
 }

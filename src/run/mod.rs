@@ -9,9 +9,13 @@
 pub mod action;
 pub mod agent;
 pub mod checkin;
+#[cfg(test)]
+mod ending_tests;
 pub(crate) mod exit_hook;
 pub mod idle_box;
 pub(crate) mod live;
+#[cfg(test)]
+mod machine_tests;
 pub mod output;
 pub mod plan;
 pub mod record;

@@ -4,6 +4,11 @@
 //! the policy engine, the telemetry cache, carried spend, the fleet reading and the phase, and
 //! answers with [`Action`]s for the session and its sinks. `now` is the run's monotonic time
 //! since this session started, so tests drive hours of a run on simulated time.
+//!
+//! The whole session is this one machine ([`Stage`]): running, an agent armed at a ceiling,
+//! then the ending (`closing.rs`: settling, killing, concluding, releasing, lingering) whose
+//! effects' results come back as `LoopEvent::Done`; the verdict and a plan's verdict are
+//! `ending.rs`. Every event of the run is made here, on the sequence seeded from its log.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
@@ -19,6 +24,13 @@ use crate::events::{rfc3339, Event, EventKind, KillReason};
 use crate::fleet::FleetMsg;
 use crate::policy::{Decision, Engine, Observation};
 use crate::units::format_money;
+
+mod armed;
+mod closing;
+mod ending;
+pub use armed::Stage;
+pub use closing::STOPPED_TOGETHER;
+pub use ending::{Conclusion, EndRules, PlanRules, ReleaseRules, Verdict};
 
 /// Where the rate comes from and the box it was found on.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -213,6 +225,14 @@ pub struct RunState {
     preempted: Option<String>,
     /// The forgotten-box watch of the agent.
     idle_box: Option<super::idle_box::IdleBox>,
+    /// What the ending needs beyond this session (the run's ceilings, the plan).
+    rules: EndRules,
+    /// The agent's targets at the last sample (the job always has its tree).
+    targets_now: usize,
+    /// Where the session is: running, armed, or a stage of its ending.
+    stage: Stage,
+    /// What the ending has learned so far.
+    closing: closing::Closing,
 }
 
 /// The run's own bookkeeping: when spend was last put on record, the longest idle streak,
@@ -257,7 +277,16 @@ impl RunState {
             idle_box: i
                 .idle_box
                 .map(|d| super::idle_box::IdleBox::new(d, idle_below)),
+            rules: EndRules::default(),
+            targets_now: 0,
+            stage: Stage::Running,
+            closing: closing::Closing::default(),
         }
+    }
+
+    /// What the ending needs to know beyond this session, given once after the start.
+    pub fn set_rules(&mut self, rules: EndRules) {
+        self.rules = rules;
     }
 
     pub fn t0(&self) -> Instant {
@@ -412,6 +441,29 @@ impl RunState {
 
     /// One loop event in, the actions it calls for out.
     pub fn handle(&mut self, ev: LoopEvent, now: Duration) -> Vec<Action> {
+        if let LoopEvent::Done(d) = ev {
+            return self.on_done(d, now);
+        }
+        let acts = match (ev, &self.stage) {
+            (LoopEvent::Signal(sig), Stage::Armed(kill)) => {
+                vec![Action::End(armed::disarmed(kill, sig))]
+            }
+            (ev, Stage::Running | Stage::Armed(_)) => self.dispatch(ev, now),
+            // The loop is over: its sources feed nothing more.
+            _ => return Vec::new(),
+        };
+        let acts = self.arming(acts);
+        let end = acts.iter().find_map(|a| match a {
+            Action::End(e) => Some(e.clone()),
+            _ => None,
+        });
+        if let Some(e) = end {
+            self.begin_ending(e);
+        }
+        acts
+    }
+
+    fn dispatch(&mut self, ev: LoopEvent, now: Duration) -> Vec<Action> {
         let mut acts = match ev {
             LoopEvent::Signal(sig) => vec![Action::End(self.on_signal(sig))],
             LoopEvent::Forward(sig) => match self.kind {
@@ -455,6 +507,17 @@ impl RunState {
             }
             LoopEvent::Tick => self.on_tick(now),
             LoopEvent::Redraw => vec![Action::Redraw],
+            LoopEvent::LogError(why) => vec![self.emit(EventKind::AgentError, "record", why, now)],
+            LoopEvent::Warned {
+                signal,
+                reason,
+                message,
+                reached,
+            } => {
+                let text = format!("{message} ({} to {reached} processes)", signal.as_str());
+                vec![self.emit(EventKind::Warning, reason.as_str(), text, now)]
+            }
+            LoopEvent::Done(d) => self.on_done(d, now),
         };
         self.marks.longest_idle = self
             .marks
@@ -702,6 +765,7 @@ impl RunState {
     fn on_sample(&mut self, s: SampleMsg) -> Vec<Action> {
         let now = s.at.saturating_duration_since(self.t0);
         self.job_pids.extend(s.pids.iter().copied());
+        self.targets_now = s.pids.len();
         self.telemetry.host = s.host.clone();
         let mut acts = vec![Action::Members(s.pids.clone())];
         let mut obs = Observation {

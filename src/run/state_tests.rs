@@ -14,11 +14,11 @@ use crate::policy::{Engine, Limits, WarnReason};
 use crate::spend::SpendMeter;
 use crate::telemetry::{GpuSample, HostSample};
 
-fn s(x: f64) -> Duration {
+pub(super) fn s(x: f64) -> Duration {
     Duration::from_secs_f64(x)
 }
 
-fn limits() -> Limits {
+pub(super) fn limits() -> Limits {
     Limits {
         idle_below: 5.0,
         stale_after: s(3.0),
@@ -26,7 +26,12 @@ fn limits() -> Limits {
     }
 }
 
-fn state(limits: Limits, pricing: Pricing, carried: Carried, kind: TargetKind) -> RunState {
+pub(super) fn state(
+    limits: Limits,
+    pricing: Pricing,
+    carried: Carried,
+    kind: TargetKind,
+) -> RunState {
     let rate = match &pricing {
         Pricing::Fixed { per_hour, .. } => *per_hour,
         _ => 0.0,
@@ -60,11 +65,11 @@ fn state(limits: Limits, pricing: Pricing, carried: Carried, kind: TargetKind) -
 }
 
 /// A fresh run with no price and nothing carried over.
-fn unpriced(limits: Limits, kind: TargetKind) -> RunState {
+pub(super) fn unpriced(limits: Limits, kind: TargetKind) -> RunState {
     state(limits, Pricing::Unknown, Carried::default(), kind)
 }
 
-fn fixed(per_hour: f64) -> Pricing {
+pub(super) fn fixed(per_hour: f64) -> Pricing {
     Pricing::Fixed {
         per_hour,
         source: "test".into(),
@@ -73,7 +78,7 @@ fn fixed(per_hour: f64) -> Pricing {
 }
 
 /// Runs the state's own deadlines up to `until`, collecting every action.
-fn run_until(st: &mut RunState, until: Duration) -> Vec<Action> {
+pub(super) fn run_until(st: &mut RunState, until: Duration) -> Vec<Action> {
     let mut out = Vec::new();
     while let Some(t) = st.next_wakeup(Duration::ZERO).filter(|t| *t <= until) {
         let acts = st.handle(LoopEvent::Deadline, t);
@@ -86,7 +91,7 @@ fn run_until(st: &mut RunState, until: Duration) -> Vec<Action> {
     out
 }
 
-fn kill_of(acts: &[Action]) -> Option<(KillReason, String)> {
+pub(super) fn kill_of(acts: &[Action]) -> Option<(KillReason, String)> {
     acts.iter().find_map(|a| match a {
         Action::End(Ending::Kill {
             reason, evidence, ..
@@ -95,7 +100,7 @@ fn kill_of(acts: &[Action]) -> Option<(KillReason, String)> {
     })
 }
 
-fn events(acts: &[Action]) -> Vec<(EventKind, Option<String>)> {
+pub(super) fn events(acts: &[Action]) -> Vec<(EventKind, Option<String>)> {
     acts.iter()
         .filter_map(|a| match a {
             Action::Emit(e) => Some((e.kind, e.reason.clone())),
@@ -104,7 +109,7 @@ fn events(acts: &[Action]) -> Vec<(EventKind, Option<String>)> {
         .collect()
 }
 
-fn sample(
+pub(super) fn sample(
     st: &RunState,
     at: Duration,
     util: f64,
@@ -222,6 +227,9 @@ fn the_warning_signal_is_an_action_in_both_modes() {
 #[test]
 fn the_fleet_total_at_the_budget_kills_and_an_unreachable_fleet_warns_once() {
     let mut st = with_fleet(TargetKind::Agent, 100.0, "q at http://p");
+    // A target to kill (an agent with none is armed instead: ending_tests.rs).
+    let one = sample(&st, s(0.5), 50.0, None, None);
+    st.handle(LoopEvent::Sample(one), s(0.5));
     let a = st.handle(LoopEvent::Fleet(FleetMsg::Error("refused".into())), s(1.0));
     assert_eq!(
         events(&a),
@@ -252,7 +260,7 @@ fn with_fleet(kind: TargetKind, max_usd: f64, source: &str) -> RunState {
     })
 }
 
-fn init_of(st: &RunState) -> Init {
+pub(super) fn init_of(st: &RunState) -> Init {
     Init {
         t0: st.t0(),
         id: st.id().clone(),
@@ -400,6 +408,11 @@ fn signals_end_a_wrapped_job_with_a_kill_and_an_agent_with_a_stop() {
             ..
         })]
     ));
+    // The loop is over after its ending: nothing more is forwarded.
+    assert!(job
+        .handle(LoopEvent::Forward(Signal::SIGUSR1), s(1.0))
+        .is_empty());
+    let mut job = unpriced(limits(), TargetKind::Job);
     let a = job.handle(LoopEvent::Forward(Signal::SIGUSR1), s(1.0));
     assert_eq!(a, vec![Action::Forward(Signal::SIGUSR1)]);
     let mut agent = unpriced(limits(), TargetKind::Agent);

@@ -203,15 +203,6 @@ impl Target {
         }
     }
 
-    /// Whether there is something to kill: the job always; the agent once a sample showed
-    /// it a target.
-    pub fn has_targets(&self) -> bool {
-        match self {
-            Target::Job(_) => true,
-            Target::Gpus(g) => !g.current.is_empty(),
-        }
-    }
-
     /// The job's last lines of output (none for the agent: it cannot read them).
     pub fn tail(&self) -> Vec<String> {
         match self {

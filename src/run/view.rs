@@ -80,6 +80,9 @@ impl RunState {
     /// holds (GPUs idle now, no progress from now on). A stall timer that progress resets
     /// every few seconds is never named as the run's end.
     pub fn waiting_text(&self, now: Duration) -> String {
+        if let Some(t) = self.armed_text() {
+            return t;
+        }
         let e = self.engine();
         let mut ceilings: Vec<(Duration, &'static str)> = Vec::new();
         if let Some(t) = e.usd_deadline(now) {

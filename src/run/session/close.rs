@@ -1,22 +1,16 @@
-//! How a session ends: the kill protocol (or the leader's leftovers), the "GPU freed?"
-//! check, the verdict (outcome, exit code, detail), the summary line, the phase's and the
-//! run's ending events, the final ledger and report, the exit hook and the notification
-//! flush.
+//! The session's ending, performed: the state decides each step (`state/closing.rs`) and
+//! answers each effect's result with the next; this is the thin loop that performs them —
+//! the kill protocol on the target, the leader's status, the "GPU freed?" check, the record,
+//! the hook, the flush, the release and the linger.
 
-use std::ffi::OsString;
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-
 use super::Session;
-use crate::events::{EventKind, KillReason};
-use crate::exit::{self, JobStatus};
-use crate::ledger::Outcome;
-use crate::run::action::{Ending, LoopEvent};
+use crate::run::action::{Action, Done, Ending, LoopEvent};
 use crate::run::sources::Sources;
-use crate::run::state::TargetKind;
 use crate::run::target::Target;
-use crate::units::{format_duration, format_money};
+use crate::units::format_duration;
 
 /// TERM or INT after the loop: ends the linger early (a kubelet stopping the pod).
 struct Stop(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
@@ -44,262 +38,213 @@ impl Stop {
     }
 }
 
-/// How the session ended, decided once.
-pub(super) struct Verdict {
-    pub(super) code: u8,
-    pub(super) outcome: Outcome,
-    pub(super) detail: String,
+/// What the ending's effects work on.
+pub(super) struct Effects {
+    target: Target,
+    /// The loop's sources, until the leader's status is known.
+    sources: Option<Sources>,
+    stop: Stop,
+    force: tokio::sync::watch::Receiver<bool>,
+    /// A release in flight: its plan, the ledger it is recorded in, when it began.
+    pub(super) release: Option<super::release::InFlight>,
 }
 
 impl Session {
-    /// Ends the session; returns the exit code and whether the run ended (false: a plan's
-    /// next phase follows).
-    pub async fn close(
-        mut self,
-        ending: Ending,
-        mut target: Target,
-        mut sources: Sources,
-        command: &[OsString],
-    ) -> (u8, bool) {
+    /// Ends the session: the state's ending, one effect at a time, each result handed back
+    /// to it, until it says exit. Returns the exit code and whether the run ended (false: a
+    /// plan's next phase follows).
+    pub async fn close(mut self, target: Target, sources: Sources) -> (u8, bool) {
         // Give the terminal's bottom row back before the kill and summary.
         self.live = None;
         // A TERM or INT from here on (a kubelet stopping the pod during the kill, say) also
         // cuts the linger short: listening from the first moment of the close, none is lost.
         let stop = Stop::listen();
         let force = sources.force.clone();
-        let grace = self.settings.kill_grace;
-        let mut ended_pids = Vec::new();
-        let ending = self.arm(ending, &mut target, &mut sources).await;
-        match &ending {
-            Ending::Kill {
-                reason,
-                evidence,
-                first,
-            } => {
-                ended_pids = self
-                    .kill(&mut target, *reason, evidence, *first, force)
-                    .await;
-            }
-            Ending::Leader(_) => target.finish_leftovers(grace, force).await,
-            Ending::HolderLost => ended_pids = self.kill_lost(&mut target, force).await,
-            Ending::Stop(_) | Ending::Disarmed { .. } => {}
-        }
-        target.close().await;
-        let leader = match &ending {
-            Ending::Leader(s) => Some(*s),
-            _ if self.state.kind() == TargetKind::Job => {
-                sources.leader_status(Duration::from_secs(2)).await
-            }
-            _ => None,
+        let mut fx = Effects {
+            target,
+            sources: Some(sources),
+            stop,
+            force,
+            release: None,
         };
-        drop(sources);
-        if let Ending::Kill { reason, .. } = &ending {
-            if reason.is_ceiling() {
-                self.check_gpu_freed().await;
-            }
-        }
-        let v = self.verdict(&ending, leader, &ended_pids);
-        let last_line = target.tail().last().cloned();
-        self.summary(&v, leader, command, last_line);
-        let done = self.conclude(v).await;
-        if done.1 {
-            self.sinks.metrics.run_ended.set(1.0);
-            // Watchers get the end before the process goes (a lingering one keeps serving it).
-            crate::feed::global().drain(Duration::from_secs(1)).await;
-            self.linger(stop).await;
-        }
-        done
-    }
-
-    /// Keeps /metrics and /status serving after the end, so the last scrape sees the kill
-    /// and the final spend.
-    async fn linger(&self, mut stop: Stop) {
-        let d = self.settings.linger;
-        if d.is_zero() || self.settings.listen.is_none() {
-            return;
-        }
-        crate::console::say(format!(
-            "serving /metrics and /status for {} more (--linger)",
-            format_duration(d)
-        ));
-        tokio::select! {
-            _ = tokio::time::sleep(d) => {}
-            _ = stop.wait() => {}
-        }
-    }
-
-    /// The killed event, the kill on record, then the one kill protocol on the target.
-    /// Returns the pids it reached.
-    async fn kill(
-        &mut self,
-        target: &mut Target,
-        reason: KillReason,
-        evidence: &str,
-        first: Signal,
-        force: tokio::sync::watch::Receiver<bool>,
-    ) -> Vec<i32> {
-        self.kill_started = Some(std::time::Instant::now());
-        // Processes that moved themselves out of the job's cgroup leaf are killed all the
-        // same (they are still below the holder), and named: the leaf did not hold them.
-        let outside = target.outside_leaf();
-        let evidence = if outside.is_empty() {
-            evidence.to_string()
-        } else {
-            format!(
-                "{evidence}; outside costguard's cgroup: {}",
-                outside.join(", ")
-            )
-        };
-        let then = if reason.is_ceiling() {
-            self.release_announcement().unwrap_or_default()
-        } else {
-            String::new()
-        };
-        self.emit(
-            EventKind::Killed,
-            Some(reason.as_str()),
-            format!("{evidence}{then}"),
-        );
-        let now = self.now();
-        self.sinks
-            .record_kill(&self.state, reason.as_str(), &evidence, target.tail(), now);
-        let grace = self.settings.kill_grace;
-        if reason == KillReason::Signal && !grace.is_zero() {
-            let again = if first == Signal::SIGINT {
-                "Ctrl-C again"
-            } else {
-                "a second signal"
-            };
-            crate::console::alert(format!(
-                "waiting up to {} for the job to end after {}; {again} kills it now",
-                format_duration(grace),
-                first.as_str()
-            ));
-        }
-        let report = target.kill(first, grace, Some(force)).await;
-        self.state.note_pids(&report.pids);
-        if report.escalated && !grace.is_zero() {
-            crate::console::alert(if report.took >= grace {
-                format!(
-                    "the job did not end within {} of {}: killed with SIGKILL",
-                    format_duration(grace),
-                    first.as_str()
-                )
-            } else {
-                "killed with SIGKILL at once, as asked".to_string()
-            });
-        }
-        tracing::info!(
-            reason = reason.as_str(),
-            signalled = report.signalled,
-            escalated_to_kill = report.escalated,
-            took_ms = report.took.as_secs_f64() * 1000.0,
-            "the target is gone"
-        );
-        let late: Vec<i32> = report
-            .escaped
-            .iter()
-            .copied()
-            .filter(|p| !outside.iter().any(|o| o.starts_with(&format!("pid {p} "))))
-            .collect();
-        if !late.is_empty() {
-            self.emit(
-                EventKind::AgentError,
-                Some("escaped"),
-                format!("during the kill, processes of the job were found outside costguard's cgroup (killed all the same): {late:?}"),
-            );
-        }
-        if !report.survivors.is_empty() {
-            self.emit(
-                EventKind::AgentError,
-                Some("survivors"),
-                format!(
-                    "{} processes of the job survived the kill: {:?}",
-                    report.survivors.len(),
-                    report.survivors
-                ),
-            );
-        }
-        report.pids
-    }
-
-    /// The holder was killed from outside: the job must not run on unguarded. The kill
-    /// protocol on what is left of it; returns the pids it reached.
-    async fn kill_lost(
-        &mut self,
-        target: &mut Target,
-        force: tokio::sync::watch::Receiver<bool>,
-    ) -> Vec<i32> {
-        crate::console::alert(
-            "the holder process was lost (killed from outside?): ending the job's processes",
-        );
-        let recorded = self
-            .sinks
-            .recorder
-            .as_ref()
-            .map(|r| r.read(|l| l.members.clone()))
-            .unwrap_or_default();
-        let report = target
-            .kill_lost(recorded, self.settings.kill_grace, force)
-            .await;
-        self.state.note_pids(&report.pids);
-        let mut text = format!(
-            "the holder process was lost; the kill protocol ended {} processes of the job {:?}",
-            report.pids.len(),
-            report.pids
-        );
-        if !report.survivors.is_empty() {
-            text += &format!("; survivors {:?}", report.survivors);
-        }
-        self.emit(EventKind::AgentError, Some("holder-lost"), text);
-        report.pids
-    }
-
-    /// The agent never claims a kill it did not make: at a ceiling with no target (none
-    /// seen yet, or none running now) it stays armed, and the first GPU process its
-    /// selector picks is killed at once. A signal while armed stops it, said as such.
-    async fn arm(&mut self, ending: Ending, target: &mut Target, sources: &mut Sources) -> Ending {
-        let Ending::Kill { evidence, .. } = &ending else {
-            return ending;
-        };
-        if self.state.kind() != TargetKind::Agent || target.has_targets() {
-            return ending;
-        }
-        let waiting = format!("over budget, no targets: the first GPU process selected is killed at once ({evidence})");
-        crate::console::alert(&waiting);
-        if let Some(r) = &self.sinks.recorder {
-            r.update(|l| l.waiting_on = Some(waiting.clone()));
-        }
+        let mut queue: VecDeque<Action> = VecDeque::new();
+        let mut next = Some(Done::LoopStopped);
         loop {
-            match sources.next(None).await {
-                LoopEvent::Sample(mut s) => {
-                    for (pid, cmd) in target.refine(&mut s) {
-                        let msg = format!("watching GPU process {pid}: {cmd}");
-                        self.emit(EventKind::Started, Some("target"), msg);
-                    }
-                    if target.has_targets() {
-                        return ending;
-                    }
+            if let Some(d) = next.take() {
+                let now = self.now();
+                queue.extend(self.state.handle(LoopEvent::Done(d), now));
+            }
+            let Some(a) = queue.pop_front() else {
+                tracing::error!("the ending stopped without an exit");
+                return (crate::exit::OWN_FAILURE, true);
+            };
+            if let Action::Exit { code, ended } = a {
+                return (code, ended);
+            }
+            next = self.effect(a, &mut fx).await;
+        }
+    }
+
+    /// One action of the ending performed; its result, when it has one.
+    async fn effect(&mut self, a: Action, fx: &mut Effects) -> Option<Done> {
+        let now = self.now();
+        match a {
+            Action::AwaitStop(d) => {
+                let sig = match fx.sources.as_mut() {
+                    Some(s) => s.stop_signal_within(d).await,
+                    None => None,
+                };
+                Some(Done::StopSignal(sig))
+            }
+            Action::FindOutside => Some(Done::OutsideLeaf(fx.target.outside_leaf())),
+            Action::RecordKill { reason, evidence } => {
+                let tail = fx.target.tail();
+                self.sinks
+                    .record_kill(&self.state, reason.as_str(), &evidence, tail, now);
+                None
+            }
+            Action::Kill { first, grace } => {
+                self.kill_started = Some(std::time::Instant::now());
+                let force = fx.force.clone();
+                let report = fx.target.kill(first, grace, Some(force)).await;
+                tracing::info!(
+                    signalled = report.signalled,
+                    escalated_to_kill = report.escalated,
+                    took_ms = report.took.as_secs_f64() * 1000.0,
+                    "the target is gone"
+                );
+                Some(Done::Killed(report))
+            }
+            Action::KillLost { grace } => {
+                let recorded = self
+                    .sinks
+                    .recorder
+                    .as_ref()
+                    .map(|r| r.read(|l| l.members.clone()))
+                    .unwrap_or_default();
+                let force = fx.force.clone();
+                Some(Done::Killed(
+                    fx.target.kill_lost(recorded, grace, force).await,
+                ))
+            }
+            Action::FinishLeftovers { grace } => {
+                let force = fx.force.clone();
+                fx.target.finish_leftovers(grace, force).await;
+                Some(Done::Leftovers)
+            }
+            Action::CloseTarget => {
+                fx.target.close().await;
+                Some(Done::TargetClosed(fx.target.tail().last().cloned()))
+            }
+            Action::AwaitLeader(d) => {
+                let s = match fx.sources.as_mut() {
+                    Some(s) => s.leader_status(d).await,
+                    None => None,
+                };
+                Some(Done::Leader(s))
+            }
+            Action::StopSources => {
+                fx.sources = None;
+                None
+            }
+            Action::CheckGpuFreed => Some(Done::GpuHeld(self.gpu_held().await)),
+            other => self.record_effect(other, fx, now).await,
+        }
+    }
+
+    /// The ending's effects on the record, the notifications, the box and the endpoint;
+    /// the loop's own actions (events, lines, publishing) as in the loop.
+    async fn record_effect(&mut self, a: Action, fx: &mut Effects, now: Duration) -> Option<Done> {
+        match a {
+            Action::RecordPhase(rec) => {
+                if let Some(r) = &self.sinks.recorder {
+                    r.update(|l| {
+                        l.phases.push(*rec);
+                        l.step = None;
+                    });
                 }
-                LoopEvent::Signal(sig) => {
-                    return Ending::Disarmed {
-                        signal: sig,
-                        detail: format!(
-                        "stopped by {} while over budget with no GPU process to kill ({evidence})",
-                        sig.as_str()
-                    ),
-                    }
+                None
+            }
+            Action::CloseRecord {
+                state,
+                code,
+                detail,
+            } => Some(Done::RecordClosed(
+                self.close_record(state, code, &detail).await.map(Box::new),
+            )),
+            Action::PublishEnd {
+                state,
+                code,
+                detail,
+                report,
+            } => {
+                self.sinks
+                    .publish_end(state.as_str(), code, &detail, report.as_deref());
+                // `/events` ends with the run: its exit status, outcome and words.
+                crate::feed::global().end(&serde_json::json!({
+                    "run_id": self.state.id().run_id,
+                    "exit_code": code,
+                    "outcome": state.as_str(),
+                    "detail": detail,
+                    "report_path": report,
+                }));
+                None
+            }
+            Action::Hook(l) => {
+                if let Some(cmd) = &self.settings.on_exit {
+                    crate::run::exit_hook::run(cmd, &l, self.settings.on_exit_timeout).await;
                 }
-                _ => {}
+                None
+            }
+            Action::Flush { ended } => {
+                self.flush_notifications(ended).await;
+                Some(Done::Flushed)
+            }
+            Action::Release => Some(Done::Released(self.release_call(fx).await)),
+            Action::RecordRelease {
+                result,
+                attempts,
+                failed,
+            } => {
+                if let Some(r) = fx.release.take() {
+                    self.record_release(r, result, attempts, failed).await;
+                }
+                Some(Done::ReleaseRecorded)
+            }
+            Action::MarkEnded => {
+                self.sinks.metrics.run_ended.set(1.0);
+                // Watchers get the end before the process goes (a lingering one keeps serving it).
+                crate::feed::global().drain(Duration::from_secs(1)).await;
+                None
+            }
+            Action::Linger(d) => {
+                crate::console::say(format!(
+                    "serving /metrics and /status for {} more (--linger)",
+                    format_duration(d)
+                ));
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = fx.stop.wait() => {}
+                }
+                Some(Done::Lingered)
+            }
+            other => {
+                let end: Option<Ending> = self.perform(vec![other], &mut fx.target, now);
+                if let Some(e) = end {
+                    tracing::error!(ending = ?e, "an ending after the loop's");
+                }
+                None
             }
         }
     }
 
-    /// After a ceiling kill: does any process of the job still hold GPU memory?
-    async fn check_gpu_freed(&mut self) {
-        let Some(gpu) = self.gpu.clone() else { return };
+    /// After a ceiling kill: what of the job still holds GPU memory, in words.
+    async fn gpu_held(&self) -> Vec<String> {
+        let Some(gpu) = self.gpu.clone() else {
+            return Vec::new();
+        };
         let Ok(gpus) = gpu.sample_when_free(Duration::from_secs(2)).await else {
-            return;
+            return Vec::new();
         };
         let mut held = Vec::new();
         let existing = gpus
@@ -344,115 +289,6 @@ impl Session {
                 }
             }
         }
-        for h in held {
-            self.emit(EventKind::AgentError, Some("gpu-not-freed"), h);
-        }
-    }
-
-    fn verdict(&self, ending: &Ending, leader: Option<JobStatus>, pids: &[i32]) -> Verdict {
-        let v = |code, outcome, detail: String| Verdict {
-            code,
-            outcome,
-            detail,
-        };
-        match (self.state.kind(), ending, leader) {
-            (TargetKind::Agent, Ending::Kill { evidence, .. }, _) => v(
-                exit::CEILING_KILLED,
-                Outcome::Killed,
-                format!("{evidence}; ended pids {pids:?}"),
-            ),
-            (TargetKind::Agent, Ending::Stop(d), _) => v(0, Outcome::Completed, d.clone()),
-            // Over budget and stopped before it could kill: never "completed", never 0.
-            (_, Ending::Disarmed { signal, detail }, _) => v(
-                JobStatus::Signaled(*signal as i32).code(),
-                Outcome::Stopped,
-                detail.clone(),
-            ),
-            (
-                _,
-                Ending::Kill {
-                    reason, evidence, ..
-                },
-                _,
-            ) if reason.is_ceiling() => v(exit::CEILING_KILLED, Outcome::Killed, evidence.clone()),
-            (_, Ending::Kill { evidence, .. }, Some(s)) => v(
-                s.code(),
-                Outcome::Stopped,
-                format!("{evidence}; job {}", s.describe()),
-            ),
-            (_, Ending::Kill { evidence, .. }, None) => {
-                v(exit::OWN_FAILURE, Outcome::Stopped, evidence.clone())
-            }
-            (_, Ending::HolderLost, _) => v(
-                exit::OWN_FAILURE,
-                Outcome::Stopped,
-                format!(
-                    "the holder process was lost; the job was ended ({} processes {pids:?}), its own status unknown",
-                    pids.len()
-                ),
-            ),
-            (_, _, Some(s @ JobStatus::Exited(0))) => v(s.code(), Outcome::Completed, s.describe()),
-            (_, _, Some(s)) => v(s.code(), Outcome::Failed, s.describe()),
-            (_, _, None) => v(
-                exit::OWN_FAILURE,
-                Outcome::Failed,
-                "the holder process was lost; the job's status is unknown".into(),
-            ),
-        }
-    }
-
-    /// The one summary line (and the job's last output line after a kill).
-    fn summary(
-        &self,
-        v: &Verdict,
-        leader: Option<JobStatus>,
-        command: &[OsString],
-        last_line: Option<String>,
-    ) {
-        let now = self.now();
-        let e = self.state.engine();
-        if self.state.kind() == TargetKind::Agent {
-            crate::console::alert(format!(
-                "agent {}: {}; ran {}, spent {}",
-                v.outcome,
-                v.detail,
-                format_duration(now),
-                format_money(e.spend(now))
-            ));
-            return;
-        }
-        if let (Some(JobStatus::ExecFailed(_)), Some(program)) = (leader, command.first()) {
-            crate::console::alert(format!(
-                "cannot run {program:?}: {}",
-                v.detail.trim_start_matches("could not execute: ")
-            ));
-        }
-        if matches!(v.outcome, Outcome::Killed | Outcome::Stopped) {
-            if let Some(line) = last_line {
-                crate::console::say(format!("last output: {line}"));
-            }
-        }
-        let budget = self
-            .settings
-            .max_usd
-            .map(|b| format!(" of {}", format_money(b)))
-            .unwrap_or_default();
-        let spent = if self.state.priced() {
-            format!("spent {}{budget}", format_money(e.spend(now)))
-        } else {
-            "spend unknown".to_string()
-        };
-        let wasted = e.wasted(now);
-        let wasted_text = if wasted > 0.0 {
-            format!(", wasted {}", format_money(wasted))
-        } else {
-            String::new()
-        };
-        crate::console::alert(format!(
-            "{}: {}; ran {}, {spent}{wasted_text}",
-            v.outcome,
-            v.detail,
-            format_duration(now)
-        ));
+        held
     }
 }

@@ -1,8 +1,10 @@
 //! One session of a run — the whole run, one phase of a plan, or the agent's life — in three
 //! steps: [`open`] (prices and NVML, the run record, metrics and the endpoint, notifications,
 //! the state, the `started` event), [`Session::drive`] (sources → `LoopEvent` →
-//! `RunState::handle` → `Action`s performed here and by the sinks) and `close` (the kill
-//! protocol or the leftovers, the verdict, the summary, the record, the hook, the flush).
+//! `RunState::handle` → `Action`s performed here and by the sinks) and `close` (the ending's
+//! effects the state asks for one at a time — the kill protocol or the leftovers, the GPU
+//! check, the record, the hook, the flush, the release, the linger — each result handed
+//! back to it as a `LoopEvent::Done`).
 //! The wrapper and the agent run exactly this code; they differ only in their [`Target`].
 
 mod close;
@@ -10,10 +12,9 @@ mod conclude;
 mod open;
 mod release;
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::time::{Duration, SystemTime};
-
-use nix::sys::signal::Signal;
 
 use super::action::{Action, Ending, LoopEvent};
 use super::live::LiveLine;
@@ -21,18 +22,13 @@ use super::output::LineJudge;
 use super::sinks::Sinks;
 use super::sources::{self, Sources};
 use super::start;
-use super::state::{RunState, TargetKind};
+use super::state::{EndRules, PlanRules, ReleaseRules, RunState, TargetKind};
 use super::target::{JobTarget, Target};
 use crate::config::Settings;
 use crate::events::{EventKind, KillReason};
-use crate::exit::JobStatus;
 use crate::telemetry::nvml::NvmlSource;
 
 pub use open::{limits_of, open, GuardError};
-
-/// How long after the job's leader died of an outside TERM/INT/HUP a signal to costguard
-/// still counts as the same stop (Slurm signals a step's processes one after another).
-const STOPPED_TOGETHER: Duration = Duration::from_millis(300);
 
 pub struct Session {
     settings: Settings,
@@ -48,6 +44,38 @@ pub struct Session {
     release: Option<crate::cloud::release::Plan>,
     /// When the kill began (the release is timed from it).
     kill_started: Option<std::time::Instant>,
+}
+
+/// What the state's ending needs beyond the session: the run's own ceilings, a plan
+/// phase's place in the plan with the phases already on record, the kill's grace, the
+/// release, the hook and the linger.
+fn end_rules(s: &Session, command: &[OsString]) -> EndRules {
+    let done = s
+        .sinks
+        .recorder
+        .as_ref()
+        .map(|r| r.snapshot().phases)
+        .unwrap_or_default();
+    let st = &s.settings;
+    EndRules {
+        run_max_usd: st.max_usd,
+        run_max_wall: st.max_wall,
+        plan: st.phase.as_ref().map(|p| PlanRules {
+            total: p.total,
+            last: p.last,
+            abort_on_kill: p.abort_on_kill,
+            expected: p.expected,
+            done,
+        }),
+        grace: st.kill_grace,
+        program: command.first().map(|p| format!("{p:?}")),
+        release: s.release.as_ref().map(|p| ReleaseRules {
+            on: st.release.on,
+            describe: p.describe(),
+        }),
+        hook: st.on_exit.is_some(),
+        linger: (!st.linger.is_zero() && st.listen.is_some()).then_some(st.linger),
+    }
 }
 
 impl Session {
@@ -125,40 +153,18 @@ impl Session {
             let now = self.now();
             let acts = self.state.handle(ev, now);
             if let Some(end) = self.perform(acts, target, now) {
-                return Self::stopped_together(end, sources).await;
+                return end;
             }
         }
     }
 
-    /// The job's leader killed by TERM, INT or HUP and costguard signalled too within a
-    /// moment: the whole step was stopped from outside (see `Sources::stop_signal_within`).
-    async fn stopped_together(end: Ending, sources: &mut Sources) -> Ending {
-        let Ending::Leader(JobStatus::Signaled(n)) = end else {
-            return end;
-        };
-        let outside = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
-        if !outside.iter().any(|s| *s as i32 == n) {
-            return end;
-        }
-        match sources.stop_signal_within(STOPPED_TOGETHER).await {
-            Some(sig) => Ending::Kill {
-                reason: KillReason::Signal,
-                evidence: format!(
-                    "signal: costguard and the job both received {} (stopped from outside, \
-                     e.g. scancel or a scheduler's time limit)",
-                    sig.as_str()
-                ),
-                first: sig,
-            },
-            None => end,
-        }
-    }
-
-    /// Performs the actions in order; returns the first ending among them.
+    /// Performs the loop's actions in order; returns the first ending among them. An
+    /// action with a result (the warning signal's reach) hands it back to the state.
     fn perform(&mut self, acts: Vec<Action>, target: &mut Target, now: Duration) -> Option<Ending> {
+        let mut queue: VecDeque<Action> = acts.into();
         let mut end = None;
         let mut publish = false;
-        for a in acts {
+        while let Some(a) = queue.pop_front() {
             match a {
                 Action::Emit(ev) => self.sinks.emit(&ev),
                 Action::WarnSignal {
@@ -166,13 +172,14 @@ impl Session {
                     reason,
                     message,
                 } => {
-                    let n = target.signal(signal);
-                    let text = format!("{message} ({} to {n} processes)", signal.as_str());
-                    let ev = self
-                        .state
-                        .event(EventKind::Warning, Some(reason.as_str()), text, now);
-                    self.sinks.emit(&ev);
-                    publish = true;
+                    let reached = target.signal(signal);
+                    let warned = LoopEvent::Warned {
+                        signal,
+                        reason,
+                        message,
+                        reached,
+                    };
+                    queue.extend(self.state.handle(warned, now));
                 }
                 Action::Forward(sig) => {
                     let reached = target.forward(sig);
@@ -183,6 +190,7 @@ impl Session {
                 Action::Meters => self.sinks.meters(&self.state, now),
                 Action::Record => self.sinks.record(&self.state, now),
                 Action::Members(pids) => self.sinks.record_members(&pids),
+                Action::Alert(t) => crate::console::alert(t),
                 Action::Notice(t) => crate::console::notice(t),
                 Action::Say(t) => crate::console::say(t),
                 Action::Redraw => {
@@ -190,6 +198,8 @@ impl Session {
                         l.draw(&self.state.live_text(now));
                     }
                 }
+                // The ending's effects come after the loop (close.rs).
+                other => tracing::error!(action = ?other, "an ending's effect inside the loop"),
             }
         }
         if publish {
@@ -246,6 +256,7 @@ pub async fn run_session(
     let detached = std::env::var_os("COSTGUARD_OUTPUT_LOG_IS_STDOUT").is_some();
     let capture = settings.needs_output() || detached;
     let mut s = open(settings, TargetKind::Job, &command, &base_id, capture).await?;
+    s.state.set_rules(end_rules(&s, &command));
     let log = s
         .sinks
         .recorder
@@ -265,14 +276,17 @@ pub async fn run_session(
     };
     let (mut job, progress) = JobTarget::start(&command, opts, judge, log, !detached)?;
     s.note_job(&job);
-    if let Some(why) = job.log_error.take() {
-        s.emit(crate::events::EventKind::AgentError, Some("record"), why);
-    }
+    let log_error = job.log_error.take();
     let msgs = job.job.take_msgs();
     let mut sources = sources_of(&mut s, job.job.holder_pid, Some(msgs), progress);
     let mut target = Target::Job(job);
-    let ending = s.drive(&mut target, &mut sources).await;
-    Ok(s.close(ending, target, sources, &command).await)
+    if let Some(why) = log_error {
+        let now = s.now();
+        let acts = s.state.handle(LoopEvent::LogError(why), now);
+        s.perform(acts, &mut target, now);
+    }
+    s.drive(&mut target, &mut sources).await;
+    Ok(s.close(target, sources).await)
 }
 
 /// `costguard agent`: the same session over the GPU processes its selector picks.
@@ -284,6 +298,7 @@ pub async fn run_agent(
     let base = format!("agent-{host}-{}", start::run_id_stamp(SystemTime::now()));
     let label = vec![OsString::from("costguard agent")];
     let mut s = open(settings, TargetKind::Agent, &label, &base, false).await?;
+    s.state.set_rules(end_rules(&s, &[]));
     if s.gpu.is_none() {
         return Err(GuardError::Agent(
             "costguard agent needs NVML to see GPU processes (--gpu nvml, --nvml-lib PATH)".into(),
@@ -291,6 +306,6 @@ pub async fn run_agent(
     }
     let mut sources = sources_of(&mut s, 0, None, None);
     let mut target = Target::Gpus(super::target::GpuTargets::new(selector));
-    let ending = s.drive(&mut target, &mut sources).await;
-    Ok(s.close(ending, target, sources, &label).await.0)
+    s.drive(&mut target, &mut sources).await;
+    Ok(s.close(target, sources).await.0)
 }

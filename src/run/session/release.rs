@@ -1,56 +1,42 @@
 //! Releasing the box at the run's end: after the report is written and the notifications
 //! (the kill alert among them) are flushed, once per run id — the ledger says so before the
 //! call — retried with backoff for a bounded time, its result in the ledger, the event log,
-//! the report and, when it fails, an `agent-error` (reason `release`) that is notified.
+//! the report and, when it fails, an `agent-error` (reason `release`, made by the state)
+//! that is notified. The state decides whether the box is released (`state/closing.rs`).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
+use super::close::Effects;
 use super::Session;
-use crate::cloud::release::{self, On, Plan};
-use crate::events::{rfc3339, EventKind};
-use crate::ledger::{Ledger, Outcome, Release};
+use crate::cloud::release::{self, Plan};
+use crate::events::rfc3339;
+use crate::ledger::{Ledger, Release};
+
+/// A release called and not yet on record.
+pub(super) struct InFlight {
+    dir: PathBuf,
+    ledger: Ledger,
+    plan: Plan,
+    began: Instant,
+}
 
 impl Session {
-    /// Whether this ending releases the box (a plan: only its last ending).
-    pub(super) fn release_due(&self, outcome: Outcome) -> Option<&Plan> {
-        let plan = self.release.as_ref()?;
-        if self.state.idle_box_fired() {
-            return Some(plan);
-        }
-        let due = match self.settings.release.on {
-            On::Kill => outcome == Outcome::Killed,
-            On::End => outcome != Outcome::Stopped,
-        };
-        due.then_some(plan)
-    }
-
-    /// What the kill alert says of the release to come (a plan's phase kill that goes on to
-    /// the next phase releases nothing).
-    pub(super) fn release_announcement(&self) -> Option<String> {
-        let plan = self.release_due(Outcome::Killed)?;
-        let last = self
-            .settings
-            .phase
-            .as_ref()
-            .is_none_or(|p| p.last || p.abort_on_kill);
-        last.then(|| format!("; then the box is released: {}", plan.describe()))
-    }
-
-    /// The release itself, at the very end of the run.
-    pub(super) async fn release_box(&mut self, outcome: Outcome) {
-        let Some(plan) = self.release_due(outcome).cloned() else {
-            return;
-        };
-        let Some(dir) = self.state.id().run_dir.clone() else {
-            return;
-        };
+    /// The release call, on record first; its result and attempts (None: no call made —
+    /// said why). What it needs to record the result is kept in `fx`.
+    pub(super) async fn release_call(
+        &mut self,
+        fx: &mut Effects,
+    ) -> Option<(Result<String, String>, u32)> {
+        let plan = self.release.clone()?;
+        let dir = self.state.id().run_dir.clone()?;
         let mut ledger = match Ledger::load(&dir) {
             Ok(Some(l)) => l,
             _ => {
                 crate::console::alert(
                     "error: the box is NOT released: the run's ledger cannot be read, so a release could not be recorded first",
                 );
-                return;
+                return None;
             }
         };
         if let Some(r) = &ledger.release {
@@ -58,7 +44,7 @@ impl Session {
                 "release: run {} already released its box ({}, {}); not again",
                 ledger.run_id, r.how, r.state
             ));
-            return;
+            return None;
         }
         let since_kill = self.kill_started.map(|k| k.elapsed().as_secs_f64());
         ledger.release = Some(Release {
@@ -74,34 +60,42 @@ impl Session {
             crate::console::alert(format!(
                 "error: the box is NOT released: the release could not be recorded first ({e})"
             ));
-            return;
+            return None;
         }
         crate::console::alert(format!("release: {}", plan.describe()));
-        let t = Instant::now();
-        let mut failures = Vec::new();
+        let began = Instant::now();
         let (result, attempts) =
             release::with_retries(&plan, &ledger, self.settings.release.retry_for, |f, n| {
                 crate::console::alert(format!("release: attempt {n} failed: {}", f.message));
-                failures.push(f.message.clone());
             })
             .await;
-        self.record_release(&dir, &mut ledger, &plan, result, attempts, t)
-            .await;
+        fx.release = Some(InFlight {
+            dir,
+            ledger,
+            plan,
+            began,
+        });
+        Some((result, attempts))
     }
 
-    async fn record_release(
+    /// The release's result into the ledger, the failure's event into the event log, the
+    /// report again, the line for the person, and the failure notified.
+    pub(super) async fn record_release(
         &mut self,
-        dir: &std::path::Path,
-        ledger: &mut Ledger,
-        plan: &Plan,
+        r: InFlight,
         result: Result<String, String>,
         attempts: u32,
-        t: Instant,
+        failed: Option<Box<crate::events::Event>>,
     ) {
-        let ok = result.is_ok();
+        let InFlight {
+            dir,
+            mut ledger,
+            plan,
+            began,
+        } = r;
         if let Some(r) = ledger.release.as_mut() {
             r.attempts = attempts;
-            r.took_seconds = Some(t.elapsed().as_secs_f64());
+            r.took_seconds = Some(began.elapsed().as_secs_f64());
             match &result {
                 Ok(d) => {
                     r.state = "released".into();
@@ -113,35 +107,24 @@ impl Session {
                 }
             }
         }
-        let text = match &result {
-            Ok(d) => format!("box released: {d}; still billing: {}", plan.still_bills()),
-            Err(e) => format!(
-                "the box is NOT released after {attempts} attempts ({e}): it keeps billing until stopped by hand ({})",
-                plan.describe()
-            ),
-        };
-        // A failure is an alarm that reaches a person; a success is on record and was
-        // announced in the kill alert.
-        let failed = (!ok).then(|| {
-            let now = self.now();
-            let ev = self
-                .state
-                .event(EventKind::AgentError, Some("release"), text.clone(), now);
+        if failed.is_some() {
             ledger.events += 1;
-            ev
-        });
-        if let Err(e) = ledger.save(dir) {
+        }
+        if let Err(e) = ledger.save(&dir) {
             crate::console::alert(format!("notice: the release result is not on record: {e}"));
         }
         if let Some(ev) = &failed {
-            let _ = crate::ledger::append_event(dir, ev);
+            let _ = crate::ledger::append_event(&dir, ev);
         }
-        let (d, l) = (dir.to_path_buf(), ledger.clone());
+        let (d, l) = (dir.clone(), ledger.clone());
         let _ = tokio::task::spawn_blocking(move || crate::report::write_report(&d, &l)).await;
-        crate::console::alert(if ok {
-            format!("release: {text}")
-        } else {
-            format!("error: {text}")
+        crate::console::alert(match (&result, &failed) {
+            (Ok(d), _) => format!(
+                "release: box released: {d}; still billing: {}",
+                plan.still_bills()
+            ),
+            (Err(_), Some(ev)) => format!("error: {}", ev.message),
+            (Err(e), None) => format!("error: the box is NOT released ({e})"),
         });
         if let Some(ev) = failed {
             self.notify_after_end(&ev).await;
