@@ -22,13 +22,13 @@ use crate::series::Series;
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The /status document, replaced whole by the run loop.
-    pub status: Arc<RwLock<serde_json::Value>>,
+    pub status: crate::run::status::Published,
     /// The run's time series, grown by the run loop.
     pub series: Arc<RwLock<Series>>,
 }
 
 impl Shared {
-    fn status(&self) -> serde_json::Value {
+    fn status(&self) -> Option<crate::run::status::RunView> {
         self.status.read().map(|v| v.clone()).unwrap_or_default()
     }
     fn series(&self) -> Series {
@@ -71,7 +71,7 @@ async fn status(State(c): State<Current>) -> impl IntoResponse {
     let body = s
         .status
         .read()
-        .map(|v| v.to_string())
+        .map(|v| crate::run::status::to_json(&v))
         .unwrap_or_else(|_| "{}".into());
     ([(header::CONTENT_TYPE, "application/json"), NO_STORE], body)
 }
@@ -89,7 +89,7 @@ async fn series(State(c): State<Current>) -> impl IntoResponse {
 
 async fn page(State(c): State<Current>) -> impl IntoResponse {
     let s = c.get();
-    let body = crate::page::render(&s.status(), &s.series());
+    let body = crate::page::render(s.status().as_ref(), &s.series());
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8"), NO_STORE],
         body,
@@ -98,7 +98,7 @@ async fn page(State(c): State<Current>) -> impl IntoResponse {
 
 async fn timeline(State(c): State<Current>) -> impl IntoResponse {
     let s = c.get();
-    let body = crate::page::timeline(&s.status(), &s.series());
+    let body = crate::page::timeline(s.status().as_ref(), &s.series());
     ([(header::CONTENT_TYPE, "image/svg+xml"), NO_STORE], body)
 }
 

@@ -13,6 +13,7 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
+use crate::run::status::RunView;
 use crate::series::Series;
 
 mod format;
@@ -211,17 +212,16 @@ fn spark(series: &Series, lines: &[Line], top: f64) -> String {
     o
 }
 
-fn gpus(d: &Value, series: &Series) -> String {
+fn gpus(d: &Value, v: &RunView, series: &Series) -> String {
     let mut o = String::from(
         r#"<section class="wide" id="gpus" data-swap><h2>GPUs</h2><div class="gpus">"#,
     );
-    let list = d["gpus"].as_array().map_or(&[][..], |v| &v[..]);
-    if list.is_empty() {
-        let why = d["telemetry_error"].as_str().unwrap_or("no GPU seen yet");
+    if v.gpus.is_empty() {
+        let why = v.telemetry_error.as_deref().unwrap_or("no GPU seen yet");
         let _ = write!(o, "<p class=\"muted\">{}</p>", esc(why));
     }
-    for (n, g) in list.iter().enumerate() {
-        let idx = g["index"].as_u64().unwrap_or(n as u64) as u32;
+    for (n, g) in v.gpus.iter().enumerate() {
+        let idx = g.index;
         let p = |k: &str| format!("gpus.{n}.{k}");
         let util =
             move |pt: &crate::series::Point| pt.gpus.iter().find(|x| x.i == idx).and_then(|x| x.u);
@@ -230,7 +230,7 @@ fn gpus(d: &Value, series: &Series) -> String {
         let _ = write!(
             o,
             r#"<div class="gpu"><h3>GPU {idx} <small>{}</small></h3>{}{}<p class="legend"><b class="u">utilization</b> <b class="m">memory</b> over the run</p></div>"#,
-            esc(g["model"].as_str().unwrap_or("")),
+            esc(&g.model),
             rows(&[
                 ("utilization", val(d, &p("util_gpu_pct"), "pct")),
                 (
@@ -244,7 +244,7 @@ fn gpus(d: &Value, series: &Series) -> String {
         );
     }
     let rss_top = series.points.iter().filter_map(|p| p.rss).fold(
-        d["limits"]["max_host_mem_bytes"].as_f64().unwrap_or(0.0),
+        v.limits.max_host_mem_bytes.map_or(0.0, |b| b as f64),
         f64::max,
     );
     let _ = write!(
@@ -267,37 +267,33 @@ fn gpus(d: &Value, series: &Series) -> String {
     o
 }
 
-fn phases(d: &Value) -> String {
-    let ph = &d["phases"];
-    if ph.is_null() {
+fn phases(v: &RunView) -> String {
+    let Some(ph) = &v.phases else {
         return String::new();
-    }
-    let (index, total) = (
-        ph["index"].as_u64().unwrap_or(0),
-        ph["total"].as_u64().unwrap_or(0),
-    );
-    let done = ph["done"].as_array().map_or(&[][..], |v| &v[..]);
-    let mut rows_: Vec<(String, String, f64, f64)> = done
+    };
+    let (index, total) = (ph.index as u64, ph.total as u64);
+    let mut rows_: Vec<(String, String, f64, f64)> = ph
+        .done
         .iter()
         .map(|r| {
-            let why = r["reason"]
-                .as_str()
+            let why = r
+                .reason
+                .as_deref()
                 .map(|w| format!(" ({w})"))
                 .unwrap_or_default();
             (
-                r["name"].as_str().unwrap_or("?").to_string(),
-                format!("{}{why}", r["outcome"].as_str().unwrap_or("?")),
-                r["elapsed_seconds"].as_f64().unwrap_or(0.0),
-                r["spend_dollars"].as_f64().unwrap_or(0.0),
+                r.name.clone(),
+                format!("{}{why}", r.outcome.as_str()),
+                r.elapsed_seconds,
+                r.spend_dollars,
             )
         })
         .collect();
-    let running = d["state"] == "running";
-    if running {
+    if v.state == "running" {
         rows_.push((
-            ph["name"].as_str().unwrap_or("?").to_string(),
+            ph.name.clone(),
             "running".into(),
-            d["elapsed_seconds"].as_f64().unwrap_or(0.0),
+            v.elapsed_seconds,
             f64::NAN,
         ));
     }
@@ -333,24 +329,25 @@ fn phases(d: &Value) -> String {
     o
 }
 
-fn events(d: &Value) -> String {
+fn events(v: &RunView) -> String {
     let mut o = String::from(
         r#"<section class="wide" id="events" data-swap><h2>Recent events</h2><table class="list"><tr><th>time</th><th>event</th><th>message</th></tr>"#,
     );
-    for e in d["recent_events"].as_array().map_or(&[][..], |v| &v[..]) {
-        let kind = e["kind"].as_str().unwrap_or("?");
-        let reason = e["reason"]
-            .as_str()
+    for e in &v.recent_events {
+        let kind = e.kind.as_str();
+        let reason = e
+            .reason
+            .as_deref()
             .map(|r| format!(" ({r})"))
             .unwrap_or_default();
         let _ = write!(
             o,
             r#"<tr><td>{}</td><td><span class="state s-{}">{}{}</span></td><td>{}</td></tr>"#,
-            fmt("time", &e["at"]),
+            fmt("time", &Value::from(e.at.as_str())),
             esc(kind),
             esc(kind),
             esc(&reason),
-            esc(e["message"].as_str().unwrap_or(""))
+            esc(&e.message)
         );
     }
     o.push_str("</table></section>");
@@ -358,28 +355,36 @@ fn events(d: &Value) -> String {
 }
 
 /// The live timeline picture (the report's, drawn from the series and its marks).
-pub fn timeline(d: &Value, series: &Series) -> String {
-    let title = format!(
-        "costguard run {}: {}",
-        d["run_id"].as_str().unwrap_or("?"),
-        d["state"].as_str().unwrap_or("?")
-    );
-    crate::timeline::render(series, &series.marks, d["budget_dollars"].as_f64(), &title)
+pub fn timeline(v: Option<&RunView>, series: &Series) -> String {
+    let (run, state, budget) = v.map_or(("?", "starting", None), |v| {
+        (v.run_id.as_str(), v.state.as_str(), v.budget_dollars)
+    });
+    let title = format!("costguard run {run}: {state}");
+    crate::timeline::render(series, &series.marks, budget, &title)
 }
 
-/// The whole page for the status document `d` and the series.
-pub fn render(d: &Value, series: &Series) -> String {
-    let svg = timeline(d, series);
+/// The whole page for the status document (`None` before the run's first) and the series.
+pub fn render(v: Option<&RunView>, series: &Series) -> String {
+    let starting = RunView {
+        run_id: "?".into(),
+        state: "starting".into(),
+        ..RunView::default()
+    };
+    let v = v.unwrap_or(&starting);
+    // The tables are drawn by path, the paths the page's script rewrites (`data-k`).
+    let d = &serde_json::to_value(v).unwrap_or_default();
+    let svg = timeline(Some(v), series);
     let svg = svg.find("<svg").map_or(&svg[..], |at| &svg[at..]);
-    let state = d["state"].as_str().unwrap_or("starting");
+    let state = v.state.as_str();
     let badge = format!(
         r#"<span class="state s-{s}" data-k="state" data-f="state">{s}</span>"#,
         s = esc(state)
     );
+    let detail = v.outcome_detail.as_deref().map_or(Value::Null, Value::from);
     let ending = format!(
         r#"<span class="ending s-{}" data-k="outcome_detail" data-f="detail">{}</span>"#,
         esc(state),
-        esc(&fmt("detail", &d["outcome_detail"]))
+        esc(&fmt("detail", &detail))
     );
     let mut o = String::with_capacity(32 << 10);
     let _ = write!(
@@ -400,18 +405,18 @@ pub fn render(d: &Value, series: &Series) -> String {
 <script>{SCRIPT}</script></body></html>
 "#,
         badge,
-        esc(d["command"].as_str().unwrap_or("")),
-        esc(d["hostname"].as_str().unwrap_or("")),
-        fmt("clock", &d["started_at"]),
+        esc(&v.command),
+        esc(&v.hostname),
+        fmt("clock", &Value::from(v.started_at.as_str())),
         val(d, "waiting_on", "text"),
         ending,
         val(d, "updated_at", "time"),
         cards(d),
-        gpus(d, series),
-        phases(d),
-        events(d),
+        gpus(d, v, series),
+        phases(v),
+        events(v),
         val(d, "updated_at", "time"),
-        run = esc(d["run_id"].as_str().unwrap_or("?")),
+        run = esc(&v.run_id),
     );
     o
 }
@@ -429,12 +434,22 @@ mod tests {
 
     #[test]
     fn the_page_escapes_what_the_job_wrote() {
-        let d = json!({
-            "run_id": "r1", "state": "running", "command": "python <b>x</b>",
-            "recent_events": [{"kind": "warning", "at": "2026-11-25T14:05:09Z", "message": "<script>alert(1)</script>", "id": "r1-2"}],
-            "gpus": [], "spend_dollars": 1.5, "budget_dollars": 2.0,
-        });
-        let page = render(&d, &Series::default());
+        let ev: crate::events::Event = serde_json::from_value(json!({
+            "id": "r1-2", "run_id": "r1", "kind": "warning", "at": "2026-11-25T14:05:09Z",
+            "message": "<script>alert(1)</script>", "elapsed_seconds": 1.0, "spend_dollars": 1.5,
+            "rate_dollars_per_hour": null, "budget_dollars": 2.0, "host": "h",
+        }))
+        .expect("an event");
+        let v = RunView {
+            run_id: "r1".into(),
+            state: "running".into(),
+            command: "python <b>x</b>".into(),
+            recent_events: vec![ev],
+            spend_dollars: 1.5,
+            budget_dollars: Some(2.0),
+            ..RunView::default()
+        };
+        let page = render(Some(&v), &Series::default());
         assert!(!page.contains("<script>alert"), "{page}");
         assert!(page.contains("&lt;script&gt;alert(1)"));
         assert!(page.contains("python &lt;b&gt;x&lt;/b&gt;"));
@@ -448,5 +463,14 @@ mod tests {
                 "no external reference: {external}"
             );
         }
+    }
+
+    #[test]
+    fn before_the_first_publish_the_page_says_starting() {
+        let page = render(None, &Series::default());
+        assert!(
+            page.contains(r#"data-k="state" data-f="state">starting</span>"#),
+            "{page}"
+        );
     }
 }

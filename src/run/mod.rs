@@ -27,6 +27,7 @@ mod start;
 pub mod state;
 #[cfg(test)]
 mod state_tests;
+pub mod status;
 pub mod target;
 mod telemetry_cache;
 mod view;

@@ -4,10 +4,9 @@
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use serde_json::json;
-
 use super::record::Recorder;
 use super::state::RunState;
+use super::status::{LimitsView, PhasesView, ProjectionView, Published, RunView};
 use super::view::Snapshot;
 use crate::events::{rfc3339, Event, EventKind};
 use crate::metrics::{set_opt, Metrics};
@@ -16,7 +15,7 @@ use crate::series::{GpuPoint, Point, Series};
 
 pub struct Sinks {
     pub metrics: Arc<Metrics>,
-    pub status: Arc<RwLock<serde_json::Value>>,
+    pub status: Published,
     /// The run's record on disk (None only after it was closed).
     pub recorder: Option<Recorder>,
     pub notifier: Option<Notifier>,
@@ -34,7 +33,7 @@ pub struct Sinks {
 impl Sinks {
     pub fn new(
         metrics: Arc<Metrics>,
-        status: Arc<RwLock<serde_json::Value>>,
+        status: Published,
         series: Arc<RwLock<Series>>,
         recorder: Recorder,
         notifier: Option<Notifier>,
@@ -308,97 +307,85 @@ impl Sinks {
             r.read(|l| (l.phases.clone(), l.kills.len(), l.sessions))
         });
         let rate = st.rate_view();
-        let doc = json!({
-            "run_id": id.run_id,
-            "state": "running",
-            "command": id.command_line,
-            "hostname": id.host,
-            "notify_channels": id.notify_channels,
-            "phase": st.phase().map(|p| p.label()),
-            "phases": st.phase().map(|p| json!({
-                "index": p.index,
-                "total": p.total,
-                "name": p.name,
-                "done": done,
-            })),
-            "sessions": sessions,
-            "kills": kills,
-            "started_at": rfc3339(id.started_wall),
-            "elapsed_seconds": s.now.as_secs_f64(),
-            "run_elapsed_seconds": st.carried().elapsed + s.now.as_secs_f64(),
-            "spend_dollars": s.spend,
-            "wasted_dollars": s.wasted,
-            "rate_dollars_per_hour": s.rate,
-            "rate_source": rate.rate_source,
-            "rate_text": rate.rate_text,
-            "provider": rate.provider,
-            "instance_type": rate.instance_type,
-            "region": rate.region,
-            "spot": rate.spot,
-            "preempted": st.preempted(),
-            "budget_dollars": s.budget,
-            "budget_remaining_dollars": s.remaining,
-            "seconds_to_usd_ceiling": secs(s.to_usd),
-            "usd_ceiling_at": at(s.to_usd),
-            "seconds_to_wall_ceiling": secs(s.to_wall),
-            "wall_ceiling_at": at(s.to_wall),
-            "limits": {
-                "max_usd": lim.max_usd,
-                "max_wall_seconds": secs(lim.max_wall),
-                "idle_seconds": secs(lim.idle),
-                "idle_below_pct": lim.idle_below,
-                "stall_seconds": secs(lim.stall.filter(|_| st.tracks_progress())),
-                "max_host_mem_bytes": lim.max_host_mem,
+        let checkin = self
+            .recorder
+            .as_ref()
+            .and_then(|r| r.read(|l| super::checkin::of(l, true, s.step.as_deref())));
+        let view = RunView {
+            run_id: id.run_id.clone(),
+            state: "running".into(),
+            command: id.command_line.clone(),
+            hostname: id.host.clone(),
+            notify_channels: id.notify_channels.clone(),
+            phase: st.phase().map(|p| p.label()),
+            phases: st.phase().map(|p| PhasesView {
+                index: p.index,
+                total: p.total,
+                name: p.name.clone(),
+                done,
+            }),
+            sessions,
+            kills,
+            started_at: rfc3339(id.started_wall),
+            elapsed_seconds: s.now.as_secs_f64(),
+            run_elapsed_seconds: st.carried().elapsed + s.now.as_secs_f64(),
+            spend_dollars: s.spend,
+            wasted_dollars: s.wasted,
+            rate_dollars_per_hour: s.rate,
+            rate_source: rate.rate_source,
+            rate_text: rate.rate_text,
+            provider: rate.provider,
+            instance_type: rate.instance_type,
+            region: rate.region,
+            spot: rate.spot,
+            preempted: st.preempted().map(str::to_string),
+            budget_dollars: s.budget,
+            budget_remaining_dollars: s.remaining,
+            seconds_to_usd_ceiling: secs(s.to_usd),
+            usd_ceiling_at: at(s.to_usd),
+            seconds_to_wall_ceiling: secs(s.to_wall),
+            wall_ceiling_at: at(s.to_wall),
+            limits: LimitsView {
+                max_usd: lim.max_usd,
+                max_wall_seconds: secs(lim.max_wall),
+                idle_seconds: secs(lim.idle),
+                idle_below_pct: lim.idle_below,
+                stall_seconds: secs(lim.stall.filter(|_| st.tracks_progress())),
+                max_host_mem_bytes: lim.max_host_mem,
             },
-            "idle_seconds": s.idle.as_secs_f64(),
-            "seconds_since_progress": s.since_progress_raw.as_secs_f64(),
-            "last_progress": s.last_progress,
-            "waiting_on": s.waiting_on,
-            "projection": {
-                "progress_total": s.progress_total,
-                "last_step": s.last_step,
-                "steps_per_second": s.steps_per_second,
-                "eta_seconds": secs(s.eta),
-                "projected_spend_dollars": s.projected,
+            idle_seconds: s.idle.as_secs_f64(),
+            seconds_since_progress: s.since_progress_raw.as_secs_f64(),
+            last_progress: s.last_progress.clone(),
+            waiting_on: s.waiting_on.clone(),
+            projection: ProjectionView {
+                progress_total: s.progress_total,
+                last_step: s.last_step,
+                steps_per_second: s.steps_per_second,
+                eta_seconds: secs(s.eta),
+                projected_spend_dollars: s.projected,
             },
-            "telemetry_error": t.error,
-            "fleet_spend_dollars": st.fleet().and_then(|f| f.total),
-            "fleet_error": st.fleet().and_then(|f| f.error.clone()),
-            "gpus": t.gpus,
-            "host": t.host,
-            "recent_events": st.recent().rev().take(20).collect::<Vec<_>>(),
-            "updated_at": rfc3339(SystemTime::now()),
-        });
-        let mut doc = doc;
-        doc["page_url"] = json!(id.page_url);
-        doc["step"] = json!(s.step);
-        if let Some(r) = &self.recorder {
-            let c = r.read(|l| super::checkin::of(l, true, s.step.as_deref()));
-            doc["checkin"] = json!(c);
-        }
+            telemetry_error: t.error.clone(),
+            fleet_spend_dollars: st.fleet().and_then(|f| f.total),
+            fleet_error: st.fleet().and_then(|f| f.error.clone()),
+            gpus: t.gpus.clone(),
+            host: t.host.clone(),
+            recent_events: st.recent().rev().take(20).cloned().collect(),
+            updated_at: rfc3339(SystemTime::now()),
+            page_url: id.page_url.clone(),
+            step: s.step.clone(),
+            checkin,
+            ..RunView::default()
+        };
         if let Ok(mut w) = self.status.write() {
-            *w = doc;
+            *w = Some(view);
         }
     }
 
     /// The run's ending on /status (and so on the page): its state, exit status and words.
     pub fn publish_end(&self, state: &str, code: u8, detail: &str, report: Option<&str>) {
         if let Ok(mut w) = self.status.write() {
-            if let Some(doc) = w.as_object_mut() {
-                doc.insert("state".into(), json!(state));
-                doc.insert("exit_code".into(), json!(code));
-                doc.insert("outcome_detail".into(), json!(detail));
-                doc.insert("report_path".into(), json!(report));
-                doc.insert("waiting_on".into(), json!("nothing: the run has ended"));
-                for k in [
-                    "seconds_to_usd_ceiling",
-                    "usd_ceiling_at",
-                    "seconds_to_wall_ceiling",
-                    "wall_ceiling_at",
-                ] {
-                    doc.insert(k.into(), serde_json::Value::Null);
-                }
-            }
+            w.get_or_insert_with(RunView::default)
+                .end(state, code, detail, report);
         }
     }
 

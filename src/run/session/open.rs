@@ -6,8 +6,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::json;
-
 use super::Session;
 use crate::config::Settings;
 use crate::events::EventKind;
@@ -208,7 +206,7 @@ pub async fn open(
         .collect();
     let metrics = Arc::new(Metrics::new(&channel_names));
     let notifier = open_notifier(&settings, &metrics, &mut notices)?;
-    let status = Arc::new(RwLock::new(json!({})));
+    let status: crate::run::status::Published = Arc::new(RwLock::new(None));
     // A resumed run's series goes on from where it was.
     let mut series = crate::series::Series::load(&rec.run_dir)
         .map_or_else(Default::default, crate::series::Series::resumed);
@@ -383,7 +381,7 @@ const DEFAULT_PORT_SPAN: u16 = 16;
 async fn open_endpoint(
     settings: &Settings,
     metrics: &Arc<Metrics>,
-    status: &Arc<RwLock<serde_json::Value>>,
+    status: &crate::run::status::Published,
     series: &Arc<RwLock<crate::series::Series>>,
 ) -> Result<Option<SocketAddr>, GuardError> {
     let Some(addr) = settings.listen else {
