@@ -73,7 +73,7 @@ impl std::fmt::Display for Outcome {
 /// A run's state in its ledger: running, or how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum RunState {
+pub enum RecordState {
     /// Reserved by `run --detach`, its costguard not yet on record (never written).
     Starting,
     /// The ledger could not be read or held impossible values (never written).
@@ -86,32 +86,32 @@ pub enum RunState {
     Stopped,
 }
 
-impl RunState {
+impl RecordState {
     pub fn as_str(self) -> &'static str {
         match self {
-            RunState::Starting => "starting",
-            RunState::Corrupted => "corrupted",
-            RunState::Running => "running",
-            RunState::Completed => "completed",
-            RunState::Failed => "failed",
-            RunState::Killed => "killed",
-            RunState::Stopped => "stopped",
+            RecordState::Starting => "starting",
+            RecordState::Corrupted => "corrupted",
+            RecordState::Running => "running",
+            RecordState::Completed => "completed",
+            RecordState::Failed => "failed",
+            RecordState::Killed => "killed",
+            RecordState::Stopped => "stopped",
         }
     }
 }
 
-impl From<Outcome> for RunState {
-    fn from(o: Outcome) -> RunState {
+impl From<Outcome> for RecordState {
+    fn from(o: Outcome) -> RecordState {
         match o {
-            Outcome::Completed => RunState::Completed,
-            Outcome::Failed => RunState::Failed,
-            Outcome::Killed => RunState::Killed,
-            Outcome::Stopped => RunState::Stopped,
+            Outcome::Completed => RecordState::Completed,
+            Outcome::Failed => RecordState::Failed,
+            Outcome::Killed => RecordState::Killed,
+            Outcome::Stopped => RecordState::Stopped,
         }
     }
 }
 
-impl std::fmt::Display for RunState {
+impl std::fmt::Display for RecordState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
@@ -146,7 +146,7 @@ pub struct StepRecord {
 pub struct Ledger {
     pub run_id: String,
     /// `running`, then the outcome: `completed`, `failed`, `killed`, `stopped`.
-    pub state: RunState,
+    pub state: RecordState,
     pub command: String,
     pub host: String,
     pub started_at: String,
@@ -304,7 +304,7 @@ impl Ledger {
     pub fn corrupted(run_id: &str, why: String) -> Ledger {
         Ledger {
             run_id: run_id.to_string(),
-            state: RunState::Corrupted,
+            state: RecordState::Corrupted,
             outcome_detail: Some(format!("ledger.json is unreadable: {why}")),
             ..Ledger::default()
         }
@@ -317,11 +317,11 @@ impl Ledger {
 
     /// A run whose costguard is gone while its ledger still says running: it crashed.
     pub fn crashed(&self) -> bool {
-        self.state == RunState::Running && !self.costguard.is_some_and(|p| p.alive())
+        self.state == RecordState::Running && !self.costguard.is_some_and(|p| p.alive())
     }
 
     pub fn live(&self) -> bool {
-        self.state == RunState::Running && self.costguard.is_some_and(|p| p.alive())
+        self.state == RecordState::Running && self.costguard.is_some_and(|p| p.alive())
     }
 
     /// What a crashed session left, as a scope of the kill protocol: its holder, the job's
@@ -438,7 +438,7 @@ pub fn find(state: &Path, id: Option<&str>) -> Result<(PathBuf, Ledger), String>
                     dir,
                     Ledger {
                         run_id: id.to_string(),
-                        state: RunState::Starting,
+                        state: RecordState::Starting,
                         ..Ledger::default()
                     },
                 )),
@@ -481,7 +481,7 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         let mut l = Ledger {
             run_id: "r".into(),
-            state: RunState::Running,
+            state: RecordState::Running,
             costguard: Proc::of(std::process::id() as i32),
             spend_dollars: 1.25,
             ..Ledger::default()

@@ -152,7 +152,7 @@ pub fn exit_of(l: &Ledger) -> (u8, String) {
                 l.state_word(),
                 l.outcome_detail
                     .as_deref()
-                    .filter(|_| l.state == ledger::RunState::Corrupted)
+                    .filter(|_| l.state == ledger::RecordState::Corrupted)
                     .unwrap_or("costguard died mid-run, so it has no exit status (resume it with --run-id)")
             ),
         ),
@@ -231,11 +231,11 @@ pub fn undelivered(state: &Path, id: &str) -> bool {
 /// Why a run is kept by `clean`, or None when it may go.
 fn keep_reason(state: &Path, l: &Ledger, older_than: Option<Duration>) -> Option<String> {
     match l.state {
-        ledger::RunState::Running if l.live() => return Some("running".into()),
-        ledger::RunState::Running => {
+        ledger::RecordState::Running if l.live() => return Some("running".into()),
+        ledger::RecordState::Running => {
             return Some("crashed: resume it with --run-id to end it properly".into())
         }
-        ledger::RunState::Starting | ledger::RunState::Corrupted => {
+        ledger::RecordState::Starting | ledger::RecordState::Corrupted => {
             return Some(format!("{}: look at it first", l.state))
         }
         _ => {}

@@ -73,7 +73,7 @@ fn spend_text(l: &Ledger) -> String {
 }
 
 fn header(o: &mut String, l: &Ledger) {
-    let outcome = if l.state == crate::ledger::RunState::Running {
+    let outcome = if l.state == crate::ledger::RecordState::Running {
         "unfinished (costguard died)"
     } else {
         l.state.as_str()
@@ -418,8 +418,8 @@ fn suggestions(out: &mut String, l: &Ledger) {
     if o.is_empty() {
         // Never an empty section: say why there is nothing to suggest.
         let why = match l.state {
-            crate::ledger::RunState::Stopped => "it was stopped from outside",
-            crate::ledger::RunState::Failed => "the job failed by itself",
+            crate::ledger::RecordState::Stopped => "it was stopped from outside",
+            crate::ledger::RecordState::Failed => "the job failed by itself",
             _ => "it ended before telling how long and how much a complete run takes",
         };
         o = format!(
@@ -433,7 +433,7 @@ fn suggestions(out: &mut String, l: &Ledger) {
 fn suggestion_lines(o: &mut String, l: &Ledger) {
     let spend = spend_text(l);
     let killed_by = |r: &str| l.kills.iter().any(|k| k.reason == r);
-    let completed = l.state == crate::ledger::RunState::Completed;
+    let completed = l.state == crate::ledger::RecordState::Completed;
     // Limits suggested from a run of seconds or cents would only be noise.
     if completed && l.elapsed_seconds < 60.0 {
         let _ = writeln!(
@@ -539,7 +539,7 @@ mod tests {
     fn a_stopped_run_says_why_it_suggests_no_limits() {
         let l = Ledger {
             run_id: "s".into(),
-            state: crate::ledger::RunState::Stopped,
+            state: crate::ledger::RecordState::Stopped,
             elapsed_seconds: 42.0,
             watchdogs: vec![
                 "wall 1h00m00s".into(),
@@ -564,7 +564,7 @@ mod tests {
     fn a_killed_run_reads_as_a_postmortem() {
         let l = Ledger {
             run_id: "sweep-1".into(),
-            state: crate::ledger::RunState::Killed,
+            state: crate::ledger::RecordState::Killed,
             command: "python train.py --api-key [redacted]".into(),
             priced: true,
             spend_dollars: 10.0,

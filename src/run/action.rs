@@ -12,7 +12,7 @@ use super::sampler::SampleMsg;
 use crate::events::{Event, KillReason};
 use crate::exit::JobStatus;
 use crate::fleet::FleetMsg;
-use crate::ledger::{Ledger, PhaseRecord, RunState as LedgerState};
+use crate::ledger::{Ledger, PhaseRecord, RecordState};
 use crate::policy::WarnReason;
 use crate::supervise::kill::KillReport;
 
@@ -179,13 +179,13 @@ pub enum Action {
     RecordPhase(Box<PhaseRecord>),
     /// The final ledger, the series and the report (`Done::RecordClosed`).
     CloseRecord {
-        state: LedgerState,
+        state: RecordState,
         code: u8,
         detail: String,
     },
     /// The ending into /status, and `/events` ends.
     PublishEnd {
-        state: LedgerState,
+        state: RecordState,
         code: u8,
         detail: String,
         report: Option<String>,

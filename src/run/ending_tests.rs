@@ -8,7 +8,7 @@ use super::state::{Carried, EndRules, Init, PhaseInfo, PlanRules, RunState, Targ
 use super::state_tests::{events, fixed, init_of, limits, run_until, s, sample, state, unpriced};
 use crate::events::{EventKind, KillReason};
 use crate::exit::JobStatus;
-use crate::ledger::{Outcome, PhaseRecord, RunState as LedgerState};
+use crate::ledger::{Outcome, PhaseRecord, RecordState};
 use crate::policy::Limits;
 
 fn kill(reason: KillReason, evidence: &str) -> Ending {
@@ -175,7 +175,7 @@ fn a_phase_killed_at_its_cap_goes_on_and_the_plan_concludes_completed_with_124()
     let mut acts = Vec::new();
     let c = st.conclude(&v, s(5.0), &mut acts);
     assert!(!c.ended, "on_kill = continue: {c:?}");
-    assert_eq!(c.overall, LedgerState::Running);
+    assert_eq!(c.overall, RecordState::Running);
     assert!(c.plan_line.is_none());
     let rec = c.phase.expect("the phase on record");
     assert_eq!(
@@ -199,7 +199,7 @@ fn a_phase_killed_at_its_cap_goes_on_and_the_plan_concludes_completed_with_124()
     let mut acts = Vec::new();
     let c = st.conclude(&v, s(3.0), &mut acts);
     assert!(c.ended);
-    assert_eq!((c.overall, c.code), (LedgerState::Completed, 124));
+    assert_eq!((c.overall, c.code), (RecordState::Completed, 124));
     assert_eq!(
         c.detail,
         "1 of 2 phases completed; p1 killed at its usd cap"
@@ -241,7 +241,7 @@ fn a_killed_phase_with_on_kill_abort_ends_the_plan_failed_at_that_phase() {
     let mut acts = Vec::new();
     let c = st.conclude(&v, s(2.0), &mut acts);
     assert!(c.ended);
-    assert_eq!((c.overall, c.code), (LedgerState::Killed, 124));
+    assert_eq!((c.overall, c.code), (RecordState::Killed, 124));
     assert_eq!(
         c.detail,
         "0 of 3 phases completed; p1 killed at its wall cap; 2 not run"
@@ -267,14 +267,14 @@ fn a_completed_phase_goes_on_unless_the_runs_own_ceiling_is_reached() {
     let mut st = phase(0, 2, Vec::new(), false, limits());
     let v = st.verdict(&done(), Some(JobStatus::Exited(0)), &[]);
     let c = st.conclude(&v, s(1.0), &mut Vec::new());
-    assert!(!c.ended && c.overall == LedgerState::Running, "{c:?}");
+    assert!(!c.ended && c.overall == RecordState::Running, "{c:?}");
     // $3600/h: the run's own $100 is spent at 100 s; the plan ends there, failed.
     let mut st = phase(0, 2, Vec::new(), false, limits());
     assert!(!st.run_cap_hit(s(99.0)));
     assert!(st.run_cap_hit(s(100.0)));
     let c = st.conclude(&v, s(100.0), &mut Vec::new());
     assert!(c.ended, "{c:?}");
-    assert_eq!((c.overall, c.code), (LedgerState::Failed, 0));
+    assert_eq!((c.overall, c.code), (RecordState::Failed, 0));
 }
 
 #[test]
@@ -288,14 +288,14 @@ fn a_single_run_ends_with_its_event_and_a_kill_adds_none() {
     let mut acts = Vec::new();
     let c = st.conclude(&v, s(1.0), &mut acts);
     assert!(c.ended && c.phase.is_none() && c.plan_line.is_none());
-    assert_eq!((c.overall, c.code), (LedgerState::Failed, 2));
+    assert_eq!((c.overall, c.code), (RecordState::Failed, 2));
     assert_eq!(events(&acts), vec![(EventKind::Failed, None)]);
     // The killed event is the kill's own: the conclusion adds no second one.
     let mut st = unpriced(limits(), TargetKind::Job);
     let v = st.verdict(&kill(KillReason::Wall, "wall"), None, &[]);
     let mut acts = Vec::new();
     let c = st.conclude(&v, s(1.0), &mut acts);
-    assert_eq!((c.overall, c.code), (LedgerState::Killed, 124));
+    assert_eq!((c.overall, c.code), (RecordState::Killed, 124));
     assert!(events(&acts).is_empty(), "{acts:?}");
 }
 

@@ -15,7 +15,7 @@ use super::state_tests::{fixed, init_of, limits, run_until, s, sample, state, un
 use crate::cloud::release::On;
 use crate::events::{Event, EventKind};
 use crate::exit::JobStatus;
-use crate::ledger::{Ledger, RunState as LedgerState};
+use crate::ledger::{Ledger, RecordState};
 use crate::policy::Limits;
 use crate::supervise::kill::KillReport;
 
@@ -115,7 +115,7 @@ fn a_completed_run_concludes_records_flushes_and_releases_the_box() {
     assert!(matches!(
         a.last(),
         Some(Action::CloseRecord {
-            state: LedgerState::Completed,
+            state: RecordState::Completed,
             code: 0,
             ..
         })
@@ -301,7 +301,7 @@ fn a_lost_holder_ends_what_is_left_and_the_run_is_stopped_with_125() {
     assert!(matches!(
         a.last(),
         Some(Action::CloseRecord {
-            state: LedgerState::Stopped,
+            state: RecordState::Stopped,
             code: 125,
             ..
         })
@@ -472,7 +472,7 @@ fn a_plan_phase_killed_at_its_cap_goes_on_and_the_last_phase_concludes_the_plan(
     assert!(matches!(
         a.last(),
         Some(Action::CloseRecord {
-            state: LedgerState::Running,
+            state: RecordState::Running,
             code: 124,
             ..
         })

@@ -121,7 +121,7 @@ async fn resume(
     holder_kill_notice(id, &dir, notices);
     if let Some(p) = prev.as_mut() {
         // Holding the lock, a "running" ledger means its costguard died.
-        if p.state == ledger::RunState::Running && p.costguard.is_none_or(|c| c.pid != me()) {
+        if p.state == ledger::RecordState::Running && p.costguard.is_none_or(|c| c.pid != me()) {
             if let Some(why) = &p.preempted {
                 notices.push(format!(
                     "run {id}: its last session was preempted: the provider reclaimed the box ({why})"
@@ -382,7 +382,7 @@ impl Recorder {
     pub fn start(c: Claim) -> Result<Recorder, RecordError> {
         let mut l = c.prev.clone().unwrap_or_default();
         l.run_id = c.id.clone();
-        l.state = ledger::RunState::Running;
+        l.state = ledger::RecordState::Running;
         l.sessions = l.sessions.saturating_add(1);
         l.costguard = Proc::of(me());
         l.holder = None;

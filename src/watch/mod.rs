@@ -76,7 +76,7 @@ fn resolve(target: &str, state: &Path) -> Result<Source, String> {
     let (run_dir, mut l) = crate::ledger::find(state, Some(target))?;
     // Reserved by `run --detach`: its costguard records itself within moments.
     let since = std::time::Instant::now();
-    while l.state == ledger::RunState::Starting && since.elapsed() < Duration::from_secs(20) {
+    while l.state == ledger::RecordState::Starting && since.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(100));
         l = crate::ledger::find(state, Some(target))?.1;
     }
@@ -319,7 +319,7 @@ impl Watcher {
     fn ended_on_record(&self) -> Option<u8> {
         let dir = self.run_dir.as_ref()?;
         let l = Ledger::load(dir).ok()??;
-        (!l.live() && l.state != ledger::RunState::Starting)
+        (!l.live() && l.state != ledger::RecordState::Starting)
             .then(|| finish(dir, &l, self.last.as_deref()))
     }
 

@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use super::Session;
-use crate::ledger::RunState as LedgerState;
+use crate::ledger::RecordState;
 use crate::units::format_duration;
 
 impl Session {
     /// Final ledger state, then the report from the ledger and the event log.
     pub(super) async fn close_record(
         &mut self,
-        state: LedgerState,
+        state: RecordState,
         code: u8,
         detail: &str,
     ) -> Option<crate::ledger::Ledger> {

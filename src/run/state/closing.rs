@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 use super::{RunState, Stage, TargetKind, Verdict};
 use crate::events::{EventKind, KillReason};
 use crate::exit::JobStatus;
-use crate::ledger::{Ledger, Outcome, RunState as LedgerState};
+use crate::ledger::{Ledger, Outcome, RecordState};
 use crate::run::action::{Action, Done, Ending};
 use crate::supervise::kill::KillReport;
 use crate::units::{format_duration, format_money};
@@ -35,7 +35,7 @@ pub(super) struct Closing {
     leader: Option<JobStatus>,
     last_line: Option<String>,
     /// (exit code, whether the run ended, its state).
-    concluded: Option<(u8, bool, LedgerState)>,
+    concluded: Option<(u8, bool, RecordState)>,
     /// The conclusion's words, and a plan's last line.
     detail: String,
     plan_line: Option<String>,
@@ -376,7 +376,7 @@ impl RunState {
         let (code, ended, _) =
             self.closing
                 .concluded
-                .unwrap_or((crate::exit::OWN_FAILURE, true, LedgerState::Failed));
+                .unwrap_or((crate::exit::OWN_FAILURE, true, RecordState::Failed));
         vec![Action::Exit { code, ended }]
     }
 
@@ -476,11 +476,11 @@ impl RunState {
 }
 
 /// The outcome a run's final state stands for (the release is decided on it).
-fn outcome_of(s: LedgerState) -> Outcome {
+fn outcome_of(s: RecordState) -> Outcome {
     match s {
-        LedgerState::Killed => Outcome::Killed,
-        LedgerState::Stopped => Outcome::Stopped,
-        LedgerState::Completed => Outcome::Completed,
+        RecordState::Killed => Outcome::Killed,
+        RecordState::Stopped => Outcome::Stopped,
+        RecordState::Completed => Outcome::Completed,
         _ => Outcome::Failed,
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{RunState, TargetKind};
 use crate::events::EventKind;
 use crate::exit::{self, JobStatus};
-use crate::ledger::{Outcome, PhaseRecord, RunState as LedgerState, StepRecord};
+use crate::ledger::{Outcome, PhaseRecord, RecordState, StepRecord};
 use crate::run::action::{Action, Ending};
 
 /// How the session ended, decided once.
@@ -65,7 +65,7 @@ pub struct Conclusion {
     pub ended: bool,
     pub code: u8,
     pub detail: String,
-    pub overall: LedgerState,
+    pub overall: RecordState,
     /// The phase on record (a plan's phase only).
     pub phase: Option<PhaseRecord>,
     /// A plan's last word ("plan completed: …; exit status 0"), when the plan ends.
@@ -194,10 +194,10 @@ impl RunState {
             None => (v.code, v.detail.clone()),
         };
         let overall = match (&plan, ended) {
-            (Some(p), _) if p.whole => LedgerState::Completed,
-            (Some(_), _) if v.outcome == Outcome::Completed => LedgerState::Failed,
+            (Some(p), _) if p.whole => RecordState::Completed,
+            (Some(_), _) if v.outcome == Outcome::Completed => RecordState::Failed,
             (_, true) => v.outcome.into(),
-            (_, false) => LedgerState::Running,
+            (_, false) => RecordState::Running,
         };
         Conclusion {
             ended,
