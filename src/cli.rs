@@ -881,11 +881,17 @@ pub struct GuardArgs {
     )]
     pub smtp_ca_file: Option<PathBuf>,
 
-    /// Event kinds to send: all, or a list of kinds, KIND:REASON allowed
-    /// [default: killed,failed,completed,warning:budget,warning:checkpoint,warning:preemption,agent-error:record,agent-error:release;
-    /// PagerDuty: killed,failed,stalled,agent-error,completed].
+    // The default depends on the channel (and a plan), so it is said in the help, from the
+    // very lists `notify` uses.
     #[arg(
         long,
+        help = concat!(
+            "Event kinds to send: all, or a list of kinds, KIND:REASON allowed [default: ",
+            crate::notify::default_kinds!(),
+            "; PagerDuty: ",
+            crate::notify::pager_kinds!(),
+            "]"
+        ),
         env = "COSTGUARD_NOTIFY_ON",
         value_name = "KINDS",
         help_heading = "Notifications"

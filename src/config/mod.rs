@@ -27,7 +27,8 @@ mod spec;
 pub use file::Scalar;
 pub(crate) use file::{explain, MAX_FILE};
 use layer::{path_of, switch, text, Layers};
-pub use origin::{Given, Origin};
+use origin::Given;
+pub use origin::Origin;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -713,7 +714,10 @@ mod layer_tests {
         assert_eq!(s.listen, "127.0.0.1:9947".parse().ok());
         assert!(!s.listen_explicit);
         assert_eq!(s.notify.flush, Duration::from_secs(10));
-        assert_eq!(s.notify.pagerduty_url, crate::notify::DEFAULT_PAGERDUTY_URL);
+        assert_eq!(
+            s.notify.pagerduty_url,
+            "https://events.pagerduty.com/v2/enqueue"
+        );
         let s = Settings::resolve(&guard(&["--listen", "127.0.0.1:9947"])).expect("settings");
         assert!(s.listen_explicit);
     }

@@ -37,18 +37,9 @@ impl fmt::Display for Origin {
 
 /// A value with its origin.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Given<T> {
+pub(crate) struct Given<T> {
     pub value: T,
     pub origin: Origin,
-}
-
-impl<T> Given<T> {
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Given<U> {
-        Given {
-            value: f(self.value),
-            origin: self.origin,
-        }
-    }
 }
 
 #[cfg(test)]

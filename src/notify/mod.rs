@@ -18,15 +18,24 @@ use crate::redact::Secret;
 
 pub use worker::{Notifier, Report};
 
-pub const DEFAULT_PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 /// Kinds sent when a channel does not say: kills, failures, completion, budget warnings,
-/// the spot box's reclaim notice.
-pub const DEFAULT_KINDS: &str =
-    "killed,failed,completed,warning:budget,warning:checkpoint,warning:preemption,agent-error:record,agent-error:release";
+/// the spot box's reclaim notice. (Macros, so `--notify-on`'s help shows these very lists.)
+macro_rules! default_kinds {
+    () => {
+        "killed,failed,completed,warning:budget,warning:checkpoint,warning:preemption,agent-error:record,agent-error:release"
+    };
+}
 /// PagerDuty's default: only what opens an incident (kills, failures, stalls, costguard unable
 /// to guard); completion only resolves what the run opened. Budget warnings are not
 /// incidents: they go to chat.
-pub const PAGER_KINDS: &str = "killed,failed,stalled,agent-error,completed";
+macro_rules! pager_kinds {
+    () => {
+        "killed,failed,stalled,agent-error,completed"
+    };
+}
+pub(crate) use {default_kinds, pager_kinds};
+pub const DEFAULT_KINDS: &str = default_kinds!();
+pub const PAGER_KINDS: &str = pager_kinds!();
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -218,18 +227,6 @@ pub struct NotifySettings {
     pub timeout: Duration,
     /// The email channel's server, credentials and addresses, when it is configured.
     pub email: Option<email::EmailSettings>,
-}
-
-impl Default for NotifySettings {
-    fn default() -> Self {
-        NotifySettings {
-            channels: Vec::new(),
-            pagerduty_url: DEFAULT_PAGERDUTY_URL.into(),
-            flush: Duration::from_secs(10),
-            timeout: Duration::from_secs(10),
-            email: None,
-        }
-    }
 }
 
 impl NotifySettings {
