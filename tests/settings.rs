@@ -245,3 +245,29 @@ fn a_secret_file_named_by_the_file_is_named_with_its_key() {
     );
     assert!(err.contains(&want), "{err}");
 }
+
+#[test]
+fn the_config_file_itself_is_named_by_the_layer_that_gave_it() {
+    let d = tempdir();
+    let missing = d.path().join("missing.toml");
+    let mut c = costguard();
+    c.env("COSTGUARD_CONFIG", &missing);
+    let (code, err) = start(c, None, &[]);
+    assert_eq!(code, Some(125), "{err}");
+    let want = format!(
+        "cannot read --config (COSTGUARD_CONFIG) {}",
+        missing.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    let cfg = config(
+        d.path(),
+        "[notify]\ncommand = \"true\"\n\n[notify.on-channel]\nslak = \"all\"\n",
+    );
+    let (code, err) = start(costguard(), Some(&cfg), &[]);
+    assert_eq!(code, Some(125), "{err}");
+    let want = format!(
+        "invalid channel \"slak\" at config file {} line 5, key [notify.on-channel] slak",
+        cfg.display()
+    );
+    assert!(err.contains(&want), "{err}");
+}

@@ -148,10 +148,13 @@ fn leaf(item: &Item, ty: FileType, at: &At) -> Result<String, ConfigError> {
 
 impl FileValues {
     /// Reads and checks the file: every key known, every value of its type, none given twice.
-    pub fn load(path: &Path, spec: &Spec) -> Result<FileValues, ConfigError> {
+    /// `origin` names the file's own setting (`--config`, `COSTGUARD_CONFIG`) when it
+    /// cannot be read.
+    pub fn load(path: &Path, origin: Origin, spec: &Spec) -> Result<FileValues, ConfigError> {
         // Bounded and a regular file (links followed): /dev/zero or a FIFO is an error.
         let text =
             crate::fsutil::read_given(path, MAX_FILE).map_err(|source| ConfigError::Read {
+                origin,
                 path: path.to_path_buf(),
                 source,
             })?;
@@ -320,7 +323,14 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         let p = d.path().join("c.toml");
         std::fs::write(&p, text).expect("write");
-        FileValues::load(&p, &Spec::new()).map_err(|e| e.to_string())
+        FileValues::load(
+            &p,
+            Origin::Flag {
+                flag: "config".into(),
+            },
+            &Spec::new(),
+        )
+        .map_err(|e| e.to_string())
     }
 
     #[test]

@@ -65,17 +65,15 @@ impl From<Option<bool>> for Switch {
 impl<'a> Layers<'a> {
     pub fn new(guard: &'a Guard) -> Result<Layers<'a>, ConfigError> {
         let spec = Spec::new();
-        let file = match &guard.config {
-            Some(p) => FileValues::load(p, &spec)?,
-            None => FileValues::default(),
-        };
-        let layers = Layers {
+        let mut layers = Layers {
             guard,
             spec,
-            file,
+            file: FileValues::default(),
             read: RefCell::default(),
         };
-        layers.mark("config");
+        if let Some(p) = path_of!(layers, config) {
+            layers.file = FileValues::load(&p.value, p.origin, &layers.spec)?;
+        }
         Ok(layers)
     }
 

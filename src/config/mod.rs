@@ -38,8 +38,9 @@ pub enum ConfigError {
         #[source]
         source: UnitError,
     },
-    #[error("cannot read --config {path}: {source}")]
+    #[error("cannot read {origin} {path}: {source}")]
     Read {
+        origin: Origin,
         path: PathBuf,
         #[source]
         source: std::io::Error,
