@@ -271,3 +271,34 @@ fn the_config_file_itself_is_named_by_the_layer_that_gave_it() {
     );
     assert!(err.contains(&want), "{err}");
 }
+
+#[test]
+fn settings_that_need_each_other_name_where_each_came_from() {
+    let d = tempdir();
+    let cfg = config(d.path(), "max-wall = \"1h\"\nwarn-signal = \"USR1\"\n");
+    let (code, err) = start(costguard(), Some(&cfg), &[]);
+    assert_eq!(code, Some(125), "{err}");
+    let want = format!(
+        "config file {} line 2, key warn-signal needs --warn-before",
+        cfg.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    let mut c = costguard();
+    c.env("COSTGUARD_WARN_BEFORE", "2h")
+        .env("COSTGUARD_WARN_SIGNAL", "USR1");
+    let (code, err) = start(c, Some(&cfg), &[]);
+    assert_eq!(code, Some(125), "{err}");
+    let want = format!(
+        "invalid --warn-before (COSTGUARD_WARN_BEFORE) 2h00m00s: the warning lead is not shorter than config file {} line 1, key max-wall 1h00m00s",
+        cfg.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    let mut c = costguard();
+    c.env("COSTGUARD_RELEASE", "terminate");
+    let (code, err) = start(c, None, &[]);
+    assert_eq!(code, Some(125), "{err}");
+    assert!(
+        err.contains("--release (COSTGUARD_RELEASE) terminate destroys the box"),
+        "{err}"
+    );
+}

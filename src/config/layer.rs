@@ -151,6 +151,20 @@ impl<'a> Layers<'a> {
             .is_some_and(|g| g.value)
     }
 
+    /// Where the value of flag `id` comes from, whatever it is: for errors about two settings
+    /// together ("--warn-signal needs --warn-before"). `--x` when no layer gives it.
+    pub fn origin(&self, id: &str) -> Origin {
+        let source = self.guard.source(id);
+        match (self.given(id), self.file.values.get(id), source) {
+            (true, _, Some(s)) => self.flag_origin(id, s),
+            (_, Some(g), _) => g.origin.clone(),
+            (_, None, Some(s)) => self.flag_origin(id, s),
+            _ => Origin::Flag {
+                flag: self.spec.by_id(id).long.clone(),
+            },
+        }
+    }
+
     /// Whether a person gave flag `id` (command line or environment), whatever the file says.
     pub fn given(&self, id: &str) -> bool {
         self.guard.given(id)

@@ -299,9 +299,10 @@ fn resolve_release(l: &Layers) -> Result<crate::cloud::release::Settings, Config
     let retry_for = always(duration(text!(l, release_retry_for))?, "release-retry-for")?;
     let mode = mode.unwrap_or(Mode::None);
     if mode == Mode::Terminate && !allowed {
-        return Err(ConfigError::Invalid(
-            "--release terminate destroys the box and its disks: it needs --allow-side-effects too (or use --release stop)".into(),
-        ));
+        return Err(ConfigError::Invalid(format!(
+            "{} terminate destroys the box and its disks: it needs --allow-side-effects too (or use --release stop)",
+            l.origin("release")
+        )));
     }
     let command = text!(l, release_command)
         .map(|g| g.value)
@@ -566,48 +567,51 @@ impl Settings {
             plan,
             fleet,
         };
-        settings.check_consistency()?;
+        settings.check_consistency(l)?;
         Ok(settings)
     }
-    fn check_consistency(&self) -> Result<(), ConfigError> {
+    /// Settings that need each other; each named by its origin.
+    fn check_consistency(&self, l: &Layers) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
         // `costguard status -x` would read it as a flag: such an id could not be named again.
         if let Some(id) = self.run_id.as_deref().filter(|id| id.starts_with('-')) {
-            return Err(ConfigError::Invalid(format!(
-                "invalid --run-id {id:?}: a run id may not start with `-` (costguard status, \
-                 logs and stop would read it as a flag)"
-            )));
+            return bad(format!(
+                "invalid {} {id:?}: a run id may not start with `-` (costguard status, \
+                 logs and stop would read it as a flag)",
+                l.origin("run_id")
+            ));
         }
+        let (signal, lead) = (l.origin("warn_signal"), l.origin("warn_before"));
         match (self.warn_signal, self.warn_before) {
             (Some(_), None) => {
-                return Err(ConfigError::Invalid(
-                    "--warn-signal needs --warn-before (how long before the kill to send it)"
-                        .into(),
+                return bad(format!(
+                    "{signal} needs --warn-before (how long before the kill to send it)"
                 ))
             }
             (None, Some(_)) => {
-                return Err(ConfigError::Invalid(
-                    "--warn-before needs --warn-signal (which signal to send)".into(),
-                ))
+                return bad(format!("{lead} needs --warn-signal (which signal to send)"))
             }
             _ => {}
         }
-        if let (Some(lead), Some(wall)) = (self.warn_before, self.max_wall) {
-            if lead >= wall {
-                return Err(ConfigError::Invalid(format!(
-                    "invalid --warn-before {}: the warning lead is not shorter than --max-wall {}",
-                    units::format_duration(lead),
+        if let (Some(before), Some(wall)) = (self.warn_before, self.max_wall) {
+            if before >= wall {
+                return bad(format!(
+                    "invalid {lead} {}: the warning lead is not shorter than {} {}",
+                    units::format_duration(before),
+                    l.origin("max_wall"),
                     units::format_duration(wall)
-                )));
+                ));
             }
         }
         if self.warn_before.is_some() && self.max_wall.is_none() && self.max_usd.is_none() {
-            return Err(ConfigError::Invalid(
-                "--warn-before needs a ceiling to warn before: give --max-usd or --max-wall".into(),
+            return bad(format!(
+                "{lead} needs a ceiling to warn before: give --max-usd or --max-wall"
             ));
         }
         if self.progress_total.is_some() && self.progress_regex.is_none() {
-            return Err(ConfigError::Invalid(
-                "--progress-total needs --progress-regex (where the step number comes from)".into(),
+            return bad(format!(
+                "{} needs --progress-regex (where the step number comes from)",
+                l.origin("progress_total")
             ));
         }
         Ok(())
@@ -673,9 +677,10 @@ fn resolve_fleet(l: &Layers) -> Result<Option<crate::fleet::FleetSettings>, Conf
                 query_override: query.map(|q| q.value).filter(|q| !q.trim().is_empty()),
             }))
         }
-        (Some(_), None) => Err(ConfigError::Invalid(
-            "--fleet-max-usd needs --prometheus-url (where the fleet's spend is read)".into(),
-        )),
+        (Some(_), None) => Err(ConfigError::Invalid(format!(
+            "{} needs --prometheus-url (where the fleet's spend is read)",
+            l.origin("fleet_max_usd")
+        ))),
         _ => Err(ConfigError::Invalid(
             "--prometheus-url and --fleet-selector need --fleet-max-usd (the fleet's budget)"
                 .into(),

@@ -152,12 +152,14 @@ fn resolve_email(l: &Layers) -> Result<Option<(EmailSettings, String)>, ConfigEr
     let ca_file = path_of!(l, smtp_ca_file);
     let (to, url) = match (text!(l, email_to), text!(l, smtp_url)) {
         (None, None) => return unused_email_keys([&from.map(|g| g.origin), &password_file.map(|g| g.origin), &ca_file.map(|g| g.origin)]),
-        (Some(_), None) => return Err(ConfigError::Invalid(
-            "--email-to needs an SMTP server: give --smtp-url (COSTGUARD_SMTP_URL, [notify] smtp-url), e.g. smtps://user@mail.example.com".into(),
-        )),
-        (None, Some(_)) => return Err(ConfigError::Invalid(
-            "--smtp-url needs recipients: give --email-to (COSTGUARD_EMAIL_TO, [notify] email-to)".into(),
-        )),
+        (Some(t), None) => return Err(ConfigError::Invalid(format!(
+            "{} needs an SMTP server: give --smtp-url (COSTGUARD_SMTP_URL, [notify] smtp-url), e.g. smtps://user@mail.example.com",
+            t.origin
+        ))),
+        (None, Some(u)) => return Err(ConfigError::Invalid(format!(
+            "{} needs recipients: give --email-to (COSTGUARD_EMAIL_TO, [notify] email-to)",
+            u.origin
+        ))),
         (Some(t), Some(u)) => (t, u),
     };
     let to_list = parse_addresses(&to.value).map_err(|why| bad(&to.origin, &to.value, why))?;
