@@ -15,6 +15,7 @@ use nix::sys::signal::Signal;
 use regex::Regex;
 
 use crate::cli::{AgentArgs, Guard};
+use crate::cloud::Choice;
 use crate::notify::NotifySettings;
 use crate::units::{self, MemLimit, UnitError};
 
@@ -176,9 +177,10 @@ fn duration(v: Text) -> Result<Option<Duration>, ConfigError> {
     conv(v, units::parse_duration)
 }
 
-/// A value that the declared default always gives.
-fn always<T>(v: Option<T>, id: &str) -> Result<T, ConfigError> {
-    v.ok_or_else(|| ConfigError::Invalid(format!("no value for {id}: its default is missing")))
+/// The value of a flag declared with a default: some layer always gives one (the layer
+/// tests resolve every default).
+fn always<T>(v: Option<T>) -> T {
+    v.expect("a flag declared with a default has a value")
 }
 
 /// A URL costguard will send to: it parses, its scheme is http or https, it names a host
@@ -296,7 +298,7 @@ fn resolve_release(l: &Layers) -> Result<crate::cloud::release::Settings, Config
     let allowed = switch!(l, allow_side_effects);
     let mode = choice(text!(l, release), Mode::parse, "none, stop or terminate")?;
     let on = choice(text!(l, release_on), On::parse, "kill or end")?;
-    let retry_for = always(duration(text!(l, release_retry_for))?, "release-retry-for")?;
+    let retry_for = always(duration(text!(l, release_retry_for))?);
     let mode = mode.unwrap_or(Mode::None);
     if mode == Mode::Terminate && !allowed {
         return Err(ConfigError::Invalid(format!(
@@ -319,7 +321,7 @@ fn resolve_release(l: &Layers) -> Result<crate::cloud::release::Settings, Config
 /// and how long it may run.
 fn exit_hook(l: &Layers) -> Result<(Option<String>, Duration), ConfigError> {
     let allowed = switch!(l, allow_side_effects);
-    let timeout = always(positive(text!(l, on_exit_timeout))?, "on-exit-timeout")?;
+    let timeout = always(positive(text!(l, on_exit_timeout))?);
     let Some(cmd) = text!(l, on_exit).filter(|c| !c.value.trim().is_empty()) else {
         return Ok((None, timeout));
     };
@@ -332,100 +334,18 @@ fn exit_hook(l: &Layers) -> Result<(Option<String>, Duration), ConfigError> {
     Ok((Some(cmd.value), timeout))
 }
 
-/// How the job is priced: an explicit rate, energy, and what to ask the box.
-struct Rates {
-    usd_per_hour: Option<f64>,
-    usd_per_kwh: Option<f64>,
-    provider: crate::cloud::Choice,
-    price_table: Option<PathBuf>,
-}
-
-impl Rates {
-    fn resolve(l: &Layers) -> Result<Rates, ConfigError> {
-        let provider = choice(
-            text!(l, provider),
-            crate::cloud::Choice::parse,
-            "auto, none, aws, gcp, azure, runpod, vast or lambda",
-        )?;
-        Ok(Rates {
-            usd_per_hour: conv(text!(l, usd_per_hour), units::parse_money)?,
-            usd_per_kwh: conv(text!(l, usd_per_kwh), units::parse_money)?,
-            provider: always(provider, "provider")?,
-            price_table: path_of!(l, price_table).map(|g| g.value),
-        })
+/// `--record-grace`: a duration, or `off`.
+fn record_grace(l: &Layers) -> Result<Option<Duration>, ConfigError> {
+    match text!(l, record_grace) {
+        Some(g) if g.value.trim() == "off" => Ok(None),
+        g => positive(g),
     }
 }
 
-/// The watchdogs' settings: sampling, idle, stall, progress and memory ceilings.
-struct Watchdogs {
-    interval: Duration,
-    idle: Option<Duration>,
-    idle_below: f64,
-    idle_grace: Duration,
-    stall: Option<Duration>,
-    progress_regex: Option<Regex>,
-    progress_total: Option<f64>,
-    max_gpu_mem: Option<MemLimit>,
-    max_host_mem: Option<u64>,
-    output_log_max: u64,
-    linger: Duration,
-    record_grace: Option<Duration>,
-}
-
-impl Watchdogs {
-    fn resolve(l: &Layers) -> Result<Watchdogs, ConfigError> {
-        let record_grace = match text!(l, record_grace) {
-            Some(g) if g.value.trim() == "off" => None,
-            g => positive(g)?,
-        };
-        Ok(Watchdogs {
-            interval: always(positive(text!(l, interval))?, "interval")?,
-            idle: positive(text!(l, idle))?,
-            idle_below: always(
-                conv(text!(l, idle_below), units::parse_percent)?,
-                "idle-below",
-            )?,
-            idle_grace: always(duration(text!(l, idle_grace))?, "idle-grace")?,
-            stall: positive(text!(l, stall))?,
-            progress_regex: progress_regex(text!(l, progress_regex))?,
-            progress_total: progress_total(text!(l, progress_total))?,
-            max_gpu_mem: conv(text!(l, max_gpu_mem), units::parse_mem_limit)?,
-            max_host_mem: conv(text!(l, max_host_mem), units::parse_size)?,
-            output_log_max: always(
-                conv(text!(l, output_log_max), units::parse_size)?,
-                "output-log-max",
-            )?,
-            linger: always(duration(text!(l, linger))?, "linger")?,
-            record_grace,
-        })
-    }
-}
-
-/// The dollar and wall ceilings and the warnings before them.
-struct Ceilings {
-    max_usd: Option<f64>,
-    max_wall: Option<Duration>,
-    kill_grace: Duration,
-    warn_signal: Option<Signal>,
-    warn_before: Option<Duration>,
-    warn_at: Vec<f64>,
-}
-
-impl Ceilings {
-    fn resolve(l: &Layers) -> Result<Ceilings, ConfigError> {
-        let warn_at = match text!(l, warn_at) {
-            Some(g) => parse_warn_at(&g.value, &g.origin)?,
-            None => Vec::new(),
-        };
-        Ok(Ceilings {
-            max_usd: conv(text!(l, max_usd), units::parse_money)?,
-            max_wall: positive(text!(l, max_wall))?,
-            kill_grace: always(duration(text!(l, kill_grace))?, "kill-grace")?,
-            warn_signal: conv(text!(l, warn_signal), units::parse_signal)?,
-            warn_before: duration(text!(l, warn_before))?,
-            warn_at,
-        })
-    }
+/// `--warn-at`: budget fractions in (0, 1], ascending.
+fn warn_at(l: &Layers) -> Result<Vec<f64>, ConfigError> {
+    let g = always(text!(l, warn_at));
+    parse_warn_at(&g.value, &g.origin)
 }
 
 /// The agent's own flags, and what the agent cannot use.
@@ -508,68 +428,63 @@ impl Settings {
     }
 
     fn layered(l: &Layers, no_preflight: bool) -> Result<Settings, ConfigError> {
-        let w = Watchdogs::resolve(l)?;
-        let c = Ceilings::resolve(l)?;
-        let r = Rates::resolve(l)?;
-        let fleet = resolve_fleet(l)?;
-        let release = resolve_release(l)?;
-        let (on_exit, on_exit_timeout) = exit_hook(l)?;
-        let gpu = choice(text!(l, gpu), gpu_mode, "auto, nvml or none")?;
-        let (listen, listen_explicit) = listen_addr(l)?;
-        // --no-quiet wins over --quiet's other layers (clap refuses the two flags together).
-        let quiet = !switch!(l, no_quiet) && switch!(l, quiet);
-        check_prices(&l.file.prices)?;
+        let dur = |g| duration(g).map(always);
         let plan = path_of!(l, plan).map(|g| g.value);
-        // A plan pings at each phase's end unless the channels say otherwise.
-        let notify = notify::resolve(l, plan.is_some())?;
+        let (listen, listen_explicit) = listen_addr(l)?;
+        let (on_exit, on_exit_timeout) = exit_hook(l)?;
+        let provider_words = "auto, none, aws, gcp, azure, runpod, vast or lambda";
+        check_prices(&l.file.prices)?;
         let settings = Settings {
-            max_usd: c.max_usd,
-            usd_per_hour: r.usd_per_hour,
-            usd_per_kwh: r.usd_per_kwh,
-            provider: r.provider,
-            price_table: r.price_table,
-            max_wall: c.max_wall,
-            kill_grace: c.kill_grace,
-            warn_signal: c.warn_signal,
-            warn_before: c.warn_before,
-            warn_at: c.warn_at,
-            gpu: gpu.unwrap_or(GpuMode::Auto),
+            max_usd: conv(text!(l, max_usd), units::parse_money)?,
+            usd_per_hour: conv(text!(l, usd_per_hour), units::parse_money)?,
+            usd_per_kwh: conv(text!(l, usd_per_kwh), units::parse_money)?,
+            provider: always(choice(text!(l, provider), Choice::parse, provider_words)?),
+            price_table: path_of!(l, price_table).map(|g| g.value),
+            max_wall: positive(text!(l, max_wall))?,
+            kill_grace: dur(text!(l, kill_grace))?,
+            warn_signal: conv(text!(l, warn_signal), units::parse_signal)?,
+            warn_before: duration(text!(l, warn_before))?,
+            warn_at: warn_at(l)?,
+            gpu: always(choice(text!(l, gpu), gpu_mode, "auto, nvml or none")?),
             nvml_lib: path_of!(l, nvml_lib).map(|g| g.value),
-            interval: w.interval,
-            idle: w.idle,
-            idle_below: w.idle_below,
-            idle_grace: w.idle_grace,
-            stall: w.stall,
-            progress_regex: w.progress_regex,
-            progress_total: w.progress_total,
+            interval: always(positive(text!(l, interval))?),
+            idle: positive(text!(l, idle))?,
+            idle_below: always(conv(text!(l, idle_below), units::parse_percent)?),
+            idle_grace: dur(text!(l, idle_grace))?,
+            stall: positive(text!(l, stall))?,
+            progress_regex: progress_regex(text!(l, progress_regex))?,
+            progress_total: progress_total(text!(l, progress_total))?,
             heartbeat_file: path_of!(l, heartbeat_file).map(|g| g.value),
-            max_gpu_mem: w.max_gpu_mem,
-            max_host_mem: w.max_host_mem,
-            output_log_max: w.output_log_max,
+            max_gpu_mem: conv(text!(l, max_gpu_mem), units::parse_mem_limit)?,
+            max_host_mem: conv(text!(l, max_host_mem), units::parse_size)?,
+            output_log_max: always(conv(text!(l, output_log_max), units::parse_size)?),
             shared_gpus: switch!(l, shared_gpus),
-            linger: w.linger,
-            record_grace: w.record_grace,
+            linger: dur(text!(l, linger))?,
+            record_grace: record_grace(l)?,
             exit_when_done: false,
             idle_box: None,
             keep_if_logged_in: false,
             listen,
             listen_explicit,
-            quiet,
+            // --no-quiet wins over --quiet's other layers (clap refuses the two flags together).
+            quiet: !switch!(l, no_quiet) && switch!(l, quiet),
             prices: l.file.prices.clone(),
             state_dir: path_of!(l, state_dir).map_or_else(default_state_dir, |g| g.value),
-            notify,
+            // A plan pings at each phase's end unless the channels say otherwise.
+            notify: notify::resolve(l, plan.is_some())?,
             run_id: text!(l, run_id).map(|g| g.value),
             on_exit,
-            release,
+            release: resolve_release(l)?,
             on_exit_timeout,
             no_preflight,
             phase: None,
             plan,
-            fleet,
+            fleet: resolve_fleet(l)?,
         };
         settings.check_consistency(l)?;
         Ok(settings)
     }
+
     /// Settings that need each other; each named by its origin.
     fn check_consistency(&self, l: &Layers) -> Result<(), ConfigError> {
         let bad = |msg: String| Err(ConfigError::Invalid(msg));
@@ -662,7 +577,7 @@ fn resolve_fleet(l: &Layers) -> Result<Option<crate::fleet::FleetSettings>, Conf
     let max = conv(text!(l, fleet_max_usd), units::parse_money)?;
     let url = text!(l, prometheus_url);
     let selector = text!(l, fleet_selector);
-    let interval = always(positive(text!(l, fleet_interval))?, "fleet-interval")?;
+    let interval = always(positive(text!(l, fleet_interval))?);
     let query = text!(l, fleet_query);
     match (max, url) {
         (None, None) if selector.is_none() => Ok(None),
