@@ -95,7 +95,7 @@ pub enum Sub {
         mut_arg("listen", |a| a.help(
             "Address for the page (/), /metrics, /healthz and /status")),
     )]
-    Agent(Box<AgentArgs>),
+    Agent(Box<Sourced<AgentArgs>>),
     /// The shipped instance price catalog (what a box of a provider's type costs per hour).
     Prices(PricesArgs),
 }
@@ -299,16 +299,19 @@ pub struct HoldArgs {
     pub command: Vec<OsString>,
 }
 
-/// A run's flags as clap parsed them, with where clap took each one from: the command line,
-/// the environment, or the default declared with the flag. `config` needs the difference: the
-/// config file sits between a default and the environment.
+/// Flags as clap parsed them, with where clap took each one from: the command line, the
+/// environment, or the default declared with the flag. `config` needs the difference: the
+/// config file sits between a default and the environment, and errors name the layer.
 #[derive(Debug, Clone, Default)]
-pub struct Guard {
-    pub args: GuardArgs,
+pub struct Sourced<T> {
+    pub args: T,
     sources: BTreeMap<String, ValueSource>,
 }
 
-impl Guard {
+/// A run's flags with their sources.
+pub type Guard = Sourced<GuardArgs>;
+
+impl<T> Sourced<T> {
     /// Where the value of the flag with clap id `id` (the field's name) came from; None when
     /// it has neither a value nor a default.
     pub fn source(&self, id: &str) -> Option<ValueSource> {
@@ -330,21 +333,21 @@ impl Guard {
     }
 }
 
-impl std::ops::Deref for Guard {
-    type Target = GuardArgs;
-    fn deref(&self) -> &GuardArgs {
+impl<T> std::ops::Deref for Sourced<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
         &self.args
     }
 }
 
-impl FromArgMatches for Guard {
+impl<T: FromArgMatches> FromArgMatches for Sourced<T> {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
         Self::from_arg_matches_mut(&mut m.clone())
     }
     fn from_arg_matches_mut(m: &mut ArgMatches) -> Result<Self, clap::Error> {
-        let sources = Guard::sources_of(m);
-        Ok(Guard {
-            args: GuardArgs::from_arg_matches_mut(m)?,
+        let sources = Self::sources_of(m);
+        Ok(Sourced {
+            args: T::from_arg_matches_mut(m)?,
             sources,
         })
     }
@@ -352,20 +355,20 @@ impl FromArgMatches for Guard {
         self.update_from_arg_matches_mut(&mut m.clone())
     }
     fn update_from_arg_matches_mut(&mut self, m: &mut ArgMatches) -> Result<(), clap::Error> {
-        self.sources.extend(Guard::sources_of(m));
+        self.sources.extend(Self::sources_of(m));
         self.args.update_from_arg_matches_mut(m)
     }
 }
 
-impl Args for Guard {
+impl<T: Args> Args for Sourced<T> {
     fn augment_args(cmd: clap::Command) -> clap::Command {
-        GuardArgs::augment_args(cmd)
+        T::augment_args(cmd)
     }
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
-        GuardArgs::augment_args_for_update(cmd)
+        T::augment_args_for_update(cmd)
     }
     fn group_id() -> Option<clap::Id> {
-        GuardArgs::group_id()
+        T::group_id()
     }
 }
 

@@ -191,7 +191,7 @@ fn notify_test(settings: &Settings) -> ExitCode {
 }
 
 /// `costguard agent`: the selector, then the agent loop on a one-thread runtime.
-fn agent(a: costguard::cli::AgentArgs) -> ExitCode {
+fn agent(a: costguard::cli::Sourced<costguard::cli::AgentArgs>) -> ExitCode {
     use costguard::run::agent::{Selection, Selector};
     let settings = match Settings::resolve_agent(&a) {
         Ok(s) => s,

@@ -302,3 +302,26 @@ fn settings_that_need_each_other_name_where_each_came_from() {
         "{err}"
     );
 }
+
+#[test]
+fn the_agents_own_settings_name_their_layer_too() {
+    let mut c = costguard();
+    c.args(["agent", "--release", "stop"])
+        .env("COSTGUARD_IDLE_BOX", "0s");
+    let out = run(c);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("invalid --idle-box (COSTGUARD_IDLE_BOX) 0s: must be greater than zero"),
+        "{err}"
+    );
+    let mut c = costguard();
+    c.args(["agent", "--idle-box", "-1s"]);
+    let out = run(c);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("must not be negative (from --idle-box)"),
+        "{err}"
+    );
+}

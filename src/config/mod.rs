@@ -11,10 +11,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::parser::ValueSource;
 use nix::sys::signal::Signal;
 use regex::Regex;
 
-use crate::cli::{AgentArgs, Guard};
+use crate::cli::{AgentArgs, Guard, Sourced};
 use crate::cloud::Choice;
 use crate::notify::NotifySettings;
 use crate::units::{self, MemLimit, UnitError};
@@ -356,7 +357,11 @@ struct AgentPart {
 }
 
 impl AgentPart {
-    fn resolve(a: &AgentArgs, l: &Layers, release: bool) -> Result<AgentPart, ConfigError> {
+    fn resolve(
+        a: &Sourced<AgentArgs>,
+        l: &Layers,
+        release: bool,
+    ) -> Result<AgentPart, ConfigError> {
         // Flags only a wrapped command can use (hidden from the agent's --help).
         let only_wrapped = ["plan", "progress_regex", "progress_total", "output_log_max"];
         if let Some(id) = only_wrapped.iter().find(|id| l.given(id)) {
@@ -369,13 +374,18 @@ impl AgentPart {
         let idle_box = match &a.idle_box {
             None => None,
             Some(v) => {
-                let g = Some(Given {
-                    value: v.clone(),
-                    origin: Origin::Flag {
-                        flag: "idle-box".into(),
+                let flag = "idle-box".to_string();
+                let origin = match a.source("idle_box") {
+                    Some(ValueSource::EnvVariable) => Origin::Env {
+                        flag,
+                        var: "COSTGUARD_IDLE_BOX".into(),
                     },
-                });
-                positive(g)?
+                    _ => Origin::Flag { flag },
+                };
+                positive(Some(Given {
+                    value: v.clone(),
+                    origin,
+                }))?
             }
         };
         if idle_box.is_some() && !release {
@@ -404,7 +414,7 @@ impl Settings {
 
     /// `costguard agent`: its own flags too; NVML required (the agent sees nothing without
     /// it); a host-memory ceiling refused (it measures no process tree).
-    pub fn resolve_agent(a: &AgentArgs) -> Result<Settings, ConfigError> {
+    pub fn resolve_agent(a: &Sourced<AgentArgs>) -> Result<Settings, ConfigError> {
         let l = Layers::new(&a.guard)?;
         let base = Settings::layered(&l, false)?;
         let agent = AgentPart::resolve(a, &l, base.release.enabled())?;
