@@ -1,4 +1,5 @@
-//! Command-line definitions (clap). Flags are raw `Option`s here; `config` layers and validates.
+//! Command-line definitions (clap): each setting's one declaration (flag, variable, value
+//! name, default, help), raw `Option`s here; `config` derives the file keys, layers and validates.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -381,7 +382,8 @@ impl<T: Args> Args for Sourced<T> {
 /// Flags win over the environment, the environment over the file, the file over defaults.
 #[derive(Debug, Args, Default, Clone)]
 pub struct GuardArgs {
-    /// TOML config file with the same settings (keys as the long flags, `-` or `_`).
+    /// TOML config file with the same settings (keys as the long flags, `-` or `_`; the
+    /// notification ones in a [notify] table).
     #[arg(long, env = "COSTGUARD_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
