@@ -1,9 +1,13 @@
-//! Command-line definitions (clap). Flags are raw `Option`s here; `config` layers and validates.
+//! Command-line definitions (clap): each setting's one declaration (flag, variable, value
+//! name, default, help), raw `Option`s here; `config` derives the file keys, layers and validates.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -41,7 +45,7 @@ pub struct Cli {
     pub subcommand: Option<Sub>,
 
     #[command(flatten)]
-    pub guard: GuardArgs,
+    pub guard: Guard,
 
     /// The command to guard, after `--`.
     #[arg(last = true, value_name = "CMD")]
@@ -90,9 +94,9 @@ pub enum Sub {
             "Kill when --heartbeat-file was not touched for this long (the agent cannot read \
              its targets' output)")),
         mut_arg("listen", |a| a.help(
-            "Address for the page (/), /metrics, /healthz and /status [default: 127.0.0.1:9947]")),
+            "Address for the page (/), /metrics, /healthz and /status")),
     )]
-    Agent(Box<AgentArgs>),
+    Agent(Box<Sourced<AgentArgs>>),
     /// The shipped instance price catalog (what a box of a provider's type costs per hour).
     Prices(PricesArgs),
 }
@@ -116,7 +120,7 @@ pub struct PricesArgs {
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     #[command(flatten)]
-    pub guard: GuardArgs,
+    pub guard: Guard,
     /// Which GPU processes to guard: all, cgroup:TEXT (in /proc/PID/cgroup, e.g. a pod uid
     /// or container id), or cmdline:REGEX.
     #[arg(
@@ -150,7 +154,7 @@ pub struct AgentArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub guard: GuardArgs,
+    pub guard: Guard,
     /// Start in the background: print the run id and return; the run survives the terminal.
     #[arg(long)]
     pub detach: bool,
@@ -244,7 +248,7 @@ pub struct LogsArgs {
 pub enum NotifyCmd {
     /// Send a test event to every configured channel and report each one.
     /// Exit 0 when all delivered, 1 when any failed, 125 when none is configured.
-    Test(Box<GuardArgs>),
+    Test(Box<Guard>),
 }
 
 impl HoldArgs {
@@ -296,15 +300,90 @@ pub struct HoldArgs {
     pub command: Vec<OsString>,
 }
 
+/// Flags as clap parsed them, with where clap took each one from: the command line, the
+/// environment, or the default declared with the flag. `config` needs the difference: the
+/// config file sits between a default and the environment, and errors name the layer.
+#[derive(Debug, Clone, Default)]
+pub struct Sourced<T> {
+    pub args: T,
+    sources: BTreeMap<String, ValueSource>,
+}
+
+/// A run's flags with their sources.
+pub type Guard = Sourced<GuardArgs>;
+
+impl<T> Sourced<T> {
+    /// Where the value of the flag with clap id `id` (the field's name) came from; None when
+    /// it has neither a value nor a default.
+    pub fn source(&self, id: &str) -> Option<ValueSource> {
+        self.sources.get(id).copied()
+    }
+
+    /// Whether a person gave this flag, on the command line or in the environment.
+    pub fn given(&self, id: &str) -> bool {
+        matches!(
+            self.source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    }
+
+    fn sources_of(m: &ArgMatches) -> BTreeMap<String, ValueSource> {
+        m.ids()
+            .filter_map(|id| Some((id.to_string(), m.value_source(id.as_str())?)))
+            .collect()
+    }
+}
+
+impl<T> std::ops::Deref for Sourced<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.args
+    }
+}
+
+impl<T: FromArgMatches> FromArgMatches for Sourced<T> {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        Self::from_arg_matches_mut(&mut m.clone())
+    }
+    fn from_arg_matches_mut(m: &mut ArgMatches) -> Result<Self, clap::Error> {
+        let sources = Self::sources_of(m);
+        Ok(Sourced {
+            args: T::from_arg_matches_mut(m)?,
+            sources,
+        })
+    }
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        self.update_from_arg_matches_mut(&mut m.clone())
+    }
+    fn update_from_arg_matches_mut(&mut self, m: &mut ArgMatches) -> Result<(), clap::Error> {
+        self.sources.extend(Self::sources_of(m));
+        self.args.update_from_arg_matches_mut(m)
+    }
+}
+
+impl<T: Args> Args for Sourced<T> {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        T::augment_args(cmd)
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        T::augment_args_for_update(cmd)
+    }
+    fn group_id() -> Option<clap::Id> {
+        T::group_id()
+    }
+}
+
 // Every flag whose value is a number (a duration, amount, size, percentage or count) has
 // `allow_hyphen_values`: `--kill-grace -1s` then reaches the value's parser, which says
 // "must not be negative", instead of clap reading `-1` as a flag and suggesting `-- -1`.
 
-/// The limits and settings of one guarded run. Every value can also come from the
-/// environment (shown) or a TOML config file; flags win over env, env over the file.
+/// The limits and settings of one guarded run: each declared once here — its flag, variable,
+/// value name, default and help; its config file key is the long flag (`config::file`).
+/// Flags win over the environment, the environment over the file, the file over defaults.
 #[derive(Debug, Args, Default, Clone)]
 pub struct GuardArgs {
-    /// TOML config file with the same settings (keys as the long flags, `-` or `_`).
+    /// TOML config file with the same settings (keys as the long flags, `-` or `_`; the
+    /// notification ones in a [notify] table).
     #[arg(long, env = "COSTGUARD_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
@@ -328,8 +407,13 @@ pub struct GuardArgs {
     pub usd_per_hour: Option<String>,
 
     /// Which provider's box this is: auto (ask the box: environment, DMI, metadata server),
-    /// none (ask nothing), or aws, gcp, azure, runpod, vast, lambda [default: auto].
-    #[arg(long, env = "COSTGUARD_PROVIDER", value_name = "PROVIDER")]
+    /// none (ask nothing), or aws, gcp, azure, runpod, vast, lambda.
+    #[arg(
+        long,
+        env = "COSTGUARD_PROVIDER",
+        default_value = "auto",
+        value_name = "PROVIDER"
+    )]
     pub provider: Option<String>,
 
     /// A CSV of instance prices (the catalog's columns: provider,instance_type,region,…,
@@ -357,10 +441,11 @@ pub struct GuardArgs {
     )]
     pub max_wall: Option<String>,
 
-    /// Time between TERM and KILL when the job is stopped [default: 10s].
+    /// Time between TERM and KILL when the job is stopped.
     #[arg(
         long,
         env = "COSTGUARD_KILL_GRACE",
+        default_value = "10s",
         value_name = "DURATION",
         allow_hyphen_values = true
     )]
@@ -379,22 +464,33 @@ pub struct GuardArgs {
     )]
     pub warn_before: Option<String>,
 
-    /// Budget fractions that raise a warning event [default: 50%,80%,95%].
-    #[arg(long, env = "COSTGUARD_WARN_AT", value_name = "PCTS")]
+    /// Budget fractions that raise a warning event.
+    #[arg(
+        long,
+        env = "COSTGUARD_WARN_AT",
+        default_value = "50%,80%,95%",
+        value_name = "PCTS"
+    )]
     pub warn_at: Option<String>,
 
     /// GPU telemetry source: auto (NVML when it loads), nvml (required) or none.
-    #[arg(long, env = "COSTGUARD_GPU", value_name = "auto|nvml|none")]
+    #[arg(
+        long,
+        env = "COSTGUARD_GPU",
+        default_value = "auto",
+        value_name = "auto|nvml|none"
+    )]
     pub gpu: Option<String>,
 
     /// Load this NVML library instead of libnvidia-ml.so.1.
     #[arg(long, env = "COSTGUARD_NVML_LIB", value_name = "PATH")]
     pub nvml_lib: Option<PathBuf>,
 
-    /// Sampling interval for GPU and host telemetry [default: 1s].
+    /// Sampling interval for GPU and host telemetry.
     #[arg(
         long,
         env = "COSTGUARD_INTERVAL",
+        default_value = "1s",
         value_name = "DURATION",
         allow_hyphen_values = true
     )]
@@ -409,19 +505,21 @@ pub struct GuardArgs {
     )]
     pub idle: Option<String>,
 
-    /// Utilization under which a GPU counts as idle [default: 5%].
+    /// Utilization under which a GPU counts as idle.
     #[arg(
         long,
         env = "COSTGUARD_IDLE_BELOW",
+        default_value = "5%",
         value_name = "PCT",
         allow_hyphen_values = true
     )]
     pub idle_below: Option<String>,
 
-    /// Setup time at the start exempt from the idle and stall watchdogs [default: 0s].
+    /// Setup time at the start exempt from the idle and stall watchdogs.
     #[arg(
         long,
         env = "COSTGUARD_IDLE_GRACE",
+        default_value = "0s",
         value_name = "DURATION",
         allow_hyphen_values = true
     )]
@@ -472,19 +570,24 @@ pub struct GuardArgs {
     pub max_host_mem: Option<String>,
 
     /// Keep serving /metrics and /status this long after the run ends, so Prometheus scrapes
-    /// the kill and the final spend (e.g. twice the scrape interval) [default: 0s].
+    /// the kill and the final spend (e.g. twice the scrape interval).
     #[arg(
         long,
         env = "COSTGUARD_LINGER",
+        default_value = "0s",
         value_name = "DURATION",
         allow_hyphen_values = true
     )]
     pub linger: Option<String>,
 
     /// Fail-closed for money: kill the run once its record (ledger, event log) has failed to
-    /// be written for this long (a full or read-only disk), or `off` to run on unrecorded
-    /// [default: 60s].
-    #[arg(long, env = "COSTGUARD_RECORD_GRACE", value_name = "DURATION|off")]
+    /// be written for this long (a full or read-only disk), or `off` to run on unrecorded.
+    #[arg(
+        long,
+        env = "COSTGUARD_RECORD_GRACE",
+        default_value = "60s",
+        value_name = "DURATION|off"
+    )]
     pub record_grace: Option<String>,
 
     /// GPUs are shared with other containers (time-slicing, MPS): memory of GPU processes
@@ -495,18 +598,24 @@ pub struct GuardArgs {
     pub shared_gpus: Option<bool>,
 
     /// Cap on the run's output.log: past it the file rotates to output.log.1, so the job's
-    /// output never takes more than twice this on disk [default: 64MiB].
+    /// output never takes more than twice this on disk.
     #[arg(
         long,
         env = "COSTGUARD_OUTPUT_LOG_MAX",
+        default_value = "64MiB",
         value_name = "SIZE",
         allow_hyphen_values = true
     )]
     pub output_log_max: Option<String>,
 
-    /// Address for the page (http://ADDR/), /metrics, /healthz and /status
-    /// [default: 127.0.0.1:9947, or the next free port up to 9962 when it is taken].
-    #[arg(long, env = "COSTGUARD_LISTEN", value_name = "ADDR")]
+    /// Address for the page (http://ADDR/), /metrics, /healthz and /status; when the default
+    /// is taken, the next free port up to 9962.
+    #[arg(
+        long,
+        env = "COSTGUARD_LISTEN",
+        default_value = "127.0.0.1:9947",
+        value_name = "ADDR"
+    )]
     pub listen: Option<String>,
 
     /// Serve no HTTP endpoint (wins over --listen and COSTGUARD_LISTEN).
@@ -542,14 +651,24 @@ pub struct GuardArgs {
     pub on_exit: Option<String>,
 
     /// How long the exit hook may run: then TERM, and KILL 5 s later, to its whole
-    /// process group [default: 5m].
-    #[arg(long, env = "COSTGUARD_ON_EXIT_TIMEOUT", value_name = "DURATION")]
+    /// process group.
+    #[arg(
+        long,
+        env = "COSTGUARD_ON_EXIT_TIMEOUT",
+        default_value = "5m",
+        value_name = "DURATION"
+    )]
     pub on_exit_timeout: Option<String>,
 
     /// After a kill, stop what bills: stop (or terminate) this box through its provider's API
-    /// with the credential the box already has [default: none]. terminate destroys disks and
+    /// with the credential the box already has. terminate destroys disks and
     /// needs --allow-side-effects.
-    #[arg(long, env = "COSTGUARD_RELEASE", value_name = "none|stop|terminate")]
+    #[arg(
+        long,
+        env = "COSTGUARD_RELEASE",
+        default_value = "none",
+        value_name = "none|stop|terminate"
+    )]
     pub release: Option<String>,
 
     /// Release the box with `sh -c CMD` (the run's COSTGUARD_* variables set) instead of a
@@ -558,14 +677,20 @@ pub struct GuardArgs {
     pub release_command: Option<String>,
 
     /// Which endings release the box: kill (any ceiling or watchdog kill) or end (every
-    /// ending except a stop by a person: Ctrl-C, costguard stop) [default: kill].
-    #[arg(long, env = "COSTGUARD_RELEASE_ON", value_name = "kill|end")]
+    /// ending except a stop by a person: Ctrl-C, costguard stop).
+    #[arg(
+        long,
+        env = "COSTGUARD_RELEASE_ON",
+        default_value = "kill",
+        value_name = "kill|end"
+    )]
     pub release_on: Option<String>,
 
-    /// How long a failing release is retried, with backoff [default: 2m].
+    /// How long a failing release is retried, with backoff.
     #[arg(
         long,
         env = "COSTGUARD_RELEASE_RETRY_FOR",
+        default_value = "2m",
         value_name = "DURATION",
         allow_hyphen_values = true
     )]
@@ -615,10 +740,11 @@ pub struct GuardArgs {
     )]
     pub fleet_query: Option<String>,
 
-    /// How often to read the fleet's total [default: 15s].
+    /// How often to read the fleet's total.
     #[arg(
         long,
         env = "COSTGUARD_FLEET_INTERVAL",
+        default_value = "15s",
         value_name = "DURATION",
         help_heading = "Fleet",
         allow_hyphen_values = true
@@ -692,10 +818,11 @@ pub struct GuardArgs {
     )]
     pub pagerduty_routing_key_file: Option<PathBuf>,
 
-    /// PagerDuty events endpoint [default: https://events.pagerduty.com/v2/enqueue].
+    /// PagerDuty events endpoint.
     #[arg(
         long,
         env = "COSTGUARD_PAGERDUTY_URL",
+        default_value = "https://events.pagerduty.com/v2/enqueue",
         value_name = "URL",
         help_heading = "Notifications"
     )]
@@ -759,31 +886,39 @@ pub struct GuardArgs {
     )]
     pub smtp_ca_file: Option<PathBuf>,
 
-    /// Event kinds to send: all, or a list of kinds, KIND:REASON allowed
-    /// [default: killed,failed,completed,warning:budget,warning:checkpoint,warning:preemption,agent-error:record,agent-error:release;
-    /// PagerDuty: killed,failed,stalled,agent-error,completed].
+    // The default depends on the channel (and a plan), so it is said in the help, from the
+    // very lists `notify` uses.
     #[arg(
         long,
+        help = concat!(
+            "Event kinds to send: all, or a list of kinds, KIND:REASON allowed [default: ",
+            crate::notify::default_kinds!(),
+            "; PagerDuty: ",
+            crate::notify::pager_kinds!(),
+            "]"
+        ),
         env = "COSTGUARD_NOTIFY_ON",
         value_name = "KINDS",
         help_heading = "Notifications"
     )]
     pub notify_on: Option<String>,
 
-    /// How long to keep delivering after the run ends [default: 10s].
+    /// How long to keep delivering after the run ends.
     #[arg(
         long,
         env = "COSTGUARD_NOTIFY_FLUSH",
+        default_value = "10s",
         value_name = "DURATION",
         help_heading = "Notifications",
         allow_hyphen_values = true
     )]
     pub notify_flush: Option<String>,
 
-    /// Bound on one delivery attempt [default: 10s].
+    /// Bound on one delivery attempt.
     #[arg(
         long,
         env = "COSTGUARD_NOTIFY_TIMEOUT",
+        default_value = "10s",
         value_name = "DURATION",
         help_heading = "Notifications",
         allow_hyphen_values = true

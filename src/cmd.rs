@@ -46,7 +46,7 @@ pub fn status(state: &Path, id: Option<&str>, json: bool) -> ExitCode {
         v["status"] = serde_json::json!(st);
         v["run_dir"] = serde_json::json!(dir);
         v["phase_text"] = serde_json::json!(phase_text);
-        v["checkin"] = serde_json::json!(crate::run::checkin::of(&l, st == "running", None));
+        v["checkin"] = serde_json::json!(crate::checkin::of(&l, st == "running", None));
         crate::console::outln(serde_json::to_string_pretty(&v).unwrap_or_default());
         return ExitCode::SUCCESS;
     }
@@ -170,7 +170,7 @@ fn status_text(dir: &Path, l: &Ledger, st: &str, phase_text: &str) -> String {
     if let Some(url) = l.page_url.as_deref().filter(|_| st == "running") {
         let _ = writeln!(o, "page:      {url}");
     }
-    let checkin = crate::run::checkin::of(l, st == "running", None);
+    let checkin = crate::checkin::of(l, st == "running", None);
     match &checkin {
         Some(c) => {
             let _ = writeln!(o, "phases:    {}", c.phases);

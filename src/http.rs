@@ -22,13 +22,13 @@ use crate::series::Series;
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The /status document, replaced whole by the run loop.
-    pub status: crate::run::status::Published,
+    pub status: crate::status::Published,
     /// The run's time series, grown by the run loop.
     pub series: Arc<RwLock<Series>>,
 }
 
 impl Shared {
-    fn status(&self) -> Option<crate::run::status::RunView> {
+    fn status(&self) -> Option<crate::status::RunView> {
         self.status.read().map(|v| v.clone()).unwrap_or_default()
     }
     fn series(&self) -> Series {
@@ -71,7 +71,7 @@ async fn status(State(c): State<Current>) -> impl IntoResponse {
     let body = s
         .status
         .read()
-        .map(|v| crate::run::status::to_json(&v))
+        .map(|v| crate::status::to_json(&v))
         .unwrap_or_else(|_| "{}".into());
     ([(header::CONTENT_TYPE, "application/json"), NO_STORE], body)
 }

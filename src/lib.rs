@@ -1,5 +1,6 @@
 //! costguard: guards metered GPU time. See ARCHITECTURE.md for the map of the code.
 
+pub(crate) mod checkin;
 pub mod cli;
 pub mod cloud;
 pub mod cmd;
@@ -24,6 +25,7 @@ pub mod run;
 pub(crate) mod series;
 pub(crate) mod shell;
 pub(crate) mod spend;
+pub(crate) mod status;
 pub mod supervise;
 pub(crate) mod telemetry;
 pub(crate) mod timeline;

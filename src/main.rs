@@ -100,11 +100,10 @@ fn main() -> ExitCode {
         Some(Sub::Check(r)) => (r.guard, r.command, false, false, Mode::Check),
         Some(Sub::Hold(_)) | None => (cli.guard, cli.command, false, false, Mode::Run),
     };
-    let mut settings = match Settings::resolve(&args) {
+    let settings = match Settings::resolve_run(&args, no_preflight) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    settings.no_preflight = no_preflight;
     costguard::console::set_quiet(settings.quiet);
     costguard::redact::install(settings.notify.secrets());
     match mode {
@@ -192,36 +191,12 @@ fn notify_test(settings: &Settings) -> ExitCode {
 }
 
 /// `costguard agent`: the selector, then the agent loop on a one-thread runtime.
-fn agent(a: costguard::cli::AgentArgs) -> ExitCode {
+fn agent(a: costguard::cli::Sourced<costguard::cli::AgentArgs>) -> ExitCode {
     use costguard::run::agent::{Selection, Selector};
-    if let Some(flag) = agent_cannot_use(&a.guard) {
-        costguard::console::error(format!(
-            "costguard agent cannot use {flag}: it runs no command of its own and cannot read \
-             its targets' output"
-        ));
-        return ExitCode::from(exit::OWN_FAILURE);
-    }
-    let mut settings = match Settings::resolve(&a.guard) {
+    let settings = match Settings::resolve_agent(&a) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    settings.exit_when_done = a.exit_when_done.unwrap_or(false);
-    if let Err(e) = idle_box(&mut settings, &a) {
-        costguard::console::error(e);
-        return ExitCode::from(exit::OWN_FAILURE);
-    }
-    // The agent sees nothing without NVML: required, so a GPU-less box says why at once.
-    if settings.gpu == costguard::config::GpuMode::Auto {
-        settings.gpu = costguard::config::GpuMode::Nvml;
-    }
-    if settings.max_host_mem.is_some() {
-        // The agent guards other processes' GPU work and samples no process tree of its
-        // own: a host-memory ceiling would read 0 and never fire. Refused, not pretended.
-        costguard::console::error(
-            "--max-host-mem is not available to costguard agent: it measures no process tree (its targets are GPU processes it did not start); use --max-gpu-mem, or wrap the job with costguard run for a host-memory ceiling",
-        );
-        return ExitCode::from(exit::OWN_FAILURE);
-    }
     costguard::console::set_quiet(settings.quiet);
     costguard::redact::install(settings.notify.secrets());
     let target = match Selection::parse(&a.target) {
@@ -249,36 +224,6 @@ fn agent(a: costguard::cli::AgentArgs) -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => fail(&e),
     }
-}
-
-/// `--idle-box D` (with how the box is released) and `--keep-if-logged-in`.
-fn idle_box(settings: &mut Settings, a: &costguard::cli::AgentArgs) -> Result<(), String> {
-    settings.keep_if_logged_in = a.keep_if_logged_in.unwrap_or(false);
-    let Some(v) = &a.idle_box else {
-        return Ok(());
-    };
-    let d = costguard::units::parse_duration(v).map_err(|e| format!("{e} (from --idle-box)"))?;
-    if d.is_zero() {
-        return Err("invalid --idle-box 0s: must be greater than zero".into());
-    }
-    if !settings.release.enabled() {
-        return Err("--idle-box needs how to release the box: --release stop (or terminate), or --release-command CMD".into());
-    }
-    settings.idle_box = Some(d);
-    Ok(())
-}
-
-/// The first flag given to the agent that only a wrapped command can use.
-fn agent_cannot_use(g: &costguard::cli::GuardArgs) -> Option<&'static str> {
-    [
-        (g.plan.is_some(), "--plan"),
-        (g.progress_regex.is_some(), "--progress-regex"),
-        (g.progress_total.is_some(), "--progress-total"),
-        (g.output_log_max.is_some(), "--output-log-max"),
-    ]
-    .into_iter()
-    .find(|(given, _)| *given)
-    .map(|(_, flag)| flag)
 }
 
 /// What a person most likely meant when clap found an argument it did not expect: a

@@ -87,11 +87,8 @@ fn an_exit_hook_timeout_is_a_setting_with_a_checked_value() {
     c.arg("--config").arg(&cfg).args(["--", "true"]);
     let o = run(c);
     assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("config key on-exit-timeout"),
-        "{}",
-        stderr(&o)
-    );
+    let at = format!("config file {} line 1, key on-exit-timeout", cfg.display());
+    assert!(stderr(&o).contains(&at), "{}", stderr(&o));
 }
 
 #[test]

@@ -493,11 +493,11 @@ fn malformed_addresses_and_urls_are_refused_at_start() {
         "[notify]\nemail-to = [\"a@b.c\"]\nsmtp-url = \"smtp://mail.example:99999\"\n",
     )
     .expect("write config");
-    refuse(
-        &["--config", cfg.to_str().expect("utf-8")],
-        &[],
-        &["invalid config key notify.smtp-url"],
+    let at = format!(
+        "invalid config file {} line 3, key [notify] smtp-url",
+        cfg.display()
     );
+    refuse(&["--config", cfg.to_str().expect("utf-8")], &[], &[&at]);
     refuse(
         &["--email-from", "me@example.com"],
         &[],

@@ -671,7 +671,8 @@ fn a_malformed_url_is_refused_at_start_naming_where_it_came_from() {
         );
         let mut c = costguard();
         c.arg("--config").arg(&cfg);
-        refused(&mut c, "config key notify.webhook", after);
+        let at = format!("config file {} line 2, key [notify] webhook", cfg.display());
+        refused(&mut c, &at, after);
     }
     // Every other URL setting, each from one of its origins.
     let (url, after) = bad[1];
@@ -693,7 +694,11 @@ fn a_malformed_url_is_refused_at_start_naming_where_it_came_from() {
     c.arg("--config").arg(&cfg);
     refused(
         &mut c,
-        &format!("config key notify.slack-webhook-file {}", hook.display()),
+        &format!(
+            "config file {} line 2, key [notify] slack-webhook-file {}",
+            cfg.display(),
+            hook.display()
+        ),
         after,
     );
     refused(
@@ -707,7 +712,11 @@ fn a_malformed_url_is_refused_at_start_naming_where_it_came_from() {
     );
     let mut c = costguard();
     c.arg("--config").arg(&cfg);
-    refused(&mut c, "config key notify.pagerduty-url", after);
+    let at = format!(
+        "config file {} line 3, key [notify] pagerduty-url",
+        cfg.display()
+    );
+    refused(&mut c, &at, after);
     let mut c = costguard();
     c.args(["--fleet-max-usd", "10", "--prometheus-url", url]);
     refused(&mut c, "--prometheus-url", after);

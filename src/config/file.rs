@@ -1,13 +1,16 @@
-//! The TOML config file: its keys (the long flags without `--`, dashes or underscores) and
-//! the errors a person can fix (line, key, the nearest known key).
+//! The TOML config file: its keys (the long flags without `--`, dashes or underscores, as
+//! `spec` derives them), each value kept with its line, and the errors a person can fix
+//! (line, key, the nearest known key).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
+use toml_edit::{ImDocument, Item, TableLike, Value};
 
+use super::origin::{Given, Origin};
+use super::spec::{FileType, Spec, Table};
 use super::ConfigError;
-use crate::notify::config::NotifyFile;
 
 /// A number or a string in the TOML file: `max_usd = 40` and `max_usd = "$40"` both work.
 #[derive(Debug, Clone, Deserialize)]
@@ -28,103 +31,240 @@ impl Scalar {
     }
 }
 
-/// The TOML config file. Unknown keys are errors, so a typo never silently drops a ceiling.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileConfig {
-    #[serde(alias = "max_usd")]
-    pub max_usd: Option<Scalar>,
-    #[serde(alias = "usd_per_hour")]
-    pub usd_per_hour: Option<Scalar>,
-    pub provider: Option<String>,
-    #[serde(alias = "price_table")]
-    pub price_table: Option<PathBuf>,
-    #[serde(alias = "usd_per_kwh")]
-    pub usd_per_kwh: Option<Scalar>,
-    #[serde(alias = "max_wall")]
-    pub max_wall: Option<String>,
-    #[serde(alias = "kill_grace")]
-    pub kill_grace: Option<String>,
-    #[serde(alias = "warn_signal")]
-    pub warn_signal: Option<Scalar>,
-    #[serde(alias = "warn_before")]
-    pub warn_before: Option<String>,
-    #[serde(alias = "warn_at")]
-    pub warn_at: Option<String>,
-    pub gpu: Option<String>,
-    #[serde(alias = "nvml_lib")]
-    pub nvml_lib: Option<PathBuf>,
-    pub interval: Option<String>,
-    pub idle: Option<String>,
-    #[serde(alias = "idle_below")]
-    pub idle_below: Option<Scalar>,
-    #[serde(alias = "idle_grace")]
-    pub idle_grace: Option<String>,
-    pub stall: Option<String>,
-    #[serde(alias = "progress_regex")]
-    pub progress_regex: Option<String>,
-    #[serde(alias = "progress_total")]
-    pub progress_total: Option<Scalar>,
-    #[serde(alias = "heartbeat_file")]
-    pub heartbeat_file: Option<PathBuf>,
-    #[serde(alias = "max_gpu_mem")]
-    pub max_gpu_mem: Option<Scalar>,
-    #[serde(alias = "max_host_mem")]
-    pub max_host_mem: Option<Scalar>,
-    #[serde(alias = "output_log_max")]
-    pub output_log_max: Option<Scalar>,
-    #[serde(alias = "shared_gpus")]
-    pub shared_gpus: Option<bool>,
-    pub linger: Option<String>,
-    #[serde(alias = "record_grace")]
-    pub record_grace: Option<String>,
-    pub listen: Option<String>,
-    pub quiet: Option<bool>,
-    /// Per-model price overrides in dollars per GPU-hour: `[prices] "NVIDIA H100 80GB HBM3" = 2.5`.
-    #[serde(default)]
+/// A config file's values by flag id, each with its origin (the file, the line, the key).
+#[derive(Debug, Default)]
+pub(crate) struct FileValues {
+    pub values: BTreeMap<String, Given<String>>,
+    /// `[prices]`: dollars per GPU-hour by model name.
     pub prices: BTreeMap<String, f64>,
-    #[serde(alias = "state_dir")]
-    pub state_dir: Option<PathBuf>,
-    #[serde(alias = "on_exit")]
-    pub on_exit: Option<String>,
-    #[serde(alias = "on_exit_timeout")]
-    pub on_exit_timeout: Option<String>,
-    #[serde(alias = "fleet_max_usd")]
-    pub fleet_max_usd: Option<Scalar>,
-    #[serde(alias = "prometheus_url")]
-    pub prometheus_url: Option<String>,
-    #[serde(alias = "fleet_selector")]
-    pub fleet_selector: Option<String>,
-    #[serde(alias = "fleet_interval")]
-    pub fleet_interval: Option<String>,
-    #[serde(alias = "fleet_query")]
-    pub fleet_query: Option<String>,
-    pub plan: Option<PathBuf>,
-    pub release: Option<String>,
-    #[serde(alias = "release_command")]
-    pub release_command: Option<String>,
-    #[serde(alias = "release_on")]
-    pub release_on: Option<String>,
-    #[serde(alias = "release_retry_for")]
-    pub release_retry_for: Option<String>,
-    #[serde(alias = "allow_side_effects")]
-    pub allow_side_effects: Option<bool>,
-    #[serde(default)]
-    pub notify: NotifyFile,
+    /// `[notify.on-channel]`: each channel's kinds (still to be checked).
+    pub on_channel: Vec<(String, Given<String>)>,
 }
 
-impl FileConfig {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+/// One key of a table, with its line.
+struct At<'a> {
+    path: &'a Path,
+    text: &'a str,
+    line: usize,
+}
+
+impl At<'_> {
+    fn new<'a>(path: &'a Path, text: &'a str, span: Option<std::ops::Range<usize>>) -> At<'a> {
+        let line = span.map_or(1, |s| {
+            text[..s.start.min(text.len())].matches('\n').count() + 1
+        });
+        At { path, text, line }
+    }
+
+    /// An error at this line, quoting it (as `explain` does for the parser's own errors).
+    fn error(&self, msg: impl std::fmt::Display) -> ConfigError {
+        let quoted = self
+            .text
+            .lines()
+            .nth(self.line - 1)
+            .map(str::trim)
+            .unwrap_or_default();
+        ConfigError::Parse {
+            path: self.path.to_path_buf(),
+            message: format!("line {}: `{quoted}`: {msg}", self.line),
+        }
+    }
+
+    fn unknown(&self, key: &str, known: &[&str], hint: &str) -> ConfigError {
+        let near = known
+            .iter()
+            .map(|k| (strsim::levenshtein(&key.replace('_', "-"), k), *k))
+            .filter(|(d, _)| *d <= 3)
+            .min();
+        let hint = match near {
+            Some((_, k)) => format!("; did you mean `{k}`?"),
+            None => format!("; {hint}"),
+        };
+        ConfigError::Parse {
+            path: self.path.to_path_buf(),
+            message: format!("line {}: unknown key `{key}`{hint}", self.line),
+        }
+    }
+
+    fn origin(&self, key: String) -> Origin {
+        Origin::File {
+            path: self.path.to_path_buf(),
+            line: self.line,
+            key,
+        }
+    }
+}
+
+/// What a TOML item is, for a type error: "integer `10`".
+fn what(item: &Item) -> String {
+    match item.as_value() {
+        Some(Value::String(_)) => "string".into(),
+        Some(Value::Integer(i)) => format!("integer `{}`", i.value()),
+        Some(Value::Float(f)) => format!("floating point `{}`", f.value()),
+        Some(Value::Boolean(b)) => format!("boolean `{}`", b.value()),
+        Some(Value::Datetime(d)) => format!("a date or time of day `{}`", d.value()),
+        Some(Value::Array(_)) => "an array".into(),
+        Some(Value::InlineTable(_)) | None => "a table".into(),
+    }
+}
+
+/// A value of the file as the flag's text, checked against what the key holds.
+fn leaf(item: &Item, ty: FileType, at: &At) -> Result<String, ConfigError> {
+    let v = item.as_value();
+    let got = match (ty, v) {
+        (_, Some(Value::String(s))) if ty != FileType::Bool => Some(s.value().clone()),
+        (FileType::Number, Some(Value::Integer(i))) => Some(i.value().to_string()),
+        (FileType::Number, Some(Value::Float(f))) => Some(f.value().to_string()),
+        (FileType::Bool, Some(Value::Boolean(b))) => Some(b.value().to_string()),
+        (FileType::List, Some(Value::Array(a))) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .map(|l| l.join(",")),
+        _ => None,
+    };
+    if let Some(got) = got {
+        return Ok(got);
+    }
+    let expected = match ty {
+        FileType::Text => "a string",
+        FileType::Number => "a number or a string",
+        FileType::Bool => "true or false",
+        FileType::List => "a string or a list of strings",
+    };
+    let hint = match v {
+        Some(Value::Integer(_) | Value::Float(_)) => {
+            " (durations and sizes need their unit, in quotes: max-wall = \"10m\")"
+        }
+        // TOML reads an unquoted 01:30:00 as a time of day.
+        Some(Value::Datetime(_)) => " (a clock duration goes in quotes: max-wall = \"01:30:00\")",
+        _ => "",
+    };
+    Err(at.error(format!(
+        "invalid type: {}, expected {expected}{hint}",
+        what(item)
+    )))
+}
+
+impl FileValues {
+    /// Reads and checks the file: every key known, every value of its type, none given twice.
+    /// `origin` names the file's own setting (`--config`, `COSTGUARD_CONFIG`) when it
+    /// cannot be read.
+    pub fn load(path: &Path, origin: Origin, spec: &Spec) -> Result<FileValues, ConfigError> {
         // Bounded and a regular file (links followed): /dev/zero or a FIFO is an error.
         let text =
             crate::fsutil::read_given(path, MAX_FILE).map_err(|source| ConfigError::Read {
+                origin,
                 path: path.to_path_buf(),
                 source,
             })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        // The parser's own errors first, as it words them.
+        if let Err(e) = toml::from_str::<toml::Table>(&text) {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: explain(&text, &e, KEYS_HINT),
+            });
+        }
+        let doc = ImDocument::parse(text.as_str()).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: explain(&text, &e, KEYS_HINT),
-        })
+            message: e.message().to_string(),
+        })?;
+        let mut out = FileValues::default();
+        out.table(doc.as_table(), Table::Top, path, &text, spec)?;
+        Ok(out)
+    }
+
+    fn table(
+        &mut self,
+        t: &dyn TableLike,
+        table: Table,
+        path: &Path,
+        text: &str,
+        spec: &Spec,
+    ) -> Result<(), ConfigError> {
+        for (key, item) in t.iter() {
+            let at = At::new(path, text, t.key(key).and_then(|k| k.span()));
+            let name = key.replace('_', "-");
+            match (table, name.as_str()) {
+                (Table::Top, "notify") => {
+                    let inner = item
+                        .as_table_like()
+                        .ok_or_else(|| at.error("`notify` is a table: [notify]"))?;
+                    self.table(inner, Table::Notify, path, text, spec)?;
+                }
+                (Table::Top, "prices") => self.prices(item, &at)?,
+                (Table::Notify, "on-channel") => self.on_channel(item, path, text)?,
+                _ => self.value(key, item, table, &at, spec)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn value(
+        &mut self,
+        key: &str,
+        item: &Item,
+        table: Table,
+        at: &At,
+        spec: &Spec,
+    ) -> Result<(), ConfigError> {
+        let Some(flag) = spec.by_key(table, key) else {
+            let mut known = spec.keys(table);
+            known.extend(match table {
+                Table::Top => ["notify", "prices"].as_slice(),
+                Table::Notify => ["on-channel"].as_slice(),
+            });
+            return Err(at.unknown(key, &known, KEYS_HINT));
+        };
+        let value = leaf(item, flag.ty, at)?;
+        let origin = at.origin(match table {
+            Table::Top => key.to_string(),
+            Table::Notify => format!("[notify] {key}"),
+        });
+        if let Some(earlier) = self.values.get(&flag.id) {
+            return Err(at.error(format!(
+                "sets {} again (already set at {})",
+                flag.key_shown(),
+                earlier.origin
+            )));
+        }
+        self.values.insert(flag.id.clone(), Given { value, origin });
+        Ok(())
+    }
+
+    fn prices(&mut self, item: &Item, at: &At) -> Result<(), ConfigError> {
+        let t = item
+            .as_table_like()
+            .ok_or_else(|| at.error("`prices` is a table: [prices] \"MODEL\" = DOLLARS"))?;
+        for (model, v) in t.iter() {
+            let price = match v.as_value() {
+                Some(Value::Integer(i)) => *i.value() as f64,
+                Some(Value::Float(f)) => *f.value(),
+                _ => {
+                    return Err(at.error(format!(
+                        "invalid type: {}, expected dollars per GPU-hour for {model:?}",
+                        what(v)
+                    )))
+                }
+            };
+            self.prices.insert(model.to_string(), price);
+        }
+        Ok(())
+    }
+
+    fn on_channel(&mut self, item: &Item, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let Some(t) = item.as_table_like() else {
+            let at = At::new(path, text, item.span());
+            return Err(at.error("`on-channel` is a table: [notify.on-channel]"));
+        };
+        for (name, v) in t.iter() {
+            let at = At::new(path, text, t.key(name).and_then(|k| k.span()));
+            let value = leaf(v, FileType::List, &at)?;
+            let origin = at.origin(format!("[notify.on-channel] {name}"));
+            self.on_channel
+                .push((name.to_string(), Given { value, origin }));
+        }
+        Ok(())
     }
 }
 
@@ -179,14 +319,23 @@ pub(crate) fn explain(text: &str, e: &toml::de::Error, keys_hint: &str) -> Strin
 mod tests {
     use super::*;
 
-    fn parse_error(text: &str) -> String {
-        let e = toml::from_str::<FileConfig>(text).expect_err("refused");
-        explain(text, &e, KEYS_HINT)
+    fn load(text: &str) -> Result<FileValues, String> {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("c.toml");
+        std::fs::write(&p, text).expect("write");
+        FileValues::load(
+            &p,
+            Origin::Flag {
+                flag: "config".into(),
+            },
+            &Spec::new(),
+        )
+        .map_err(|e| e.to_string())
     }
 
     #[test]
     fn an_unquoted_clock_duration_is_explained() {
-        let msg = parse_error("max-wall = 01:30:00\n");
+        let msg = load("max-wall = 01:30:00\n").expect_err("refused");
         assert!(
             msg.ends_with("(a clock duration goes in quotes: max-wall = \"01:30:00\")"),
             "{msg}"
@@ -194,10 +343,33 @@ mod tests {
     }
 
     #[test]
-    fn quoted_clock_and_bare_durations_load() {
-        let f: FileConfig =
-            toml::from_str("max-wall = \"1-00:00:00\"\nkill-grace = \"5\"\n").expect("loads");
-        assert_eq!(f.max_wall.as_deref(), Some("1-00:00:00"));
-        assert_eq!(f.kill_grace.as_deref(), Some("5"));
+    fn quoted_clock_and_bare_durations_load_with_their_lines() {
+        let f =
+            load("max-wall = \"1-00:00:00\"\n\n[notify]\non = [\"killed\", \"warning:budget\"]\n")
+                .expect("loads");
+        assert_eq!(f.values["max_wall"].value, "1-00:00:00");
+        let on = &f.values["notify_on"];
+        assert_eq!(on.value, "killed,warning:budget");
+        assert!(
+            on.origin
+                .to_string()
+                .ends_with("c.toml line 4, key [notify] on"),
+            "{}",
+            on.origin
+        );
+    }
+
+    #[test]
+    fn a_key_given_twice_in_its_two_spellings_is_refused() {
+        let msg = load("max-usd = 4\nmax_usd = 5\n").expect_err("refused");
+        assert!(
+            msg.contains("line 2: `max_usd = 5`: sets max-usd again"),
+            "{msg}"
+        );
+        let msg = load("[notify]\nwebhok = \"x\"\n").expect_err("refused");
+        assert!(
+            msg.contains("line 2: unknown key `webhok`; did you mean `webhook`?"),
+            "{msg}"
+        );
     }
 }

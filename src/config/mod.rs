@@ -1,38 +1,48 @@
-//! Settings layered as built-in defaults < config file < environment < flags, validated once.
+//! Settings layered as the flags' defaults < config file < environment < flags, validated once.
 //!
-//! clap already gives flags precedence over the environment; this module fills what neither
-//! gave from the TOML file, then turns every string into a checked value. Any error names the
-//! bad value and where it came from, and maps to exit 125 before anything starts.
+//! Each setting is declared once, as a flag of `cli::GuardArgs` (flag, variable, value name,
+//! default, help); `spec` derives its file key, `layer` picks the layer that gives it and its
+//! `Origin`, and the functions here turn every string into a checked value. Any error names
+//! the bad value and its origin (`--x`, `--x (COSTGUARD_X)`, `config file F line N, key K`),
+//! and maps to exit 125 before anything starts.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::parser::ValueSource;
 use nix::sys::signal::Signal;
 use regex::Regex;
 
-use crate::cli::GuardArgs;
-use crate::notify::config::resolve_notify;
+use crate::cli::{AgentArgs, Guard, Sourced};
+use crate::cloud::Choice;
 use crate::notify::NotifySettings;
 use crate::units::{self, MemLimit, UnitError};
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9947";
-
 mod file;
+mod layer;
+mod notify;
+mod origin;
+mod spec;
+
+pub use file::Scalar;
 pub(crate) use file::{explain, MAX_FILE};
-pub use file::{FileConfig, Scalar};
+use layer::{path_of, switch, text, Layers};
+use origin::Given;
+pub use origin::Origin;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{source} (from {origin})")]
     Value {
-        origin: String,
+        origin: Origin,
         #[source]
         source: UnitError,
     },
-    #[error("cannot read --config {path}: {source}")]
+    #[error("cannot read {origin} {path}: {source}")]
     Read {
+        origin: Origin,
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -137,42 +147,41 @@ pub struct PhaseCtx {
     pub step_file: Option<PathBuf>,
 }
 
-/// Picks flag/env (already merged by clap) over the file value, and remembers the origin.
-pub(crate) fn pick(
-    cli: &Option<String>,
-    file: Option<String>,
-    flag: &str,
-) -> Option<(String, String)> {
-    match (cli, file) {
-        (Some(v), _) => Some((v.clone(), format!("--{flag}"))),
-        (None, Some(v)) => Some((v, format!("config key {flag}"))),
-        (None, None) => None,
+type Text = Option<Given<String>>;
+
+/// A value parsed by a `units` parser; the error names the value's origin.
+fn conv<T>(
+    v: Text,
+    parse: impl Fn(&str) -> Result<T, UnitError>,
+) -> Result<Option<T>, ConfigError> {
+    v.map(|g| {
+        parse(&g.value).map_err(|source| ConfigError::Value {
+            origin: g.origin,
+            source,
+        })
+    })
+    .transpose()
+}
+
+/// A duration that must not be zero.
+fn positive(v: Text) -> Result<Option<Duration>, ConfigError> {
+    let origin = v.as_ref().map(|g| g.origin.clone());
+    match (conv(v, units::parse_duration)?, origin) {
+        (Some(d), Some(origin)) if d.is_zero() => Err(ConfigError::Invalid(format!(
+            "invalid {origin} 0s: must be greater than zero"
+        ))),
+        (d, _) => Ok(d),
     }
 }
 
-/// How an error names a flag's value: `--flag`, or `--flag (COSTGUARD_FLAG)` when the
-/// environment gave it (clap merged the two; the variable holding this very value tells).
-pub(crate) fn flag_origin(flag: &str, value: impl AsRef<std::ffi::OsStr>) -> String {
-    let var = format!("COSTGUARD_{}", flag.to_ascii_uppercase().replace('-', "_"));
-    if std::env::var_os(&var).is_some_and(|v| v == value.as_ref()) {
-        format!("--{flag} ({var})")
-    } else {
-        format!("--{flag}")
-    }
+fn duration(v: Text) -> Result<Option<Duration>, ConfigError> {
+    conv(v, units::parse_duration)
 }
 
-/// `pick` for a URL, the file's value named by its `key` (`notify.pagerduty-url`).
-pub(crate) fn pick_url(
-    cli: &Option<String>,
-    file: Option<String>,
-    flag: &str,
-    key: &str,
-) -> Option<(String, String)> {
-    match (cli, file) {
-        (Some(v), _) => Some((v.clone(), flag_origin(flag, v))),
-        (None, Some(v)) => Some((v, format!("config key {key}"))),
-        (None, None) => None,
-    }
+/// The value of a flag declared with a default: some layer always gives one (the layer
+/// tests resolve every default).
+fn always<T>(v: Option<T>) -> T {
+    v.expect("a flag declared with a default has a value")
 }
 
 /// A URL costguard will send to: it parses, its scheme is http or https, it names a host
@@ -198,52 +207,34 @@ pub(crate) fn check_url(origin: &str, value: &str) -> Result<(), ConfigError> {
     }))
 }
 
-pub(crate) fn conv<T>(
-    v: Option<(String, String)>,
-    parse: impl Fn(&str) -> Result<T, UnitError>,
+/// A word from a fixed list, parsed by `parse`; the error lists the words.
+fn choice<T>(
+    v: Text,
+    parse: impl Fn(&str) -> Option<T>,
+    words: &str,
 ) -> Result<Option<T>, ConfigError> {
-    v.map(|(s, origin)| parse(&s).map_err(|source| ConfigError::Value { origin, source }))
-        .transpose()
-}
-
-pub(crate) fn positive(d: Option<Duration>, flag: &str) -> Result<Option<Duration>, ConfigError> {
-    match d {
-        Some(d) if d.is_zero() => Err(ConfigError::Invalid(format!(
-            "invalid --{flag} 0s: must be greater than zero"
-        ))),
-        other => Ok(other),
-    }
-}
-
-type Picked = Option<(String, String)>;
-
-fn gpu_mode(p: Picked) -> Result<GpuMode, ConfigError> {
-    let Some((v, origin)) = p else {
-        return Ok(GpuMode::Auto);
-    };
-    match v.as_str() {
-        "auto" => Ok(GpuMode::Auto),
-        "nvml" => Ok(GpuMode::Nvml),
-        "none" => Ok(GpuMode::None),
-        _ => Err(ConfigError::Invalid(format!(
-            "invalid {origin} value {v:?}: expected auto, nvml or none"
-        ))),
-    }
-}
-
-fn provider_choice(p: Picked) -> Result<crate::cloud::Choice, ConfigError> {
-    let Some((v, origin)) = p else {
-        return Ok(crate::cloud::Choice::Auto);
-    };
-    crate::cloud::Choice::parse(&v).ok_or_else(|| {
-        ConfigError::Invalid(format!(
-            "invalid {origin} value {v:?}: expected auto, none, aws, gcp, azure, runpod, vast or lambda"
-        ))
+    v.map(|g| {
+        parse(g.value.trim()).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "invalid {} value {:?}: expected {words}",
+                g.origin, g.value
+            ))
+        })
     })
+    .transpose()
 }
 
-fn progress_regex(p: Picked) -> Result<Option<Regex>, ConfigError> {
-    let Some((v, origin)) = p else {
+fn gpu_mode(v: &str) -> Option<GpuMode> {
+    match v {
+        "auto" => Some(GpuMode::Auto),
+        "nvml" => Some(GpuMode::Nvml),
+        "none" => Some(GpuMode::None),
+        _ => None,
+    }
+}
+
+fn progress_regex(v: Text) -> Result<Option<Regex>, ConfigError> {
+    let Some(Given { value: v, origin }) = v else {
         return Ok(None);
     };
     let re =
@@ -256,8 +247,8 @@ fn progress_regex(p: Picked) -> Result<Option<Regex>, ConfigError> {
     Ok(Some(re))
 }
 
-fn progress_total(p: Picked) -> Result<Option<f64>, ConfigError> {
-    let Some((v, origin)) = p else {
+fn progress_total(v: Text) -> Result<Option<f64>, ConfigError> {
+    let Some(Given { value: v, origin }) = v else {
         return Ok(None);
     };
     match v.trim().parse::<f64>() {
@@ -268,17 +259,21 @@ fn progress_total(p: Picked) -> Result<Option<f64>, ConfigError> {
     }
 }
 
-/// The listen address and whether the user chose it (a default that is taken is a notice).
-fn listen_addr(p: Picked) -> Result<(Option<SocketAddr>, bool), ConfigError> {
-    let Some((v, origin)) = p else {
-        return Ok((DEFAULT_LISTEN.parse().ok(), false));
+/// The listen address, and whether a person chose it (a default that is taken is a notice).
+fn listen_addr(l: &Layers) -> Result<(Option<SocketAddr>, bool), ConfigError> {
+    let no_listen = switch!(l, no_listen);
+    let Some(Given { value: v, origin }) = text!(l, listen) else {
+        return Ok((None, false));
     };
+    if no_listen {
+        return Ok((None, false));
+    }
     let addr = v.parse::<SocketAddr>().map_err(|_| {
         ConfigError::Invalid(format!(
             "invalid {origin} {v:?}: expected HOST:PORT such as 127.0.0.1:9947"
         ))
     })?;
-    Ok((Some(addr), true))
+    Ok((Some(addr), !matches!(origin, Origin::Default { .. })))
 }
 
 fn check_prices(prices: &BTreeMap<String, f64>) -> Result<(), ConfigError> {
@@ -299,367 +294,249 @@ fn check_prices(prices: &BTreeMap<String, f64>) -> Result<(), ConfigError> {
 
 /// `--release`, `--release-command`, `--release-on`, `--release-retry-for`: terminate needs
 /// the second yes (`--allow-side-effects`).
-fn resolve_release(
-    args: &GuardArgs,
-    f: &mut FileConfig,
-) -> Result<crate::cloud::release::Settings, ConfigError> {
+fn resolve_release(l: &Layers) -> Result<crate::cloud::release::Settings, ConfigError> {
     use crate::cloud::release::{Mode, On, Settings};
-    let allowed = args.allow_side_effects || f.allow_side_effects.unwrap_or(false);
-    let mode = match pick(&args.release, f.release.take(), "release") {
-        None => Mode::None,
-        Some((v, origin)) => Mode::parse(&v).ok_or_else(|| {
-            ConfigError::Invalid(format!(
-                "invalid {origin} value {v:?}: expected none, stop or terminate"
-            ))
-        })?,
-    };
-    let on = match pick(&args.release_on, f.release_on.take(), "release-on") {
-        None => On::Kill,
-        Some((v, origin)) => On::parse(&v).ok_or_else(|| {
-            ConfigError::Invalid(format!(
-                "invalid {origin} value {v:?}: expected kill or end"
-            ))
-        })?,
-    };
-    let retry_for = conv(
-        pick(
-            &args.release_retry_for,
-            f.release_retry_for.take(),
-            "release-retry-for",
-        ),
-        units::parse_duration,
-    )?
-    .unwrap_or(Duration::from_secs(120));
+    let allowed = switch!(l, allow_side_effects);
+    let mode = choice(text!(l, release), Mode::parse, "none, stop or terminate")?;
+    let on = choice(text!(l, release_on), On::parse, "kill or end")?;
+    let retry_for = always(duration(text!(l, release_retry_for))?);
+    let mode = mode.unwrap_or(Mode::None);
     if mode == Mode::Terminate && !allowed {
-        return Err(ConfigError::Invalid(
-            "--release terminate destroys the box and its disks: it needs --allow-side-effects too (or use --release stop)".into(),
-        ));
+        return Err(ConfigError::Invalid(format!(
+            "{} terminate destroys the box and its disks: it needs --allow-side-effects too (or use --release stop)",
+            l.origin("release")
+        )));
     }
-    let command = args
-        .release_command
-        .clone()
-        .or(f.release_command.take())
+    let command = text!(l, release_command)
+        .map(|g| g.value)
         .filter(|c| !c.trim().is_empty());
     Ok(Settings {
         mode,
         command,
-        on,
+        on: on.unwrap_or(On::Kill),
         retry_for,
     })
 }
 
-/// The exit hook, refused when it ships results somewhere unless side effects are allowed.
-fn on_exit(cmd: Option<String>, allowed: bool) -> Result<Option<String>, ConfigError> {
-    let Some(cmd) = cmd.filter(|c| !c.trim().is_empty()) else {
-        return Ok(None);
+/// The exit hook (refused when it ships results somewhere unless side effects are allowed)
+/// and how long it may run.
+fn exit_hook(l: &Layers) -> Result<(Option<String>, Duration), ConfigError> {
+    let allowed = switch!(l, allow_side_effects);
+    let timeout = always(positive(text!(l, on_exit_timeout))?);
+    let Some(cmd) = text!(l, on_exit).filter(|c| !c.value.trim().is_empty()) else {
+        return Ok((None, timeout));
     };
-    if let (false, Some(pattern)) = (allowed, crate::hook::side_effect(&cmd)) {
+    if let (false, Some(pattern)) = (allowed, crate::hook::side_effect(&cmd.value)) {
         return Err(ConfigError::Invalid(format!(
-            "refusing --on-exit {cmd:?}: it matches {pattern:?}, which pushes, deploys, publishes or sends; an exit hook should leave results somewhere known, not ship them (pass --allow-side-effects to run it anyway)"
+            "refusing {} {:?}: it matches {pattern:?}, which pushes, deploys, publishes or sends; an exit hook should leave results somewhere known, not ship them (pass --allow-side-effects to run it anyway)",
+            cmd.origin, cmd.value
         )));
     }
-    Ok(Some(cmd))
+    Ok((Some(cmd.value), timeout))
 }
 
-/// The exit hook (checked for side effects) and how long it may run.
-fn exit_hook(
-    args: &GuardArgs,
-    file: &mut FileConfig,
-) -> Result<(Option<String>, Duration), ConfigError> {
-    let cmd = on_exit(
-        args.on_exit.clone().or(file.on_exit.take()),
-        args.allow_side_effects || file.allow_side_effects.unwrap_or(false),
-    )?;
-    let timeout = positive(
-        conv(
-            pick(
-                &args.on_exit_timeout,
-                file.on_exit_timeout.take(),
-                "on-exit-timeout",
-            ),
-            units::parse_duration,
-        )?,
-        "on-exit-timeout",
-    )?
-    .unwrap_or(Duration::from_secs(300));
-    Ok((cmd, timeout))
-}
-
-/// How the job is priced: an explicit rate, energy, and what to ask the box.
-struct Rates {
-    usd_per_hour: Option<f64>,
-    usd_per_kwh: Option<f64>,
-    provider: crate::cloud::Choice,
-    price_table: Option<PathBuf>,
-}
-
-impl Rates {
-    fn resolve(args: &GuardArgs, file: &mut FileConfig) -> Result<Rates, ConfigError> {
-        let s = |x: Option<Scalar>| x.map(Scalar::into_string);
-        let money = |v: &str| units::parse_money(v);
-        Ok(Rates {
-            usd_per_hour: conv(
-                pick(
-                    &args.usd_per_hour,
-                    s(file.usd_per_hour.take()),
-                    "usd-per-hour",
-                ),
-                money,
-            )?,
-            usd_per_kwh: conv(
-                pick(&args.usd_per_kwh, s(file.usd_per_kwh.take()), "usd-per-kwh"),
-                money,
-            )?,
-            provider: provider_choice(pick(&args.provider, file.provider.take(), "provider"))?,
-            price_table: args.price_table.clone().or(file.price_table.take()),
-        })
+/// `--record-grace`: a duration, or `off`.
+fn record_grace(l: &Layers) -> Result<Option<Duration>, ConfigError> {
+    match text!(l, record_grace) {
+        Some(g) if g.value.trim() == "off" => Ok(None),
+        g => positive(g),
     }
 }
 
-/// The watchdogs' settings: sampling, idle, stall, progress and memory ceilings.
-struct Watchdogs {
-    interval: Duration,
-    idle: Option<Duration>,
-    idle_below: f64,
-    idle_grace: Duration,
-    stall: Option<Duration>,
-    progress_regex: Option<Regex>,
-    progress_total: Option<f64>,
-    max_gpu_mem: Option<MemLimit>,
-    max_host_mem: Option<u64>,
-    output_log_max: u64,
-    linger: Duration,
-    record_grace: Option<Duration>,
+/// `--warn-at`: budget fractions in (0, 1], ascending.
+fn warn_at(l: &Layers) -> Result<Vec<f64>, ConfigError> {
+    let g = always(text!(l, warn_at));
+    parse_warn_at(&g.value, &g.origin)
 }
 
-impl Watchdogs {
-    fn resolve(args: &GuardArgs, file: &mut FileConfig) -> Result<Watchdogs, ConfigError> {
-        let s = |x: Option<Scalar>| x.map(Scalar::into_string);
-        let dur = |v: &str| units::parse_duration(v);
-        let interval = positive(
-            conv(pick(&args.interval, file.interval.take(), "interval"), dur)?,
-            "interval",
-        )?
-        .unwrap_or(Duration::from_secs(1));
-        let idle = positive(
-            conv(pick(&args.idle, file.idle.take(), "idle"), dur)?,
-            "idle",
-        )?;
-        let idle_below = conv(
-            pick(&args.idle_below, s(file.idle_below.take()), "idle-below"),
-            units::parse_percent,
-        )?
-        .unwrap_or(5.0);
-        let idle_grace = conv(
-            pick(&args.idle_grace, file.idle_grace.take(), "idle-grace"),
-            dur,
-        )?
-        .unwrap_or(Duration::ZERO);
-        let stall = positive(
-            conv(pick(&args.stall, file.stall.take(), "stall"), dur)?,
-            "stall",
-        )?;
-        let progress_regex = progress_regex(pick(
-            &args.progress_regex,
-            file.progress_regex.take(),
-            "progress-regex",
-        ))?;
-        let progress_total = progress_total(pick(
-            &args.progress_total,
-            s(file.progress_total.take()),
-            "progress-total",
-        ))?;
-        let max_gpu_mem = conv(
-            pick(&args.max_gpu_mem, s(file.max_gpu_mem.take()), "max-gpu-mem"),
-            units::parse_mem_limit,
-        )?;
-        let max_host_mem = conv(
-            pick(
-                &args.max_host_mem,
-                s(file.max_host_mem.take()),
-                "max-host-mem",
-            ),
-            units::parse_size,
-        )?;
-        let output_log_max = conv(
-            pick(
-                &args.output_log_max,
-                s(file.output_log_max.take()),
-                "output-log-max",
-            ),
-            units::parse_size,
-        )?
-        .unwrap_or(64 << 20);
-        let linger = conv(
-            pick(&args.linger, file.linger.take(), "linger"),
-            units::parse_duration,
-        )?
-        .unwrap_or(Duration::ZERO);
-        let record_grace = match pick(&args.record_grace, file.record_grace.take(), "record-grace")
-        {
-            Some((v, _)) if v.trim() == "off" => None,
-            p => positive(conv(p, units::parse_duration)?, "record-grace")?
-                .or(Some(Duration::from_secs(60))),
+/// The agent's own flags, and what the agent cannot use.
+struct AgentPart {
+    exit_when_done: bool,
+    idle_box: Option<Duration>,
+    keep_if_logged_in: bool,
+}
+
+impl AgentPart {
+    fn resolve(
+        a: &Sourced<AgentArgs>,
+        l: &Layers,
+        release: bool,
+    ) -> Result<AgentPart, ConfigError> {
+        // Flags only a wrapped command can use (hidden from the agent's --help).
+        let only_wrapped = ["plan", "progress_regex", "progress_total", "output_log_max"];
+        if let Some(id) = only_wrapped.iter().find(|id| l.given(id)) {
+            return Err(ConfigError::Invalid(format!(
+                "costguard agent cannot use --{}: it runs no command of its own and cannot read \
+                 its targets' output",
+                id.replace('_', "-")
+            )));
+        }
+        let idle_box = match &a.idle_box {
+            None => None,
+            Some(v) => {
+                let flag = "idle-box".to_string();
+                let origin = match a.source("idle_box") {
+                    Some(ValueSource::EnvVariable) => Origin::Env {
+                        flag,
+                        var: "COSTGUARD_IDLE_BOX".into(),
+                    },
+                    _ => Origin::Flag { flag },
+                };
+                positive(Some(Given {
+                    value: v.clone(),
+                    origin,
+                }))?
+            }
         };
-        Ok(Watchdogs {
-            record_grace,
-            linger,
-            output_log_max,
-            interval,
-            idle,
-            idle_below,
-            idle_grace,
-            stall,
-            progress_regex,
-            progress_total,
-            max_gpu_mem,
-            max_host_mem,
+        if idle_box.is_some() && !release {
+            return Err(ConfigError::Invalid(
+                "--idle-box needs how to release the box: --release stop (or terminate), or --release-command CMD".into(),
+            ));
+        }
+        Ok(AgentPart {
+            exit_when_done: a.exit_when_done.unwrap_or(false),
+            idle_box,
+            keep_if_logged_in: a.keep_if_logged_in.unwrap_or(false),
         })
     }
 }
 
 impl Settings {
     /// Layers the file under the flags/env and validates everything.
-    pub fn resolve(args: &GuardArgs) -> Result<Settings, ConfigError> {
-        let mut file = match &args.config {
-            Some(p) => FileConfig::load(p)?,
-            None => FileConfig::default(),
-        };
-        let w = Watchdogs::resolve(args, &mut file)?;
-        let fleet = resolve_fleet(args, &mut file)?;
-        let r = Rates::resolve(args, &mut file)?;
-        let release = resolve_release(args, &mut file)?;
-        let (on_exit, on_exit_timeout) = exit_hook(args, &mut file)?;
-        let s = |x: Option<Scalar>| x.map(Scalar::into_string);
-        let money = |v: &str| units::parse_money(v);
-        let dur = |v: &str| units::parse_duration(v);
+    pub fn resolve(guard: &Guard) -> Result<Settings, ConfigError> {
+        Settings::layered(&Layers::new(guard)?, false)
+    }
 
-        let max_usd = conv(pick(&args.max_usd, s(file.max_usd), "max-usd"), money)?;
-        let max_wall = positive(
-            conv(pick(&args.max_wall, file.max_wall, "max-wall"), dur)?,
-            "max-wall",
-        )?;
-        let kill_grace = conv(pick(&args.kill_grace, file.kill_grace, "kill-grace"), dur)?
-            .unwrap_or(Duration::from_secs(10));
-        let warn_signal = conv(
-            pick(&args.warn_signal, s(file.warn_signal), "warn-signal"),
-            units::parse_signal,
-        )?;
-        let warn_before = conv(
-            pick(&args.warn_before, file.warn_before, "warn-before"),
-            dur,
-        )?;
-        let warn_at = match pick(&args.warn_at, file.warn_at, "warn-at") {
-            None => vec![0.5, 0.8, 0.95],
-            Some((v, origin)) => parse_warn_at(&v, &origin)?,
-        };
-        let gpu = gpu_mode(pick(&args.gpu, file.gpu.take(), "gpu"))?;
-        let (listen, listen_explicit) = if args.no_listen {
-            (None, false)
-        } else {
-            listen_addr(pick(&args.listen, file.listen, "listen"))?
-        };
-        // --quiet and --no-quiet win over the file.
-        let quiet = (args.quiet || file.quiet.unwrap_or(false)) && !args.no_quiet;
-        check_prices(&file.prices)?;
+    /// `costguard run`: as `resolve`, with `--no-preflight` recorded.
+    pub fn resolve_run(guard: &Guard, no_preflight: bool) -> Result<Settings, ConfigError> {
+        Settings::layered(&Layers::new(guard)?, no_preflight)
+    }
 
-        let state_dir = args
-            .state_dir
-            .clone()
-            .or(file.state_dir)
-            .unwrap_or_else(default_state_dir);
-        // A plan pings at each phase's end unless the channels say otherwise.
-        let has_plan = args.plan.is_some() || file.plan.is_some();
-        let notify = resolve_notify(args, file.notify, has_plan)?;
-
+    /// `costguard agent`: its own flags too; NVML required (the agent sees nothing without
+    /// it); a host-memory ceiling refused (it measures no process tree).
+    pub fn resolve_agent(a: &Sourced<AgentArgs>) -> Result<Settings, ConfigError> {
+        let l = Layers::new(&a.guard)?;
+        let base = Settings::layered(&l, false)?;
+        let agent = AgentPart::resolve(a, &l, base.release.enabled())?;
+        if base.max_host_mem.is_some() {
+            return Err(ConfigError::Invalid(
+                "--max-host-mem is not available to costguard agent: it measures no process tree (its targets are GPU processes it did not start); use --max-gpu-mem, or wrap the job with costguard run for a host-memory ceiling".into(),
+            ));
+        }
+        let gpu = match base.gpu {
+            GpuMode::Auto => GpuMode::Nvml,
+            other => other,
+        };
         let settings = Settings {
-            max_usd,
-            usd_per_hour: r.usd_per_hour,
-            usd_per_kwh: r.usd_per_kwh,
-            provider: r.provider,
-            price_table: r.price_table,
-            max_wall,
-            kill_grace,
-            warn_signal,
-            warn_before,
-            warn_at,
+            exit_when_done: agent.exit_when_done,
+            idle_box: agent.idle_box,
+            keep_if_logged_in: agent.keep_if_logged_in,
             gpu,
-            nvml_lib: args.nvml_lib.clone().or(file.nvml_lib),
-            interval: w.interval,
-            idle: w.idle,
-            idle_below: w.idle_below,
-            idle_grace: w.idle_grace,
-            stall: w.stall,
-            progress_regex: w.progress_regex,
-            progress_total: w.progress_total,
-            heartbeat_file: args.heartbeat_file.clone().or(file.heartbeat_file),
-            max_gpu_mem: w.max_gpu_mem,
-            max_host_mem: w.max_host_mem,
-            output_log_max: w.output_log_max,
-            shared_gpus: args.shared_gpus.or(file.shared_gpus).unwrap_or(false),
-            linger: w.linger,
-            record_grace: w.record_grace,
+            ..base
+        };
+        Ok(settings)
+    }
+
+    fn layered(l: &Layers, no_preflight: bool) -> Result<Settings, ConfigError> {
+        let dur = |g| duration(g).map(always);
+        let plan = path_of!(l, plan).map(|g| g.value);
+        let (listen, listen_explicit) = listen_addr(l)?;
+        let (on_exit, on_exit_timeout) = exit_hook(l)?;
+        let provider_words = "auto, none, aws, gcp, azure, runpod, vast or lambda";
+        check_prices(&l.file.prices)?;
+        let settings = Settings {
+            max_usd: conv(text!(l, max_usd), units::parse_money)?,
+            usd_per_hour: conv(text!(l, usd_per_hour), units::parse_money)?,
+            usd_per_kwh: conv(text!(l, usd_per_kwh), units::parse_money)?,
+            provider: always(choice(text!(l, provider), Choice::parse, provider_words)?),
+            price_table: path_of!(l, price_table).map(|g| g.value),
+            max_wall: positive(text!(l, max_wall))?,
+            kill_grace: dur(text!(l, kill_grace))?,
+            warn_signal: conv(text!(l, warn_signal), units::parse_signal)?,
+            warn_before: duration(text!(l, warn_before))?,
+            warn_at: warn_at(l)?,
+            gpu: always(choice(text!(l, gpu), gpu_mode, "auto, nvml or none")?),
+            nvml_lib: path_of!(l, nvml_lib).map(|g| g.value),
+            interval: always(positive(text!(l, interval))?),
+            idle: positive(text!(l, idle))?,
+            idle_below: always(conv(text!(l, idle_below), units::parse_percent)?),
+            idle_grace: dur(text!(l, idle_grace))?,
+            stall: positive(text!(l, stall))?,
+            progress_regex: progress_regex(text!(l, progress_regex))?,
+            progress_total: progress_total(text!(l, progress_total))?,
+            heartbeat_file: path_of!(l, heartbeat_file).map(|g| g.value),
+            max_gpu_mem: conv(text!(l, max_gpu_mem), units::parse_mem_limit)?,
+            max_host_mem: conv(text!(l, max_host_mem), units::parse_size)?,
+            output_log_max: always(conv(text!(l, output_log_max), units::parse_size)?),
+            shared_gpus: switch!(l, shared_gpus),
+            linger: dur(text!(l, linger))?,
+            record_grace: record_grace(l)?,
             exit_when_done: false,
             idle_box: None,
             keep_if_logged_in: false,
             listen,
             listen_explicit,
-            quiet,
-            prices: file.prices,
-            state_dir,
-            notify,
-            run_id: args.run_id.clone(),
+            // --no-quiet wins over --quiet's other layers (clap refuses the two flags together).
+            quiet: !switch!(l, no_quiet) && switch!(l, quiet),
+            prices: l.file.prices.clone(),
+            state_dir: path_of!(l, state_dir).map_or_else(default_state_dir, |g| g.value),
+            // A plan pings at each phase's end unless the channels say otherwise.
+            notify: notify::resolve(l, plan.is_some())?,
+            run_id: text!(l, run_id).map(|g| g.value),
             on_exit,
-            release,
+            release: resolve_release(l)?,
             on_exit_timeout,
-            no_preflight: false,
+            no_preflight,
             phase: None,
-            plan: args.plan.clone().or(file.plan),
-            fleet,
+            plan,
+            fleet: resolve_fleet(l)?,
         };
-        settings.check_consistency()?;
+        settings.check_consistency(l)?;
         Ok(settings)
     }
 
-    fn check_consistency(&self) -> Result<(), ConfigError> {
+    /// Settings that need each other; each named by its origin.
+    fn check_consistency(&self, l: &Layers) -> Result<(), ConfigError> {
+        let bad = |msg: String| Err(ConfigError::Invalid(msg));
         // `costguard status -x` would read it as a flag: such an id could not be named again.
         if let Some(id) = self.run_id.as_deref().filter(|id| id.starts_with('-')) {
-            return Err(ConfigError::Invalid(format!(
-                "invalid --run-id {id:?}: a run id may not start with `-` (costguard status, \
-                 logs and stop would read it as a flag)"
-            )));
+            return bad(format!(
+                "invalid {} {id:?}: a run id may not start with `-` (costguard status, \
+                 logs and stop would read it as a flag)",
+                l.origin("run_id")
+            ));
         }
+        let (signal, lead) = (l.origin("warn_signal"), l.origin("warn_before"));
         match (self.warn_signal, self.warn_before) {
             (Some(_), None) => {
-                return Err(ConfigError::Invalid(
-                    "--warn-signal needs --warn-before (how long before the kill to send it)"
-                        .into(),
+                return bad(format!(
+                    "{signal} needs --warn-before (how long before the kill to send it)"
                 ))
             }
             (None, Some(_)) => {
-                return Err(ConfigError::Invalid(
-                    "--warn-before needs --warn-signal (which signal to send)".into(),
-                ))
+                return bad(format!("{lead} needs --warn-signal (which signal to send)"))
             }
             _ => {}
         }
-        if let (Some(lead), Some(wall)) = (self.warn_before, self.max_wall) {
-            if lead >= wall {
-                return Err(ConfigError::Invalid(format!(
-                    "invalid --warn-before {}: the warning lead is not shorter than --max-wall {}",
-                    units::format_duration(lead),
+        if let (Some(before), Some(wall)) = (self.warn_before, self.max_wall) {
+            if before >= wall {
+                return bad(format!(
+                    "invalid {lead} {}: the warning lead is not shorter than {} {}",
+                    units::format_duration(before),
+                    l.origin("max_wall"),
                     units::format_duration(wall)
-                )));
+                ));
             }
         }
         if self.warn_before.is_some() && self.max_wall.is_none() && self.max_usd.is_none() {
-            return Err(ConfigError::Invalid(
-                "--warn-before needs a ceiling to warn before: give --max-usd or --max-wall".into(),
+            return bad(format!(
+                "{lead} needs a ceiling to warn before: give --max-usd or --max-wall"
             ));
         }
         if self.progress_total.is_some() && self.progress_regex.is_none() {
-            return Err(ConfigError::Invalid(
-                "--progress-total needs --progress-regex (where the step number comes from)".into(),
+            return bad(format!(
+                "{} needs --progress-regex (where the step number comes from)",
+                l.origin("progress_total")
             ));
         }
         Ok(())
@@ -671,11 +548,11 @@ impl Settings {
     }
 }
 
-fn parse_warn_at(v: &str, origin: &str) -> Result<Vec<f64>, ConfigError> {
+fn parse_warn_at(v: &str, origin: &Origin) -> Result<Vec<f64>, ConfigError> {
     let mut out = Vec::new();
     for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let pct = units::parse_percent(part).map_err(|source| ConfigError::Value {
-            origin: origin.to_string(),
+            origin: origin.clone(),
             source,
         })?;
         if pct <= 0.0 {
@@ -706,64 +583,74 @@ pub fn default_state_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/costguard-{}", nix::unistd::getuid()))
 }
 
-fn resolve_fleet(
-    args: &GuardArgs,
-    f: &mut FileConfig,
-) -> Result<Option<crate::fleet::FleetSettings>, ConfigError> {
-    let max = conv(
-        pick(
-            &args.fleet_max_usd,
-            f.fleet_max_usd.take().map(Scalar::into_string),
-            "fleet-max-usd",
-        ),
-        units::parse_money,
-    )?;
-    let url = pick_url(
-        &args.prometheus_url,
-        f.prometheus_url.take(),
-        "prometheus-url",
-        "prometheus-url",
-    );
-    let selector = pick(
-        &args.fleet_selector,
-        f.fleet_selector.take(),
-        "fleet-selector",
-    );
-    let interval = positive(
-        conv(
-            pick(
-                &args.fleet_interval,
-                f.fleet_interval.take(),
-                "fleet-interval",
-            ),
-            units::parse_duration,
-        )?,
-        "fleet-interval",
-    )?;
+fn resolve_fleet(l: &Layers) -> Result<Option<crate::fleet::FleetSettings>, ConfigError> {
+    let max = conv(text!(l, fleet_max_usd), units::parse_money)?;
+    let url = text!(l, prometheus_url);
+    let selector = text!(l, fleet_selector);
+    let interval = always(positive(text!(l, fleet_interval))?);
+    let query = text!(l, fleet_query);
     match (max, url) {
         (None, None) if selector.is_none() => Ok(None),
-        (Some(max), Some((url, origin))) => {
-            check_url(&origin, &url)?;
+        (Some(max), Some(url)) => {
+            check_url(&url.origin.to_string(), &url.value)?;
             Ok(Some(crate::fleet::FleetSettings {
                 max_usd: max,
-                prometheus_url: url,
-                selector: selector.map(|s| s.0).unwrap_or_default(),
-                interval: interval.unwrap_or(Duration::from_secs(15)),
+                prometheus_url: url.value,
+                selector: selector.map(|s| s.value).unwrap_or_default(),
+                interval,
                 window: Duration::from_secs(7 * 86_400),
-                query_override: args
-                    .fleet_query
-                    .clone()
-                    .or(f.fleet_query.take())
-                    .filter(|q| !q.trim().is_empty()),
+                query_override: query.map(|q| q.value).filter(|q| !q.trim().is_empty()),
             }))
         }
-        (Some(_), None) => Err(ConfigError::Invalid(
-            "--fleet-max-usd needs --prometheus-url (where the fleet's spend is read)".into(),
-        )),
+        (Some(_), None) => Err(ConfigError::Invalid(format!(
+            "{} needs --prometheus-url (where the fleet's spend is read)",
+            l.origin("fleet_max_usd")
+        ))),
         _ => Err(ConfigError::Invalid(
             "--prometheus-url and --fleet-selector need --fleet-max-usd (the fleet's budget)"
                 .into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod layer_tests {
+    use super::*;
+    use clap::Parser;
+
+    fn guard(args: &[&str]) -> Guard {
+        let mut argv = vec!["costguard"];
+        argv.extend(args);
+        argv.extend(["--", "true"]);
+        crate::cli::Cli::try_parse_from(argv).expect("parses").guard
+    }
+
+    #[test]
+    fn every_declared_flag_reaches_the_settings() {
+        let g = guard(&[]);
+        let l = Layers::new(&g).expect("layers");
+        Settings::layered(&l, false).expect("settings");
+        assert_eq!(l.unread(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_declared_defaults_are_the_settings_defaults() {
+        let s = Settings::resolve(&guard(&[])).expect("settings");
+        assert_eq!(s.kill_grace, Duration::from_secs(10));
+        assert_eq!(s.interval, Duration::from_secs(1));
+        assert_eq!(s.warn_at, vec![0.5, 0.8, 0.95]);
+        assert_eq!(s.output_log_max, 64 << 20);
+        assert_eq!(s.record_grace, Some(Duration::from_secs(60)));
+        assert_eq!(s.on_exit_timeout, Duration::from_secs(300));
+        assert_eq!(s.listen, "127.0.0.1:9947".parse().ok());
+        assert!(!s.listen_explicit);
+        assert_eq!(s.notify.flush, Duration::from_secs(10));
+        assert_eq!(
+            s.notify.pagerduty_url,
+            "https://events.pagerduty.com/v2/enqueue"
+        );
+        let s = Settings::resolve(&guard(&["--listen", "127.0.0.1:9947"])).expect("settings");
+        assert!(s.listen_explicit);
     }
 }
 

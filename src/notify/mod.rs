@@ -3,7 +3,6 @@
 //! next start when something was left). Delivery runs in its own task: it never delays a kill.
 
 pub mod check;
-pub mod config;
 pub mod deliver;
 pub mod email;
 pub mod outbox;
@@ -14,20 +13,30 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::{Event, EventKind};
+use crate::events::{Event, EventKind, KillReason};
 use crate::redact::Secret;
 
 pub use worker::{Notifier, Report};
 
-pub const DEFAULT_PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 /// Kinds sent when a channel does not say: kills, failures, completion, budget and checkpoint
-/// warnings, the spot box's reclaim notice, a record or a release that failed.
-pub const DEFAULT_KINDS: &str =
-    "killed,failed,completed,warning:budget,warning:checkpoint,warning:preemption,agent-error:record,agent-error:release";
+/// warnings, the spot box's reclaim notice, a record or a release that failed. (Macros, so
+/// `--notify-on`'s help shows these very lists.)
+macro_rules! default_kinds {
+    () => {
+        "killed,failed,completed,warning:budget,warning:checkpoint,warning:preemption,agent-error:record,agent-error:release"
+    };
+}
 /// PagerDuty's default: only what opens an incident (kills, failures, stalls, costguard unable
 /// to guard); completion only resolves what the run opened. Budget warnings are not
 /// incidents: they go to chat.
-pub const PAGER_KINDS: &str = "killed,failed,stalled,agent-error,completed";
+macro_rules! pager_kinds {
+    () => {
+        "killed,failed,stalled,agent-error,completed"
+    };
+}
+pub(crate) use {default_kinds, pager_kinds};
+pub const DEFAULT_KINDS: &str = default_kinds!();
+pub const PAGER_KINDS: &str = pager_kinds!();
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
@@ -67,26 +76,105 @@ impl ChannelKind {
 }
 
 /// Which events a channel gets: `all`, a kind (`killed`), or a kind with a reason
-/// (`warning:budget`).
+/// (`warning:budget`). Kinds and reasons are checked: a typo would silently drop the events
+/// it meant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KindFilter(Vec<String>);
 
+/// The reasons events of a kind carry, as the code that makes them writes them (`run/state.rs`,
+/// `run/session/`): a `KIND:REASON` entry naming another is refused.
+fn reasons(kind: EventKind) -> Vec<&'static str> {
+    const OUTCOMES: [&str; 4] = ["completed", "failed", "killed", "stopped"];
+    let kills = || KillReason::ALL.iter().map(|r| r.as_str());
+    match kind {
+        EventKind::Started => vec!["target"],
+        EventKind::Warning => vec![
+            "checkpoint",
+            "budget",
+            "idle-suspected",
+            "stall-suspected",
+            "preemption",
+        ],
+        EventKind::Idle => vec!["idle"],
+        EventKind::Stalled => vec!["stall"],
+        EventKind::Killed => kills().collect(),
+        // A phase's end carries the kill's reason, else its outcome.
+        EventKind::PhaseCompleted => kills().chain(OUTCOMES).collect(),
+        EventKind::Failed => OUTCOMES.to_vec(),
+        EventKind::Completed | EventKind::Test => Vec::new(),
+        EventKind::AgentError => vec![
+            "record",
+            "release",
+            "telemetry",
+            "gpu-lost",
+            "gpu-not-freed",
+            "escaped",
+            "survivors",
+            "holder-lost",
+            "fleet-unreachable",
+            "fleet-no-series",
+        ],
+    }
+}
+
+/// `; did you mean `x`?` for the nearest of `known` within two edits, else nothing.
+fn nearest(word: &str, known: &[&str]) -> String {
+    known
+        .iter()
+        .map(|k| (strsim::levenshtein(word, k), *k))
+        .filter(|(d, k)| *d <= 2 && *d < k.len())
+        .min()
+        .map(|(_, k)| format!("; did you mean `{k}`?"))
+        .unwrap_or_default()
+}
+
+/// One entry of a filter, checked: `all`, a kind, or a kind and one of its reasons.
+fn check_entry(part: &str) -> Result<(), String> {
+    if part == "all" {
+        return Ok(());
+    }
+    let (kind, reason) = match part.split_once(':') {
+        Some((k, r)) => (k, Some(r)),
+        None => (part, None),
+    };
+    let kinds: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+    let Some(k) = EventKind::ALL.into_iter().find(|k| k.as_str() == kind) else {
+        return Err(format!(
+            "entry {part:?}: no event kind {kind:?}; expected all, or one of {} (optionally KIND:REASON){}",
+            kinds.join(", "),
+            nearest(kind, &kinds)
+        ));
+    };
+    let Some(reason) = reason else {
+        return Ok(());
+    };
+    let known = reasons(k);
+    if known.contains(&reason) {
+        return Ok(());
+    }
+    if known.is_empty() {
+        return Err(format!(
+            "entry {part:?}: {kind} events carry no reason; give {kind} alone"
+        ));
+    }
+    Err(format!(
+        "entry {part:?}: {kind} events have no reason {reason:?}; their reasons are {}{}",
+        known.join(", "),
+        nearest(reason, &known)
+    ))
+}
+
 impl KindFilter {
-    pub fn parse(list: &str, origin: &str) -> Result<KindFilter, String> {
+    /// Parses a comma-separated list; the error names the entry at fault and suggests the
+    /// nearest kind or reason (the caller says where the list came from).
+    pub fn parse(list: &str) -> Result<KindFilter, String> {
         let mut out = Vec::new();
         for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let kind = part.split_once(':').map_or(part, |(k, _)| k);
-            if part != "all" && !EventKind::ALL.iter().any(|k| k.as_str() == kind) {
-                let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
-                return Err(format!(
-                    "invalid {origin} entry {part:?}: expected all, or one of {} (optionally KIND:REASON)",
-                    known.join(", ")
-                ));
-            }
+            check_entry(part)?;
             out.push(part.to_string());
         }
         if out.is_empty() {
-            return Err(format!("invalid {origin} {list:?}: no event kinds given"));
+            return Err(format!("{list:?}: no event kinds given"));
         }
         Ok(KindFilter(out))
     }
@@ -111,14 +199,13 @@ impl KindFilter {
 impl KindFilter {
     /// The default with a plan: each phase's end too (completed or killed).
     pub fn for_plans() -> Self {
-        KindFilter::parse(&format!("{DEFAULT_KINDS},phase-completed"), "default")
-            .expect("valid default")
+        KindFilter::parse(&format!("{DEFAULT_KINDS},phase-completed")).expect("valid default")
     }
 }
 
 impl Default for KindFilter {
     fn default() -> Self {
-        KindFilter::parse(DEFAULT_KINDS, "default").expect("valid default")
+        KindFilter::parse(DEFAULT_KINDS).expect("valid default")
     }
 }
 
@@ -141,18 +228,6 @@ pub struct NotifySettings {
     pub timeout: Duration,
     /// The email channel's server, credentials and addresses, when it is configured.
     pub email: Option<email::EmailSettings>,
-}
-
-impl Default for NotifySettings {
-    fn default() -> Self {
-        NotifySettings {
-            channels: Vec::new(),
-            pagerduty_url: DEFAULT_PAGERDUTY_URL.into(),
-            flush: Duration::from_secs(10),
-            timeout: Duration::from_secs(10),
-            email: None,
-        }
-    }
 }
 
 impl NotifySettings {
@@ -210,13 +285,33 @@ mod tests {
         assert!(f.matches(&ev(EventKind::Warning, Some("budget"))));
         assert!(!f.matches(&ev(EventKind::Warning, Some("idle-suspected"))));
         assert!(!f.matches(&ev(EventKind::Started, None)));
-        let all = KindFilter::parse("all", "x").expect("all");
+        let all = KindFilter::parse("all").expect("all");
         assert!(all.matches(&ev(EventKind::Started, None)));
-        let pager = KindFilter::parse(PAGER_KINDS, "default").expect("pager default");
+        let pager = KindFilter::parse(PAGER_KINDS).expect("pager default");
         assert!(!pager.matches(&ev(EventKind::Warning, Some("budget"))));
         assert!(pager.matches(&ev(EventKind::Killed, Some("usd"))));
         assert!(pager.matches(&ev(EventKind::AgentError, Some("record"))));
-        let err = KindFilter::parse("killed,kiled", "--notify-on").unwrap_err();
-        assert!(err.contains("\"kiled\""), "{err}");
+        let err = KindFilter::parse("killed,kiled").unwrap_err();
+        assert!(
+            err.contains("\"kiled\"") && err.contains("did you mean `killed`?"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_reason_of_every_kind_is_taken_and_a_misspelt_one_is_refused() {
+        for kind in EventKind::ALL {
+            for reason in reasons(kind) {
+                let entry = format!("{}:{reason}", kind.as_str());
+                assert!(KindFilter::parse(&entry).is_ok(), "{entry}");
+                let typo = format!("{entry}x");
+                let err = KindFilter::parse(&typo).expect_err(&typo);
+                assert!(err.contains(&format!("did you mean `{reason}`?")), "{err}");
+            }
+        }
+        let err = KindFilter::parse("warning:budgett").unwrap_err();
+        assert!(err.contains("did you mean `budget`?"), "{err}");
+        let err = KindFilter::parse("completed:x").unwrap_err();
+        assert!(err.contains("completed events carry no reason"), "{err}");
     }
 }

@@ -13,8 +13,8 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use crate::run::status::RunView;
 use crate::series::Series;
+use crate::status::RunView;
 
 mod format;
 

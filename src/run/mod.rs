@@ -8,7 +8,6 @@
 
 pub mod action;
 pub mod agent;
-pub mod checkin;
 #[cfg(test)]
 mod ending_tests;
 pub(crate) mod exit_hook;
@@ -27,7 +26,6 @@ mod start;
 pub mod state;
 #[cfg(test)]
 mod state_tests;
-pub mod status;
 pub mod target;
 mod telemetry_cache;
 mod view;

@@ -6,12 +6,12 @@ use std::time::SystemTime;
 
 use super::record::Recorder;
 use super::state::RunState;
-use super::status::{LimitsView, PhasesView, ProjectionView, Published, RunView};
 use super::view::Snapshot;
 use crate::events::{rfc3339, Event, EventKind};
 use crate::metrics::{set_opt, Metrics};
 use crate::notify::Notifier;
 use crate::series::{GpuPoint, Point, Series};
+use crate::status::{LimitsView, PhasesView, ProjectionView, Published, RunView};
 
 pub struct Sinks {
     pub metrics: Arc<Metrics>,
@@ -310,7 +310,7 @@ impl Sinks {
         let checkin = self
             .recorder
             .as_ref()
-            .and_then(|r| r.read(|l| super::checkin::of(l, true, s.step.as_deref())));
+            .and_then(|r| r.read(|l| crate::checkin::of(l, true, s.step.as_deref())));
         let view = RunView {
             run_id: id.run_id.clone(),
             state: "running".into(),

@@ -206,7 +206,7 @@ pub async fn open(
         .collect();
     let metrics = Arc::new(Metrics::new(&channel_names));
     let notifier = open_notifier(&settings, &metrics, &mut notices)?;
-    let status: crate::run::status::Published = Arc::new(RwLock::new(None));
+    let status: crate::status::Published = Arc::new(RwLock::new(None));
     // A resumed run's series goes on from where it was.
     let mut series = crate::series::Series::load(&rec.run_dir)
         .map_or_else(Default::default, crate::series::Series::resumed);
@@ -381,7 +381,7 @@ const DEFAULT_PORT_SPAN: u16 = 16;
 async fn open_endpoint(
     settings: &Settings,
     metrics: &Arc<Metrics>,
-    status: &crate::run::status::Published,
+    status: &crate::status::Published,
     series: &Arc<RwLock<crate::series::Series>>,
 ) -> Result<Option<SocketAddr>, GuardError> {
     let Some(addr) = settings.listen else {

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::checkin::Checkin;
+use crate::checkin::Checkin;
 use crate::events::Event;
 use crate::ledger::PhaseRecord;
 use crate::telemetry::{GpuSample, HostSample};
