@@ -528,3 +528,27 @@ fn a_plan_phase_killed_at_its_cap_goes_on_and_the_last_phase_concludes_the_plan(
         ]
     );
 }
+
+#[test]
+fn a_plan_phase_ended_by_a_kill_the_policy_never_saw_records_that_kill_as_its_reason() {
+    let mut st = phase_of_two(0, Vec::new());
+    st.handle(LoopEvent::Signal(Signal::SIGTERM), s(1.0));
+    let mut acts = done(&mut st, Done::LoopStopped, 1.0);
+    for d in [
+        Done::OutsideLeaf(Vec::new()),
+        Done::Killed(KillReport::default()),
+        Done::TargetClosed(None),
+        Done::Leader(Some(JobStatus::Signaled(15))),
+        Done::GpuHeld(Vec::new()),
+    ] {
+        if acts.iter().any(|a| matches!(a, Action::RecordPhase(_))) {
+            break;
+        }
+        acts = done(&mut st, d, 1.5);
+    }
+    let Some(Action::RecordPhase(rec)) = acts.iter().find(|a| matches!(a, Action::RecordPhase(_)))
+    else {
+        panic!("no phase on record: {acts:?}")
+    };
+    assert_eq!(rec.reason.as_deref(), Some("signal"), "{rec:?}");
+}

@@ -222,7 +222,12 @@ impl RunState {
     ) -> Option<PhaseRecord> {
         let p = self.phase.clone()?;
         let expected = self.rules.plan.as_ref().and_then(|r| r.expected);
-        let reason = self.engine.killed().map(|r| r.as_str().to_string());
+        // The kill's own reason: the policy's ceilings and also a fleet, record or signal kill
+        // that the policy never saw.
+        let reason = match &self.closing.ending {
+            Some(Ending::Kill { reason, .. }) => Some(reason.as_str().to_string()),
+            _ => self.engine.killed().map(|r| r.as_str().to_string()),
+        };
         let at_step = p
             .step_text()
             .filter(|_| v.outcome != Outcome::Completed)
