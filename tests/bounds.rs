@@ -127,6 +127,7 @@ fn a_hanging_notify_command_does_not_outlive_costguard() {
 }
 
 #[test]
+#[ignore = "~11 s (a 10 s dollar deadline under 1,100 connections): scripts/test runs it"]
 fn a_thousand_idle_connections_do_not_stop_the_kill() {
     let d = tempdir();
     let state = d.path().join("state");

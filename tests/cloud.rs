@@ -25,6 +25,7 @@ fn metered(r: &Ran, id: &str) -> f64 {
 const RUN_1S: &str = "$CG --max-wall 1s --run-id box -- sleep 30";
 
 #[test]
+#[ignore = "root (network and mount namespaces) and python3 (the fake metadata server): scripts/test runs it"]
 fn an_aws_box_is_metered_at_its_instance_price_with_imdsv2() {
     let dir = tempdir();
     let r = in_box(
@@ -100,6 +101,7 @@ fn an_aws_box_is_metered_at_its_instance_price_with_imdsv2() {
 }
 
 #[test]
+#[ignore = "root (network and mount namespaces) and python3 (the fake metadata server): scripts/test runs it"]
 fn a_dollar_ceiling_fires_at_the_box_price_when_nothing_else_prices_the_job() {
     // No GPU, no --usd-per-hour: the run waits (bounded) for the box's price, then its
     // dollar deadline is what the provider bills: $0.02 at $55.04/h is 1.308 s.
@@ -129,6 +131,7 @@ fn a_dollar_ceiling_fires_at_the_box_price_when_nothing_else_prices_the_job() {
 }
 
 #[test]
+#[ignore = "root (network and mount namespaces) and python3 (the fake metadata server): scripts/test runs it"]
 fn a_gcp_box_is_machine_plus_gpus() {
     let dir = tempdir();
     let r = in_box(
@@ -165,6 +168,7 @@ fn a_gcp_box_is_machine_plus_gpus() {
 }
 
 #[test]
+#[ignore = "root (network and mount namespaces) and python3 (the fake metadata server): scripts/test runs it"]
 fn an_azure_box_is_priced_by_its_vm_size() {
     let dir = tempdir();
     let r = in_box(
@@ -187,6 +191,7 @@ fn an_azure_box_is_priced_by_its_vm_size() {
 }
 
 #[test]
+#[ignore = "root (network and mount namespaces) and python3 (the fake metadata server): scripts/test runs it"]
 fn a_guess_from_the_gpu_table_is_corrected_from_the_first_instant() {
     // 8 × H100 priced by the per-GPU table at $23.92/h until the box says p5.48xlarge:
     // the run is then metered at $55.04/h from its start, not from the correction.
@@ -226,6 +231,7 @@ fn a_guess_from_the_gpu_table_is_corrected_from_the_first_instant() {
 }
 
 #[test]
+#[ignore = "root (network and mount namespaces) and python3 (the fake metadata server): scripts/test runs it"]
 fn an_explicit_rate_wins_with_one_notice_when_far_from_the_box() {
     let dir = tempdir();
     let r = in_box(
@@ -246,6 +252,7 @@ fn an_explicit_rate_wins_with_one_notice_when_far_from_the_box() {
 }
 
 #[test]
+#[ignore = "root (network and mount namespaces) and python3 (the fake metadata server): scripts/test runs it"]
 fn no_metadata_server_and_one_that_never_answers_cost_the_job_nothing() {
     // No route to the address at all: detection ends at once, nothing is priced.
     let dir = tempdir();
@@ -291,6 +298,7 @@ fn crate_probe_budget_ms() -> u64 {
 }
 
 #[test]
+#[ignore = "root (network and mount namespaces) and python3 (the fake metadata server): scripts/test runs it"]
 fn a_spot_box_reclaim_notice_reaches_the_job_and_the_record() {
     let dir = tempdir();
     let notified = dir.path().join("notified.jsonl");
@@ -357,6 +365,7 @@ $CG --max-wall 120s --run-id spot -- true 2> "$D/resume.err"
 }
 
 #[test]
+#[ignore = "root (network and mount namespaces) and python3 (the fake metadata server): scripts/test runs it"]
 fn gcp_and_azure_reclaim_notices_are_read_too() {
     for (args, expect) in [
         (
@@ -387,6 +396,7 @@ fn gcp_and_azure_reclaim_notices_are_read_too() {
 }
 
 #[test]
+#[ignore = "root (network and mount namespaces) and python3 (the fake metadata server): scripts/test runs it"]
 fn dmi_alone_names_an_aws_box_in_a_private_mount_namespace() {
     // Nitro's firmware names the instance type; the metadata server is disabled here.
     let dir = tempdir();
@@ -478,6 +488,7 @@ fn pod_guard(state: &Path, api: &Api) -> Command {
 }
 
 #[test]
+#[ignore = "python3 (the fake provider price API): scripts/test runs it"]
 fn a_runpod_pod_is_metered_at_its_own_cost_per_hour_and_its_key_stays_secret() {
     let api = Api::start("runpod", KEY, &["--price", "3.6"]);
     let dir = tempdir();
@@ -543,6 +554,7 @@ fn a_runpod_pod_is_metered_at_its_own_cost_per_hour_and_its_key_stays_secret() {
 }
 
 #[test]
+#[ignore = "python3 (the fake provider price API): scripts/test runs it"]
 fn a_failing_price_api_falls_back_and_says_so_never_zero() {
     let api = Api::start("runpod", KEY, &["--fail", "-1"]);
     // With the pod's GPUs seen: the catalog's 1 × H100 SXM price, and a notice.
@@ -597,6 +609,7 @@ fn a_failing_price_api_falls_back_and_says_so_never_zero() {
 }
 
 #[test]
+#[ignore = "python3 (the fake provider price API): scripts/test runs it"]
 fn a_vast_instance_is_metered_at_its_dph_total() {
     let key = "vast_SEKRET_container_key_0123";
     let api = Api::start("vast", key, &["--price", "1.234"]);
@@ -683,6 +696,7 @@ fn costguard_prices_shows_the_catalog_and_takes_a_table() {
 }
 
 #[test]
+#[ignore = "root (network and mount namespaces) and python3 (the fake metadata server): scripts/test runs it"]
 fn detection_is_timed_by_its_own_budget_not_the_job() {
     // Sanity for the bench's claim: the check (which waits for detection) with a silent
     // server takes about the probe budget, where the run above did not.
@@ -704,6 +718,7 @@ fn detection_is_timed_by_its_own_budget_not_the_job() {
 }
 
 #[test]
+#[ignore = "python3 (scripts/prices): scripts/test runs it"]
 fn scripts_prices_distills_the_skypilot_format_into_a_table_costguard_reads() {
     // The fetch needs internet access; `--from` runs the same distillation on local copies.
     let dir = tempdir();

@@ -193,6 +193,7 @@ fn rendered(overlay: &str) -> Vec<Yaml> {
 }
 
 #[test]
+#[ignore = "kubectl with kustomize v4 or later: scripts/test runs it"]
 fn every_overlay_renders_a_pod_monitor_that_finds_its_pods_in_any_namespace() {
     let rules = &docs("prometheus/costguard-rules.yml")[0];
     for overlay in ["job", "sidecar", "sidecar-legacy", "node-agent"] {
@@ -364,6 +365,7 @@ fn the_systemd_unit_and_slurm_script_wrap_the_job() {
 /// The unit's security score from `systemd-analyze security --offline` (an instance name is
 /// needed: the template is copied to `costguard@job1.service`).
 #[test]
+#[ignore = "systemd-analyze: scripts/test runs it"]
 fn the_systemd_unit_is_hardened() {
     let dir = common::tempdir();
     let unit = dir.path().join("costguard@job1.service");
@@ -407,6 +409,7 @@ fn the_systemd_unit_is_hardened() {
 /// makes its cgroup leaf there, a ceiling kill exits 124 (a failure to systemd), and a write
 /// anywhere else is refused.
 #[test]
+#[ignore = "root and a writable cgroup v2 (the unit's sandbox, emulated): scripts/test runs it"]
 fn the_systemd_sandbox_still_lets_the_job_run() {
     let dir = common::tempdir();
     let state = dir.path().join("state");

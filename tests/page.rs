@@ -183,6 +183,7 @@ fn two_gpus() -> serde_json::Value {
 }
 
 #[test]
+#[ignore = "chromium: scripts/test runs it"]
 fn a_browser_reads_the_live_run_as_status_has_it() {
     let dir = tempdir();
     let port = free_port();
@@ -292,6 +293,7 @@ fn a_browser_reads_the_live_run_as_status_has_it() {
 }
 
 #[test]
+#[ignore = "chromium: scripts/test runs it"]
 fn a_killed_plan_reads_the_same_with_and_without_javascript() {
     let dir = tempdir();
     let port = free_port();

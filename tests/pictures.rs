@@ -32,6 +32,7 @@ fn status_on_a_terminal(state: &std::path::Path) -> String {
 }
 
 #[test]
+#[ignore = "xmllint and rsvg-convert: scripts/test runs it"]
 fn a_resumed_killed_run_has_a_timeline_that_renders() {
     let dir = tempdir();
     let state = dir.path().join("state");

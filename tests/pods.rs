@@ -73,6 +73,7 @@ fn gpu_with_host_process(pid: serde_json::Value, mem: u64) -> serde_json::Value 
 const TRAINER: &str = "sh -c 'exec 7</dev/nvidia0 8</dev/nvidiactl; exec sleep 4711'";
 
 #[test]
+#[ignore = "root (PID and mount namespaces): scripts/test runs it"]
 fn the_wrappers_gpu_memory_ceiling_fires_inside_a_pid_namespace() {
     let dir = tempdir();
     let pid_file = dir.path().join("host.pid");
@@ -125,6 +126,7 @@ fn find_cmdline(cmdline: &str) -> Option<i32> {
 }
 
 #[test]
+#[ignore = "root (PID and mount namespaces): scripts/test runs it"]
 fn the_agent_kills_the_trainer_and_neither_the_bystander_nor_its_process_group() {
     let dir = tempdir();
     // NVML lists a host pid that does not exist in the pod.
@@ -150,6 +152,7 @@ fn the_agent_kills_the_trainer_and_neither_the_bystander_nor_its_process_group()
 }
 
 #[test]
+#[ignore = "root (PID and mount namespaces): scripts/test runs it"]
 fn the_agent_exits_0_when_the_trainer_ends_by_itself() {
     let dir = tempdir();
     let scenario = gpu_with_host_process(json!(4_000_000u32), 10 << 30);
@@ -170,6 +173,7 @@ fn the_agent_exits_0_when_the_trainer_ends_by_itself() {
 }
 
 #[test]
+#[ignore = "root (PID and mount namespaces): scripts/test runs it"]
 fn an_agent_over_budget_from_the_start_kills_a_trainer_that_appears_later() {
     let dir = tempdir();
     let scenario = gpu_with_host_process(json!(4_000_000u32), 10 << 30);

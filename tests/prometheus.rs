@@ -43,6 +43,7 @@ fn guarded(dir: &std::path::Path, tail: &[&str]) -> (std::process::Child, u16) {
 }
 
 #[test]
+#[ignore = "promtool: scripts/test runs it"]
 fn promtool_accepts_a_live_scrape() {
     let dir = tempdir();
     let (child, port) = guarded_job(dir.path());
@@ -83,6 +84,7 @@ fn promtool_accepts_a_live_scrape() {
 }
 
 #[test]
+#[ignore = "prometheus: scripts/test runs it"]
 fn prometheus_scrapes_costguard() {
     let dir = tempdir();
     let (child, port) = guarded_job(dir.path());
@@ -180,6 +182,7 @@ fn as_grafana_sends_it(expr: &str, instance: &str) -> String {
 }
 
 #[test]
+#[ignore = "prometheus: scripts/test runs it"]
 fn every_dashboard_query_and_alert_rule_evaluates_against_real_prometheus() {
     let dir = tempdir();
     let steps = "i=0; while :; do i=$((i+1)); echo step $i; sleep 0.2; done";
@@ -301,6 +304,7 @@ fn every_dashboard_query_and_alert_rule_evaluates_against_real_prometheus() {
 }
 
 #[test]
+#[ignore = "promtool: scripts/test runs it"]
 fn alert_rules_pass_promtool_and_their_unit_tests() {
     let dir = repo_root().join("deploy/prometheus");
     for args in [
@@ -368,6 +372,7 @@ fn final_spend(err: &str) -> f64 {
 }
 
 #[test]
+#[ignore = "prometheus: scripts/test runs it"]
 fn a_fleet_budget_read_from_prometheus_stops_every_member() {
     let dir = tempdir();
     let ports = [free_port(), free_port(), free_port()];

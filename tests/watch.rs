@@ -318,6 +318,7 @@ true
 "#;
 
 #[test]
+#[ignore = "Xvfb, dunst, the D-Bus tools and ImageMagick: scripts/test runs it"]
 fn watch_desktop_shows_the_kill_on_a_real_notification_daemon() {
     need(&[
         "Xvfb",

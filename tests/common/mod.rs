@@ -177,26 +177,18 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The fake libnvidia-ml.so built by this repo (built here when missing).
+/// The fake libnvidia-ml.so of `tests/fake-nvml`: a dev-dependency of costguard, so `cargo
+/// test` has built it (fresh) beside the other dependencies before any test started — never
+/// built here, where the build would take a test's time and the machine's cores.
 pub fn fake_nvml() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let dir = Path::new(bin()).parent().expect("target dir").to_path_buf();
-            let lib = dir.join("libnvidia_ml.so");
-            if !lib.exists() {
-                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-                let st = Command::new(cargo)
-                    .args(["build", "-q", "-p", "fake-nvml"])
-                    .current_dir(repo_root())
-                    .status()
-                    .expect("cargo build -p fake-nvml");
-                assert!(st.success(), "building the fake NVML failed");
-            }
-            assert!(lib.exists(), "no fake NVML at {}", lib.display());
-            lib
-        })
-        .clone()
+    let deps = Path::new(bin()).parent().expect("target dir").join("deps");
+    let lib = deps.join("libnvidia_ml.so");
+    assert!(
+        lib.exists(),
+        "no fake NVML at {} (tests/fake-nvml is a dev-dependency: `cargo test` builds it)",
+        lib.display()
+    );
+    lib
 }
 
 /// A costguard command on the fake NVML with `scenario` (JSON) written into `dir`.
