@@ -245,6 +245,9 @@ impl Sources {
 
     /// After the loop: the leader's status if it is still in the holder's pipe (bounded).
     pub async fn leader_status(&mut self, within: Duration) -> Option<crate::exit::JobStatus> {
+        if let Some((s, _)) = self.ended.take() {
+            return Some(s);
+        }
         let rx = self.holder.as_mut()?;
         let deadline = tokio::time::sleep(within);
         tokio::pin!(deadline);
