@@ -26,5 +26,6 @@ pub mod spend;
 pub mod supervise;
 pub mod telemetry;
 pub mod timeline;
+pub mod timing;
 pub mod units;
 pub mod watch;
