@@ -1,7 +1,7 @@
 //! Spawning the job under the holder, and the job as a scope of the kill protocol.
 //!
 //! The job runs under `costguard __hold` (see `hold.rs`) in its own process group, in a
-//! cgroup v2 leaf when one can be made. Its members are the tree walk below the holder ∪ the
+//! cgroup v2 leaf when one can be made (the job is created inside it: `spawn.rs`). Its members are the tree walk below the holder ∪ the
 //! cgroup's members; "nothing is left" is the holder's exit: it is a subreaper that exits
 //! only when it has no children, so the leader exiting never counts. The kill itself is
 //! `kill.rs`, the one protocol every caller uses.
@@ -11,6 +11,7 @@ pub mod deadman;
 pub mod hold;
 pub mod kill;
 mod lost;
+mod spawn;
 pub mod tree;
 
 use std::ffi::OsString;
@@ -284,11 +285,13 @@ impl Job {
         } else {
             None
         };
+        crate::timing::mark("leaf");
         let mut cmd = holder_command(&exe, leaf.as_ref(), &fds, command, opts.capture);
         let mut holder = cmd.spawn().map_err(|source| SpawnError::Holder {
             exe: exe.display().to_string(),
             source,
         })?;
+        crate::timing::mark("holder-started");
         // Our copies of the holder's ends go now: the status pipe's end of file must mean
         // the holder is gone.
         let HolderFds {
@@ -309,6 +312,7 @@ impl Job {
                 // Unknown is not success: a failed status makes the kill sweep for orphans.
                 std::os::unix::process::ExitStatusExt::from_raw(1 << 8)
             });
+            crate::timing::mark("holder-reaped");
             let _ = exit_tx.send(Some(st));
         });
         Ok(Job {
