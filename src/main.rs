@@ -139,7 +139,10 @@ fn main() -> ExitCode {
     costguard::timing::mark("runtime");
     let ran = rt.block_on(costguard::run::run_main(settings, command));
     costguard::timing::mark("returned");
-    drop(rt);
+    // Everything the run must finish (the record, the report, the outbox, the hook) was
+    // awaited inside run_main; what is left are idle pool threads, which the exit ends
+    // without waiting for each to wake up and be joined.
+    rt.shutdown_background();
     costguard::timing::mark("exit");
     match ran {
         Ok(code) => ExitCode::from(code),
