@@ -129,6 +129,11 @@ fn main() -> ExitCode {
         Mode::Run if detach => return detached(&settings, &command, no_preflight),
         Mode::Run => {}
     }
+    guarded(settings, command)
+}
+
+/// A guarded run (a command or a plan) on the one-thread runtime; its exit code.
+fn guarded(settings: Settings, command: Vec<std::ffi::OsString>) -> ExitCode {
     costguard::supervise::prepare_supervisor();
     // One thread: the job is spawned from the main thread, which lives as long as we do
     // (PDEATHSIG follows the spawning thread).
