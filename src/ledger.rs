@@ -312,7 +312,10 @@ impl Ledger {
 
     pub fn save(&self, run_dir: &Path) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        write_atomic(&path(run_dir), &bytes)
+        crate::timing::mark("ledger-save");
+        let r = write_atomic(&path(run_dir), &bytes);
+        crate::timing::mark("ledger-saved");
+        r
     }
 
     /// A run whose costguard is gone while its ledger still says running: it crashed.

@@ -29,5 +29,6 @@ pub(crate) mod status;
 pub mod supervise;
 pub(crate) mod telemetry;
 pub(crate) mod timeline;
+pub mod timing;
 pub mod units;
 pub mod watch;

@@ -53,6 +53,7 @@ fn hold(h: &costguard::cli::HoldArgs) -> u8 {
 
 fn main() -> ExitCode {
     // The holder first, without clap: it is on the path of every job's start.
+    costguard::timing::mark("main");
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == "__hold") {
         if let Some(h) = costguard::cli::HoldArgs::parse_fast(&args[2..]) {
@@ -74,6 +75,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    costguard::timing::mark("clap");
     if let Some(Sub::Hold(h)) = &cli.subcommand {
         // The holder stays single-threaded: no runtime, no logging.
         return ExitCode::from(hold(h));
@@ -100,10 +102,12 @@ fn main() -> ExitCode {
         Some(Sub::Check(r)) => (r.guard, r.command, false, false, Mode::Check),
         Some(Sub::Hold(_)) | None => (cli.guard, cli.command, false, false, Mode::Run),
     };
+    costguard::timing::mark("parsed");
     let settings = match Settings::resolve_run(&args, no_preflight) {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
+    costguard::timing::mark("resolved");
     costguard::console::set_quiet(settings.quiet);
     costguard::redact::install(settings.notify.secrets());
     match mode {
@@ -124,6 +128,11 @@ fn main() -> ExitCode {
         Mode::Run if detach => return detached(&settings, &command, no_preflight),
         Mode::Run => {}
     }
+    guarded(settings, command)
+}
+
+/// A guarded run (a command or a plan) on the one-thread runtime; its exit code.
+fn guarded(settings: Settings, command: Vec<std::ffi::OsString>) -> ExitCode {
     costguard::supervise::prepare_supervisor();
     // One thread: the job is spawned from the main thread, which lives as long as we do
     // (PDEATHSIG follows the spawning thread).
@@ -131,7 +140,15 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
-    match rt.block_on(costguard::run::run_main(settings, command)) {
+    costguard::timing::mark("runtime");
+    let ran = rt.block_on(costguard::run::run_main(settings, command));
+    costguard::timing::mark("returned");
+    // Everything the run must finish (the record, the report, the outbox, the hook) was
+    // awaited inside run_main; what is left are idle pool threads, which the exit ends
+    // without waiting for each to wake up and be joined.
+    rt.shutdown_background();
+    costguard::timing::mark("exit");
+    match ran {
         Ok(code) => ExitCode::from(code),
         // A resumed run already at its ceiling starts nothing: the ceiling's exit code.
         Err(costguard::run::GuardError::Spent(why)) => {

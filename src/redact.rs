@@ -53,7 +53,9 @@ pub fn text(s: &str) -> Cow<'_, str> {
             }
         }
     }
-    if userinfo().is_match(&out) {
+    // Only text with a URL can hold a `user:password@`: the regex is built (on the start
+    // path, for the first line masked) only when there is one.
+    if out.contains("://") && userinfo().is_match(&out) {
         out = Cow::Owned(
             userinfo()
                 .replace_all(&out, format!("${{1}}{MASK}@"))

@@ -181,12 +181,12 @@ fn a_lost_holder_is_a_stop_that_ends_the_job() {
     let mut child = c.spawn().expect("spawn");
     let pids = job_pids(dir.path());
     let me = child.id() as i32;
-    // The holder: costguard's child whose command line has `__hold`.
+    // The holder: costguard's child named `costguard-hold`.
     let holder = children(me)
         .into_iter()
         .find(|p| {
-            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline).contains("__hold")
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            comm.trim() == "costguard-hold"
         })
         .expect("costguard's holder");
     signal(holder, Signal::SIGKILL);

@@ -27,7 +27,9 @@ pub struct Sinks {
     /// When the series was last written to the run directory.
     series_saved: Option<std::time::Instant>,
     /// The write of series.json in progress, off the run loop.
-    series_write: Option<tokio::task::JoinHandle<()>>,
+    series_write: Option<tokio::task::JoinHandle<bool>>,
+    /// What was last handed to a write of series.json (the close writes only what changed).
+    series_bytes: Option<Vec<u8>>,
 }
 
 impl Sinks {
@@ -47,6 +49,7 @@ impl Sinks {
             series,
             series_saved: None,
             series_write: None,
+            series_bytes: None,
         }
     }
 
@@ -184,23 +187,36 @@ impl Sinks {
         }
     }
 
-    /// The series as it is now, and the write of it to the run directory.
-    fn series_job(&self) -> Option<impl FnOnce() + Send + 'static> {
+    /// The series as it is now, and the write of it to the run directory (true: written).
+    fn series_job(&mut self) -> Option<impl FnOnce() -> bool + Send + 'static> {
         let dir = self.recorder.as_ref()?.run_dir.clone();
         let bytes = serde_json::to_vec(&*self.series.read().ok()?).ok()?;
-        Some(move || {
-            if let Err(e) = crate::series::Series::write(&dir, &bytes) {
+        self.series_bytes = Some(bytes.clone());
+        Some(move || match crate::series::Series::write(&dir, &bytes) {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::debug!(error = %e, "series.json not written");
+                false
             }
         })
     }
 
-    /// Writes the series now, after any write in progress (at the close: the report reads it).
+    /// Writes the series now, after any write in progress (at the close: the report reads
+    /// it) — unless that write succeeded with the series as it still is.
     pub async fn save_series(&mut self) {
-        if let Some(h) = self.series_write.take() {
-            let _ = h.await;
-        }
+        let written = match self.series_write.take() {
+            Some(h) => h.await.unwrap_or(false),
+            None => false,
+        };
         self.series_saved = Some(std::time::Instant::now());
+        let now = self
+            .series
+            .read()
+            .ok()
+            .and_then(|s| serde_json::to_vec(&*s).ok());
+        if written && now.is_some() && now == self.series_bytes {
+            return;
+        }
         if let Some(job) = self.series_job() {
             let _ = tokio::task::spawn_blocking(job).await;
         }

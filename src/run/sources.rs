@@ -84,6 +84,60 @@ impl Drop for Sources {
     }
 }
 
+/// Sleeps until `at` on a timerfd (CLOCK_MONOTONIC, absolute): tokio's timer rounds a
+/// deadline up to its next millisecond tick, and a ceiling's kill should land when it is due
+/// (as `timeout`'s does). Where a timerfd cannot be had, tokio's sleep.
+async fn sleep_precisely(at: Instant) {
+    let Some(fd) = timer_at(at) else {
+        return tokio::time::sleep_until(at).await;
+    };
+    // SAFETY: the OwnedFd is moved into the AsyncFd, which alone owns and closes it: the
+    // descriptor stays open and the same for the AsyncFd's whole life.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    };
+    match registered {
+        Ok(fd) => {
+            let _ = fd.readable().await;
+        }
+        Err(_) => tokio::time::sleep_until(at).await,
+    }
+}
+
+/// A non-blocking timerfd that expires at `at` (None: the kernel refused one).
+fn timer_at(at: Instant) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let left = at.saturating_duration_since(Instant::now());
+    let ns = crate::supervise::deadman::mono_now_ns() + left.as_nanos() as i128;
+    let spec = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        // An expiry of zero would disarm the timer: one nanosecond is "now".
+        it_value: libc::timespec {
+            tv_sec: (ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (ns % 1_000_000_000).max(1) as libc::c_long,
+        },
+    };
+    // SAFETY: timerfd_create returns a new descriptor or -1; nothing else owns it.
+    let fd = unsafe {
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just created and is owned by this value from here on.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a valid timerfd and a valid itimerspec on the stack.
+    let set =
+        unsafe { libc::timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut()) };
+    (set == 0).then_some(owned)
+}
+
 fn every(d: Duration) -> Interval {
     let mut i = tokio::time::interval(d);
     i.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -190,7 +244,7 @@ impl Sources {
                 } else {
                     LoopEvent::Forward(sig)
                 }),
-                _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
+                _ = async { match wake { Some(w) => sleep_precisely(w).await, None => std::future::pending().await } } => {
                     Some(LoopEvent::Deadline)
                 }
                 m = recv_opt(&mut self.holder) => match m {

@@ -203,7 +203,13 @@ async fn open_gpu(
     Ok(match settings.gpu {
         GpuMode::None => None,
         mode => {
-            match NvmlSource::start(settings.nvml_lib.as_deref(), Duration::from_secs(10)).await {
+            let loaded = match library_loads(settings.nvml_lib.as_deref()) {
+                Ok(()) => {
+                    NvmlSource::start(settings.nvml_lib.as_deref(), Duration::from_secs(10)).await
+                }
+                Err(e) => Err(e),
+            };
+            match loaded {
                 Ok(src) => Some(src),
                 Err(e) if mode == GpuMode::Nvml => {
                     return Err(StartError::NvmlRequired(e.to_string()))
@@ -228,6 +234,54 @@ async fn open_gpu(
             }
         }
     })
+}
+
+/// Whether NVML's library loads at all, asked here on the loop's thread: on a machine
+/// without an NVIDIA driver (the common case for `--gpu auto`) the answer comes from the
+/// dynamic loader in microseconds, with no NVML thread started and waited for. A library
+/// that loads stays loaded: the NVML thread's own load then finds it in memory. Only
+/// loading is done here — NVML's init, which can hang on a wedged driver, stays on its
+/// thread with its timeout.
+fn library_loads(lib: Option<&std::path::Path>) -> Result<(), crate::telemetry::nvml::NvmlFailure> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = lib.map_or_else(
+        || {
+            std::ffi::OsStr::new("libnvidia-ml.so.1")
+                .as_bytes()
+                .to_vec()
+        },
+        |p| p.as_os_str().as_bytes().to_vec(),
+    );
+    let shown = String::from_utf8_lossy(&name).into_owned();
+    let failure = |message: String| crate::telemetry::nvml::NvmlFailure::Load {
+        lib: shown.clone(),
+        message,
+    };
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| failure("the library could not be loaded: a NUL in its name".into()))?;
+    // SAFETY: a valid NUL-terminated name; the handle is kept (never closed) on success.
+    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
+    if !handle.is_null() {
+        return Ok(());
+    }
+    // SAFETY: dlerror returns the message of the dlopen that just failed on this thread
+    // (or null), valid until the next dl* call here.
+    let text = unsafe {
+        let e = libc::dlerror();
+        if e.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned()
+        }
+    };
+    // The words NVML's own loader uses (`telemetry/nvml.rs`).
+    Err(failure(
+        if text.contains("No such file") || text.contains("cannot open shared object") {
+            format!("the library was not found (no NVIDIA driver on this machine?): {text}")
+        } else {
+            format!("the library could not be loaded: {text}")
+        },
+    ))
 }
 
 /// The rate from what is on the box without asking anyone: the flag, energy, the per-GPU

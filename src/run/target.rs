@@ -86,12 +86,9 @@ impl JobTarget {
             progress: tx,
             log,
         };
-        let streams = [
-            (job.stdout.take().map(|s| s.into_owned_fd()), 1),
-            (job.stderr.take().map(|s| s.into_owned_fd()), 2),
-        ];
+        let streams = [(job.stdout.take(), 1), (job.stderr.take(), 2)];
         for (from, to) in streams {
-            let Some(Ok(from)) = from else { continue };
+            let Some(from) = from else { continue };
             let to = if echo { dup_fd(to).ok() } else { None };
             output::spawn_pump(from, to, sinks.clone()).map_err(SpawnError::Pipe)?;
         }

@@ -63,6 +63,7 @@ fn adopt(fd: i32) -> File {
 
 /// Runs the holder; returns its exit code.
 pub fn main(o: &Opts) -> u8 {
+    crate::timing::mark("holder");
     let mut status = Status(adopt(o.status_fd));
     let control = o.control_fd.map(adopt);
     if let Some(c) = &control {
@@ -84,6 +85,7 @@ pub fn main(o: &Opts) -> u8 {
     let Some(leader) = spawn_job(o.command, o.cgroup, &mut status) else {
         return 1;
     };
+    crate::timing::mark("job-spawned");
     status.say(&format!("spawned {leader}"));
     if let Some(dir) = o.cgroup {
         let leaf = Leaf {
@@ -152,40 +154,14 @@ fn block_signals() -> SigSet {
     set
 }
 
-/// Starts the job (joining the cgroup leaf before exec); its pid, or None after saying why.
+/// Starts the job inside the cgroup leaf (`spawn.rs`); its pid, or None after saying why.
 fn spawn_job(command: &[OsString], cgroup: Option<&Path>, status: &mut Status) -> Option<i32> {
-    let Some((program, args)) = command.split_first() else {
-        status.say(&format!("execfailed {}", libc::ENOENT));
-        return None;
-    };
-    // The job (not the holder) joins the cgroup leaf: `cgroup.kill` then ends the whole job
+    // The job (not the holder) is in the cgroup leaf: `cgroup.kill` then ends the whole job
     // but never the holder, which must live to report the leader's status.
-    let procs_path = cgroup.and_then(|d| {
-        std::ffi::CString::new(d.join("cgroup.procs").as_os_str().as_encoded_bytes()).ok()
-    });
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(args);
-    // SAFETY: between fork and exec we only make async-signal-safe calls (open, write,
-    // close, sigemptyset, pthread_sigmask) on a path prepared before the fork.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            if let Some(p) = &procs_path {
-                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd >= 0 {
-                    libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                }
-            }
-            let mut empty = std::mem::zeroed::<libc::sigset_t>();
-            libc::sigemptyset(&mut empty);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            Ok(())
-        });
-    }
-    match cmd.spawn() {
-        Ok(child) => Some(child.id() as i32),
-        Err(e) => {
-            let errno = e.raw_os_error().unwrap_or(libc::EACCES);
+    let started = super::spawn::Prepared::new(command, cgroup).and_then(|p| p.spawn());
+    match started {
+        Ok(pid) => Some(pid),
+        Err(errno) => {
             status.say(&format!("execfailed {errno}"));
             None
         }
@@ -206,10 +182,12 @@ fn reap_until_done(
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) if pid.as_raw() == leader => {
+                    crate::timing::mark("job-ended");
                     leader_done = true;
                     status.say(&format!("exited {code}"));
                 }
                 Ok(WaitStatus::Signaled(pid, sig, _)) if pid.as_raw() == leader => {
+                    crate::timing::mark("job-ended");
                     leader_done = true;
                     status.say(&format!("signaled {}", sig as i32));
                 }

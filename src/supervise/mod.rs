@@ -1,7 +1,8 @@
 //! Spawning the job under the holder, and the job as a scope of the kill protocol.
 //!
-//! The job runs under `costguard __hold` (see `hold.rs`) in its own process group, in a
-//! cgroup v2 leaf when one can be made. Its members are the tree walk below the holder ∪ the
+//! The job runs under the holder (`hold.rs`; a fork of costguard, not a second exec:
+//! `holder.rs`) in its own process group, in a cgroup v2 leaf when one can be made (the job
+//! is created inside it: `spawn.rs`). Its members are the tree walk below the holder ∪ the
 //! cgroup's members; "nothing is left" is the holder's exit: it is a subreaper that exits
 //! only when it has no children, so the leader exiting never counts. The kill itself is
 //! `kill.rs`, the one protocol every caller uses.
@@ -9,28 +10,23 @@
 pub mod cgroup;
 pub mod deadman;
 pub mod hold;
+mod holder;
 pub mod kill;
 mod lost;
+mod spawn;
 pub mod tree;
 
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::process::Stdio;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
-use tokio::process::{ChildStderr, ChildStdout};
 use tokio::sync::{mpsc, watch};
 
 use crate::exit::JobStatus;
 use cgroup::Leaf;
-
-/// The fd numbers the holder finds its status pipe, its deadline pipe and its record on.
-const STATUS_FD: i32 = 3;
-const CONTROL_FD: i32 = 4;
-const RECORD_FD: i32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
@@ -88,8 +84,9 @@ pub struct Job {
     /// Processes found below the holder but outside the cgroup leaf (escaped it).
     escaped: Vec<i32>,
     msgs: Option<mpsc::UnboundedReceiver<HolderMsg>>,
-    pub stdout: Option<ChildStdout>,
-    pub stderr: Option<ChildStderr>,
+    /// The job's stdout and stderr, when captured (`SpawnOpts::capture`).
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
     /// The holder's exit status, once it has exited (a task waits on it).
     exit: watch::Receiver<Option<std::process::ExitStatus>>,
     /// The job's leader, once the holder has said it started.
@@ -150,14 +147,14 @@ pub fn prepare_supervisor() {
     }
 }
 
-/// The descriptors the holder inherits, each numbered 10 or above (so that moving them to
-/// 3, 4 and 5 in the child never overwrites one another) and close-on-exec here.
+/// The holder's descriptors and costguard's ends of them, each of the holder's numbered 10
+/// or above and close-on-exec here.
 struct HolderFds {
     status_rd: OwnedFd,
-    status_wr: OwnedFd,
-    control_rd: OwnedFd,
     control_wr: OwnedFd,
-    record: Option<OwnedFd>,
+    /// The job's stdout and stderr, read here, when its output is captured.
+    output: Option<(OwnedFd, OwnedFd)>,
+    theirs: holder::Inherited,
 }
 
 fn high(fd: OwnedFd) -> std::io::Result<OwnedFd> {
@@ -189,17 +186,28 @@ impl HolderFds {
         let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
         let (status_rd, status_wr) = nix::unistd::pipe2(cloexec)?;
         let (control_rd, control_wr) = nix::unistd::pipe2(cloexec)?;
+        let (output, theirs_output) = if opts.capture {
+            let (out_rd, out_wr) = nix::unistd::pipe2(cloexec)?;
+            let (err_rd, err_wr) = nix::unistd::pipe2(cloexec)?;
+            (Some((out_rd, err_rd)), Some((high(out_wr)?, high(err_wr)?)))
+        } else {
+            (None, None)
+        };
         Ok(HolderFds {
             status_rd,
-            status_wr: high(status_wr)?,
-            control_rd: high(control_rd)?,
             control_wr,
-            record: opts
-                .record
-                .as_deref()
-                .and_then(open_record)
-                .map(high)
-                .transpose()?,
+            output,
+            theirs: holder::Inherited {
+                status: high(status_wr)?,
+                control: high(control_rd)?,
+                record: opts
+                    .record
+                    .as_deref()
+                    .and_then(open_record)
+                    .map(high)
+                    .transpose()?,
+                output: theirs_output,
+            },
         })
     }
 
@@ -219,64 +227,10 @@ impl HolderFds {
     }
 }
 
-/// `costguard __hold …` with the descriptors moved into place between fork and exec.
-fn holder_command(
-    exe: &std::path::Path,
-    leaf: Option<&Leaf>,
-    fds: &HolderFds,
-    command: &[OsString],
-    capture: bool,
-) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("__hold")
-        .arg("--status-fd")
-        .arg(STATUS_FD.to_string())
-        .arg("--control-fd")
-        .arg(CONTROL_FD.to_string());
-    if fds.record.is_some() {
-        cmd.arg("--record-fd").arg(RECORD_FD.to_string());
-    }
-    if let Some(l) = leaf {
-        cmd.arg("--cgroup").arg(&l.dir);
-    }
-    cmd.arg("--").args(command);
-    cmd.process_group(0);
-    if capture {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    }
-    let moves = [
-        (fds.status_wr.as_raw_fd(), STATUS_FD),
-        (fds.control_rd.as_raw_fd(), CONTROL_FD),
-        (fds.record.as_ref().map_or(-1, |f| f.as_raw_fd()), RECORD_FD),
-    ];
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-    // calls (prctl, dup2, signal) on values prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                hold::PARENT_DEATH_SIGNAL as libc::c_ulong,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            for (from, to) in moves {
-                if from >= 0 && libc::dup2(from, to) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            libc::signal(libc::SIGTTOU, libc::SIG_DFL);
-            libc::signal(libc::SIGTTIN, libc::SIG_DFL);
-            Ok(())
-        });
-    }
-    cmd
-}
-
 impl Job {
-    /// Starts `command` under the holder, which holds `opts.deadline` from its start.
+    /// Starts `command` under the holder (a fork of costguard, `holder.rs`), which holds
+    /// `opts.deadline` from its start.
     pub fn spawn(command: &[OsString], opts: SpawnOpts) -> Result<Job, SpawnError> {
-        let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
         let fds = HolderFds::open(&opts).map_err(SpawnError::Pipe)?;
         let control = fds.control(&opts).map_err(SpawnError::Pipe)?;
         let leaf = if opts.use_cgroup {
@@ -284,33 +238,34 @@ impl Job {
         } else {
             None
         };
-        let mut cmd = holder_command(&exe, leaf.as_ref(), &fds, command, opts.capture);
-        let mut holder = cmd.spawn().map_err(|source| SpawnError::Holder {
-            exe: exe.display().to_string(),
-            source,
-        })?;
+        crate::timing::mark("leaf");
+        let start = holder::Start {
+            cgroup: leaf.as_ref().map(|l| l.dir.clone()),
+            command: command.to_vec(),
+        };
+        let holder_pid =
+            holder::fork(&fds.theirs, &start).map_err(|source| SpawnError::Holder {
+                exe: "costguard (fork)".into(),
+                source,
+            })?;
+        crate::timing::mark("holder-started");
         // Our copies of the holder's ends go now: the status pipe's end of file must mean
         // the holder is gone.
         let HolderFds {
             status_rd,
-            status_wr,
-            control_rd,
             control_wr,
-            record,
+            output,
+            theirs,
         } = fds;
-        drop((status_wr, control_rd, control_wr, record));
-        let holder_pid = holder.id().map(|p| p as i32).unwrap_or(-1);
-        let (msgs, leader) = read_status(status_rd)?;
-        let stdout = holder.stdout.take();
-        let stderr = holder.stderr.take();
+        drop((control_wr, theirs));
         let (exit_tx, exit) = watch::channel(None);
-        tokio::spawn(async move {
-            let st = holder.wait().await.unwrap_or_else(|_| {
-                // Unknown is not success: a failed status makes the kill sweep for orphans.
-                std::os::unix::process::ExitStatusExt::from_raw(1 << 8)
-            });
+        holder::watch_exit(holder_pid, move |st| {
+            crate::timing::mark("holder-reaped");
             let _ = exit_tx.send(Some(st));
-        });
+        })
+        .map_err(SpawnError::Pipe)?;
+        let (msgs, leader) = read_status(status_rd)?;
+        let (stdout, stderr) = output.unzip();
         Ok(Job {
             holder_pid,
             leaf,

@@ -174,12 +174,14 @@ pub async fn open(
         }
         r => r?,
     };
+    crate::timing::mark("prepared");
     if kind == TargetKind::Agent && started.gpu.is_none() {
         return Err(GuardError::Agent(no_gpu_for_agent("--gpu none")));
     }
     let started_wall = SystemTime::now();
     let mut notices = Vec::new();
     let claim = Recorder::claim(&settings, base_id, &mut notices).await?;
+    crate::timing::mark("claimed");
     tidy_resume_notice(&settings, &mut notices);
     if let (TargetKind::Job, Some(why)) =
         (kind, claim.prev.as_ref().and_then(|p| spent(&settings, p)))
@@ -194,6 +196,7 @@ pub async fn open(
     }
     let run_id = claim.id.clone();
     let mut rec = Recorder::start(claim)?;
+    crate::timing::mark("recorded");
     let record_errors = rec.take_errors();
     notices.extend(started.notices.iter().cloned());
     let prev = rec.prev.clone().unwrap_or_default();
@@ -250,6 +253,7 @@ pub async fn open(
         kill_started: None,
     };
     s.announce(&started.pricing, listening);
+    crate::timing::mark("opened");
     Ok(s)
 }
 
