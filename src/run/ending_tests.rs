@@ -413,3 +413,59 @@ fn an_agent_with_a_target_at_the_ceiling_kills_at_once() {
     );
     assert!(st.armed_text().is_none());
 }
+
+#[test]
+fn steps_too_quick_for_the_poll_are_on_record_as_what_the_phase_says_they_did() {
+    let steps = |seen: Option<usize>| {
+        let base = state(limits(), fixed(3600.0), Carried::default(), TargetKind::Job);
+        let mut st = RunState::new(Init {
+            phase: Some(PhaseInfo {
+                name: "p1".into(),
+                index: 0,
+                total: 1,
+                expected: None,
+                step_key: Some("seed".into()),
+                step_values: vec!["1".into(), "2".into(), "3".into()],
+                step: seen.map(|n| (n, s(1.0))),
+                step_times: Vec::new(),
+            }),
+            ..init_of(&base)
+        });
+        st.set_rules(EndRules {
+            plan: Some(PlanRules {
+                total: 1,
+                last: true,
+                ..PlanRules::default()
+            }),
+            ..EndRules::default()
+        });
+        st
+    };
+    let outcomes = |st: &mut RunState, leader: JobStatus| {
+        let v = st.verdict(&Ending::Leader(leader), Some(leader), &[]);
+        let c = st.conclude(&v, s(2.0), &mut Vec::new());
+        let rec = c.phase.expect("the phase on record");
+        rec.steps
+            .iter()
+            .map(|r| r.outcome.clone())
+            .collect::<Vec<_>>()
+    };
+    // The poll saw only seed 1 start; the phase completed: every seed ran.
+    let mut st = steps(Some(1));
+    assert_eq!(
+        outcomes(&mut st, JobStatus::Exited(0)),
+        ["completed", "completed", "completed"]
+    );
+    // It saw seed 3 start and the phase failed there: seeds 1 and 2 ran before it.
+    let mut st = steps(Some(3));
+    assert_eq!(
+        outcomes(&mut st, JobStatus::Exited(1)),
+        ["completed", "completed", "failed"]
+    );
+    // It saw seed 1 and the phase failed: the later seeds never ran.
+    let mut st = steps(Some(1));
+    assert_eq!(
+        outcomes(&mut st, JobStatus::Exited(1)),
+        ["failed", "not run", "not run"]
+    );
+}

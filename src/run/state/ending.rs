@@ -164,8 +164,10 @@ impl RunState {
                     (None, Some((n, t0))) if n == i + 1 => {
                         (outcome.as_str(), Some(now.saturating_sub(t0).as_secs_f64()))
                     }
-                    // Too quick for the poll: a completed phase ran them all.
-                    (None, None) if outcome == Outcome::Completed => ("completed", None),
+                    // Too quick for the poll: a step before the one seen ran, and a
+                    // completed phase ran them all.
+                    (None, Some((n, _))) if i + 1 < n => ("completed", None),
+                    (None, _) if outcome == Outcome::Completed => ("completed", None),
                     (None, None) if i == 0 => (outcome.as_str(), None),
                     _ => ("not run", None),
                 };
