@@ -5,7 +5,9 @@ use nix::sys::signal::Signal;
 
 use super::action::{Action, Ending, LoopEvent};
 use super::state::{Carried, EndRules, Init, PhaseInfo, PlanRules, RunState, TargetKind};
-use super::state_tests::{events, fixed, init_of, limits, run_until, s, sample, state, unpriced};
+use super::state_tests::{
+    events, fixed, init_of, limits, phase_info, run_until, s, sample, state, unpriced,
+};
 use crate::events::{EventKind, KillReason};
 use crate::exit::JobStatus;
 use crate::ledger::{Outcome, PhaseRecord, RecordState};
@@ -129,16 +131,7 @@ fn the_verdict_follows_the_ending_and_the_leaders_status() {
 fn phase(index: usize, total: usize, done: Vec<PhaseRecord>, abort: bool, lim: Limits) -> RunState {
     let base = state(lim, fixed(3600.0), Carried::default(), TargetKind::Job);
     let mut st = RunState::new(Init {
-        phase: Some(PhaseInfo {
-            name: format!("p{}", index + 1),
-            index,
-            total,
-            expected: None,
-            step_key: None,
-            step_values: Vec::new(),
-            step: None,
-            step_times: Vec::new(),
-        }),
+        phase: Some(phase_info(&format!("p{}", index + 1), index, total)),
         ..init_of(&base)
     });
     st.set_rules(EndRules {
@@ -420,14 +413,10 @@ fn steps_too_quick_for_the_poll_are_on_record_as_what_the_phase_says_they_did() 
         let base = state(limits(), fixed(3600.0), Carried::default(), TargetKind::Job);
         let mut st = RunState::new(Init {
             phase: Some(PhaseInfo {
-                name: "p1".into(),
-                index: 0,
-                total: 1,
-                expected: None,
                 step_key: Some("seed".into()),
                 step_values: vec!["1".into(), "2".into(), "3".into()],
                 step: seen.map(|n| (n, s(1.0))),
-                step_times: Vec::new(),
+                ..phase_info("p1", 0, 1)
             }),
             ..init_of(&base)
         });

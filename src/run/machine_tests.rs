@@ -8,10 +8,10 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::action::{Action, Done, LoopEvent};
-use super::state::{
-    Carried, EndRules, Init, PhaseInfo, PlanRules, ReleaseRules, RunState, Stage, TargetKind,
+use super::state::{Carried, EndRules, Init, PlanRules, ReleaseRules, RunState, Stage, TargetKind};
+use super::state_tests::{
+    fixed, init_of, limits, phase_info, run_until, s, sample, state, unpriced,
 };
-use super::state_tests::{fixed, init_of, limits, run_until, s, sample, state, unpriced};
 use crate::cloud::release::On;
 use crate::events::{Event, EventKind};
 use crate::exit::JobStatus;
@@ -413,16 +413,7 @@ fn phase_of_two(index: usize, done: Vec<crate::ledger::PhaseRecord>) -> RunState
     };
     let base = state(lim, fixed(3600.0), Carried::default(), TargetKind::Job);
     let mut st = RunState::new(Init {
-        phase: Some(PhaseInfo {
-            name: format!("p{}", index + 1),
-            index,
-            total: 2,
-            expected: None,
-            step_key: None,
-            step_values: Vec::new(),
-            step: None,
-            step_times: Vec::new(),
-        }),
+        phase: Some(phase_info(&format!("p{}", index + 1), index, 2)),
         ..init_of(&base)
     });
     st.set_rules(EndRules {

@@ -260,6 +260,20 @@ fn with_fleet(kind: TargetKind, max_usd: f64, source: &str) -> RunState {
     })
 }
 
+/// Phase `index` of `total`, named `name`, without steps or expectations.
+pub(super) fn phase_info(name: &str, index: usize, total: usize) -> PhaseInfo {
+    PhaseInfo {
+        name: name.into(),
+        index,
+        total,
+        expected: None,
+        step_key: None,
+        step_values: Vec::new(),
+        step: None,
+        step_times: Vec::new(),
+    }
+}
+
 pub(super) fn init_of(st: &RunState) -> Init {
     Init {
         t0: st.t0(),
@@ -321,16 +335,7 @@ fn a_phase_cap_kills_at_the_phase_wall_and_events_name_the_phase() {
     };
     let mut st = state(lim, fixed(3600.0), carried, TargetKind::Job);
     st = RunState::new(Init {
-        phase: Some(PhaseInfo {
-            name: "train".into(),
-            index: 1,
-            total: 3,
-            expected: None,
-            step_key: None,
-            step_values: Vec::new(),
-            step: None,
-            step_times: Vec::new(),
-        }),
+        phase: Some(phase_info("train", 1, 3)),
         ..init_of(&st)
     });
     let acts = run_until(&mut st, s(60.0));
