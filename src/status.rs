@@ -30,12 +30,9 @@ pub struct RunView {
     pub spend_dollars: f64,
     pub wasted_dollars: f64,
     pub rate_dollars_per_hour: Option<f64>,
-    pub rate_source: &'static str,
-    pub rate_text: Option<String>,
-    pub provider: Option<&'static str>,
-    pub instance_type: Option<String>,
-    pub region: Option<String>,
-    pub spot: Option<bool>,
+    /// `rate_source`, `rate_text`, `provider`, `instance_type`, `region`, `spot`.
+    #[serde(flatten)]
+    pub rate: RateView,
     pub preempted: Option<String>,
     pub budget_dollars: Option<f64>,
     pub budget_remaining_dollars: Option<f64>,
@@ -69,6 +66,22 @@ pub struct RunView {
     /// `null` once ended without a report; absent while running.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report_path: Option<Option<String>>,
+}
+
+/// Where the rate comes from and the box it was found on.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct RateView {
+    /// flag, live, catalog, gpu-table, energy, none.
+    pub rate_source: &'static str,
+    /// "$21.96/h from aws p4d.24xlarge us-west-2 on-demand (catalog 2026-11)".
+    pub rate_text: Option<String>,
+    pub provider: Option<&'static str>,
+    pub instance_type: Option<String>,
+    pub region: Option<String>,
+    pub spot: Option<bool>,
+    /// Whether detection has answered yet.
+    #[serde(skip)]
+    pub detected: bool,
 }
 
 /// A plan's phase and the phases on record.

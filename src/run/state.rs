@@ -32,20 +32,7 @@ pub use armed::Stage;
 pub use closing::STOPPED_TOGETHER;
 pub use ending::{Conclusion, EndRules, PlanRules, ReleaseRules, Verdict};
 
-/// Where the rate comes from and the box it was found on.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct RateView {
-    /// flag, live, catalog, gpu-table, energy, none.
-    pub rate_source: &'static str,
-    /// "$21.96/h from aws p4d.24xlarge us-west-2 on-demand (catalog 2026-11)".
-    pub rate_text: Option<String>,
-    pub provider: Option<&'static str>,
-    pub instance_type: Option<String>,
-    pub region: Option<String>,
-    pub spot: Option<bool>,
-    /// Whether detection has answered yet.
-    pub detected: bool,
-}
+pub use crate::status::RateView;
 
 /// What is guarded: the wrapped job's tree, or the agent's GPU processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
