@@ -1,4 +1,5 @@
-//! The holder: a small single-threaded helper (`costguard __hold`) that is the job's parent.
+//! The holder: a small single-threaded helper forked from costguard (`holder.rs`; named
+//! `costguard-hold`) that is the job's parent.
 //!
 //! It is a child subreaper, so every orphan of the job (a `setsid` daemon, a double fork)
 //! re-parents to it instead of to init, and it reaps them all. It reports the leader's pid

@@ -1,4 +1,4 @@
-//! The job after its holder was killed from outside (`kill -9` of `costguard __hold`): the
+//! The job after its holder was killed from outside (`kill -9` of `costguard-hold`): the
 //! holder can no longer report or reap, and the job's processes re-parent to costguard (a
 //! subreaper) — they must be ended, never left running unguarded.
 //!
