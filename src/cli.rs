@@ -54,9 +54,6 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Sub {
-    /// Internal: the helper that holds the job's process tree. Not for direct use.
-    #[command(name = "__hold", hide = true)]
-    Hold(HoldArgs),
     /// Notification tools.
     #[command(subcommand)]
     Notify(NotifyCmd),
@@ -249,55 +246,6 @@ pub enum NotifyCmd {
     /// Send a test event to every configured channel and report each one.
     /// Exit 0 when all delivered, 1 when any failed, 125 when none is configured.
     Test(Box<Guard>),
-}
-
-impl HoldArgs {
-    /// Parses `__hold --status-fd N [--control-fd N] [--record-fd N] [--cgroup DIR] --
-    /// COMMAND…` by hand: the holder is on
-    /// the path of every job's start, and clap's parse of the whole CLI is most of its cost.
-    /// `args` starts after `__hold`; None when they are not in this exact shape.
-    pub fn parse_fast(args: &[OsString]) -> Option<HoldArgs> {
-        let mut it = args.iter();
-        let mut out = HoldArgs {
-            status_fd: -1,
-            control_fd: None,
-            record_fd: None,
-            cgroup: None,
-            command: Vec::new(),
-        };
-        while let Some(a) = it.next() {
-            match a.to_str()? {
-                "--status-fd" => out.status_fd = it.next()?.to_str()?.parse().ok()?,
-                "--control-fd" => out.control_fd = Some(it.next()?.to_str()?.parse().ok()?),
-                "--record-fd" => out.record_fd = Some(it.next()?.to_str()?.parse().ok()?),
-                "--cgroup" => out.cgroup = Some(PathBuf::from(it.next()?)),
-                "--" => {
-                    out.command = it.cloned().collect();
-                    break;
-                }
-                _ => return None,
-            }
-        }
-        (out.status_fd >= 0 && !out.command.is_empty()).then_some(out)
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct HoldArgs {
-    /// File descriptor to report the job's pid and status on.
-    #[arg(long)]
-    pub status_fd: i32,
-    /// File descriptor costguard sends kill deadlines on.
-    #[arg(long)]
-    pub control_fd: Option<i32>,
-    /// File descriptor of the file to record a deadline kill in.
-    #[arg(long)]
-    pub record_fd: Option<i32>,
-    /// cgroup v2 directory to join before starting the job.
-    #[arg(long)]
-    pub cgroup: Option<PathBuf>,
-    #[arg(last = true, required = true)]
-    pub command: Vec<OsString>,
 }
 
 /// Flags as clap parsed them, with where clap took each one from: the command line, the
@@ -924,42 +872,4 @@ pub struct GuardArgs {
         allow_hyphen_values = true
     )]
     pub notify_timeout: Option<String>,
-}
-
-#[cfg(test)]
-mod hold_args_tests {
-    use super::*;
-
-    fn os(v: &[&str]) -> Vec<OsString> {
-        v.iter().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn the_holder_parses_its_own_arguments() {
-        let h = HoldArgs::parse_fast(&os(&[
-            "--status-fd",
-            "3",
-            "--control-fd",
-            "4",
-            "--record-fd",
-            "5",
-            "--cgroup",
-            "/cg/x",
-            "--",
-            "sh",
-            "-c",
-            "--",
-        ]))
-        .expect("parsed");
-        assert_eq!(h.status_fd, 3);
-        assert_eq!((h.control_fd, h.record_fd), (Some(4), Some(5)));
-        assert_eq!(h.cgroup.as_deref(), Some(std::path::Path::new("/cg/x")));
-        assert_eq!(h.command, os(&["sh", "-c", "--"]));
-        assert!(
-            HoldArgs::parse_fast(&os(&["--status-fd", "3", "--"])).is_none(),
-            "no command"
-        );
-        assert!(HoldArgs::parse_fast(&os(&["--bogus", "--", "x"])).is_none());
-        assert!(HoldArgs::parse_fast(&os(&["--status-fd", "x", "--", "y"])).is_none());
-    }
 }

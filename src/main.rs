@@ -40,26 +40,8 @@ fn preflight(settings: &Settings) -> bool {
     ok
 }
 
-/// The holder (`costguard __hold`): single-threaded, no runtime, no logging.
-fn hold(h: &costguard::cli::HoldArgs) -> u8 {
-    costguard::supervise::hold::main(&costguard::supervise::hold::Opts {
-        status_fd: h.status_fd,
-        control_fd: h.control_fd,
-        record_fd: h.record_fd,
-        cgroup: h.cgroup.as_deref(),
-        command: &h.command,
-    })
-}
-
 fn main() -> ExitCode {
-    // The holder first, without clap: it is on the path of every job's start.
     costguard::timing::mark("main");
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == "__hold") {
-        if let Some(h) = costguard::cli::HoldArgs::parse_fast(&args[2..]) {
-            return ExitCode::from(hold(&h));
-        }
-    }
     costguard::supervise::reset_signals();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -76,10 +58,6 @@ fn main() -> ExitCode {
         }
     };
     costguard::timing::mark("clap");
-    if let Some(Sub::Hold(h)) = &cli.subcommand {
-        // The holder stays single-threaded: no runtime, no logging.
-        return ExitCode::from(hold(h));
-    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("COSTGUARD_LOG"))
         .with_writer(std::io::stderr)
@@ -100,7 +78,7 @@ fn main() -> ExitCode {
         Some(Sub::Notify(NotifyCmd::Test(a))) => (*a, Vec::new(), false, false, Mode::NotifyTest),
         Some(Sub::Run(r)) => (r.guard, r.command, r.detach, r.no_preflight, Mode::Run),
         Some(Sub::Check(r)) => (r.guard, r.command, false, false, Mode::Check),
-        Some(Sub::Hold(_)) | None => (cli.guard, cli.command, false, false, Mode::Run),
+        None => (cli.guard, cli.command, false, false, Mode::Run),
     };
     costguard::timing::mark("parsed");
     let settings = match Settings::resolve_run(&args, no_preflight) {
