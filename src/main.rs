@@ -41,6 +41,7 @@ fn preflight(settings: &Settings) -> bool {
 }
 
 fn main() -> ExitCode {
+    costguard::timing::started();
     costguard::timing::mark("main");
     costguard::supervise::reset_signals();
     let cli = match Cli::try_parse() {

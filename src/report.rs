@@ -34,11 +34,21 @@ fn round_up_money(d: f64) -> f64 {
 /// Writes `timeline.svg` (from `series.json` and the event log) and `report.md`, which embeds
 /// the timeline when it could be written. Returns the report's text and whether it was saved.
 pub fn write_report(dir: &std::path::Path, l: &Ledger) -> (String, std::io::Result<()>) {
-    let events = crate::ledger::read_events(dir);
     let series = crate::series::Series::load(dir).unwrap_or_default();
+    write_with(dir, l, &series)
+}
+
+/// [`write_report`] with the run's series at hand (the run that just ended has it in
+/// memory: nothing is read back).
+pub fn write_with(
+    dir: &std::path::Path,
+    l: &Ledger,
+    series: &crate::series::Series,
+) -> (String, std::io::Result<()>) {
+    let events = crate::ledger::read_events(dir);
     let title = format!("costguard run {}: {}", l.run_id, l.state.as_str());
     let marks: Vec<_> = events.iter().filter_map(crate::series::Mark::of).collect();
-    let svg = crate::timeline::render(&series, &marks, l.budget_dollars, &title);
+    let svg = crate::timeline::render(series, &marks, l.budget_dollars, &title);
     let pictured = crate::fsutil::write_replace(&dir.join("timeline.svg"), svg.as_bytes()).is_ok();
     let mut text = render(l, &events);
     if pictured {

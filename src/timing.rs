@@ -45,3 +45,24 @@ pub fn mark(step: &str) {
     // SAFETY: writing a valid buffer to fd 2; a closed or full stderr only loses the line.
     unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
 }
+
+/// The instant `main` began, once [`started`] has been called there.
+static STARTED: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
+/// Notes that the process begins now; called first thing in `main`.
+pub fn started() {
+    let mut s = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+    s.get_or_insert_with(std::time::Instant::now);
+}
+
+/// Where a session's clock starts: for the process's first session, the instant `main`
+/// began (as `timeout` counts from its own start, so the wall and dollar ceilings count
+/// costguard's own start-up against the job — never later than the job's start); for any
+/// later one (a plan's next phase) and without [`started`], now.
+pub fn session_start() -> std::time::Instant {
+    STARTED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .unwrap_or_else(std::time::Instant::now)
+}

@@ -25,6 +25,10 @@ pub struct Recorder {
     tx: watch::Sender<Ledger>,
     ev_tx: mpsc::UnboundedSender<Event>,
     task: tokio::task::JoinHandle<Result<(), String>>,
+    /// Fired by the writer once every event sent is in the event log.
+    drained: tokio::sync::oneshot::Receiver<()>,
+    /// `config.json`, written beside the job's start; awaited at the close.
+    config: Option<tokio::task::JoinHandle<()>>,
     /// Write failures of the record, for the run loop to raise (taken once).
     errors: Option<mpsc::UnboundedReceiver<RecordNews>>,
     /// One costguard per run id: held until the record is closed; the kernel releases it
@@ -280,8 +284,10 @@ fn spawn_writer(
     mut rx: watch::Receiver<Ledger>,
     mut ev_rx: mpsc::UnboundedReceiver<Event>,
     errors: mpsc::UnboundedSender<RecordNews>,
+    drained: tokio::sync::oneshot::Sender<()>,
 ) -> tokio::task::JoinHandle<Result<(), String>> {
     tokio::spawn(async move {
+        let mut drained = Some(drained);
         let (mut ledger_open, mut events_open, mut pending) = (true, true, false);
         let mut failing = false;
         // The first ledger is already on disk (written before the job started): the next
@@ -313,7 +319,12 @@ fn spawn_writer(
                             Ok(()) => {}
                         }
                     }
-                    None => events_open = false,
+                    None => {
+                        events_open = false;
+                        if let Some(d) = drained.take() {
+                            let _ = d.send(());
+                        }
+                    }
                 },
                 c = rx.changed(), if ledger_open => match c {
                     Ok(()) => {
@@ -403,13 +414,16 @@ impl Recorder {
         let (tx, rx) = watch::channel(l);
         let (ev_tx, ev_rx) = mpsc::unbounded_channel::<Event>();
         let (err_tx, errors) = mpsc::unbounded_channel();
-        let task = spawn_writer(c.dir.clone(), rx, ev_rx, err_tx);
+        let (drained_tx, drained) = tokio::sync::oneshot::channel();
+        let task = spawn_writer(c.dir.clone(), rx, ev_rx, err_tx, drained_tx);
         Ok(Recorder {
             run_dir: c.dir,
             prev: c.prev,
             tx,
             ev_tx,
             task,
+            drained,
+            config: None,
             errors: Some(errors),
             _lock: c.lock,
         })
@@ -440,18 +454,58 @@ impl Recorder {
     /// Lets the writer drain the events and write the latest ledger, and waits for it. The
     /// ledger as last written, or why it could not be.
     pub async fn close(self) -> (Ledger, Result<(), String>) {
+        let (last, written, ()) = self.close_then(|_| async {}).await;
+        (last, written)
+    }
+
+    /// [`Recorder::close`], running `then` on the final ledger as soon as every event is in
+    /// the event log — beside the ledger's durable write, not after it.
+    pub async fn close_then<T, F>(
+        self,
+        then: impl FnOnce(Ledger) -> F,
+    ) -> (Ledger, Result<(), String>, T)
+    where
+        F: std::future::Future<Output = T>,
+    {
         let last = self.tx.borrow().clone();
+        let after = then(last.clone());
         drop(self.tx);
         drop(self.ev_tx);
-        let written = self
-            .task
-            .await
-            .unwrap_or_else(|e| Err(format!("the record writer failed: {e}")));
-        (last, written)
+        let drained = self.drained;
+        if let Some(c) = self.config {
+            let _ = c.await;
+        }
+        let (written, t) = tokio::join!(
+            async {
+                self.task
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the record writer failed: {e}")))
+            },
+            async {
+                // A writer that ended without saying so has nothing left to append either.
+                let _ = drained.await;
+                after.await
+            }
+        );
+        (last, written, t)
     }
 }
 
-pub fn write_config(dir: &std::path::Path, s: &Settings, command: &[OsString]) {
+impl Recorder {
+    /// The settings' snapshot, `config.json`, written in the background (the job's start
+    /// does not wait for it; the close does).
+    pub fn write_config(&mut self, s: &Settings, command: &[OsString]) {
+        let bytes = config_doc(s, command);
+        let dir = self.run_dir.clone();
+        self.config = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::fsutil::write_replace(&dir.join("config.json"), &bytes) {
+                crate::console::notice(format!("could not write config.json: {e}"));
+            }
+        }));
+    }
+}
+
+fn config_doc(s: &Settings, command: &[OsString]) -> Vec<u8> {
     let d = |x: Option<Duration>| x.map(|x| x.as_secs_f64());
     let doc = json!({
         "command": crate::redact::command_line(command),
@@ -478,10 +532,7 @@ pub fn write_config(dir: &std::path::Path, s: &Settings, command: &[OsString]) {
         "on_exit": s.on_exit.as_deref().map(|c| crate::redact::text(c).into_owned()),
         "no_preflight": s.no_preflight,
     });
-    let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-    if let Err(e) = crate::fsutil::write_replace(&dir.join("config.json"), &bytes) {
-        crate::console::notice(format!("could not write config.json: {e}"));
-    }
+    serde_json::to_vec_pretty(&doc).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -201,25 +201,32 @@ impl Sinks {
         })
     }
 
-    /// Writes the series now, after any write in progress (at the close: the report reads
-    /// it) — unless that write succeeded with the series as it still is.
-    pub async fn save_series(&mut self) {
-        let written = match self.series_write.take() {
-            Some(h) => h.await.unwrap_or(false),
-            None => false,
-        };
+    /// The series written, after any write in progress (at the close: the run's record holds
+    /// it) — unless that write succeeded with the series as it still is. Runs beside the
+    /// ledger's close: nothing here borrows the sinks.
+    pub fn finish_series(&mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let in_flight = self.series_write.take();
         self.series_saved = Some(std::time::Instant::now());
-        let now = self
-            .series
-            .read()
-            .ok()
-            .and_then(|s| serde_json::to_vec(&*s).ok());
-        if written && now.is_some() && now == self.series_bytes {
-            return;
+        let before = self.series_bytes.clone();
+        let job = self.series_job();
+        let after = self.series_bytes.clone();
+        async move {
+            let written = match in_flight {
+                Some(h) => h.await.unwrap_or(false),
+                None => false,
+            };
+            if written && after.is_some() && after == before {
+                return;
+            }
+            if let Some(job) = job {
+                let _ = tokio::task::spawn_blocking(job).await;
+            }
         }
-        if let Some(job) = self.series_job() {
-            let _ = tokio::task::spawn_blocking(job).await;
-        }
+    }
+
+    /// The run's series as it is now.
+    pub fn series_now(&self) -> crate::series::Series {
+        self.series.read().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// The target's processes, identified by start time, for a restart to find.

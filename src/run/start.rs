@@ -548,25 +548,73 @@ pub fn reserve_run_id(
 ) -> std::io::Result<(String, std::path::PathBuf)> {
     let runs = state_dir.join("runs");
     crate::fsutil::private_dir(&runs)?;
-    for n in 1u32.. {
-        let id = if n == 1 {
+    let id = |n: u32| {
+        if n == 1 {
             base.to_string()
         } else {
             format!("{base}-{n}")
-        };
-        let dir = runs.join(&id);
+        }
+    };
+    let mut n = first_free(|n| runs.join(id(n)).symlink_metadata().is_ok());
+    loop {
+        let dir = runs.join(id(n));
         match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok((id, dir)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Ok(()) => return Ok((id(n), dir)),
+            // Taken since it was looked at (another start of the same command): the next.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                n = n.checked_add(1).ok_or_else(|| {
+                    std::io::Error::other(format!("run ids {base}-N are exhausted"))
+                })?;
+            }
             Err(e) => return Err(e),
         }
     }
-    unreachable!("u32 run suffixes exhausted")
+}
+
+/// A suffix that is not `taken`, in a few lookups however many runs of one minute there are
+/// (a Slurm array starts hundreds): suffixes are handed out in order, so the first free one
+/// is found by doubling then halving. A gap (a run cleaned away) may be found instead of the
+/// end: any free suffix will do.
+fn first_free(taken: impl Fn(u32) -> bool) -> u32 {
+    if !taken(1) {
+        return 1;
+    }
+    let (mut lo, mut hi) = (1u32, 2u32);
+    while taken(hi) {
+        lo = hi;
+        hi = match hi.checked_mul(2) {
+            Some(h) => h,
+            None => return u32::MAX,
+        };
+    }
+    // taken(lo), !taken(hi)
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if taken(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_free_suffix_is_found_in_few_lookups() {
+        for used in [0u32, 1, 2, 3, 7, 8, 9, 100, 1000] {
+            let looked = std::cell::Cell::new(0);
+            let n = first_free(|n| {
+                looked.set(looked.get() + 1);
+                n <= used
+            });
+            assert_eq!(n, used + 1, "{used} taken");
+            assert!(looked.get() <= 24, "{used} taken: {} lookups", looked.get());
+        }
+    }
 
     #[test]
     fn run_ids_are_readable() {

@@ -12,8 +12,15 @@ pub struct Leaf {
     pub dir: PathBuf,
 }
 
-/// Where cgroup v2 is mounted, from /proc/self/mountinfo (fstype `cgroup2`).
+/// Where cgroup v2 is mounted: `/sys/fs/cgroup` when that is a cgroup2 filesystem (one
+/// `statfs`), else the first `cgroup2` line of /proc/self/mountinfo.
 fn mount_point() -> Option<PathBuf> {
+    const USUAL: &str = "/sys/fs/cgroup";
+    if nix::sys::statfs::statfs(USUAL)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+    {
+        return Some(PathBuf::from(USUAL));
+    }
     let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
     text.lines().find_map(|line| {
         let (pre, post) = line.split_once(" - ")?;

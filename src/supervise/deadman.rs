@@ -12,8 +12,9 @@
 //! complete. A kill by both is harmless anyway (the protocol signals only what is alive).
 //!
 //! Nothing the holder needs at kill time takes a new descriptor, a lock, a file open or the
-//! network: the pipe and the record file (`<run dir>/holder-kill.txt`) are opened by
-//! costguard before the holder starts and inherited as descriptors.
+//! network: the pipe and the run directory are opened by costguard before the holder starts
+//! and inherited as descriptors. The record (`<run dir>/holder-kill.txt`) is made in that
+//! directory only after the kill, so a run that needs no holder kill creates no file for it.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -141,16 +142,49 @@ impl Switch {
     }
 }
 
-/// The record file, opened by costguard in advance: the holder writes one account into it.
-pub struct Record(pub Option<File>);
+/// Where the holder gives its account of a kill: [`RECORD_FILE`], made on the first write
+/// in the run directory costguard opened for it (no link followed, no FIFO waited on, only
+/// a regular file written).
+pub struct Record {
+    dir: Option<File>,
+    file: Option<File>,
+}
 
 impl Record {
+    /// The record in the directory open on `dir` (None: nowhere to record).
+    pub fn new(dir: Option<File>) -> Record {
+        Record { dir, file: None }
+    }
+
     pub fn write(&mut self, text: &str) {
-        if let Some(f) = self.0.as_mut() {
+        if self.file.is_none() {
+            self.file = self.dir.as_ref().and_then(open_in);
+        }
+        if let Some(f) = self.file.as_mut() {
             let _ = f.write_all(text.as_bytes());
             let _ = f.sync_data();
         }
     }
+}
+
+fn open_in(dir: &File) -> Option<File> {
+    use std::os::fd::AsFd;
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_WRONLY
+        | OFlag::O_CREAT
+        | OFlag::O_APPEND
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_CLOEXEC;
+    let fd = nix::fcntl::openat(
+        dir.as_fd(),
+        RECORD_FILE,
+        flags,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .ok()?;
+    let f = File::from(fd);
+    f.metadata().ok()?.is_file().then_some(f)
 }
 
 /// costguard's end of the pipe: sends only what changed, never blocks (a full pipe drops

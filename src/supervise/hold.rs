@@ -8,7 +8,7 @@
 //! (PDEATHSIG, and `getppid()` polled as a backstop) and kills the whole tree within a second.
 //! It also holds costguard's current kill deadline (`deadman.rs`): when costguard has not
 //! begun its kill by then (a blocked loop, a stopped process), the holder kills the tree
-//! itself and says why in a file opened for it in advance.
+//! itself, then says why in a file it makes in the run directory opened for it in advance.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -44,7 +44,7 @@ pub struct Opts<'a> {
     pub status_fd: i32,
     /// The deadline pipe from costguard (`deadman.rs`).
     pub control_fd: Option<i32>,
-    /// The file to record a deadline kill in.
+    /// The run directory, to record a deadline kill in.
     pub record_fd: Option<i32>,
     pub cgroup: Option<&'a Path>,
     pub command: &'a [OsString],
@@ -75,7 +75,7 @@ pub fn main(o: &Opts) -> u8 {
     }
     let mut guard = Guard {
         switch: Switch::new(control),
-        record: Record(o.record_fd.map(adopt)),
+        record: Record::new(o.record_fd.map(adopt)),
         cgroup: o.cgroup,
     };
     let parent = getppid();
@@ -117,6 +117,12 @@ impl Guard<'_> {
             return;
         };
         let when = crate::events::unix_now();
+        status.say(&format!(
+            "warn deadline-kill: costguard had not begun its kill after {}; the holder is killing the job",
+            arm.why
+        ));
+        // The kill first: the record is a file made on the disk, which may be full or hung.
+        let r = kill_everything(self.cgroup, arm.grace);
         self.record.write(&format!(
             "at unix time {when:.3} the holder (pid {}) killed the job itself: costguard had not \
              begun its kill {}s after {}\n",
@@ -124,11 +130,6 @@ impl Guard<'_> {
             deadman::SLACK.as_secs(),
             arm.why
         ));
-        status.say(&format!(
-            "warn deadline-kill: costguard had not begun its kill after {}; the holder is killing the job",
-            arm.why
-        ));
-        let r = kill_everything(self.cgroup, arm.grace);
         self.record.write(&format!(
             "SIGTERM to {} processes, then {} after {:.3}s; survivors: {:?}\n",
             r.signalled,

@@ -70,7 +70,8 @@ pub struct SpawnOpts {
     /// inherited untouched.
     pub capture: bool,
     pub use_cgroup: bool,
-    /// Where the holder records a kill it makes itself (opened here, before it starts).
+    /// The run directory, where the holder records a kill it makes itself (opened here,
+    /// before it starts).
     pub record: Option<std::path::PathBuf>,
     /// The kill deadline the holder holds from its first instant: (deadline, grace, why).
     pub deadline: Option<(std::time::Instant, Duration, String)>,
@@ -163,22 +164,20 @@ fn high(fd: OwnedFd) -> std::io::Result<OwnedFd> {
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
 }
 
-/// Opens the record file without following a link or waiting on a FIFO; a regular file
-/// only, emptied (the resume already read what an earlier holder wrote).
-fn open_record(path: &std::path::Path) -> Option<OwnedFd> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    if !f.metadata().ok()?.is_file() {
-        return None;
+/// Opens the run directory the holder records a kill of its own in (`deadman::Record`),
+/// after taking away what an earlier holder recorded there (the resume already read it).
+fn open_record(dir: &std::path::Path) -> Option<OwnedFd> {
+    let stale = dir.join(deadman::RECORD_FILE);
+    // Only a file or a link is taken away; a directory in its place stays and fails the write.
+    if std::fs::symlink_metadata(&stale).is_ok_and(|m| !m.is_dir()) {
+        let _ = std::fs::remove_file(&stale);
     }
-    f.set_len(0).ok()?;
-    Some(f.into())
+    nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()
 }
 
 impl HolderFds {

@@ -18,8 +18,12 @@ impl Session {
         let now = self.now();
         self.publish(now);
         self.sinks.sample_series(&self.state, now);
-        self.sinks.save_series().await;
-        let rec = self.sinks.recorder.take()?;
+        let series_saved = self.sinks.finish_series();
+        let series = self.sinks.series_now();
+        let Some(rec) = self.sinks.recorder.take() else {
+            series_saved.await;
+            return None;
+        };
         let dir = rec.run_dir.clone();
         rec.update(|l| {
             l.state = state;
@@ -27,7 +31,14 @@ impl Session {
             l.outcome_detail = Some(detail.to_string());
             l.report_path = Some(dir.join("report.md"));
         });
-        let (ledger, saved) = rec.close().await;
+        // The series, the ledger and the report are written at once: none waits on another's
+        // disk. The report reads the event log once every event is in it.
+        let d = dir.clone();
+        let report = |l: crate::ledger::Ledger| async move {
+            let w = tokio::task::spawn_blocking(move || crate::report::write_with(&d, &l, &series));
+            matches!(w.await, Ok((_, Ok(()))))
+        };
+        let ((ledger, saved, reported), ()) = tokio::join!(rec.close_then(report), series_saved);
         if let Err(why) = saved {
             // The record is the budget: say so where it will be seen, and claim no report.
             crate::console::alert(format!(
@@ -36,10 +47,7 @@ impl Session {
             ));
             return None;
         }
-        let (d, l) = (dir.clone(), ledger.clone());
-        let written =
-            tokio::task::spawn_blocking(move || crate::report::write_report(&d, &l).1).await;
-        if !matches!(written, Ok(Ok(()))) {
+        if !reported {
             crate::console::alert(format!(
                 "notice: could not write {}",
                 dir.join("report.md").display()

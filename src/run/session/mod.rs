@@ -271,7 +271,7 @@ pub async fn run_session(
             .sinks
             .recorder
             .as_ref()
-            .map(|r| r.run_dir.join(crate::supervise::deadman::RECORD_FILE)),
+            .map(|r| r.run_dir.clone()),
         deadline: s.kill_deadline(),
     };
     let (mut job, progress) = JobTarget::start(&command, opts, judge, log, !detached)?;

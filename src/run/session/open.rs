@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use super::Session;
 use crate::config::Settings;
@@ -223,7 +223,7 @@ pub async fn open(
     // The snapshot names the address actually served (the default port may have moved).
     let mut shown = settings.clone();
     shown.listen = listening;
-    crate::run::record::write_config(&rec.run_dir, &shown, label);
+    rec.write_config(&shown, label);
     rec.update(|l| l.page_url = listening.map(page_url));
     for n in &notices {
         crate::console::notice_once(n);
@@ -271,7 +271,7 @@ fn init_of(
         _ => 0.0,
     };
     Init {
-        t0: Instant::now(),
+        t0: crate::timing::session_start(),
         id,
         kind,
         engine: Engine::new(
