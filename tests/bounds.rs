@@ -131,7 +131,6 @@ fn a_hanging_notify_command_does_not_outlive_costguard() {
 fn a_thousand_idle_connections_do_not_stop_the_kill() {
     let d = tempdir();
     let state = d.path().join("state");
-    let port = free_port();
     // 1,024 descriptors, as a container often has: the connections must not take them all.
     let mut c = Command::new("prlimit");
     c.args(["--nofile=1024:1024", "--", bin()]);
@@ -142,7 +141,7 @@ fn a_thousand_idle_connections_do_not_stop_the_kill() {
         .env("COSTGUARD_PROVIDER", "none")
         .env("COSTGUARD_STATE_DIR", &state)
         .stdin(Stdio::null())
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--listen", "127.0.0.1:0"])
         .args([
             "--run-id",
             "conns",
@@ -153,7 +152,9 @@ fn a_thousand_idle_connections_do_not_stop_the_kill() {
         ])
         .args(["--kill-grace", "1s", "--", "sh", "-c"])
         .arg(escaping_job(d.path()));
-    let child = spawn_logged(c, d.path());
+    let mut child = spawn_logged(c, d.path());
+    let port = try_bound_port(&state, "conns", &mut child, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}\n{}", read(&d.path().join("err"))));
     let pids = job_pids(d.path());
     assert!(
         wait_until(Duration::from_secs(5), || http_get(port, "/healthz")

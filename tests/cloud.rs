@@ -493,12 +493,12 @@ fn a_runpod_pod_is_metered_at_its_own_cost_per_hour_and_its_key_stays_secret() {
     let api = Api::start("runpod", KEY, &["--price", "3.6"]);
     let dir = tempdir();
     let state = dir.path().join("state");
-    let port = free_port();
     let mut c = pod_guard(&state, &api);
     c.args(["--max-usd", "0.004", "--run-id", "pod", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
+        .arg("127.0.0.1:0")
         .args(["--linger", "30s", "--", "sleep", "30"]);
-    let child = c.stderr(Stdio::piped()).spawn().expect("costguard");
+    let mut child = c.stderr(Stdio::piped()).spawn().expect("costguard");
+    let port = bound_port(&state, "pod", &mut child, Duration::from_secs(20));
     // $0.004 at $3.60/h is 4 s: /status is read while the run is going.
     let mut status = String::new();
     assert!(wait_until(Duration::from_secs(20), || {

@@ -42,11 +42,11 @@ impl Smtp {
             "{PYTHON} cannot import aiosmtpd: apt-get install python3-aiosmtpd (scripts/test does)"
         );
         let dir = tempdir();
-        let port = free_port();
         let log = dir.path().join("log");
         let mut c = Command::new(PYTHON);
+        // Port 0: it listens where the kernel says and writes the port into log.ready.
         c.arg(repo_root().join("tests/email/server.py"))
-            .arg(port.to_string())
+            .arg("0")
             .arg(dir.path().join("Maildir"))
             .arg(&log)
             .args([USER, PASSWORD]);
@@ -63,13 +63,27 @@ impl Smtp {
             .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))
             .spawn()
             .expect("start the SMTP server");
-        let smtp = Smtp { child, port, dir };
+        let mut smtp = Smtp {
+            child,
+            port: 0,
+            dir,
+        };
         let ready = smtp.dir.path().join("log.ready");
+        let mut port = None;
+        let mut exited = None;
+        let started = wait_until(Duration::from_secs(20), || {
+            exited = smtp.child.try_wait().ok().flatten();
+            port = std::fs::read_to_string(&ready)
+                .ok()
+                .and_then(|s| s.trim().parse::<u16>().ok());
+            port.is_some() || exited.is_some()
+        });
         assert!(
-            wait_until(Duration::from_secs(20), || ready.exists()),
-            "the SMTP server did not start: {}",
+            started && port.is_some(),
+            "the SMTP server did not start (exited: {exited:?}): {}",
             smtp.file("stderr")
         );
+        smtp.port = port.unwrap_or_default();
         smtp
     }
 

@@ -37,8 +37,10 @@ fn outbox_files(state: &std::path::Path) -> Vec<String> {
 #[test]
 fn every_event_arrives_through_refused_503_429_and_a_hang() {
     let state = tempdir();
-    // Nothing listens on the port at first: connection refused.
-    let port = free_port();
+    // Nothing listens on the port at first: connection refused (the port held, so nothing
+    // else takes it meanwhile).
+    let held = hold_port();
+    let port = held.port;
     let mut c = guard(state.path());
     c.args(["--webhook", &format!("http://127.0.0.1:{port}/hook")])
         .args(["--notify-on", "all", "--notify-timeout", "1s"])
@@ -47,8 +49,8 @@ fn every_event_arrives_through_refused_503_429_and_a_hang() {
         .stderr(Stdio::piped());
     let child = c.spawn().expect("spawn");
     std::thread::sleep(Duration::from_millis(700));
-    let rx = Receiver::on(
-        port,
+    let rx = Receiver::listen(
+        held.listen(),
         vec![
             Reply::Status(503),
             Reply::TooMany(1),
@@ -100,8 +102,9 @@ fn every_event_arrives_through_refused_503_429_and_a_hang() {
 #[test]
 fn what_was_not_delivered_goes_out_on_the_next_start() {
     let state = tempdir();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}/hook");
+    // Refused (held, nothing listening) for the first run; answered for the second.
+    let held = hold_port();
+    let url = format!("http://127.0.0.1:{}/hook", held.port);
     let mut c = guard(state.path());
     c.args(["--webhook", &url, "--notify-flush", "1s", "--", "true"]);
     let out = run(c);
@@ -115,7 +118,7 @@ fn what_was_not_delivered_goes_out_on_the_next_start() {
     assert_eq!(left.len(), 1, "{left:?}");
     let first_id = left[0].trim_end_matches(".webhook.json").to_string();
 
-    let rx = Receiver::on(port, vec![]);
+    let rx = Receiver::listen(held.listen(), vec![]);
     let mut c = guard(state.path());
     c.args(["--webhook", &url, "--", "true"]);
     let out = run(c);
@@ -295,11 +298,10 @@ fn secrets_never_appear_in_any_output() {
     let slack_url = slack.url("/services/T000/B000/SLACKSECRET123");
     let key_file = state.path().join("pd.key");
     std::fs::write(&key_file, "PDSECRETKEY42\n").expect("key file");
-    let port = free_port();
     let mut c = guard(state.path());
     c.env("COSTGUARD_SLACK_WEBHOOK", &slack_url)
         .env("COSTGUARD_PAGERDUTY_ROUTING_KEY_FILE", &key_file)
-        .env("COSTGUARD_LISTEN", format!("127.0.0.1:{port}"))
+        .args(["--listen", "127.0.0.1:0", "--run-id", "secrets"])
         .args(["--pagerduty-url", &pd.url("/v2/enqueue")])
         .args(["--webhook", &hook.url("/hook"), "--notify-on", "all"])
         .args(["--notify-flush", "1s", "--max-wall", "2s"])
@@ -310,7 +312,8 @@ fn secrets_never_appear_in_any_output() {
             "PWSECRET99",
         ])
         .stderr(Stdio::piped());
-    let child = c.spawn().expect("spawn");
+    let mut child = c.spawn().expect("spawn");
+    let port = bound_port(state.path(), "secrets", &mut child, Duration::from_secs(5));
     let mut status = String::new();
     assert!(wait_until(Duration::from_secs(5), || {
         status = http_get(port, "/status").unwrap_or_default();
@@ -403,7 +406,6 @@ fn secrets_never_appear_in_any_output() {
 fn a_real_alertmanager_receives_the_kill_and_delivers_it() {
     let dir = tempdir();
     let hook = Receiver::start(vec![]);
-    let am_port = free_port();
     let cfg = dir.path().join("alertmanager.yml");
     std::fs::write(
         &cfg,
@@ -413,20 +415,25 @@ fn a_real_alertmanager_receives_the_kill_and_delivers_it() {
         ),
     )
     .expect("config");
-    let am = Command::new("prometheus-alertmanager")
+    let mut am = Command::new("prometheus-alertmanager")
         .arg(format!("--config.file={}", cfg.display()))
         .arg(format!(
             "--storage.path={}",
             dir.path().join("data").display()
         ))
-        .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
+        .arg("--web.listen-address=127.0.0.1:0")
         .arg("--cluster.listen-address=")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("alertmanager.log")).expect("log file"))
         .spawn()
         .expect(
             "prometheus-alertmanager (Debian package) must be installed: scripts/test installs it",
         );
+    let am_port = logged_port(
+        &dir.path().join("alertmanager.log"),
+        &mut am,
+        Duration::from_secs(20),
+    );
     let ready = wait_until(Duration::from_secs(20), || {
         http_get(am_port, "/-/ready").is_some()
     });
@@ -501,10 +508,9 @@ fn a_redirect_is_not_followed_and_the_delivery_stays_undelivered() {
     let state = tempdir();
     let elsewhere = Receiver::start(vec![]);
     let hook = Receiver::start(vec![Reply::Redirect(302, elsewhere.url("/elsewhere")); 100]);
-    let port = free_port();
     let stop = state.path().join("stop");
     let mut c = guard(state.path());
-    c.env("COSTGUARD_LISTEN", format!("127.0.0.1:{port}"))
+    c.args(["--listen", "127.0.0.1:0", "--run-id", "redirected"])
         .args(["--webhook", &hook.url("/hook/T0/B0/HOOKSECRET")])
         .args(["--notify-on", "all", "--notify-flush", "1s"])
         .args([
@@ -514,7 +520,13 @@ fn a_redirect_is_not_followed_and_the_delivery_stays_undelivered() {
             &format!("while [ ! -e {} ]; do sleep 0.05; done", stop.display()),
         ])
         .stderr(Stdio::piped());
-    let child = c.spawn().expect("spawn");
+    let mut child = c.spawn().expect("spawn");
+    let port = bound_port(
+        state.path(),
+        "redirected",
+        &mut child,
+        Duration::from_secs(10),
+    );
     // The started event's first answer is a failure, counted while the job still runs.
     let failed = r#"costguard_notifications_failed_total{channel="webhook"}"#;
     let mut metrics = String::new();

@@ -174,20 +174,24 @@ fn status_shows_unknown_not_zero_for_unsupported_values() {
     let dir = tempdir();
     let mut g = gpus(1, "NVIDIA A100-SXM4-80GB MIG 3g.40gb", 40);
     g[0]["unsupported"] = json!(["GetPowerUsage", "GetTotalEnergyConsumption"]);
-    let port = free_port();
     let mut c = costguard_on_gpus(dir.path(), &json!({"gpus": g}));
-    c.args([
-        "--interval",
-        "100ms",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--usd-per-hour",
-        "1",
-        "--",
-        "sleep",
-        "30",
-    ]);
-    let child = c.spawn().expect("spawn");
+    c.env("COSTGUARD_STATE_DIR", dir.path().join("state"))
+        .args([
+            "--run-id",
+            "unsupported",
+            "--interval",
+            "100ms",
+            "--listen",
+            "127.0.0.1:0",
+            "--usd-per-hour",
+            "1",
+            "--",
+            "sleep",
+            "30",
+        ]);
+    let mut child = c.spawn().expect("spawn");
+    let state = dir.path().join("state");
+    let port = bound_port(&state, "unsupported", &mut child, Duration::from_secs(10));
     let mut doc = serde_json::Value::Null;
     let seen = wait_until(Duration::from_secs(10), || {
         doc = http_get(port, "/status")
@@ -262,10 +266,11 @@ fn usd_per_kwh_prices_the_energy_of_the_visible_gpus() {
     let mut g = gpus(2, "Owned Box GPU", 90);
     g[0]["timeline"][0]["power_mw"] = json!(1_000_000); // 1 kW: $1/s at $3600/kWh
     g[1]["timeline"][0]["power_mw"] = json!(500_000); // not visible: not priced
-    let port = free_port();
+    let state = dir.path().join("state");
     let mut c = costguard_on_gpus(dir.path(), &json!({ "gpus": g }));
     c.env("CUDA_VISIBLE_DEVICES", "0")
-        .env("COSTGUARD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("COSTGUARD_STATE_DIR", &state)
+        .args(["--listen", "127.0.0.1:0", "--run-id", "kwh"])
         .args([
             "--interval",
             "200ms",
@@ -279,7 +284,8 @@ fn usd_per_kwh_prices_the_energy_of_the_visible_gpus() {
         ])
         .stderr(std::process::Stdio::piped());
     let start = std::time::Instant::now();
-    let child = c.spawn().expect("spawn");
+    let mut child = c.spawn().expect("spawn");
+    let port = bound_port(&state, "kwh", &mut child, Duration::from_secs(5));
     let mut rate = None;
     assert!(wait_until(Duration::from_secs(5), || {
         let doc = http_get(port, "/status")

@@ -9,8 +9,8 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -143,13 +143,32 @@ fn screenshot(profile: &Path, url: &str, name: &str, (w, h): (u32, u32)) -> std:
     file
 }
 
-/// Waits (up to `secs`) until /status answers with a document `ok` accepts.
-fn status_until(port: u16, secs: u64, ok: impl Fn(&serde_json::Value) -> bool) -> bool {
-    wait_until(Duration::from_secs(secs), || {
-        http_get(port, "/status")
+/// Waits (up to `secs`) until /status answers with a document `ok` accepts; fails the test
+/// (saying `what` it waited for, with the last /status seen) if it does not, and at once, with
+/// costguard's exit status and stderr, if costguard has exited.
+fn status_until(run: &mut Serving, secs: u64, what: &str, ok: impl Fn(&serde_json::Value) -> bool) {
+    let mut last = serde_json::Value::Null;
+    let mut exited = None;
+    let seen = wait_until(Duration::from_secs(secs), || {
+        // Whether it had exited before the read: then nothing more can come.
+        exited = run.child.try_wait().ok().flatten();
+        last = http_get(run.port, "/status")
             .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
-            .is_some_and(|s| ok(&s))
-    })
+            .unwrap_or_default();
+        ok(&last) || exited.is_some()
+    });
+    if let (false, Some(st)) = (ok(&last), exited) {
+        panic!(
+            "{what}: costguard exited ({st}) first; its stderr:\n{}",
+            run.stderr()
+        );
+    }
+    assert!(
+        seen,
+        "{what}: not within {secs} s; the last /status on {}: {last}\nits stderr:\n{}",
+        run.port,
+        run.stderr()
+    );
 }
 
 fn status(port: u16) -> serde_json::Value {
@@ -157,20 +176,43 @@ fn status(port: u16) -> serde_json::Value {
     serde_json::from_str(&body).expect("status JSON")
 }
 
-/// costguard on two fake A100s, serving on `port` for run `id`, quiet.
-fn serving(dir: &Path, port: u16, id: &str) -> Command {
+/// costguard on two fake A100s for run `id`, quiet, serving on a port of its choosing.
+fn serving(dir: &Path, id: &str) -> Command {
     let mut c = costguard_on_gpus(dir, &two_gpus());
     c.env("COSTGUARD_STATE_DIR", dir.join("state"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--run-id",
-            id,
-            "--quiet",
-        ])
+        .args(["--listen", "127.0.0.1:0", "--run-id", id, "--quiet"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(std::fs::File::create(dir.join("costguard.err")).expect("stderr file"));
     c
+}
+
+/// A costguard `serving` started, and the port it bound.
+struct Serving {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Serving {
+    fn start(mut c: Command, dir: &Path, id: &str) -> Serving {
+        let mut child = c.spawn().expect("costguard starts");
+        let port = try_bound_port(&dir.join("state"), id, &mut child, Duration::from_secs(30))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{e}\nits stderr:\n{}",
+                    std::fs::read_to_string(dir.join("costguard.err")).unwrap_or_default()
+                )
+            });
+        Serving {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("costguard.err")).unwrap_or_default()
+    }
 }
 
 fn two_gpus() -> serde_json::Value {
@@ -186,8 +228,7 @@ fn two_gpus() -> serde_json::Value {
 #[ignore = "chromium: scripts/test runs it"]
 fn a_browser_reads_the_live_run_as_status_has_it() {
     let dir = tempdir();
-    let port = free_port();
-    let mut c = serving(dir.path(), port, "looked-at");
+    let mut c = serving(dir.path(), "looked-at");
     c.args([
         "--usd-per-hour",
         "36",
@@ -209,13 +250,18 @@ fn a_browser_reads_the_live_run_as_status_has_it() {
         "job",
         "--api-key=SEKRET-ARG-0042",
     ]);
-    let child = c.spawn().expect("costguard starts");
+    let mut run = Serving::start(c, dir.path(), "looked-at");
+    let port = run.port;
     let url = format!("http://127.0.0.1:{port}/");
-    let ready = status_until(port, 30, |s| {
-        s["gpus"].as_array().is_some_and(|g| g.len() == 2)
-            && s["spend_dollars"].as_f64().unwrap_or(0.0) > 0.0
-    });
-    assert!(ready, "costguard serves /status with both GPUs");
+    status_until(
+        &mut run,
+        30,
+        "costguard serves /status with both GPUs",
+        |s| {
+            s["gpus"].as_array().is_some_and(|g| g.len() == 2)
+                && s["spend_dollars"].as_f64().unwrap_or(0.0) > 0.0
+        },
+    );
 
     let profile = dir.path().join("chromium");
     let page = dom(&profile, &url);
@@ -289,14 +335,13 @@ fn a_browser_reads_the_live_run_as_status_has_it() {
 
     screenshot(&profile, &url, "page-phone.png", (412, 915));
     screenshot(&profile, &url, "page-live.png", (1200, 1400));
-    end(child);
+    end(run.child);
 }
 
 #[test]
 #[ignore = "chromium: scripts/test runs it"]
 fn a_killed_plan_reads_the_same_with_and_without_javascript() {
     let dir = tempdir();
-    let port = free_port();
     let plan = dir.path().join("plan.toml");
     std::fs::write(
         &plan,
@@ -304,7 +349,7 @@ fn a_killed_plan_reads_the_same_with_and_without_javascript() {
          [[phase]]\nname = \"train\"\ncommand = [\"sh\", \"-c\", \"echo step 1/10; sleep 60\"]\n",
     )
     .expect("plan");
-    let mut c = serving(dir.path(), port, "pictured-plan");
+    let mut c = serving(dir.path(), "pictured-plan");
     c.args([
         "--usd-per-hour",
         "3600",
@@ -314,9 +359,14 @@ fn a_killed_plan_reads_the_same_with_and_without_javascript() {
         "120s",
     ])
     .args(["--plan", &path_str(&plan)]);
-    let child = c.spawn().expect("costguard starts");
-    let ended = status_until(port, 40, |s| s["state"] == "killed");
-    assert!(ended, "the plan was killed at its dollar ceiling");
+    let mut run = Serving::start(c, dir.path(), "pictured-plan");
+    let port = run.port;
+    status_until(
+        &mut run,
+        40,
+        "the plan was killed at its dollar ceiling",
+        |s| s["state"] == "killed",
+    );
     let url = format!("http://127.0.0.1:{port}/");
     let profile = dir.path().join("chromium");
     let live = dom(&profile, &url);
@@ -383,5 +433,5 @@ fn a_killed_plan_reads_the_same_with_and_without_javascript() {
         "docs/pictures/page.png is missing or stale: regenerate it with \
          COSTGUARD_UPDATE_PICTURES=1 cargo test --test page"
     );
-    end(child);
+    end(run.child);
 }

@@ -192,8 +192,9 @@ fn an_agent_over_budget_from_the_start_kills_a_trainer_that_appears_later() {
 
 #[test]
 fn linger_keeps_metrics_up_so_the_kill_and_final_spend_are_scraped() {
-    let port = free_port();
-    let mut child = costguard()
+    let state = tempdir();
+    let mut child = guard(state.path())
+        .args(["--run-id", "lingers"])
         .args([
             "--max-wall",
             "500ms",
@@ -202,16 +203,11 @@ fn linger_keeps_metrics_up_so_the_kill_and_final_spend_are_scraped() {
             "--linger",
             "20s",
         ])
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--",
-            "sleep",
-            "30",
-        ])
+        .args(["--listen", "127.0.0.1:0", "--", "sleep", "30"])
         .stderr(Stdio::piped())
         .spawn()
         .expect("costguard");
+    let port = bound_port(state.path(), "lingers", &mut child, Duration::from_secs(10));
     let mut metrics = String::new();
     assert!(
         wait_until(Duration::from_secs(10), || {

@@ -17,23 +17,27 @@ fn guarded_job(dir: &std::path::Path) -> (std::process::Child, u16) {
 }
 
 fn guarded(dir: &std::path::Path, tail: &[&str]) -> (std::process::Child, u16) {
-    let port = free_port();
+    let state = dir.join("state");
     let mut c = costguard_on_gpus(dir, &json!({"gpus": gpus(8, "NVIDIA H100 80GB HBM3", 60)}));
-    c.args([
-        "-q",
-        "--interval",
-        "200ms",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--max-usd",
-        "100",
-        "--max-wall",
-        "1h",
-    ])
-    .args(tail)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let child = c.spawn().expect("spawn costguard");
+    c.env("COSTGUARD_STATE_DIR", &state)
+        .args([
+            "-q",
+            "--run-id",
+            "scraped",
+            "--interval",
+            "200ms",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-usd",
+            "100",
+            "--max-wall",
+            "1h",
+        ])
+        .args(tail)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().expect("spawn costguard");
+    let port = bound_port(&state, "scraped", &mut child, Duration::from_secs(15));
     let ready = wait_until(Duration::from_secs(15), || {
         http_get(port, "/metrics")
             .is_some_and(|m| m.contains("costguard_gpu_utilization_ratio{gpu=\"7\""))
@@ -113,7 +117,7 @@ fn prometheus_scrapes_costguard() {
 }
 
 /// Starts Debian's Prometheus scraping costguard on `target` every second, with `rules`
-/// loaded and evaluated every second.
+/// loaded and evaluated every second; returns it and the port it listens on.
 fn prometheus(
     dir: &std::path::Path,
     target: u16,
@@ -122,38 +126,50 @@ fn prometheus(
     prometheus_of(dir, &[target], rules)
 }
 
+/// Prometheus as `prometheus` starts it, on every port of `targets` (file-based discovery:
+/// `set_targets` changes them while it runs); it listens on a port of its choosing, read from
+/// its log.
 fn prometheus_of(
     dir: &std::path::Path,
     targets: &[u16],
     rules: Option<&std::path::Path>,
 ) -> (std::process::Child, u16) {
-    let list = targets
-        .iter()
-        .map(|t| format!("'127.0.0.1:{t}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let prom_port = free_port();
+    set_targets(dir, targets);
     let cfg = dir.join("prometheus.yml");
     let rule_files = rules.map_or(String::new(), |r| {
         format!("rule_files:\n  - '{}'\n", r.display())
     });
     std::fs::write(
         &cfg,
-        format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: costguard\n    static_configs:\n      - targets: [{list}]\n"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: costguard\n    file_sd_configs:\n      - files: ['{}']\n        refresh_interval: 1s\n",
+            dir.join("targets.json").display()
+        ),
     )
     .expect("write config");
-    let prom = Command::new("prometheus")
+    let log = dir.join("prometheus.log");
+    let mut prom = Command::new("prometheus")
         .arg(format!("--config.file={}", cfg.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
             dir.join("tsdb").display()
         ))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .arg("--web.listen-address=127.0.0.1:0")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("prometheus (Debian package) must be installed: scripts/test installs it");
+    let prom_port = logged_port(&log, &mut prom, Duration::from_secs(20));
     (prom, prom_port)
+}
+
+/// The costguard ports Prometheus of `dir` scrapes: its file-discovery targets, replaced
+/// whole (a rename, so it never reads half a file).
+fn set_targets(dir: &std::path::Path, targets: &[u16]) {
+    let list: Vec<String> = targets.iter().map(|t| format!("127.0.0.1:{t}")).collect();
+    let tmp = dir.join("targets.json.new");
+    std::fs::write(&tmp, json!([{ "targets": list }]).to_string()).expect("write targets");
+    std::fs::rename(&tmp, dir.join("targets.json")).expect("targets.json");
 }
 
 fn urlencode(s: &str) -> String {
@@ -375,18 +391,20 @@ fn final_spend(err: &str) -> f64 {
 #[ignore = "prometheus: scripts/test runs it"]
 fn a_fleet_budget_read_from_prometheus_stops_every_member() {
     let dir = tempdir();
-    let ports = [free_port(), free_port(), free_port()];
-    let (prom, prom_port) = prometheus_of(dir.path(), &ports, None);
+    let state = dir.path().join("state");
+    // Prometheus first (the members are told its address), scraping nothing yet.
+    let (prom, prom_port) = prometheus_of(dir.path(), &[], None);
     let ready = wait_until(Duration::from_secs(20), || {
         http_get(prom_port, "/-/ready").is_some()
     });
-    let members: Vec<std::process::Child> = ports
-        .iter()
-        .map(|p| {
-            let mut c = costguard();
+    let mut members: Vec<std::process::Child> = (0..3)
+        .map(|i| {
+            let mut c = guard(&state);
             c.args([
+                "--run-id",
+                &format!("member-{i}"),
                 "--listen",
-                &format!("127.0.0.1:{p}"),
+                "127.0.0.1:0",
                 "--usd-per-hour",
                 "3600",
             ])
@@ -403,6 +421,13 @@ fn a_fleet_budget_read_from_prometheus_stops_every_member() {
             c.spawn().expect("spawn member")
         })
         .collect();
+    // Then each member's port, as each bound it, for Prometheus to scrape.
+    let ports: Vec<u16> = members
+        .iter_mut()
+        .enumerate()
+        .map(|(i, m)| bound_port(&state, &format!("member-{i}"), m, Duration::from_secs(10)))
+        .collect();
+    set_targets(dir.path(), &ports);
     let outs: Vec<std::process::Output> = members
         .into_iter()
         .map(|m| m.wait_with_output().expect("wait"))
@@ -426,8 +451,10 @@ fn a_fleet_budget_read_from_prometheus_stops_every_member() {
     );
     assert!(total >= 15.0 && overshoot < 6.0, "total ${total:.2}");
 
-    // Prometheus unreachable: an agent-error, and the local ceiling still fires on time.
-    let closed = free_port();
+    // Prometheus unreachable: an agent-error, and the local ceiling still fires on time. (The
+    // port held, never listening: refused, and no other process can take it meanwhile.)
+    let held = hold_port();
+    let closed = held.port;
     let mut c = costguard();
     c.args([
         "--usd-per-hour",

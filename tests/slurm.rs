@@ -15,14 +15,19 @@ use common::*;
 struct Cluster {
     dir: PathBuf,
     conf: PathBuf,
+    /// slurmctld's and slurmd's ports, held by the test for as long as the cluster lives:
+    /// nothing else takes them before the daemons bind them (with SO_REUSEADDR, which the
+    /// held sockets allow).
+    _ports: [HeldPort; 2],
 }
 
 impl Cluster {
     fn up(dir: &Path) -> Cluster {
+        let ports = [hold_port(), hold_port()];
         let out = Command::new(repo_root().join("tests/slurm/cluster"))
             .args(["up", &path_str(dir)])
-            .arg(free_port().to_string())
-            .arg(free_port().to_string())
+            .arg(ports[0].port.to_string())
+            .arg(ports[1].port.to_string())
             .output()
             .expect("tests/slurm/cluster");
         let log = |f: &str| std::fs::read_to_string(dir.join("log").join(f)).unwrap_or_default();
@@ -37,6 +42,7 @@ impl Cluster {
         Cluster {
             dir: dir.to_path_buf(),
             conf: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+            _ports: ports,
         }
     }
 
@@ -143,11 +149,12 @@ fn the_sbatch_example_runs_on_a_real_slurm() {
     let dir = tempdir();
     let home = dir.path().join("home");
     std::fs::create_dir_all(home.join(".config/costguard")).expect("home");
-    // The example reads its Slack webhook from this file: a local port nothing answers on
-    // (the notifications queue in the outbox; this test is about Slurm).
+    // The example reads its Slack webhook from this file: a local port nothing answers on,
+    // held for the test (the notifications queue in the outbox; this test is about Slurm).
+    let slack = hold_port();
     std::fs::write(
         home.join(".config/costguard/slack-webhook"),
-        format!("http://127.0.0.1:{}/slack", free_port()),
+        format!("http://127.0.0.1:{}/slack", slack.port),
     )
     .expect("webhook file");
     std::fs::write(home.join("job.py"), JOB).expect("job.py");

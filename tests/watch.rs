@@ -66,8 +66,16 @@ fn read_events(port: u16, last_id: Option<&str>) -> (String, Vec<Sse>) {
     (head.to_string(), events)
 }
 
-/// A run killed at `--max-wall 2s` on `port`, lingering 10 s.
-fn killed_run(state: &Path, id: &str, port: u16) -> Child {
+/// A run killed at `--max-wall 2s`, lingering 10 s, serving on a port of its choosing: it and
+/// that port.
+fn killed_run(state: &Path, id: &str) -> (Child, u16) {
+    let mut run = killed_run_on(state, id, 0);
+    let port = bound_port(state, id, &mut run, Duration::from_secs(10));
+    (run, port)
+}
+
+/// `killed_run` on `port` (one the test holds: `hold_port`).
+fn killed_run_on(state: &Path, id: &str, port: u16) -> Child {
     let mut c = guard(state);
     c.args(["--run-id", id, "--max-wall", "2s", "--linger", "10s"])
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -104,8 +112,7 @@ fn exit_of(mut child: Child, limit: Duration) -> Option<i32> {
 #[test]
 fn events_stream_ids_kinds_end_and_resumption() {
     let dir = tempdir();
-    let port = free_port();
-    let run = killed_run(dir.path(), "sse-a", port);
+    let (run, port) = killed_run(dir.path(), "sse-a");
     let (head, events) = read_events(port, None);
     assert!(
         head.to_ascii_lowercase()
@@ -181,7 +188,9 @@ fn output(mut child: Child, limit: Duration) -> (Option<i32>, String, String) {
 #[test]
 fn watch_started_before_the_run_retries_then_exits_124_at_the_kill() {
     let dir = tempdir();
-    let port = free_port();
+    // Held until the run binds it: refused meanwhile, and nothing else can take it.
+    let held = hold_port();
+    let port = held.port;
     let mut w = watch(dir.path(), &format!("http://127.0.0.1:{port}"));
     // Nothing listens yet: it says so once and keeps trying.
     let mut err = w.stderr.take().expect("stderr");
@@ -194,7 +203,7 @@ fn watch_started_before_the_run_retries_then_exits_124_at_the_kill() {
     }
     assert!(said.contains("cannot connect"), "{said}");
     w.stderr = Some(err);
-    let run = killed_run(dir.path(), "watch-b", port);
+    let run = killed_run_on(dir.path(), "watch-b", port);
     let (code, out, err) = output(w, Duration::from_secs(30));
     assert_eq!(code, Some(124), "stdout:\n{out}\nstderr:\n{err}");
     let kill = out
@@ -216,13 +225,13 @@ fn watch_started_before_the_run_retries_then_exits_124_at_the_kill() {
 #[test]
 fn watch_exits_0_for_a_completed_run_by_url_and_by_run_id() {
     let dir = tempdir();
-    let port = free_port();
     let mut c = guard(dir.path());
     c.args(["--run-id", "watch-ok", "--linger", "20s"])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--listen", "127.0.0.1:0"])
         .args(["--", "true"])
         .stderr(Stdio::null());
-    let run = c.spawn().expect("costguard");
+    let mut run = c.spawn().expect("costguard");
+    let port = bound_port(dir.path(), "watch-ok", &mut run, Duration::from_secs(10));
     // While it lingers: the URL replays the run and its end.
     let (code, out, err) = output(
         watch(dir.path(), &format!("http://127.0.0.1:{port}/")),
@@ -245,15 +254,8 @@ fn watch_exits_0_for_a_completed_run_by_url_and_by_run_id() {
 #[test]
 fn watch_by_run_id_finds_the_live_run_page() {
     let dir = tempdir();
-    let port = free_port();
-    let run = killed_run(dir.path(), "watch-id", port);
-    assert!(
-        wait_until(Duration::from_secs(10), || ledger(dir.path(), "watch-id")
-            ["page_url"]
-            .as_str()
-            .is_some()),
-        "no page_url"
-    );
+    // Returns once the ledger names the page.
+    let (run, _) = killed_run(dir.path(), "watch-id");
     let (code, out, err) = output(watch(dir.path(), "watch-id"), Duration::from_secs(30));
     assert_eq!(code, Some(124), "{out}\n{err}");
     assert!(out.contains(" killed "), "{out}");
@@ -353,7 +355,9 @@ fn watch_desktop_shows_the_kill_on_a_real_notification_daemon() {
         .exists()),
         "Xvfb :{n} did not start"
     );
-    let port = free_port();
+    // Held until the run binds it: `watch` starts first and must not find another server.
+    let held = hold_port();
+    let port = held.port;
     let mut s = Command::new("dbus-run-session");
     s.args(["--", "sh", "-c", DESKTOP_SCRIPT])
         .env("DISPLAY", format!(":{n}"))
@@ -365,7 +369,7 @@ fn watch_desktop_shows_the_kill_on_a_real_notification_daemon() {
         .stderr(Stdio::null());
     default_signals(&mut s);
     let session = s.spawn().expect("dbus-run-session");
-    let run = killed_run(dir.path(), "train-desk", port);
+    let run = killed_run_on(dir.path(), "train-desk", port);
     let status = exit_of(session, Duration::from_secs(60));
     let _ = end_linger(run);
     end(xvfb);

@@ -244,10 +244,10 @@ fn host_memory_ceiling_counts_the_job_tree() {
 
 #[test]
 fn projection_is_served_as_metrics_and_status() {
-    let port = free_port();
-    let mut c = costguard();
+    let state = tempdir();
+    let mut c = guard(state.path());
     let script = "i=0; while [ $i -lt 40 ]; do i=$((i+1)); echo \"step $i\"; sleep 0.1; done";
-    c.env("COSTGUARD_LISTEN", format!("127.0.0.1:{port}"))
+    c.args(["--listen", "127.0.0.1:0", "--run-id", "projected"])
         .args([
             "--usd-per-hour",
             "36",
@@ -260,7 +260,13 @@ fn projection_is_served_as_metrics_and_status() {
         .args(["--", "sh", "-c", script])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let child = c.spawn().expect("spawn");
+    let mut child = c.spawn().expect("spawn");
+    let port = bound_port(
+        state.path(),
+        "projected",
+        &mut child,
+        Duration::from_secs(5),
+    );
     let mut text = String::new();
     let metric = |text: &str, name: &str| -> Option<f64> {
         text.lines()

@@ -215,12 +215,177 @@ pub fn gpus(n: usize, model: &str, util: u32) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// A port that was free a moment ago, on loopback.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// A loopback port held for the test while it lives: a socket bound to it with
+/// `SO_REUSEADDR`, never listening. Connections to it are refused; no ephemeral bind and no
+/// outbound connection on this machine can take it (the kernel skips a port with a bound
+/// socket); only a process told the number and binding it with `SO_REUSEADDR` can listen on
+/// it (costguard does, as Rust's std does; so do slurmctld and slurmd). For a port that must
+/// be known before its server starts: a watcher started first, a receiver that refuses and
+/// then answers, daemons that must be told their port. Never a port picked, let go and passed
+/// on (anything may take it in between): costguard itself is started on `127.0.0.1:0` and
+/// asked (`bound_port`), as are servers that say where they listen (`logged_port`).
+pub struct HeldPort {
+    sock: std::os::fd::OwnedFd,
+    pub port: u16,
+}
+
+pub fn hold_port() -> HeldPort {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let fail =
+        |what: &str| -> ! { panic!("hold a port: {what}: {}", std::io::Error::last_os_error()) };
+    // SAFETY: plain socket calls on a descriptor owned here, with buffers of the sizes given.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            fail("socket");
+        }
+        let sock = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        if libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) != 0
+        {
+            fail("SO_REUSEADDR");
+        }
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_in).cast(),
+            len,
+        ) != 0
+        {
+            fail("bind");
+        }
+        if libc::getsockname(
+            sock.as_raw_fd(),
+            (&mut addr as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        ) != 0
+        {
+            fail("getsockname");
+        }
+        HeldPort {
+            sock,
+            port: u16::from_be(addr.sin_port),
+        }
+    }
+}
+
+impl HeldPort {
+    /// Listens on the held port itself: what connects from now on is accepted here.
+    pub fn listen(self) -> std::net::TcpListener {
+        use std::os::fd::AsRawFd;
+        // SAFETY: listen on a bound socket this value owns.
+        if unsafe { libc::listen(self.sock.as_raw_fd(), 128) } != 0 {
+            panic!(
+                "listen on {}: {}",
+                self.port,
+                std::io::Error::last_os_error()
+            );
+        }
+        std::net::TcpListener::from(self.sock)
+    }
+}
+
+/// The port of a page URL such as `http://127.0.0.1:PORT/`.
+pub fn port_of_url(url: &str) -> Option<u16> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host_port = rest.split('/').next()?;
+    host_port.rsplit_once(':')?.1.parse().ok()
+}
+
+/// The port costguard, started as `child` with an explicit `--listen 127.0.0.1:0` for run
+/// `id` with its state in `state`, actually bound: the ledger's `page_url`, which it writes
+/// right after binding and before the job starts. Waits up to `within` for it. An error (what
+/// went wrong, with the child's exit status) when costguard exited without writing it, or did
+/// not within `within` (then it is killed). For a new run id: a resumed run's ledger still
+/// holds its previous session's page until the new session binds.
+pub fn try_bound_port(
+    state: &Path,
+    id: &str,
+    child: &mut Child,
+    within: Duration,
+) -> Result<u16, String> {
+    let path = state.join("runs").join(id).join("ledger.json");
+    let start = Instant::now();
+    loop {
+        // Whether it had exited before the read: then the read saw all it ever wrote.
+        let exited = child.try_wait();
+        let l = ledger(state, id);
+        if let Some(port) = l["page_url"].as_str().and_then(port_of_url) {
+            return Ok(port);
+        }
+        let pid = child.id();
+        match exited {
+            Ok(Some(st)) => {
+                return Err(format!(
+                    "costguard (pid {pid}) exited ({st}) before serving run {id}: \
+                     no page_url in {} (state {})",
+                    path.display(),
+                    l["state"]
+                ))
+            }
+            Err(e) => return Err(format!("costguard (pid {pid}): wait: {e}")),
+            Ok(None) => {}
+        }
+        if start.elapsed() > within {
+            let _ = child.kill();
+            let st = child.wait();
+            return Err(format!(
+                "costguard (pid {pid}) wrote no page_url for run {id} within {within:?} \
+                 (killed: {st:?}); {} holds state {}",
+                path.display(),
+                l["state"]
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `try_bound_port`, failing the test on an error.
+pub fn bound_port(state: &Path, id: &str, child: &mut Child, within: Duration) -> u16 {
+    try_bound_port(state, id, child, within).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The port a Prometheus-style server (Prometheus, Alertmanager: the exporter toolkit) started
+/// with `--web.listen-address=127.0.0.1:0` logged in `log` (its stderr): `msg="Listening on"
+/// address=127.0.0.1:PORT`. Fails the test if `child` exits first or nothing is logged within
+/// `within` (then it is killed).
+pub fn logged_port(log: &Path, child: &mut Child, within: Duration) -> u16 {
+    let start = Instant::now();
+    loop {
+        let exited = child.try_wait();
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let port = text
+            .lines()
+            .filter(|l| l.contains("msg=\"Listening on\""))
+            .find_map(|l| {
+                let at = l.find("address=")? + "address=".len();
+                port_of_url(l[at..].split_whitespace().next()?)
+            });
+        if let Some(p) = port.filter(|p| *p != 0) {
+            return p;
+        }
+        if let Ok(Some(st)) = exited {
+            panic!("{} exited ({st}) before listening:\n{text}", log.display());
+        }
+        if start.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "nothing listening within {within:?}; {}:\n{text}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A plain HTTP/1.0 GET on loopback; returns the body, or None when nothing answers.

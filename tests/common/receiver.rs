@@ -56,7 +56,14 @@ impl Receiver {
 
     /// Listens on `port` (0: any).
     pub fn on(port: u16, script: Vec<Reply>) -> Receiver {
-        let l = TcpListener::bind(("127.0.0.1", port)).expect("bind receiver");
+        Self::listen(
+            TcpListener::bind(("127.0.0.1", port)).expect("bind receiver"),
+            script,
+        )
+    }
+
+    /// Serves on `l` (a port held until now: `super::HeldPort::listen`).
+    pub fn listen(l: TcpListener, script: Vec<Reply>) -> Receiver {
         let port = l.local_addr().expect("addr").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(script.into_iter()));

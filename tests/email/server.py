@@ -5,7 +5,10 @@ stored in a Maildir and described as one JSON line in the log (with the AUTH att
 
 usage: server.py PORT MAILDIR LOG USER PASSWORD [CERT KEY [implicit]]
 With CERT and KEY it offers STARTTLS, or with `implicit` speaks TLS from the first byte.
-Writes LOG.ready once it accepts connections; runs until killed."""
+PORT 0: a port of the kernel's choosing. Writes the port it listens on into LOG.ready once it
+accepts connections; runs until killed."""
+
+import os
 
 import email
 import email.policy
@@ -70,7 +73,16 @@ context = None
 if cert:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert[0], cert[1])
-c = Controller(
+class Bound(Controller):
+    """A Controller whose port may be 0: before its first connection to itself (which starts
+    the server's protocol) it learns the port the kernel chose."""
+
+    def _trigger_server(self):
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
+
+
+c = Bound(
     Handler(),
     hostname="127.0.0.1",
     port=int(port),
@@ -81,5 +93,8 @@ c = Controller(
     require_starttls=False,
 )
 c.start()
-open(log + ".ready", "w").close()
+# Whole or not at all: a reader that sees the file sees the port.
+with open(log + ".ready.new", "w") as f:
+    f.write(f"{c.port}\n")
+os.rename(log + ".ready.new", log + ".ready")
 threading.Event().wait()
