@@ -168,8 +168,8 @@ impl Record {
 }
 
 fn open_in(dir: &File) -> Option<File> {
-    use std::os::fd::AsFd;
     use nix::fcntl::OFlag;
+    use std::os::fd::AsFd;
     let flags = OFlag::O_WRONLY
         | OFlag::O_CREAT
         | OFlag::O_APPEND

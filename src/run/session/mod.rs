@@ -267,11 +267,7 @@ pub async fn run_session(
     let opts = crate::supervise::SpawnOpts {
         capture,
         use_cgroup: true,
-        record: s
-            .sinks
-            .recorder
-            .as_ref()
-            .map(|r| r.run_dir.clone()),
+        record: s.sinks.recorder.as_ref().map(|r| r.run_dir.clone()),
         deadline: s.kill_deadline(),
     };
     let (mut job, progress) = JobTarget::start(&command, opts, judge, log, !detached)?;
