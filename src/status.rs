@@ -50,6 +50,10 @@ pub struct RunView {
     pub fleet_spend_dollars: Option<f64>,
     pub fleet_error: Option<String>,
     pub gpus: Vec<GpuSample>,
+    /// The indices of the GPUs the job may use (`CUDA_VISIBLE_DEVICES`); all when unset.
+    pub visible_gpus: Vec<u32>,
+    /// Whether anything reports the job's progress (output lines, a heartbeat file).
+    pub progress_tracked: bool,
     pub host: HostSample,
     /// Newest first, at most 20.
     pub recent_events: Vec<Event>,
@@ -115,6 +119,59 @@ pub struct ProjectionView {
 }
 
 impl RunView {
+    /// The live status line on the terminal's bottom row: spend against budget, elapsed,
+    /// the visible GPUs' utilization, how long since progress.
+    pub fn live_text(&self) -> String {
+        use crate::units::{format_duration, format_money};
+        let whole = |secs: f64| match secs.max(0.0) as u64 {
+            s @ 0..60 => format!("{s}s"),
+            s => format_duration(std::time::Duration::from_secs(s)),
+        };
+        let mut parts = Vec::new();
+        if let Some(p) = &self.phases {
+            parts.push(match &self.step {
+                Some(step) => format!("{} ({step})", p.name),
+                None => p.name.clone(),
+            });
+        }
+        parts.push(match (self.rate_dollars_per_hour, self.budget_dollars) {
+            (None, _) => "spend unknown".to_string(),
+            (Some(_), Some(b)) => {
+                format!("{} / {}", format_money(self.spend_dollars), format_money(b))
+            }
+            (Some(r), None) => format!(
+                "{} at {}/h",
+                format_money(self.spend_dollars),
+                format_money(r)
+            ),
+        });
+        let mut elapsed = whole(self.elapsed_seconds);
+        if let Some(w) = self.limits.max_wall_seconds {
+            elapsed += &format!(" / {}", whole(w));
+        }
+        parts.push(elapsed);
+        let gpus: Vec<String> = self
+            .gpus
+            .iter()
+            .filter(|g| self.visible_gpus.contains(&g.index))
+            .map(|g| match g.util_gpu_pct {
+                Some(u) => format!("{}:{u:.0}%", g.index),
+                None => format!("{}:?", g.index),
+            })
+            .collect();
+        if !gpus.is_empty() {
+            parts.push(format!("GPU {}", gpus.join(" ")));
+        }
+        if self.progress_tracked {
+            let since = whole(self.seconds_since_progress);
+            parts.push(match self.last_progress {
+                Some(_) => format!("progress {since} ago"),
+                None => format!("no progress in {since}"),
+            });
+        }
+        format!("costguard: {}", parts.join(" | "))
+    }
+
     /// The ending, as the page and `/status` show it once the loop is over: no ceiling ahead.
     pub fn end(&mut self, state: &str, code: u8, detail: &str, report: Option<&str>) {
         self.state = state.to_string();
@@ -137,5 +194,52 @@ pub fn to_json(p: &Option<RunView>) -> String {
     match p {
         Some(v) => serde_json::to_string(v).unwrap_or_else(|_| "{}".into()),
         None => "{}".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gpu(index: u32, util: Option<f64>) -> GpuSample {
+        GpuSample {
+            index,
+            util_gpu_pct: util,
+            ..GpuSample::default()
+        }
+    }
+
+    #[test]
+    fn the_live_line_reads_the_view() {
+        let mut v = RunView {
+            elapsed_seconds: 75.4,
+            spend_dollars: 1.5,
+            rate_dollars_per_hour: Some(3.0),
+            ..RunView::default()
+        };
+        assert_eq!(v.live_text(), "costguard: $1.50 at $3.00/h | 1m15s");
+        v.budget_dollars = Some(40.0);
+        v.limits.max_wall_seconds = Some(7200.0);
+        v.gpus = vec![gpu(0, Some(87.4)), gpu(1, None), gpu(2, Some(5.0))];
+        v.visible_gpus = vec![0, 1];
+        v.progress_tracked = true;
+        v.seconds_since_progress = 12.9;
+        assert_eq!(
+            v.live_text(),
+            "costguard: $1.50 / $40.00 | 1m15s / 2h00m00s | GPU 0:87% 1:? | no progress in 12s"
+        );
+        v.last_progress = Some("step 3/10".into());
+        v.phases = Some(PhasesView {
+            index: 2,
+            total: 7,
+            name: "resnet".into(),
+            done: Vec::new(),
+        });
+        v.step = Some("seed 2 of 3".into());
+        v.rate_dollars_per_hour = None;
+        assert_eq!(
+            v.live_text(),
+            "costguard: resnet (seed 2 of 3) | spend unknown | 1m15s / 2h00m00s | GPU 0:87% 1:? | progress 12s ago"
+        );
     }
 }

@@ -325,3 +325,53 @@ fn the_agents_own_settings_name_their_layer_too() {
         "{err}"
     );
 }
+
+/// The errors found once the box is looked at (no price for the dollar ceiling, no NVML for
+/// `--gpu nvml` or for energy pricing) name where the setting came from, as the ones found
+/// while reading the settings do.
+#[test]
+fn errors_found_at_the_start_name_the_setting_where_it_was_given() {
+    let d = tempdir();
+    let state = d.path().join("state");
+    let with_state = || {
+        let mut c = costguard();
+        c.env("COSTGUARD_STATE_DIR", &state);
+        c
+    };
+    let cfg = config(d.path(), "# the budget\nmax-usd = 5\n");
+    let (code, err) = start(with_state(), Some(&cfg), &[]);
+    assert_eq!(code, Some(125), "{err}");
+    let want = format!(
+        "max-usd = $5.00 (config file {} line 2) needs a price",
+        cfg.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(!err.contains("--max-usd"), "{err}");
+
+    let mut c = with_state();
+    c.env("COSTGUARD_MAX_USD", "7");
+    let (code, err) = start(c, None, &[]);
+    assert_eq!(code, Some(125), "{err}");
+    assert!(
+        err.contains("--max-usd $7.00 (COSTGUARD_MAX_USD) needs a price"),
+        "{err}"
+    );
+
+    let cfg = config(d.path(), "usd-per-kwh = 0.3\n");
+    let (code, err) = start(with_state(), Some(&cfg), &[]);
+    assert_eq!(code, Some(125), "{err}");
+    let want = format!(
+        "usd-per-kwh = $0.3000 (config file {} line 1) needs GPU energy readings from NVML",
+        cfg.display()
+    );
+    assert!(err.contains(&want), "{err}");
+
+    let mut c = with_state();
+    c.env("COSTGUARD_GPU", "nvml").env(
+        "COSTGUARD_NVML_LIB",
+        d.path().join("no-such-libnvidia-ml.so"),
+    );
+    let (code, err) = start(c, None, &[]);
+    assert_eq!(code, Some(125), "{err}");
+    assert!(err.contains("--gpu nvml (COSTGUARD_GPU): "), "{err}");
+}

@@ -121,6 +121,40 @@ pub struct Settings {
     pub phase: Option<PhaseCtx>,
     pub plan: Option<PathBuf>,
     pub fleet: Option<crate::fleet::FleetSettings>,
+    /// Where the settings that are checked again once the box is known came from: errors
+    /// found then (no price for `--max-usd`, no NVML for `--gpu nvml`) name the same origin
+    /// as the ones found here.
+    pub origins: Origins,
+}
+
+/// The origins of the settings checked after resolution, by flag id.
+#[derive(Debug, Clone, Default)]
+pub struct Origins(std::collections::BTreeMap<&'static str, Origin>);
+
+impl Origins {
+    /// The ids whose errors come after resolution (`run/start.rs`).
+    const LATER: [&'static str; 4] = ["max_usd", "usd_per_kwh", "gpu", "release"];
+
+    fn of(l: &Layers) -> Origins {
+        Origins(Self::LATER.iter().map(|id| (*id, l.origin(id))).collect())
+    }
+
+    /// Where flag `id` came from: `--release`, `config file costguard.toml line 4, key release`.
+    pub fn named(&self, id: &str) -> String {
+        match self.0.get(id) {
+            Some(o) => o.to_string(),
+            None => format!("--{}", id.replace('_', "-")),
+        }
+    }
+
+    /// Flag `id` with `value`, as the person gave it: `--max-usd $5.00`, `max-usd = $5.00
+    /// (config file costguard.toml line 4)`.
+    pub fn shown(&self, id: &str, value: &str) -> String {
+        match self.0.get(id) {
+            Some(o) => o.with_value(value),
+            None => format!("--{} {value}", id.replace('_', "-")),
+        }
+    }
 }
 
 /// The phase a session runs, with its own caps (counted from the phase's start).
@@ -487,6 +521,7 @@ impl Settings {
             release: resolve_release(l)?,
             on_exit_timeout,
             no_preflight,
+            origins: Origins::of(l),
             phase: None,
             plan,
             fleet: resolve_fleet(l)?,

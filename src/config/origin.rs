@@ -35,6 +35,24 @@ impl fmt::Display for Origin {
     }
 }
 
+impl Origin {
+    /// The setting with `value`, as the person gave it: `--max-usd $5.00`, `--max-usd $5.00
+    /// (COSTGUARD_MAX_USD)`, `max-usd = $5.00 (config file costguard.toml line 4)`.
+    pub fn with_value(&self, value: &str) -> String {
+        match self {
+            Origin::Flag { flag } => format!("--{flag} {value}"),
+            Origin::Env { flag, var } => format!("--{flag} {value} ({var})"),
+            Origin::File { path, line, key } => {
+                format!(
+                    "{key} = {value} (config file {} line {line})",
+                    path.display()
+                )
+            }
+            Origin::Default { flag } => format!("--{flag} {value} (the default)"),
+        }
+    }
+}
+
 /// A value with its origin.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Given<T> {

@@ -100,10 +100,15 @@ impl Sinks {
     }
 
     /// Metrics, /status and the ledger from the state at `snap`.
+    /// The run at this instant to every sink: the metrics, and the one view ([`RunView`])
+    /// that `/status`, the page, the ledger and the live line read.
     pub fn publish(&mut self, st: &RunState, snap: &Snapshot) {
         self.publish_metrics(st, snap);
-        self.publish_status(st, snap);
-        self.publish_record(st, snap);
+        let view = self.view(st, snap);
+        self.publish_record(st, &view);
+        if let Ok(mut w) = self.status.write() {
+            *w = Some(view);
+        }
     }
 
     /// The spend counters and elapsed only (cheap: a few atomics), so a scrape is never
@@ -320,7 +325,8 @@ impl Sinks {
         }
     }
 
-    fn publish_status(&self, st: &RunState, s: &Snapshot) {
+    /// The view of the run at the snapshot's instant.
+    pub fn view(&self, st: &RunState, s: &Snapshot) -> RunView {
         let secs = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64());
         let id = st.id();
         let t = st.telemetry();
@@ -334,7 +340,7 @@ impl Sinks {
             .recorder
             .as_ref()
             .and_then(|r| r.read(|l| crate::checkin::of(l, true, s.step.as_deref())));
-        let view = RunView {
+        RunView {
             run_id: id.run_id.clone(),
             state: "running".into(),
             command: id.command_line.clone(),
@@ -386,6 +392,8 @@ impl Sinks {
             fleet_spend_dollars: st.fleet().and_then(|f| f.total),
             fleet_error: st.fleet().and_then(|f| f.error.clone()),
             gpus: t.gpus.clone(),
+            visible_gpus: t.visible.clone(),
+            progress_tracked: st.tracks_progress(),
             host: t.host.clone(),
             recent_events: st.recent().rev().take(20).cloned().collect(),
             updated_at: rfc3339(SystemTime::now()),
@@ -393,9 +401,6 @@ impl Sinks {
             step: s.step.clone(),
             checkin,
             ..RunView::default()
-        };
-        if let Ok(mut w) = self.status.write() {
-            *w = Some(view);
         }
     }
 
@@ -407,41 +412,42 @@ impl Sinks {
         }
     }
 
-    fn publish_record(&self, st: &RunState, s: &Snapshot) {
+    /// The ledger's live part, from the view (the rest is written by the events and the
+    /// ending).
+    fn publish_record(&self, st: &RunState, v: &RunView) {
         let Some(r) = &self.recorder else { return };
         let c = st.carried();
         let longest = st.longest_idle();
         r.update(|l| {
-            l.updated_at = rfc3339(SystemTime::now());
+            l.updated_at = v.updated_at.clone();
             l.updated_unix = crate::events::unix_now();
-            l.spend_dollars = s.spend;
-            l.wasted_dollars = c.wasted + s.wasted;
-            l.elapsed_seconds = c.elapsed + s.now.as_secs_f64();
-            l.priced = st.priced();
-            l.rate_dollars_per_hour = s.rate;
-            let rate = st.rate_view();
-            l.rate_source = rate.rate_text.clone();
-            if rate.detected {
-                l.provider = rate.provider.map(str::to_string);
-                l.instance_type = rate.instance_type.clone();
-                l.region = rate.region.clone();
-                l.spot = rate.spot;
+            l.spend_dollars = v.spend_dollars;
+            l.wasted_dollars = c.wasted + v.wasted_dollars;
+            l.elapsed_seconds = v.run_elapsed_seconds;
+            l.priced = v.rate_dollars_per_hour.is_some();
+            l.rate_dollars_per_hour = v.rate_dollars_per_hour;
+            l.rate_source = v.rate.rate_text.clone();
+            if v.rate.detected {
+                l.provider = v.rate.provider.map(str::to_string);
+                l.instance_type = v.rate.instance_type.clone();
+                l.region = v.rate.region.clone();
+                l.spot = v.rate.spot;
             }
-            if let Some(p) = st.preempted() {
-                l.preempted = Some(p.to_string());
+            if let Some(p) = &v.preempted {
+                l.preempted = Some(p.clone());
             }
-            l.budget_dollars = s.budget;
-            l.max_wall_seconds = s.wall_limit.map(|w| w.as_secs_f64() + c.elapsed);
-            l.last_progress = s.last_progress.clone();
-            l.last_step = s.last_step;
-            l.progress_total = s.progress_total;
-            l.eta_seconds = s.eta.map(|d| d.as_secs_f64());
-            l.projected_spend_dollars = s.projected;
+            l.budget_dollars = v.budget_dollars;
+            l.max_wall_seconds = v.limits.max_wall_seconds.map(|w| w + c.elapsed);
+            l.last_progress = v.last_progress.clone();
+            l.last_step = v.projection.last_step;
+            l.progress_total = v.projection.progress_total;
+            l.eta_seconds = v.projection.eta_seconds;
+            l.projected_spend_dollars = v.projection.projected_spend_dollars;
             l.longest_idle_seconds = l.longest_idle_seconds.max(longest);
-            l.waiting_on = Some(s.waiting_on.clone());
-            l.step = s.step.clone();
+            l.waiting_on = Some(v.waiting_on.clone());
+            l.step = v.step.clone();
             if l.phases_total.is_some() {
-                l.phase_elapsed_seconds = Some(s.now.as_secs_f64());
+                l.phase_elapsed_seconds = Some(v.elapsed_seconds);
             }
         });
     }

@@ -67,6 +67,7 @@ pub struct Sources {
     cloud: Option<Rx<LoopEvent>>,
     meters: Interval,
     redraw: Option<Interval>,
+    deadline: Deadline,
     tasks: Vec<JoinHandle<()>>,
     /// The leader's end, held back until its last output lines are in (or `DRAIN` passed).
     ended: Option<(crate::exit::JobStatus, Instant)>,
@@ -84,29 +85,84 @@ impl Drop for Sources {
     }
 }
 
-/// Sleeps until `at` on a timerfd (CLOCK_MONOTONIC, absolute): tokio's timer rounds a
-/// deadline up to its next millisecond tick, and a ceiling's kill should land when it is due
-/// (as `timeout`'s does). Where a timerfd cannot be had, tokio's sleep.
-async fn sleep_precisely(at: Instant) {
-    let Some(fd) = timer_at(at) else {
-        return tokio::time::sleep_until(at).await;
-    };
-    // SAFETY: the OwnedFd is moved into the AsyncFd, which alone owns and closes it: the
-    // descriptor stays open and the same for the AsyncFd's whole life.
-    let registered = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-    };
-    match registered {
-        Ok(fd) => {
-            let _ = fd.readable().await;
+/// The policy's next deadline, slept on one timerfd (CLOCK_MONOTONIC, absolute) for the
+/// session's life: tokio's timer rounds a deadline up to its next millisecond tick, and a
+/// ceiling's kill should land when it is due (as `timeout`'s does). The timer is set again
+/// only when the deadline moves — a job streaming progress lines wakes the loop thousands of
+/// times a second, and none of those wakes costs a descriptor. Where a timerfd cannot be
+/// had, tokio's sleep.
+#[derive(Default)]
+struct Deadline {
+    /// The timer (None: not made yet, or refused: then tokio's sleep).
+    fd: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+    refused: bool,
+    /// The instant the timer is set for; None once it has fired and been read.
+    set_for: Option<Instant>,
+}
+
+impl Deadline {
+    /// Returns at `at` (at once when it has passed).
+    async fn wait(&mut self, at: Instant) {
+        if self.fd.is_none() && !self.refused {
+            self.fd = new_timer();
+            self.refused = self.fd.is_none();
         }
-        Err(_) => tokio::time::sleep_until(at).await,
+        let Some(fd) = self.fd.as_ref() else {
+            return tokio::time::sleep_until(at).await;
+        };
+        if self.set_for != Some(at) {
+            if !set_timer(fd.get_ref(), at) {
+                return tokio::time::sleep_until(at).await;
+            }
+            self.set_for = Some(at);
+        }
+        loop {
+            let Ok(mut ready) = fd.readable().await else {
+                return tokio::time::sleep_until(at).await;
+            };
+            let mut expirations = [0u8; 8];
+            match ready.try_io(|f| {
+                nix::unistd::read(f.get_ref(), &mut expirations).map_err(std::io::Error::from)
+            }) {
+                // Fired (or failed: never sleep past a deadline on a broken timer).
+                Ok(_) => {
+                    // Read: the next wait, even for the same instant, sets it again.
+                    self.set_for = None;
+                    return;
+                }
+                // Readiness left from before the timer was set again: wait on.
+                Err(_would_block) => continue,
+            }
+        }
     }
 }
 
-/// A non-blocking timerfd that expires at `at` (None: the kernel refused one).
-fn timer_at(at: Instant) -> Option<std::os::fd::OwnedFd> {
+/// A non-blocking timerfd on CLOCK_MONOTONIC, registered with the runtime.
+fn new_timer() -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
     use std::os::fd::FromRawFd;
+    // SAFETY: timerfd_create returns a new descriptor or -1; nothing else owns it.
+    let fd = unsafe {
+        libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just created and is owned by this value from here on.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the OwnedFd is moved into the AsyncFd, which alone owns and closes it: the
+    // descriptor stays open and the same for the AsyncFd's whole life.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+    }
+    .ok()
+}
+
+/// Sets the timer to expire at `at` (absolute; an instant passed expires at once).
+fn set_timer(fd: &std::os::fd::OwnedFd, at: Instant) -> bool {
+    use std::os::fd::AsRawFd;
     let left = at.saturating_duration_since(Instant::now());
     let ns = crate::supervise::deadman::mono_now_ns() + left.as_nanos() as i128;
     let spec = libc::itimerspec {
@@ -120,22 +176,16 @@ fn timer_at(at: Instant) -> Option<std::os::fd::OwnedFd> {
             tv_nsec: (ns % 1_000_000_000).max(1) as libc::c_long,
         },
     };
-    // SAFETY: timerfd_create returns a new descriptor or -1; nothing else owns it.
-    let fd = unsafe {
-        libc::timerfd_create(
-            libc::CLOCK_MONOTONIC,
-            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+    // SAFETY: a valid timerfd and a valid itimerspec on the stack.
+    let set = unsafe {
+        libc::timerfd_settime(
+            fd.as_raw_fd(),
+            libc::TFD_TIMER_ABSTIME,
+            &spec,
+            std::ptr::null_mut(),
         )
     };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: `fd` was just created and is owned by this value from here on.
-    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    // SAFETY: a valid timerfd and a valid itimerspec on the stack.
-    let set =
-        unsafe { libc::timerfd_settime(fd, libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut()) };
-    (set == 0).then_some(owned)
+    set == 0
 }
 
 fn every(d: Duration) -> Interval {
@@ -200,6 +250,7 @@ impl Sources {
             record: c.record,
             meters: every(Duration::from_millis(200)),
             redraw: c.live.then(|| every(Duration::from_secs(1))),
+            deadline: Deadline::default(),
             tasks,
             ended: None,
         }
@@ -244,7 +295,7 @@ impl Sources {
                 } else {
                     LoopEvent::Forward(sig)
                 }),
-                _ = async { match wake { Some(w) => sleep_precisely(w).await, None => std::future::pending().await } } => {
+                _ = async { match wake { Some(w) => self.deadline.wait(w).await, None => std::future::pending().await } } => {
                     Some(LoopEvent::Deadline)
                 }
                 m = recv_opt(&mut self.holder) => match m {

@@ -10,14 +10,17 @@ use crate::units::format_money;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("--gpu nvml: {0}")]
-    NvmlRequired(String),
-    #[error("--max-usd {budget} needs a price: give --usd-per-hour RATE (or COSTGUARD_USD_PER_HOUR), or --usd-per-kwh PRICE with NVML available, or run where NVML shows GPUs from the price table or on a cloud box whose price costguard knows (costguard prices){why}")]
+    /// `--gpu nvml` (as given) and why NVML is not there.
+    #[error("{0}: {1}")]
+    NvmlRequired(String, String),
+    /// `--max-usd $40.00` (as given) and no rate.
+    #[error("{budget} needs a price: give --usd-per-hour RATE (or COSTGUARD_USD_PER_HOUR), or --usd-per-kwh PRICE with NVML available, or run where NVML shows GPUs from the price table or on a cloud box whose price costguard knows (costguard prices){why}")]
     NoRate { budget: String, why: String },
     #[error("{0}")]
     Price(#[from] price::PriceError),
-    #[error("--usd-per-kwh needs GPU energy readings from NVML, but {0}")]
-    NoEnergy(String),
+    /// `--usd-per-kwh $0.30` (as given) and why NVML is not there.
+    #[error("{0} needs GPU energy readings from NVML, but {1}")]
+    NoEnergy(String, String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -117,7 +120,7 @@ pub async fn prepare(settings: &Settings) -> Result<Started, StartError> {
                     _ => ", and the box named no provider".to_string(),
                 };
                 return Err(StartError::NoRate {
-                    budget: format_money(budget),
+                    budget: settings.origins.shown("max_usd", &format_money(budget)),
                     why: format!(" ({gpus}{boxed})"),
                 });
             }
@@ -182,7 +185,11 @@ async fn release_plan(
     let Some(plan) = plan else { return Ok(None) };
     if let Err(f) = release::credential(&plan).await {
         if !f.retry {
-            return Err(StartError::Invalid(format!("--release: {}", f.message)));
+            return Err(StartError::Invalid(format!(
+                "{}: {}",
+                settings.origins.named("release"),
+                f.message
+            )));
         }
         notices.push(format!(
             "release: the credential could not be checked now ({})",
@@ -212,7 +219,10 @@ async fn open_gpu(
             match loaded {
                 Ok(src) => Some(src),
                 Err(e) if mode == GpuMode::Nvml => {
-                    return Err(StartError::NvmlRequired(e.to_string()))
+                    return Err(StartError::NvmlRequired(
+                        settings.origins.shown("gpu", "nvml"),
+                        e.to_string(),
+                    ))
                 }
                 // Said only where it matters (a library path or a GPU watchdog was asked
                 // for); on a machine without a GPU it is the expected case, not news on
@@ -302,7 +312,10 @@ fn local_pricing(
     }
     if let Some(k) = settings.usd_per_kwh {
         if gpu.is_none() {
-            return Err(StartError::NoEnergy("NVML is not available".into()));
+            return Err(StartError::NoEnergy(
+                settings.origins.shown("usd_per_kwh", &format_money(k)),
+                "NVML is not available".into(),
+            ));
         }
         return Ok(Pricing::Energy { per_kwh: k });
     }

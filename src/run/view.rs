@@ -1,10 +1,11 @@
-//! Views of the run state at an instant: the numbers every sink shows ([`Snapshot`]), the
-//! live line, and what the run waits on next. Pure, like the state.
+//! Views of the run state at an instant: the numbers every sink shows ([`Snapshot`], from
+//! which `run/sinks.rs` builds the one [`crate::status::RunView`]) and what the run waits on
+//! next. Pure, like the state.
 
 use std::time::Duration;
 
 use super::state::RunState;
-use crate::units::{format_duration, format_money};
+use crate::units::format_duration;
 
 /// The run's numbers at one instant; metrics, /status and the ledger are built from it.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,56 +113,5 @@ impl RunState {
             (None, Some(w)) => say(w),
             (None, None) => "the job to finish (no ceiling or watchdog will end it)".into(),
         }
-    }
-
-    /// The live status line: spend against budget, elapsed, GPU utilization, progress age.
-    pub fn live_text(&self, now: Duration) -> String {
-        let e = self.engine();
-        let whole = |d: Duration| match d.as_secs() {
-            s @ 0..60 => format!("{s}s"),
-            s => format_duration(Duration::from_secs(s)),
-        };
-        let mut parts = Vec::new();
-        if let Some(p) = self.phase() {
-            parts.push(match p.step_text() {
-                Some(step) => format!("{} ({step})", p.name),
-                None => p.name.clone(),
-            });
-        }
-        let spend = e.spend(now);
-        parts.push(match (self.priced(), e.limits().max_usd) {
-            (false, _) => "spend unknown".to_string(),
-            (true, Some(b)) => format!("{} / {}", format_money(spend), format_money(b)),
-            (true, None) => format!(
-                "{} at {}/h",
-                format_money(spend),
-                format_money(e.meter().rate())
-            ),
-        });
-        let mut elapsed = whole(now);
-        if let Some(w) = e.limits().max_wall {
-            elapsed += &format!(" / {}", whole(w));
-        }
-        parts.push(elapsed);
-        let t = self.telemetry();
-        let gpus: Vec<String> = t
-            .gpus
-            .iter()
-            .filter(|g| t.visible.contains(&g.index))
-            .map(|g| match g.util_gpu_pct {
-                Some(u) => format!("{}:{u:.0}%", g.index),
-                None => format!("{}:?", g.index),
-            })
-            .collect();
-        if !gpus.is_empty() {
-            parts.push(format!("GPU {}", gpus.join(" ")));
-        }
-        if self.tracks_progress() {
-            parts.push(match e.progress().last_label() {
-                Some(_) => format!("progress {} ago", whole(e.since_progress(now))),
-                None => format!("no progress in {}", whole(e.since_progress(now))),
-            });
-        }
-        format!("costguard: {}", parts.join(" | "))
     }
 }

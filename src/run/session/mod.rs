@@ -195,7 +195,8 @@ impl Session {
                 Action::Say(t) => crate::console::say(t),
                 Action::Redraw => {
                     if let Some(l) = self.live.as_mut() {
-                        l.draw(&self.state.live_text(now));
+                        let view = self.sinks.view(&self.state, &self.state.snapshot(now));
+                        l.draw(&view.live_text());
                     }
                 }
                 // The ending's effects come after the loop (close.rs).

@@ -169,7 +169,7 @@ pub async fn open(
 ) -> Result<Session, GuardError> {
     let started = match start::prepare(&settings).await {
         // The agent sees its targets through NVML only: without it nothing is recorded.
-        Err(StartError::NvmlRequired(why)) if kind == TargetKind::Agent => {
+        Err(StartError::NvmlRequired(_, why)) if kind == TargetKind::Agent => {
             return Err(GuardError::Agent(no_gpu_for_agent(&why)))
         }
         r => r?,
