@@ -15,7 +15,10 @@ COSTGUARD_STATE_DIR:
    interleaved; overshoot = the command's wall time - 1 s;
 3. where the time goes: the same start with COSTGUARD_TIMING=1 (each step writes its
    CLOCK_MONOTONIC instant to stderr, `src/timing.rs`), medians of each step's offset from
-   the benchmark's spawn and of the gap since the step before.
+   the benchmark's spawn and of the gap since the step before;
+4. where the overshoot goes: `--max-wall 1s -- sleep 5` with COSTGUARD_TIMING=1, each step
+   from the ceiling's instant (costguard's clock starts at `main`: the ceiling is main + 1 s)
+   to the process's end.
 
 Not a test: numbers depend on the machine and on what else runs there (the load average is
 printed with them).
@@ -126,6 +129,42 @@ def breakdown(cg, env, n):
     return offsets, totals
 
 
+KILL_STEPS = [
+    ("deadline", "the deadline's timer wakes the loop"),
+    ("terminate", "kill recorded durably (the killed event), kill protocol begins"),
+    ("job-ended", "SIGTERM reaches the job; the holder reaps it"),
+    ("holder-reaped", "the holder exits (no child left); costguard sees it"),
+    ("ledger-save", "ending: verdict, events, series"),
+    ("ledger-saved", "final ledger written durably (report and series beside it)"),
+    ("returned", "report, notifications, linger"),
+    ("exit", "runtime shut down"),
+]
+
+
+def kill_breakdown(cg, env, n):
+    """Each kill step's median offset from the ceiling's instant (main + 1 s), in ms."""
+    env = dict(env, COSTGUARD_TIMING="1")
+    offsets = {s: [] for s, _ in KILL_STEPS}
+    ends = []
+    for _ in range(n):
+        p = subprocess.run([cg, "-q", "--no-listen", "--max-wall", "1s", "--", "sleep", "5"],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        gone = time.monotonic_ns()
+        seen = {}
+        for line in p.stderr.splitlines():
+            parts = line.split()
+            if len(parts) == 4 and parts[0] == "costguard-timing":
+                seen.setdefault(parts[3], int(parts[1]))
+        if "main" not in seen:
+            continue
+        due = seen["main"] + 1_000_000_000
+        for s in offsets:
+            if s in seen:
+                offsets[s].append((seen[s] - due) / 1e6)
+        ends.append((gone - due) / 1e6)
+    return offsets, ends
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=30)
@@ -141,6 +180,7 @@ def main():
         ours, theirs = starts(cg, env, a.pairs)
         over = overshoots(cg, env, a.kills)
         offsets, totals = breakdown(cg, env, a.pairs)
+        kill_offsets, kill_ends = kill_breakdown(cg, env, a.kills)
     finally:
         shutil.rmtree(state, ignore_errors=True)
     load = os.getloadavg()
@@ -171,6 +211,21 @@ def main():
         prev = at
     end = statistics.median(totals)
     print(f"  {'(process gone)':15} {end:7.2f} {end - (prev or 0):7.2f}  exit, seen by the waiting parent")
+    print()
+    print(f"where the overshoot goes (--max-wall 1s, COSTGUARD_TIMING=1, {a.kills} runs; ms after"
+          " the ceiling's instant)")
+    print(f"  {'step':15} {'at':>7} {'gap':>7}  what the gap is")
+    prev = 0.0
+    for step, what in KILL_STEPS:
+        xs = kill_offsets[step]
+        if not xs:
+            continue
+        at = statistics.median(xs)
+        print(f"  {step:15} {at:7.2f} {at - prev:7.2f}  {what}")
+        prev = at
+    if kill_ends:
+        end = statistics.median(kill_ends)
+        print(f"  {'(process gone)':15} {end:7.2f} {end - prev:7.2f}  exit, seen by the waiting parent")
 
 
 if __name__ == "__main__":

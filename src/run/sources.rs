@@ -296,6 +296,7 @@ impl Sources {
                     LoopEvent::Forward(sig)
                 }),
                 _ = async { match wake { Some(w) => self.deadline.wait(w).await, None => std::future::pending().await } } => {
+                    crate::timing::mark("deadline");
                     Some(LoopEvent::Deadline)
                 }
                 m = recv_opt(&mut self.holder) => match m {

@@ -170,6 +170,7 @@ pub async fn terminate(
     mut gone: Option<watch::Receiver<bool>>,
     mut force: Option<watch::Receiver<bool>>,
 ) -> KillReport {
+    crate::timing::mark("terminate");
     let mut p = Protocol::new(first, grace, Instant::now());
     let mut forced = force.as_ref().is_some_and(|f| *f.borrow());
     while let Next::Wait(d) = p.step(scope, Instant::now(), forced) {
