@@ -142,10 +142,6 @@ impl Catalog {
         })
     }
 
-    pub fn rows(&self) -> &[Row] {
-        &self.rows
-    }
-
     fn table_origin(&self, row: &Row) -> String {
         if row.from_file {
             self.origin.clone()

@@ -8,11 +8,11 @@
 //! probe is bounded, and the run loop takes its answer as an event that corrects the
 //! meter from the run's first instant.
 
-pub mod catalog;
+pub(crate) mod catalog;
 mod metadata;
 mod pods;
-pub mod preempt;
-pub mod release;
+pub(crate) mod preempt;
+pub(crate) mod release;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

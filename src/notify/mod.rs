@@ -3,11 +3,11 @@
 //! next start when something was left). Delivery runs in its own task: it never delays a kill.
 
 pub mod check;
-pub mod deliver;
-pub mod email;
-pub mod outbox;
-pub mod payload;
-pub mod worker;
+pub(crate) mod deliver;
+pub(crate) mod email;
+pub(crate) mod outbox;
+pub(crate) mod payload;
+pub(crate) mod worker;
 
 use std::time::Duration;
 

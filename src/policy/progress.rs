@@ -31,9 +31,6 @@ impl Progress {
     pub fn last_label(&self) -> Option<&str> {
         self.last_label.as_deref()
     }
-    pub fn count(&self) -> u64 {
-        self.count
-    }
     pub fn last_step(&self) -> Option<f64> {
         self.last_step.map(|s| s.1)
     }

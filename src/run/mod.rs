@@ -6,27 +6,27 @@
 //! record, the notifier, the console). What is guarded is a `target`: the wrapped job's
 //! tree or the agent's GPU processes.
 
-pub mod action;
+pub(crate) mod action;
 pub mod agent;
 #[cfg(test)]
 mod ending_tests;
 pub(crate) mod exit_hook;
-pub mod idle_box;
+pub(crate) mod idle_box;
 pub(crate) mod live;
 #[cfg(test)]
 mod machine_tests;
-pub mod output;
+pub(crate) mod output;
 pub mod plan;
-pub mod record;
-pub mod sampler;
+pub(crate) mod record;
+pub(crate) mod sampler;
 pub mod session;
 mod sinks;
-pub mod sources;
+pub(crate) mod sources;
 mod start;
-pub mod state;
+pub(crate) mod state;
 #[cfg(test)]
 mod state_tests;
-pub mod target;
+pub(crate) mod target;
 mod telemetry_cache;
 mod view;
 

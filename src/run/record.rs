@@ -451,15 +451,9 @@ impl Recorder {
         let _ = self.ev_tx.send(e.clone());
     }
 
-    /// Lets the writer drain the events and write the latest ledger, and waits for it. The
-    /// ledger as last written, or why it could not be.
-    pub async fn close(self) -> (Ledger, Result<(), String>) {
-        let (last, written, ()) = self.close_then(|_| async {}).await;
-        (last, written)
-    }
-
-    /// [`Recorder::close`], running `then` on the final ledger as soon as every event is in
-    /// the event log — beside the ledger's durable write, not after it.
+    /// Lets the writer drain the events and write the latest ledger, and waits for it: the
+    /// ledger as last written, or why it could not be — running `then` on that ledger as soon
+    /// as every event is in the event log, beside the ledger's durable write, not after it.
     pub async fn close_then<T, F>(
         self,
         then: impl FnOnce(Ledger) -> F,

@@ -29,8 +29,9 @@ mod armed;
 mod closing;
 mod ending;
 pub use armed::Stage;
+#[cfg(test)]
 pub use closing::STOPPED_TOGETHER;
-pub use ending::{Conclusion, EndRules, PlanRules, ReleaseRules, Verdict};
+pub use ending::{EndRules, PlanRules, ReleaseRules, Verdict};
 
 pub use crate::status::RateView;
 
@@ -282,18 +283,16 @@ impl RunState {
     pub fn id(&self) -> &Identity {
         &self.id
     }
-    pub fn kind(&self) -> TargetKind {
-        self.kind
-    }
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
+    #[cfg(test)]
+    pub fn kind(&self) -> TargetKind {
+        self.kind
+    }
+    #[cfg(test)]
     pub fn pricing(&self) -> &Pricing {
         &self.pricing
-    }
-    /// What the box said about itself (None until detection answered, or with none).
-    pub fn cloud(&self) -> Option<&crate::cloud::Detection> {
-        self.cloud.as_ref()
     }
     /// Where the rate comes from and the box, as /status, the metrics and the ledger say it.
     pub fn rate_view(&self) -> RateView {

@@ -7,14 +7,14 @@
 //! only when it has no children, so the leader exiting never counts. The kill itself is
 //! `kill.rs`, the one protocol every caller uses.
 
-pub mod cgroup;
-pub mod deadman;
-pub mod hold;
+pub(crate) mod cgroup;
+pub(crate) mod deadman;
+pub(crate) mod hold;
 mod holder;
-pub mod kill;
+pub(crate) mod kill;
 mod lost;
 mod spawn;
-pub mod tree;
+pub(crate) mod tree;
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;

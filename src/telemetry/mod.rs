@@ -3,10 +3,10 @@
 //! Nothing here is on the enforcement path: the run loop receives finished samples over a
 //! channel, and a sample that does not come back in time is "unknown", never zero.
 
-pub mod devfiles;
-pub mod host;
-pub mod nvml;
-pub mod price;
+pub(crate) mod devfiles;
+pub(crate) mod host;
+pub(crate) mod nvml;
+pub(crate) mod price;
 
 use serde::Serialize;
 

@@ -5,8 +5,8 @@
 //! what the run waits on: `/status` every few seconds) on a terminal, and exits with the
 //! run's exit status when it ends.
 
-pub mod desktop;
-pub mod sse;
+pub(crate) mod desktop;
+pub(crate) mod sse;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

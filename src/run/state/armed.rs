@@ -30,7 +30,8 @@ pub enum Stage {
 }
 
 impl RunState {
-    /// Where the session is: running, armed, or a stage of its ending.
+    /// Where the session is: running, armed, or a stage of its ending (for the tests).
+    #[cfg(test)]
     pub fn stage(&self) -> &Stage {
         &self.stage
     }
