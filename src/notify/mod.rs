@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::events::{Event, EventKind, KillReason};
 use crate::redact::Secret;
 
-pub use worker::{Notifier, Report};
+pub use worker::Notifier;
 
 /// Kinds sent when a channel does not say: kills, failures, completion, budget and checkpoint
 /// warnings, the spot box's reclaim notice, a record or a release that failed. (Macros, so

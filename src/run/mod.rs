@@ -30,7 +30,7 @@ pub(crate) mod target;
 mod telemetry_cache;
 mod view;
 
-pub use session::{run, GuardError};
+pub use session::GuardError;
 pub use start::{default_run_id, reserve_run_id};
 
 /// The rate a run would be metered at and where it comes from, and what the box said about

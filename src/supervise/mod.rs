@@ -334,14 +334,6 @@ impl Job {
         self.members_and_outside().1
     }
 
-    /// Sends `sig` to every process of the job; returns the pids it reached.
-    pub fn signal_all(&self, sig: Signal) -> Vec<i32> {
-        self.members()
-            .into_iter()
-            .filter(|p| kill(Pid::from_raw(*p), sig).is_ok())
-            .collect()
-    }
-
     /// The job's leader (the holder's first child), once it has started.
     pub fn leader(&self) -> Option<i32> {
         *self.leader.borrow()

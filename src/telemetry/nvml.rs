@@ -56,7 +56,6 @@ pub struct NvmlSource {
     tx: std::sync::mpsc::Sender<Reply>,
     busy: Arc<AtomicBool>,
     pub inventory: Vec<GpuInfo>,
-    pub lib: String,
 }
 
 impl NvmlSource {
@@ -108,7 +107,6 @@ impl NvmlSource {
             tx,
             busy,
             inventory,
-            lib: lib_name,
         })
     }
 

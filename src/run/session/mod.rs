@@ -28,7 +28,9 @@ use crate::config::Settings;
 use crate::events::{EventKind, KillReason};
 use crate::telemetry::nvml::NvmlSource;
 
-pub use open::{limits_of, open, GuardError};
+#[cfg(test)]
+pub use open::limits_of;
+pub use open::{open, GuardError};
 
 pub struct Session {
     settings: Settings,
