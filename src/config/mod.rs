@@ -443,6 +443,24 @@ impl Settings {
         Settings::layered(&Layers::new(guard)?, false)
     }
 
+    /// The settings of one phase of a plan: the run's, under the plan's run id, with the
+    /// phase's own idle and stall watchdogs where it sets them.
+    pub fn for_phase(
+        &self,
+        run_id: &str,
+        phase: PhaseCtx,
+        idle: Option<Duration>,
+        stall: Option<Duration>,
+    ) -> Settings {
+        Settings {
+            run_id: Some(run_id.to_string()),
+            idle: idle.or(self.idle),
+            stall: stall.or(self.stall),
+            phase: Some(phase),
+            ..self.clone()
+        }
+    }
+
     /// `costguard run`: as `resolve`, with `--no-preflight` recorded.
     pub fn resolve_run(guard: &Guard, no_preflight: bool) -> Result<Settings, ConfigError> {
         Settings::layered(&Layers::new(guard)?, no_preflight)

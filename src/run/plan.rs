@@ -499,15 +499,12 @@ pub async fn run(settings: Settings, phases: Vec<Phase>, plan: &Path) -> Result<
         // A step number left by an earlier phase is not this phase's.
         let _ = std::fs::remove_file(&step_file);
         let job = p.job(&step_file);
-        let mut s = settings.clone();
-        s.run_id = Some(run_id.clone());
-        s.idle = p.idle.or(s.idle);
-        s.stall = p.stall.or(s.stall);
-        s.phase = Some(PhaseCtx {
+        let ctx = PhaseCtx {
             continues: ran,
             step_file: (!p.steps.is_empty()).then_some(step_file),
             ..p.ctx
-        });
+        };
+        let s = settings.for_phase(&run_id, ctx, p.idle, p.stall);
         ran = true;
         let (c, ended) = run_session(s, job).await?;
         code = c;
