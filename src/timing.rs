@@ -47,12 +47,22 @@ pub fn mark(step: &str) {
 }
 
 /// The instant `main` began, once [`started`] has been called there.
-static STARTED: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Whether the first session has taken [`STARTED`] as its clock's zero.
+static FIRST_TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Notes that the process begins now; called first thing in `main`.
 pub fn started() {
-    let mut s = STARTED.lock().unwrap_or_else(|p| p.into_inner());
-    s.get_or_insert_with(std::time::Instant::now);
+    let _ = STARTED.set(std::time::Instant::now());
+}
+
+/// How long ago `main` began (zero without [`started`]): a resumed run's leftovers are
+/// charged up to that instant, from which the new session's own clock counts.
+pub fn since_main() -> std::time::Duration {
+    STARTED
+        .get()
+        .map_or(std::time::Duration::ZERO, |t| t.elapsed())
 }
 
 /// Where a session's clock starts: for the process's first session, the instant `main`
@@ -60,9 +70,9 @@ pub fn started() {
 /// costguard's own start-up against the job — never later than the job's start); for any
 /// later one (a plan's next phase) and without [`started`], now.
 pub fn session_start() -> std::time::Instant {
-    STARTED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .unwrap_or_else(std::time::Instant::now)
+    let first = !FIRST_TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst);
+    match STARTED.get() {
+        Some(t) if first => *t,
+        _ => std::time::Instant::now(),
+    }
 }

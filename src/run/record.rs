@@ -258,15 +258,18 @@ async fn end_leftovers(id: &str, p: &Ledger, notices: &mut Vec<String>) -> f64 {
     extra
 }
 
-/// How long ago the crashed session last wrote its ledger: by the boot clock when it is the
-/// same boot (a wall-clock step between crash and resume is then irrelevant), by wall time
-/// otherwise; never less than 0.
+/// How long the crashed session's leftovers ran unguarded: from its ledger's last write to
+/// the instant this costguard began (from which the new session's own meter counts, so no
+/// second is charged twice) — by the boot clock when it is the same boot (a wall-clock step
+/// between crash and resume is then irrelevant), by wall time otherwise; never less than 0.
 fn crash_gap(p: &Ledger) -> f64 {
     let same_boot = p.boot_id.is_some() && p.boot_id.as_deref() == crate::events::boot_id();
-    match (same_boot, p.updated_boottime) {
-        (true, Some(then)) => (crate::events::boot_clock() - then).max(0.0),
-        _ => (crate::events::unix_now() - p.updated_unix).max(0.0),
-    }
+    let since_main = crate::timing::since_main().as_secs_f64();
+    let gap = match (same_boot, p.updated_boottime) {
+        (true, Some(then)) => crate::events::boot_clock() - then,
+        _ => crate::events::unix_now() - p.updated_unix,
+    };
+    (gap - since_main).max(0.0)
 }
 
 /// What the writer tells the loop: a write failed, or writes succeed again after failing.
@@ -454,8 +457,11 @@ impl Recorder {
     /// Lets the writer drain the events and write the latest ledger, and waits for it: the
     /// ledger as last written, or why it could not be — running `then` on that ledger as soon
     /// as every event is in the event log, beside the ledger's durable write, not after it.
+    /// `beside` (the series' last write) runs alongside and is awaited too: nothing of the
+    /// run is written after its lock is let go.
     pub async fn close_then<T, F>(
         self,
+        beside: impl std::future::Future<Output = ()>,
         then: impl FnOnce(Ledger) -> F,
     ) -> (Ledger, Result<(), String>, T)
     where
@@ -469,7 +475,7 @@ impl Recorder {
         if let Some(c) = self.config {
             let _ = c.await;
         }
-        let (written, t) = tokio::join!(
+        let (written, t, ()) = tokio::join!(
             async {
                 self.task
                     .await
@@ -479,7 +485,8 @@ impl Recorder {
                 // A writer that ended without saying so has nothing left to append either.
                 let _ = drained.await;
                 after.await
-            }
+            },
+            beside
         );
         (last, written, t)
     }

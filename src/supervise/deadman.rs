@@ -14,7 +14,8 @@
 //! Nothing the holder needs at kill time takes a new descriptor, a lock, a file open or the
 //! network: the pipe and the run directory are opened by costguard before the holder starts
 //! and inherited as descriptors. The record (`<run dir>/holder-kill.txt`) is made in that
-//! directory only after the kill, so a run that needs no holder kill creates no file for it.
+//! directory only once the kill's first signal is out (before its grace is waited), so a run
+//! that needs no holder kill creates no file for it.
 
 use std::fs::File;
 use std::io::{Read, Write};

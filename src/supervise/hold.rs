@@ -8,7 +8,8 @@
 //! (PDEATHSIG, and `getppid()` polled as a backstop) and kills the whole tree within a second.
 //! It also holds costguard's current kill deadline (`deadman.rs`): when costguard has not
 //! begun its kill by then (a blocked loop, a stopped process), the holder kills the tree
-//! itself, then says why in a file it makes in the run directory opened for it in advance.
+//! itself and, once the first signal is out, says why in a file it makes in the run
+//! directory opened for it in advance.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -121,15 +122,18 @@ impl Guard<'_> {
             "warn deadline-kill: costguard had not begun its kill after {}; the holder is killing the job",
             arm.why
         ));
-        // The kill first: the record is a file made on the disk, which may be full or hung.
-        let r = kill_everything(self.cgroup, arm.grace);
-        self.record.write(&format!(
+        let why = format!(
             "at unix time {when:.3} the holder (pid {}) killed the job itself: costguard had not \
              begun its kill {}s after {}\n",
             std::process::id(),
             deadman::SLACK.as_secs(),
             arm.why
-        ));
+        );
+        // The first signal before the record (a file made on a disk that may be full or
+        // hung); the record before the grace is waited out, so a holder killed during it
+        // has still said why.
+        let record = &mut self.record;
+        let r = kill_everything(self.cgroup, arm.grace, || record.write(&why));
         self.record.write(&format!(
             "SIGTERM to {} processes, then {} after {:.3}s; survivors: {:?}\n",
             r.signalled,
@@ -202,7 +206,7 @@ fn reap_until_done(
             }
         }
         if getppid() != parent {
-            kill_everything(guard.cgroup, Duration::from_secs(1));
+            kill_everything(guard.cgroup, Duration::from_secs(1), || {});
             return 0;
         }
         guard.switch.poll();
@@ -266,14 +270,18 @@ impl super::kill::Scope for Orphaned {
 
 /// costguard is gone (a second's grace) or late (its grace): the kill protocol, reaping as
 /// it goes, then the leaf is removed.
-fn kill_everything(cgroup: Option<&Path>, grace: Duration) -> super::kill::KillReport {
+fn kill_everything(
+    cgroup: Option<&Path>,
+    grace: Duration,
+    signalled: impl FnOnce(),
+) -> super::kill::KillReport {
     let mut scope = Orphaned {
         me: std::process::id() as i32,
         leaf: cgroup.map(|d| Leaf {
             dir: d.to_path_buf(),
         }),
     };
-    let report = super::kill::terminate_blocking(&mut scope, Signal::SIGTERM, grace);
+    let report = super::kill::terminate_blocking(&mut scope, Signal::SIGTERM, grace, signalled);
     while waitpid(None, None).is_ok() {}
     if let Some(l) = &scope.leaf {
         l.remove();

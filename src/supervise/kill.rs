@@ -189,11 +189,25 @@ pub async fn terminate(
     p.finish(Instant::now())
 }
 
-/// Runs the protocol on the calling thread (the holder has no runtime).
-pub fn terminate_blocking(scope: &mut dyn Scope, first: Signal, grace: Duration) -> KillReport {
+/// Runs the protocol on the calling thread (the holder has no runtime); `signalled` runs
+/// once the first signal is out, before the grace is waited (or at the end when nothing was
+/// left to signal).
+pub fn terminate_blocking(
+    scope: &mut dyn Scope,
+    first: Signal,
+    grace: Duration,
+    signalled: impl FnOnce(),
+) -> KillReport {
     let mut p = Protocol::new(first, grace, Instant::now());
+    let mut signalled = Some(signalled);
     while let Next::Wait(d) = p.step(scope, Instant::now(), false) {
+        if let Some(f) = signalled.take() {
+            f();
+        }
         std::thread::sleep(d.min(Duration::from_millis(5)));
+    }
+    if let Some(f) = signalled.take() {
+        f();
     }
     p.finish(Instant::now())
 }
@@ -346,7 +360,7 @@ mod tests {
         assert!(scope.members().len() >= 3, "{:?}", scope.members());
         // The child is ours: reap it from another thread so it does not stay a zombie.
         let reaper = std::thread::spawn(move || child.wait());
-        let r = terminate_blocking(&mut scope, Signal::SIGTERM, Duration::from_secs(5));
+        let r = terminate_blocking(&mut scope, Signal::SIGTERM, Duration::from_secs(5), || {});
         let _ = reaper.join();
         assert!(scope.members().is_empty());
         assert!(r.signalled >= 3, "{r:?}");

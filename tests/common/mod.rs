@@ -302,8 +302,9 @@ pub fn port_of_url(url: &str) -> Option<u16> {
 }
 
 /// The port costguard, started as `child` with an explicit `--listen 127.0.0.1:0` for run
-/// `id` with its state in `state`, actually bound: the ledger's `page_url`, which it writes
-/// right after binding and before the job starts. Waits up to `within` for it. An error (what
+/// `id` with its state in `state`, actually bound: the ledger's `page_url`, set right after
+/// the bind and on disk at the record writer's first save (a second in, or the close). Waits
+/// up to `within` for it. An error (what
 /// went wrong, with the child's exit status) when costguard exited without writing it, or did
 /// not within `within` (then it is killed). For a new run id: a resumed run's ledger still
 /// holds its previous session's page until the new session binds.

@@ -38,7 +38,7 @@ impl Session {
             let w = tokio::task::spawn_blocking(move || crate::report::write_with(&d, &l, &series));
             matches!(w.await, Ok((_, Ok(()))))
         };
-        let ((ledger, saved, reported), ()) = tokio::join!(rec.close_then(report), series_saved);
+        let (ledger, saved, reported) = rec.close_then(series_saved, report).await;
         if let Err(why) = saved {
             // The record is the budget: say so where it will be seen, and claim no report.
             crate::console::alert(format!(

@@ -167,6 +167,9 @@ pub async fn open(
     base_id: &str,
     capture: bool,
 ) -> Result<Session, GuardError> {
+    // The session's clock, and the wall time of its zero: events, the series' $0 point and
+    // the ledger's start are all placed from the same instant the ceilings count from.
+    let t0 = crate::timing::session_start();
     let started = match start::prepare(&settings).await {
         // The agent sees its targets through NVML only: without it nothing is recorded.
         Err(StartError::NvmlRequired(_, why)) if kind == TargetKind::Agent => {
@@ -178,7 +181,9 @@ pub async fn open(
     if kind == TargetKind::Agent && started.gpu.is_none() {
         return Err(GuardError::Agent(no_gpu_for_agent("--gpu none")));
     }
-    let started_wall = SystemTime::now();
+    let started_wall = SystemTime::now()
+        .checked_sub(t0.elapsed())
+        .unwrap_or_else(SystemTime::now);
     let mut notices = Vec::new();
     let claim = Recorder::claim(&settings, base_id, &mut notices).await?;
     crate::timing::mark("claimed");
@@ -238,7 +243,7 @@ pub async fn open(
         page_url: listening.map(page_url),
     };
     rec.update(|l| l.host = id.host.clone());
-    let state = RunState::new(init_of(&settings, kind, id, &started, &prev, capture));
+    let state = RunState::new(init_of(&settings, kind, id, &started, &prev, capture, t0));
     let sinks = Sinks::new(metrics, status, series, rec, notifier);
     let live = LiveLine::new(settings.quiet);
     let mut s = Session {
@@ -265,13 +270,14 @@ fn init_of(
     started: &start::Started,
     prev: &Ledger,
     capture: bool,
+    t0: std::time::Instant,
 ) -> Init {
     let rate = match &started.pricing {
         Pricing::Fixed { per_hour, .. } => *per_hour,
         _ => 0.0,
     };
     Init {
-        t0: crate::timing::session_start(),
+        t0,
         id,
         kind,
         engine: Engine::new(
