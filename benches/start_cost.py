@@ -131,7 +131,7 @@ def breakdown(cg, env, n):
 
 KILL_STEPS = [
     ("deadline", "the deadline's timer wakes the loop"),
-    ("terminate", "kill recorded durably (the killed event), kill protocol begins"),
+    ("terminate", "the killed event; processes outside the leaf looked for (a /proc walk); protocol begins"),
     ("job-ended", "SIGTERM reaches the job; the holder reaps it"),
     ("holder-reaped", "the holder exits (no child left); costguard sees it"),
     ("ledger-save", "ending: verdict, events, series"),
