@@ -159,6 +159,14 @@ pub fn limits_of(s: &Settings, carried: f64, spent: f64) -> Limits {
     }
 }
 
+/// The wall time of the session clock's zero: events, the series' $0 point and the ledger's
+/// start are all placed from the instant the ceilings count from.
+fn wall_of(t0: std::time::Instant) -> SystemTime {
+    SystemTime::now()
+        .checked_sub(t0.elapsed())
+        .unwrap_or_else(SystemTime::now)
+}
+
 /// Opens a session: nothing of the target runs yet.
 pub async fn open(
     settings: Settings,
@@ -167,8 +175,6 @@ pub async fn open(
     base_id: &str,
     capture: bool,
 ) -> Result<Session, GuardError> {
-    // The session's clock, and the wall time of its zero: events, the series' $0 point and
-    // the ledger's start are all placed from the same instant the ceilings count from.
     let t0 = crate::timing::session_start();
     let started = match start::prepare(&settings).await {
         // The agent sees its targets through NVML only: without it nothing is recorded.
@@ -181,9 +187,7 @@ pub async fn open(
     if kind == TargetKind::Agent && started.gpu.is_none() {
         return Err(GuardError::Agent(no_gpu_for_agent("--gpu none")));
     }
-    let started_wall = SystemTime::now()
-        .checked_sub(t0.elapsed())
-        .unwrap_or_else(SystemTime::now);
+    let started_wall = wall_of(t0);
     let mut notices = Vec::new();
     let claim = Recorder::claim(&settings, base_id, &mut notices).await?;
     crate::timing::mark("claimed");
