@@ -172,12 +172,7 @@ fn open_record(dir: &std::path::Path) -> Option<OwnedFd> {
     if std::fs::symlink_metadata(&stale).is_ok_and(|m| !m.is_dir()) {
         let _ = std::fs::remove_file(&stale);
     }
-    nix::fcntl::open(
-        dir,
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .ok()
+    spawn::open_dir(dir)
 }
 
 impl HolderFds {

@@ -10,7 +10,7 @@
 //! itself, as before; the holder checks the leaf's members either way.
 
 use std::ffi::{CString, OsString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -151,18 +151,12 @@ impl Prepared {
     }
 }
 
-/// The leaf's directory, opened for `CLONE_INTO_CGROUP` (close-on-exec: the job never has it).
-fn open_dir(dir: &Path) -> Option<OwnedFd> {
-    let p = CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: a valid NUL-terminated path; the descriptor returned is ours alone.
-    let fd = unsafe {
-        libc::open(
-            p.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    // SAFETY: `fd` was just opened and is owned by nothing else.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+/// A directory opened as a descriptor, close-on-exec (the job never has it): the leaf's for
+/// `CLONE_INTO_CGROUP`, the run directory for the holder's record.
+pub(super) fn open_dir(dir: &Path) -> Option<OwnedFd> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    nix::fcntl::open(dir, flags, nix::sys::stat::Mode::empty()).ok()
 }
 
 /// Reads until `buf` is full or end of file; how many bytes came.
