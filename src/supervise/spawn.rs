@@ -1,5 +1,7 @@
 //! How the holder starts the job: created directly inside its cgroup leaf with
-//! `clone3(CLONE_INTO_CGROUP)`, then `execvp`.
+//! `clone3(CLONE_INTO_CGROUP)`, then `execvp` — on x86-64 by a child that shares the
+//! holder's memory until its exec (`CLONE_VM | CLONE_VFORK`, as `posix_spawn` does), else
+//! by a fork.
 //!
 //! Joining a leaf by writing `cgroup.procs` takes the kernel's cgroup threadgroup lock for
 //! writing, which waits out an RCU grace period: a few milliseconds on an idle machine, tens
@@ -71,15 +73,97 @@ impl Prepared {
     /// Starts the job; its pid once its exec succeeded, or the errno of the failure (the
     /// failed child already reaped).
     pub fn spawn(&self) -> Result<i32, Errno> {
-        let (err_rd, err_wr) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e as i32)?;
         let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
+        #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+        if let Some(started) = self.spawn_shared(&argv) {
+            return started;
+        }
+        self.spawn_forked(&argv)
+    }
+
+    /// The job started by a child that shares the holder's memory until its exec
+    /// (`clone3(CLONE_VM | CLONE_VFORK)`, inside the leaf with `CLONE_INTO_CGROUP`), as
+    /// glibc's `posix_spawn` starts one — which cannot name a cgroup in the glibc of most
+    /// distributions: nothing of the holder's address space is copied for the child, nor
+    /// torn down again by its exec. The holder waits, suspended, until the exec succeeded or
+    /// the child exited; the child's errno comes back in the memory they share. None where
+    /// the kernel refuses the clone (no `clone3`, no `CLONE_INTO_CGROUP`, a seccomp
+    /// profile): then the fork below.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    fn spawn_shared(&self, argv: &[*const libc::c_char]) -> Option<Result<i32, Errno>> {
+        const STACK: usize = 256 * 1024;
+        // Never touched here: the child faults in the few pages execvp uses.
+        let mut stack: Vec<u8> = Vec::with_capacity(STACK);
+        let base = stack.as_mut_ptr() as u64;
+        let top = (base + STACK as u64) & !15;
+        let mut shared = Shared {
+            prepared: self,
+            argv: argv.as_ptr(),
+            joined: self.leaf.is_some(),
+            errno: 0,
+        };
+        let mut args = CloneArgs {
+            flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: base,
+            stack_size: top - base,
+            ..CloneArgs::default()
+        };
+        if let Some(leaf) = &self.leaf {
+            args.flags |= CLONE_INTO_CGROUP;
+            args.cgroup = leaf.as_raw_fd() as u64;
+        }
+        let mut ret: i64 = libc::SYS_clone3;
+        // SAFETY: clone3 with CLONE_VM starts the child on `stack` (its top 16-byte aligned,
+        // as a call requires), sharing this memory: the child's first act is the call into
+        // `shared_child`, which never returns and only makes async-signal-safe calls on
+        // memory prepared before the clone; CLONE_VFORK suspends this thread until the child
+        // has exec'd or exited, so `stack`, `shared`, `args` and `argv` outlive its use of
+        // them. Only rax, rcx and r11 change here when the syscall returns to the parent.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "mov rdi, {shared}",
+                "call {child}",
+                "ud2",
+                "2:",
+                shared = in(reg) &mut shared as *mut Shared,
+                child = sym shared_child,
+                inlateout("rax") ret,
+                in("rdi") &mut args as *mut CloneArgs,
+                in("rsi") std::mem::size_of::<CloneArgs>(),
+                // Not late: the syscall changes them before `shared` is read.
+                out("rcx") _,
+                out("r11") _,
+            );
+        }
+        drop(stack);
+        if ret < 0 {
+            return None;
+        }
+        let pid = ret as i32;
+        // SAFETY: `shared` is ours again: the child has exec'd or exited.
+        let errno = unsafe { std::ptr::read_volatile(&shared.errno) };
+        if errno != 0 {
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            return Some(Err(errno));
+        }
+        Some(Ok(pid))
+    }
+
+    /// The job started by a fork of the holder (inside the leaf with `clone3` where the
+    /// kernel allows), then `execvp`; its errno comes back through a close-on-exec pipe.
+    fn spawn_forked(&self, argv: &[*const libc::c_char]) -> Result<i32, Errno> {
+        let (err_rd, err_wr) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| e as i32)?;
         let (pid, joined) = self.fork();
         if pid == 0 {
             // SAFETY: in the child of a single-threaded holder; `exec_child` makes only
             // async-signal-safe calls on memory prepared before the fork, and never returns.
-            unsafe { self.exec_child(joined, &argv, err_wr.as_raw_fd()) }
+            unsafe { self.exec_child(joined, argv, err_wr.as_raw_fd()) }
         }
         drop(err_wr);
         if pid < 0 {
@@ -131,6 +215,18 @@ impl Prepared {
     /// # Safety
     /// Only in a freshly forked child; every pointer must come from `self` and `argv`.
     unsafe fn exec_child(&self, joined: bool, argv: &[*const libc::c_char], err: i32) -> ! {
+        let errno = self.exec(joined, argv.as_ptr());
+        let bytes = errno.to_ne_bytes();
+        libc::write(err, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(127)
+    }
+
+    /// In a child: join the leaf if not born in it, the dispositions and mask a job expects,
+    /// exec; returns only on failure, with the exec's errno.
+    ///
+    /// # Safety
+    /// Only in a freshly forked or cloned child; `argv` null-terminated, its strings `self`'s.
+    unsafe fn exec(&self, joined: bool, argv: *const *const libc::c_char) -> i32 {
         if let (false, Some(p)) = (joined, &self.procs) {
             let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd >= 0 {
@@ -143,12 +239,33 @@ impl Prepared {
         let mut empty = std::mem::zeroed::<libc::sigset_t>();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        libc::execvp(self.program.as_ptr(), argv.as_ptr());
-        let errno = nix::errno::Errno::last_raw();
-        let bytes = errno.to_ne_bytes();
-        libc::write(err, bytes.as_ptr().cast(), bytes.len());
-        libc::_exit(127)
+        libc::execvp(self.program.as_ptr(), argv);
+        // Never zero: zero is success to the parent of a shared-memory child.
+        nix::errno::Errno::last_raw().max(1)
     }
+}
+
+/// What the holder and its shared-memory child ([`Prepared::spawn_shared`]) pass each other.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+struct Shared<'a> {
+    prepared: &'a Prepared,
+    argv: *const *const libc::c_char,
+    /// Whether the child was created inside the leaf.
+    joined: bool,
+    /// The exec's errno, written by the child when it fails.
+    errno: i32,
+}
+
+/// The shared-memory child's whole life: the exec, or its errno handed back and exit 127.
+///
+/// # Safety
+/// Only as the first call of a child cloned by [`Prepared::spawn_shared`], on its own stack.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+unsafe extern "C" fn shared_child(shared: *mut Shared) -> ! {
+    let s = &mut *shared;
+    let errno = s.prepared.exec(s.joined, s.argv);
+    std::ptr::write_volatile(&mut s.errno, errno);
+    libc::_exit(127)
 }
 
 /// A directory opened as a descriptor, close-on-exec (the job never has it): the leaf's for
@@ -198,5 +315,39 @@ mod tests {
         let p = Prepared::new(&[not_exec.into_os_string()], None).expect("p");
         assert_eq!(p.spawn(), Err(libc::EACCES));
         assert_eq!(Prepared::new(&[], None).err(), Some(libc::ENOENT));
+    }
+
+    fn exit_code(pid: i32) -> i32 {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).expect("wait") {
+            nix::sys::wait::WaitStatus::Exited(_, c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_script_without_an_interpreter_line_runs_under_sh_and_both_starts_agree() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("plain");
+        std::fs::write(&script, "exit 5\n").expect("write");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let p = Prepared::new(&[script.into_os_string()], None).expect("p");
+        assert_eq!(exit_code(p.spawn().expect("spawned")), 5);
+        // The fork that stands in where the shared-memory clone is refused.
+        let argv: Vec<*const libc::c_char> = p
+            .argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        assert_eq!(exit_code(p.spawn_forked(&argv).expect("forked")), 5);
+        let missing = Prepared::new(&os(&["costguard-no-such-program-y"]), None).expect("p");
+        let argv: Vec<*const libc::c_char> = missing
+            .argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        assert_eq!(missing.spawn_forked(&argv), Err(libc::ENOENT));
     }
 }
