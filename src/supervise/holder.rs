@@ -131,32 +131,73 @@ unsafe fn close_from(first: i32) {
     }
 }
 
-/// Waits for the holder on a thread of its own (a blocking `waitpid` of that pid only)
-/// and calls `done` with its status: unknown is reported as a failure (exit 1), so a kill
-/// sweeps for orphans.
+/// Waits for the holder and calls `done` with its status: unknown is reported as a failure
+/// (exit 1), so a kill sweeps for orphans. On the runtime, the holder's pidfd (Linux 5.3)
+/// turns readable when it has exited, and the status is then reaped at once; elsewhere (no
+/// pidfd, no runtime) a thread of its own makes a blocking `waitpid` of that pid only —
+/// a thread the start and the exit would otherwise pay for on every run.
 pub fn watch_exit(
     pid: i32,
     done: impl FnOnce(std::process::ExitStatus) + Send + 'static,
 ) -> std::io::Result<()> {
-    use std::os::unix::process::ExitStatusExt;
+    let done = match exited_on_runtime(pid) {
+        Some(exited) => {
+            tokio::spawn(async move {
+                let st = if exited.await {
+                    reap(pid)
+                } else {
+                    // Never block the loop's thread on a holder that may still live.
+                    let waited = tokio::task::spawn_blocking(move || reap(pid)).await;
+                    waited
+                        .unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(1 << 8))
+                };
+                done(st);
+            });
+            return Ok(());
+        }
+        None => done,
+    };
     std::thread::Builder::new()
         .name("holder-wait".into())
-        .spawn(move || {
-            let mut status = 0;
-            let st = loop {
-                // SAFETY: waiting on our own child by pid with a valid status pointer.
-                let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-                if r == pid {
-                    break std::process::ExitStatus::from_raw(status);
-                }
-                if r < 0
-                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-                {
-                    continue;
-                }
-                break std::process::ExitStatus::from_raw(1 << 8);
-            };
-            done(st);
-        })
+        .spawn(move || done(reap(pid)))
         .map(|_| ())
+}
+
+/// A future that ends once `pid` has exited, through its pidfd (true), or once the pidfd
+/// could not be waited on (false); None where there is no pidfd or no runtime to wait on.
+fn exited_on_runtime(pid: i32) -> Option<impl std::future::Future<Output = bool>> {
+    use std::os::fd::FromRawFd;
+    tokio::runtime::Handle::try_current().ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor just returned to us, owned by nothing else.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the OwnedFd is moved into the AsyncFd, which alone owns and closes it: the
+    // descriptor stays open and the same for the AsyncFd's whole life.
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }
+    .ok()?;
+    // Readable: the process has exited.
+    Some(async move { fd.readable().await.is_ok() })
+}
+
+/// The status of our child `pid`, waited for (a blocking `waitpid` of that pid only).
+fn reap(pid: i32) -> std::process::ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting on our own child by pid with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return std::process::ExitStatus::from_raw(status);
+        }
+        if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return std::process::ExitStatus::from_raw(1 << 8);
+    }
 }
