@@ -40,9 +40,23 @@ fn preflight(settings: &Settings) -> bool {
     ok
 }
 
+/// One malloc arena for every thread. glibc gives each new thread that allocates an arena
+/// of its own (a 64 MiB mapping, trimmed and re-protected as it grows), and the unmapping
+/// interrupts the other CPU to flush its TLB: costguard's few threads (NVML, disk writes,
+/// the sampler) each start on the run's start or end path, and allocate too little to
+/// contend for one arena.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable of the allocator; no thread has started yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn main() -> ExitCode {
     costguard::timing::started();
     costguard::timing::mark("main");
+    one_malloc_arena();
     costguard::supervise::reset_signals();
     let cli = match Cli::try_parse() {
         Ok(c) => c,

@@ -37,7 +37,9 @@ pub async fn run(
     root: i32,
     tx: mpsc::Sender<SampleMsg>,
 ) {
-    let host = Arc::new(Mutex::new(HostSource::default()));
+    // Made on the first sample's blocking thread: sysinfo reads /proc as it starts, which
+    // the job's start does not wait for.
+    let host: Arc<Mutex<Option<HostSource>>> = Arc::new(Mutex::new(None));
     // The first sample comes one interval in: starting the job comes first.
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -59,7 +61,10 @@ pub async fn run(
             } else {
                 Vec::new()
             };
-            let sample = h.lock().map(|mut h| h.sample(&pids)).unwrap_or_default();
+            let sample = h
+                .lock()
+                .map(|mut h| h.get_or_insert_with(HostSource::default).sample(&pids))
+                .unwrap_or_default();
             (pids, sample)
         });
         let (gpus, host_res) = tokio::join!(gpu_fut, host_fut);

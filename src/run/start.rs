@@ -209,6 +209,15 @@ async fn open_gpu(
 ) -> Result<Option<NvmlSource>, StartError> {
     Ok(match settings.gpu {
         GpuMode::None => None,
+        GpuMode::Auto if settings.nvml_lib.is_none() && !driver_visible() => {
+            if settings.idle.is_some() || settings.max_gpu_mem.is_some() {
+                notices.push(format!(
+                    "no GPU telemetry (no NVIDIA driver on this machine: none of {}); idle and GPU memory watchdogs are off",
+                    DRIVER_SIGNS.join(", ")
+                ));
+            }
+            None
+        }
         mode => {
             let loaded = match library_loads(settings.nvml_lib.as_deref()) {
                 Ok(()) => {
@@ -244,6 +253,21 @@ async fn open_gpu(
             }
         }
     })
+}
+
+/// What an NVIDIA driver leaves visible: its control device (which the container toolkit
+/// puts into every GPU container), its procfs directory, or WSL's GPU device (where NVML
+/// runs with neither of the others).
+const DRIVER_SIGNS: [&str; 3] = ["/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg"];
+
+/// Whether an NVIDIA driver is visible here. Without one NVML cannot start, and the dynamic
+/// loader's search for a library that is not there (a hundred failed opens through every
+/// directory it knows) would sit on every job's start (`benches/start_cost.py`): `--gpu auto`
+/// asks this first; a library path or `--gpu nvml` always tries the library.
+fn driver_visible() -> bool {
+    DRIVER_SIGNS
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
 }
 
 /// Whether NVML's library loads at all, asked here on the loop's thread: on a machine
