@@ -52,6 +52,62 @@ pub struct Cli {
     pub command: Vec<OsString>,
 }
 
+/// `costguard [flags] -- CMD`, the wrapper's own form, parsed without building the
+/// subcommands — `run`, `check` and `agent` each repeat the guard's fifty flags, so clap
+/// builds them four times for the full command, on every job's start.
+#[derive(Debug, Parser)]
+#[command(name = "costguard", max_term_width = 110, term_width = 110)]
+struct Wrapper {
+    #[command(flatten)]
+    guard: Guard,
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// Every word that names a subcommand (`Sub`, and clap's own `help`); a test holds it to
+/// clap's list.
+const SUBCOMMAND_WORDS: [&str; 14] = [
+    "notify", "run", "check", "list", "status", "logs", "wait", "clean", "stop", "report", "watch",
+    "agent", "prices", "help",
+];
+
+impl Cli {
+    /// The command line, parsed. The wrapper's form (a command after `--`, no word before
+    /// it that names a subcommand, help or the version) is parsed by [`Wrapper`] alone;
+    /// anything else, and anything `Wrapper` refuses, by the full command, which words
+    /// every error, help and version text.
+    pub fn parse_args() -> Result<Cli, clap::Error> {
+        Cli::parse_from_args(std::env::args_os().collect())
+    }
+
+    fn parse_from_args(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+        if wrapper_form(&args) {
+            if let Ok(w) = Wrapper::try_parse_from(&args) {
+                return Ok(Cli {
+                    subcommand: None,
+                    guard: w.guard,
+                    command: w.command,
+                });
+            }
+        }
+        Cli::try_parse_from(args)
+    }
+}
+
+/// Whether `args` (the program's name first) has the wrapper's form.
+fn wrapper_form(args: &[OsString]) -> bool {
+    let Some(end) = args.iter().position(|a| a == "--") else {
+        return false;
+    };
+    args.get(1..end).is_some_and(|before| {
+        before.iter().all(|a| {
+            let a = a.to_string_lossy();
+            !SUBCOMMAND_WORDS.contains(&a.as_ref())
+                && !matches!(a.as_ref(), "-h" | "--help" | "-V" | "--version")
+        })
+    })
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Sub {
     /// Notification tools.
@@ -872,4 +928,90 @@ pub struct GuardArgs {
         allow_hyphen_values = true
     )]
     pub notify_timeout: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn args(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(Into::into).collect()
+    }
+
+    #[test]
+    fn the_subcommand_words_are_clap_s() {
+        let cmd = Cli::command();
+        let mut words: Vec<String> = cmd
+            .get_subcommands()
+            .flat_map(|s| {
+                std::iter::once(s.get_name().to_string())
+                    .chain(s.get_all_aliases().map(str::to_string))
+            })
+            .chain(["help".to_string()])
+            .collect();
+        words.sort();
+        let mut ours: Vec<String> = SUBCOMMAND_WORDS.iter().map(|w| w.to_string()).collect();
+        ours.sort();
+        assert_eq!(words, ours);
+    }
+
+    #[test]
+    fn the_wrapper_form_parses_as_the_full_command_does() {
+        for v in [
+            &["costguard", "--", "true"][..],
+            &[
+                "costguard",
+                "-q",
+                "--no-listen",
+                "--max-usd",
+                "$40",
+                "--",
+                "python",
+                "t.py",
+                "--lr",
+                "3",
+            ],
+            &[
+                "costguard",
+                "--max-wall=6h",
+                "--notify-on",
+                "killed",
+                "--",
+                "sh",
+                "-c",
+                "run -- x",
+            ],
+            &["costguard", "--kill-grace", "30s", "--", "--", "run"],
+        ] {
+            assert!(wrapper_form(&args(v)), "{v:?}");
+            let fast = Cli::parse_from_args(args(v)).expect("parses");
+            let full = Cli::try_parse_from(args(v)).expect("parses");
+            assert_eq!(format!("{fast:?}"), format!("{full:?}"), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn other_forms_and_every_error_are_the_full_command_s() {
+        for v in [
+            &["costguard", "run", "--", "true"][..],
+            &["costguard", "--help", "--", "true"],
+            &["costguard", "-V"],
+            &["costguard", "--max-usd", "5"],
+            &["costguard", "list"],
+        ] {
+            assert!(!wrapper_form(&args(v)), "{v:?}");
+        }
+        let run = Cli::parse_from_args(args(&["costguard", "run", "--", "true"])).expect("run");
+        assert!(matches!(run.subcommand, Some(Sub::Run(_))));
+        for v in [
+            &["costguard", "--no-listen=yes", "--", "true"][..],
+            &["costguard", "--max-usdd", "5", "--", "true"],
+            &["costguard", "lst", "--", "true"],
+        ] {
+            let fast = Cli::parse_from_args(args(v)).expect_err("refused");
+            let full = Cli::try_parse_from(args(v)).expect_err("refused");
+            assert_eq!(fast.to_string(), full.to_string(), "{v:?}");
+        }
+    }
 }

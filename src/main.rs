@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use costguard::cli::{Cli, NotifyCmd, Sub};
 use costguard::config::Settings;
 use costguard::{cmd, exit};
@@ -58,7 +57,7 @@ fn main() -> ExitCode {
     costguard::timing::mark("main");
     one_malloc_arena();
     costguard::supervise::reset_signals();
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_args() {
         Ok(c) => c,
         Err(e) => {
             let code = match e.kind() {
