@@ -1,4 +1,4 @@
-//! Links the costguard binary as a position-dependent executable on Linux.
+//! Links the costguard binary as a position-dependent executable on Linux with glibc.
 //!
 //! A position-independent executable of this size carries about 24,000 relative
 //! relocations that the dynamic loader applies on every start, copy-on-write faulting each
@@ -10,7 +10,10 @@
 //! its tests are linked as before.
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+    // glibc targets only: musl's are static-pie, and sanitizer builds need PIE.
+    let os = std::env::var("CARGO_CFG_TARGET_OS");
+    let env = std::env::var("CARGO_CFG_TARGET_ENV");
+    if os.as_deref() == Ok("linux") && env.as_deref() == Ok("gnu") {
         println!("cargo:rustc-link-arg-bins=-no-pie");
     }
 }

@@ -256,9 +256,14 @@ async fn open_gpu(
 }
 
 /// What an NVIDIA driver leaves visible: its control device (which the container toolkit
-/// puts into every GPU container), its procfs directory, or WSL's GPU device (where NVML
-/// runs with neither of the others).
-const DRIVER_SIGNS: [&str; 3] = ["/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg"];
+/// puts into every GPU container), its procfs directory, its kernel module (seen where
+/// /proc/driver is hidden), or WSL's GPU device (where NVML runs with none of the others).
+const DRIVER_SIGNS: [&str; 4] = [
+    "/dev/nvidiactl",
+    "/proc/driver/nvidia",
+    "/sys/module/nvidia",
+    "/dev/dxg",
+];
 
 /// Whether an NVIDIA driver is visible here. Without one NVML cannot start, and the dynamic
 /// loader's search for a library that is not there (a hundred failed opens through every

@@ -12,6 +12,7 @@
 
 use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 
 use super::hold;
@@ -143,13 +144,13 @@ pub fn watch_exit(
     let done = match exited_on_runtime(pid) {
         Some(exited) => {
             tokio::spawn(async move {
-                let st = if exited.await {
-                    reap(pid)
-                } else {
-                    // Never block the loop's thread on a holder that may still live.
-                    let waited = tokio::task::spawn_blocking(move || reap(pid)).await;
-                    waited
-                        .unwrap_or_else(|_| std::os::unix::process::ExitStatusExt::from_raw(1 << 8))
+                // Readable is not always reapable (a zombie another process traces is its
+                // tracer's to see first): the loop's thread never blocks in waitpid.
+                let st = match exited.await.then(|| reap_now(pid)).flatten() {
+                    Some(st) => st,
+                    None => tokio::task::spawn_blocking(move || reap(pid))
+                        .await
+                        .unwrap_or_else(|_| ExitStatusExt::from_raw(1 << 8)),
                 };
                 done(st);
             });
@@ -185,9 +186,24 @@ fn exited_on_runtime(pid: i32) -> Option<impl std::future::Future<Output = bool>
     Some(async move { fd.readable().await.is_ok() })
 }
 
+/// The status of our child `pid` if it can be reaped now (`WNOHANG`).
+fn reap_now(pid: i32) -> Option<std::process::ExitStatus> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting on our own child by pid with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return Some(std::process::ExitStatus::from_raw(status));
+        }
+        if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return None;
+    }
+}
+
 /// The status of our child `pid`, waited for (a blocking `waitpid` of that pid only).
 fn reap(pid: i32) -> std::process::ExitStatus {
-    use std::os::unix::process::ExitStatusExt;
     let mut status = 0;
     loop {
         // SAFETY: waiting on our own child by pid with a valid status pointer.

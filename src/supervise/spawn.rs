@@ -87,36 +87,32 @@ impl Prepared {
     /// glibc's `posix_spawn` starts one — which cannot name a cgroup in the glibc of most
     /// distributions: nothing of the holder's address space is copied for the child, nor
     /// torn down again by its exec. The holder waits, suspended, until the exec succeeded or
-    /// the child exited; the child's errno comes back in the memory they share. None where
-    /// the kernel refuses the clone (no `clone3`, no `CLONE_INTO_CGROUP`, a seccomp
-    /// profile): then the fork below.
+    /// the child exited; the child's errno comes back in the memory they share (as
+    /// `posix_spawn`'s does). None without a leaf, or where the kernel refuses the clone (no
+    /// `clone3`, no `CLONE_INTO_CGROUP`, a seccomp profile): then the fork below.
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     fn spawn_shared(&self, argv: &[*const libc::c_char]) -> Option<Result<i32, Errno>> {
-        const STACK: usize = 256 * 1024;
-        // Never touched here: the child faults in the few pages execvp uses.
-        let mut stack: Vec<u8> = Vec::with_capacity(STACK);
-        let base = stack.as_mut_ptr() as u64;
-        let top = (base + STACK as u64) & !15;
+        // Only with a leaf: CLONE_INTO_CGROUP means Linux 5.7, past the first clone3
+        // kernels, which read `stack` differently.
+        let leaf = self.leaf.as_ref()?;
+        let stack = Stack::new(argv.len())?;
         let mut shared = Shared {
             prepared: self,
             argv: argv.as_ptr(),
-            joined: self.leaf.is_some(),
+            joined: true,
             errno: 0,
         };
         let mut args = CloneArgs {
-            flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
+            flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64 | CLONE_INTO_CGROUP,
             exit_signal: libc::SIGCHLD as u64,
-            stack: base,
-            stack_size: top - base,
+            stack: stack.base,
+            stack_size: stack.size,
+            cgroup: leaf.as_raw_fd() as u64,
             ..CloneArgs::default()
         };
-        if let Some(leaf) = &self.leaf {
-            args.flags |= CLONE_INTO_CGROUP;
-            args.cgroup = leaf.as_raw_fd() as u64;
-        }
         let mut ret: i64 = libc::SYS_clone3;
-        // SAFETY: clone3 with CLONE_VM starts the child on `stack` (its top 16-byte aligned,
-        // as a call requires), sharing this memory: the child's first act is the call into
+        // SAFETY: clone3 with CLONE_VM starts the child on `stack` (its top page-aligned,
+        // as a call requires 16 bytes), sharing this memory: the child's first act is the call into
         // `shared_child`, which never returns and only makes async-signal-safe calls on
         // memory prepared before the clone; CLONE_VFORK suspends this thread until the child
         // has exec'd or exited, so `stack`, `shared`, `args` and `argv` outlive its use of
@@ -245,6 +241,56 @@ impl Prepared {
     }
 }
 
+/// The shared-memory child's stack: its own mapping, a guard page below it, sized for what
+/// `execvp` puts there — a path buffer, and for a script without an interpreter line a copy
+/// of the whole argument vector (as glibc's `posix_spawn` sizes its own).
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+struct Stack {
+    map: *mut libc::c_void,
+    len: usize,
+    /// Lowest usable address and usable size, as clone3 takes them.
+    base: u64,
+    size: u64,
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+impl Stack {
+    fn new(argc: usize) -> Option<Stack> {
+        const PAGE: usize = 4096;
+        let size = (64 * 1024 + (argc + 3) * std::mem::size_of::<usize>()).div_ceil(PAGE) * PAGE;
+        let len = size + PAGE;
+        // SAFETY: a fresh private anonymous mapping; its first page made the guard.
+        unsafe {
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+                -1,
+                0,
+            );
+            if map == libc::MAP_FAILED {
+                return None;
+            }
+            let stack = Stack {
+                map,
+                len,
+                base: map as u64 + PAGE as u64,
+                size: size as u64,
+            };
+            (libc::mprotect(map, PAGE, libc::PROT_NONE) == 0).then_some(stack)
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, no longer used (the child exec'd or exited).
+        unsafe { libc::munmap(self.map, self.len) };
+    }
+}
+
 /// What the holder and its shared-memory child ([`Prepared::spawn_shared`]) pass each other.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 struct Shared<'a> {
@@ -263,6 +309,17 @@ struct Shared<'a> {
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 unsafe extern "C" fn shared_child(shared: *mut Shared) -> ! {
     let s = &mut *shared;
+    // A handler the child inherited would run on the holder's memory once the mask is
+    // emptied: back to the default, as posix_spawn does (ignored signals stay ignored).
+    for sig in 1..=libc::SIGRTMAX() {
+        let mut old = std::mem::zeroed::<libc::sigaction>();
+        if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction != libc::SIG_DFL
+            && old.sa_sigaction != libc::SIG_IGN
+        {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
     let errno = s.prepared.exec(s.joined, s.argv);
     std::ptr::write_volatile(&mut s.errno, errno);
     libc::_exit(127)
@@ -349,5 +406,44 @@ mod tests {
             .chain([std::ptr::null()])
             .collect();
         assert_eq!(missing.spawn_forked(&argv), Err(libc::ENOENT));
+    }
+
+    #[test]
+    #[ignore = "root (a cgroup leaf): scripts/test runs it"]
+    fn inside_a_leaf_the_shared_memory_start_runs_the_job_there_and_reports_its_errno() {
+        use std::os::unix::fs::PermissionsExt;
+        let leaf = super::super::cgroup::Leaf::create().expect("a cgroup leaf (root, cgroup v2)");
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Reports its own cgroup, so the test sees where it ran.
+        let script = dir.path().join("plain");
+        std::fs::write(&script, "cat /proc/self/cgroup > \"$0.cg\"; exit 5\n").expect("write");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        // Fifty thousand arguments: execvp copies them onto the child's stack when it hands a
+        // script without an interpreter line to /bin/sh.
+        let mut argv = vec![script.clone().into_os_string()];
+        argv.extend((0..50_000).map(|i| OsString::from(format!("a{i}"))));
+        let p = Prepared::new(&argv, Some(&leaf.dir)).expect("p");
+        let argv_ptrs: Vec<*const libc::c_char> = p
+            .argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect();
+        let started = p
+            .spawn_shared(&argv_ptrs)
+            .expect("the shared-memory start was taken");
+        assert_eq!(exit_code(started.expect("spawned")), 5);
+        let cg = std::fs::read_to_string(dir.path().join("plain.cg")).expect("cgroup written");
+        let leaf_name = leaf
+            .dir
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        assert!(cg.contains(&leaf_name), "ran in {cg}, not in {leaf_name}");
+        let missing =
+            Prepared::new(&os(&["costguard-no-such-program-z"]), Some(&leaf.dir)).expect("p");
+        assert_eq!(missing.spawn(), Err(libc::ENOENT));
+        leaf.remove();
     }
 }
