@@ -47,7 +47,6 @@ impl Leaf {
     pub fn create() -> Option<Leaf> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let base = own_dir()?;
-        clean_stale(&base);
         let pid = std::process::id() as i32;
         let ticks = super::tree::stat(pid).map_or(0, |s| s.start_ticks);
         for _ in 0..16 {
@@ -65,6 +64,15 @@ impl Leaf {
             return Some(Leaf { dir });
         }
         None
+    }
+
+    /// Removes the empty leaves of costguards that are gone, beside this one: done once the
+    /// job is starting, not before (a leaf's name is unique to its process, so a stale one
+    /// never stands in the way of a new one).
+    pub fn tidy_stale_siblings(&self) {
+        if let Some(base) = self.dir.parent() {
+            clean_stale(base);
+        }
     }
 
     pub fn procs(&self) -> Vec<i32> {

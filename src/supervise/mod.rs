@@ -243,6 +243,10 @@ impl Job {
                 source,
             })?;
         crate::timing::mark("holder-started");
+        // While the holder starts the job.
+        if let Some(l) = &leaf {
+            l.tidy_stale_siblings();
+        }
         // Our copies of the holder's ends go now: the status pipe's end of file must mean
         // the holder is gone.
         let HolderFds {

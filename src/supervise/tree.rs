@@ -79,7 +79,28 @@ impl Proc {
 }
 
 pub fn stat(pid: i32) -> Option<ProcStat> {
-    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    use std::io::Read;
+    // One read into a buffer that holds any stat line (its 52 fields fit in well under
+    // 1 KiB, the command name at most 64 bytes): a procfs file reports size 0, so a growing
+    // read_to_string would take six reads of it, on every /proc walk of a kill.
+    let mut buf = [0u8; 2048];
+    let mut f = fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            // The line is whole once it ends: no second read for the end of file.
+            Ok(k) => {
+                n += k;
+                if buf[n - 1] == b'\n' {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    parse_stat(&String::from_utf8_lossy(&buf[..n]))
 }
 
 /// Every process on the host (that we can see).
