@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What costguard costs a job's start and a ceiling's kill, beside coreutils `timeout`.
 
-    benches/start_cost.py [--pairs 30] [--kills 10] [--bin PATH]
+    benches/start_cost.py [--pairs 30] [--kills 10] [--bin PATH] [--baseline PATH]
     # build first: cargo build --release
 
 Three tables, every run with COSTGUARD_PROVIDER=none (asking the box is off the start path
@@ -85,15 +85,17 @@ def stats(xs):
     return statistics.median(xs), xs[min(len(xs) - 1, int(len(xs) * 0.9))]
 
 
-def starts(cg, env, n):
-    ours, theirs = [], []
+def starts(cg, env, n, base=None):
+    ours, theirs, based = [], [], []
     for _ in range(n):
         ours.append(timed([cg, "-q", "--no-listen", "--", "true"], env))
         theirs.append(timed(["timeout", "10", "true"], env))
-    return ours, theirs
+        if base:
+            based.append(timed([base, "-q", "--no-listen", "--", "true"], env))
+    return ours, theirs, based
 
 
-def overshoots(cg, env, n):
+def overshoots(cg, env, n, base=None):
     cases = {
         "timeout 1 sleep 5": ["timeout", "1", "sleep", "5"],
         "costguard --max-wall 1s": [cg, "-q", "--no-listen", "--max-wall", "1s", "--",
@@ -101,6 +103,9 @@ def overshoots(cg, env, n):
         "costguard --max-usd 1 at $3600/h": [cg, "-q", "--no-listen", "--usd-per-hour", "3600",
                                             "--max-usd", "1", "--", "sleep", "5"],
     }
+    if base:
+        cases["baseline --max-wall 1s"] = [base, "-q", "--no-listen", "--max-wall", "1s", "--",
+                                           "sleep", "5"]
     out = {k: [] for k in cases}
     for _ in range(n):
         for name, cmd in cases.items():
@@ -170,6 +175,8 @@ def main():
     ap.add_argument("--pairs", type=int, default=30)
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--bin")
+    ap.add_argument("--baseline", help="another costguard build (e.g. an earlier commit's), "
+                    "interleaved in the start and overshoot tables: the same machine state")
     a = ap.parse_args()
     cg = binary(a.bin)
     state = tempfile.mkdtemp(prefix="costguard-bench-")
@@ -177,8 +184,8 @@ def main():
         env = environment(state)
         subprocess.run([cg, "-q", "--no-listen", "--", "true"], env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # warm the cache
-        ours, theirs = starts(cg, env, a.pairs)
-        over = overshoots(cg, env, a.kills)
+        ours, theirs, based = starts(cg, env, a.pairs, a.baseline)
+        over = overshoots(cg, env, a.kills, a.baseline)
         offsets, totals = breakdown(cg, env, a.pairs)
         kill_offsets, kill_ends = kill_breakdown(cg, env, a.kills)
     finally:
@@ -192,7 +199,13 @@ def main():
         m, p = stats(xs)
         print(f"  {name:34} {m:9.2f} {p:9.2f}")
     d = [o - t for o, t in zip(ours, theirs)]
-    print(f"  {'difference (pairwise)':34} {stats(d)[0]:9.2f} {stats(d)[1]:9.2f}\n")
+    print(f"  {'difference (pairwise)':34} {stats(d)[0]:9.2f} {stats(d)[1]:9.2f}")
+    if based:
+        m, p = stats(based)
+        print(f"  {'baseline -q --no-listen -- true':34} {m:9.2f} {p:9.2f}")
+        d = [o - t for o, t in zip(based, theirs)]
+        print(f"  {'baseline difference (pairwise)':34} {stats(d)[0]:9.2f} {stats(d)[1]:9.2f}")
+    print()
     print(f"ceiling overshoot, {a.kills} interleaved runs   median ms    p90 ms")
     for name, xs in over.items():
         m, p = stats(xs)
