@@ -12,6 +12,9 @@ use crate::telemetry::GpuSample;
 
 pub struct Metrics {
     pub registry: Registry,
+    /// The process collector (costguard's own CPU, memory, descriptors), registered at the
+    /// first scrape: it reads /proc as it is made, which no job's start should wait for.
+    process: std::sync::Once,
     pub spend: CounterVec,
     pub wasted: CounterVec,
     pub rate: GaugeVec,
@@ -95,7 +98,7 @@ struct Reg(Registry);
 const GPU_LABELS: [&str; 3] = ["gpu", "uuid", "model"];
 
 impl Reg {
-    /// `costguard_build_info` and the process collector (CPU, memory, fds of costguard).
+    /// `costguard_build_info` (the process collector comes with the first scrape).
     fn standard(&self) {
         let build = reg(
             &self.0,
@@ -106,9 +109,6 @@ impl Reg {
             .expect("valid metric"),
         );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let _ = self.0.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ));
     }
 
     fn gauge(&self, name: &str, help: &str) -> Gauge {
@@ -231,6 +231,7 @@ impl Metrics {
             ),
             rate_info: r.gauges("costguard_rate_info", RATE_HELP, &RATE_LABELS),
             registry: r.0,
+            process: std::sync::Once::new(),
         }
     }
 
@@ -307,6 +308,11 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        self.process.call_once(|| {
+            let _ = self.registry.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
+        });
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
