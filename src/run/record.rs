@@ -29,6 +29,8 @@ pub struct Recorder {
     drained: tokio::sync::oneshot::Receiver<()>,
     /// `config.json`, written beside the job's start; awaited at the close.
     config: Option<tokio::task::JoinHandle<()>>,
+    /// `config.json` not yet handed to a writer: written at the close if nothing took it.
+    config_pending: Option<ConfigWrite>,
     /// Write failures of the record, for the run loop to raise (taken once).
     errors: Option<mpsc::UnboundedReceiver<RecordNews>>,
     /// One costguard per run id: held until the record is closed; the kernel releases it
@@ -427,6 +429,7 @@ impl Recorder {
             task,
             drained,
             config: None,
+            config_pending: None,
             errors: Some(errors),
             _lock: c.lock,
         })
@@ -475,6 +478,9 @@ impl Recorder {
         if let Some(c) = self.config {
             let _ = c.await;
         }
+        if let Some(w) = self.config_pending {
+            let _ = tokio::task::spawn_blocking(move || w.write()).await;
+        }
         let (written, t, ()) = tokio::join!(
             async {
                 self.task
@@ -492,17 +498,43 @@ impl Recorder {
     }
 }
 
+/// The settings' snapshot, made and waiting to be written.
+pub struct ConfigWrite {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl ConfigWrite {
+    /// Writes `config.json` (a failure is said, never fatal).
+    pub fn write(self) {
+        if let Err(e) = crate::fsutil::write_replace(&self.path, &self.bytes) {
+            crate::console::notice(format!("could not write config.json: {e}"));
+        }
+    }
+}
+
 impl Recorder {
-    /// The settings' snapshot, `config.json`, written in the background (the job's start
-    /// does not wait for it; the close does).
-    pub fn write_config(&mut self, s: &Settings, command: &[OsString]) {
-        let bytes = config_doc(s, command);
-        let dir = self.run_dir.clone();
-        self.config = Some(tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::fsutil::write_replace(&dir.join("config.json"), &bytes) {
-                crate::console::notice(format!("could not write config.json: {e}"));
-            }
-        }));
+    /// The settings' snapshot, `config.json`, made now and written later: by whoever takes
+    /// it ([`Recorder::take_config`]: the job's spawn, while the holder starts the job), in
+    /// the background ([`Recorder::write_config_in_background`]), or at the latest at the
+    /// close — a run that never started its job has one too.
+    pub fn prepare_config(&mut self, s: &Settings, command: &[OsString]) {
+        self.config_pending = Some(ConfigWrite {
+            path: self.run_dir.join("config.json"),
+            bytes: config_doc(s, command),
+        });
+    }
+
+    /// The snapshot's write, for a caller to run.
+    pub fn take_config(&mut self) -> Option<ConfigWrite> {
+        self.config_pending.take()
+    }
+
+    /// The snapshot written on the blocking pool (the start does not wait; the close does).
+    pub fn write_config_in_background(&mut self) {
+        if let Some(w) = self.config_pending.take() {
+            self.config = Some(tokio::task::spawn_blocking(move || w.write()));
+        }
     }
 }
 

@@ -64,7 +64,7 @@ fn parse_msg(line: &str) -> Option<HolderMsg> {
 pub use kill::KillReport;
 
 /// How to start the job.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SpawnOpts {
     /// Pipe the job's stdout and stderr to us (for progress signals); otherwise they are
     /// inherited untouched.
@@ -75,6 +75,9 @@ pub struct SpawnOpts {
     pub record: Option<std::path::PathBuf>,
     /// The kill deadline the holder holds from its first instant: (deadline, grace, why).
     pub deadline: Option<(std::time::Instant, Duration, String)>,
+    /// Work of costguard's own done while the holder starts the job (which `spawn` waits
+    /// for anyway): on the main thread, on the other CPU from the job's exec.
+    pub meanwhile: Option<Box<dyn FnOnce() + Send>>,
 }
 
 pub struct Job {
@@ -246,6 +249,9 @@ impl Job {
         // While the holder starts the job.
         if let Some(l) = &leaf {
             l.tidy_stale_siblings();
+        }
+        if let Some(f) = opts.meanwhile {
+            f();
         }
         // Our copies of the holder's ends go now: the status pipe's end of file must mean
         // the holder is gone.

@@ -272,6 +272,12 @@ pub async fn run_session(
         use_cgroup: true,
         record: s.sinks.recorder.as_ref().map(|r| r.run_dir.clone()),
         deadline: s.kill_deadline(),
+        meanwhile: s
+            .sinks
+            .recorder
+            .as_mut()
+            .and_then(|r| r.take_config())
+            .map(|w| Box::new(move || w.write()) as Box<dyn FnOnce() + Send>),
     };
     let (mut job, progress) = JobTarget::start(&command, opts, judge, log, !detached)?;
     s.note_job(&job);
@@ -297,6 +303,9 @@ pub async fn run_agent(
     let base = format!("agent-{host}-{}", start::run_id_stamp(SystemTime::now()));
     let label = vec![OsString::from("costguard agent")];
     let mut s = open(settings, TargetKind::Agent, &label, &base, false).await?;
+    if let Some(r) = s.sinks.recorder.as_mut() {
+        r.write_config_in_background();
+    }
     s.state.set_rules(end_rules(&s, &[]));
     if s.gpu.is_none() {
         return Err(GuardError::Agent(

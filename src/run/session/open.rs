@@ -232,7 +232,7 @@ pub async fn open(
     // The snapshot names the address actually served (the default port may have moved).
     let mut shown = settings.clone();
     shown.listen = listening;
-    rec.write_config(&shown, label);
+    rec.prepare_config(&shown, label);
     rec.update(|l| l.page_url = listening.map(page_url));
     for n in &notices {
         crate::console::notice_once(n);
