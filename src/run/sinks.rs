@@ -47,7 +47,9 @@ impl Sinks {
             notifier,
             gpu_generation: 0,
             series,
-            series_saved: None,
+            // The first write comes ten seconds in, else at the close (`finish_series`),
+            // beside the ledger's final save rather than ahead of it on the blocking pool.
+            series_saved: Some(std::time::Instant::now()),
             series_write: None,
             series_bytes: None,
         }
