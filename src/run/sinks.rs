@@ -210,7 +210,10 @@ impl Sinks {
 
     /// The series written, after any write in progress (at the close: the run's record holds
     /// it) — unless that write succeeded with the series as it still is. Runs beside the
-    /// ledger's close: nothing here borrows the sinks.
+    /// ledger's close: nothing here borrows the sinks. The record's last writes reach the
+    /// blocking pool first (the record's writer task runs on the first yield here): they are
+    /// the run's durable end, with two fsyncs to wait for, while the series (no fsync) is
+    /// written meanwhile on this thread, which has nothing else to do at the close.
     pub fn finish_series(&mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let in_flight = self.series_write.take();
         self.series_saved = Some(std::time::Instant::now());
@@ -218,6 +221,7 @@ impl Sinks {
         let job = self.series_job();
         let after = self.series_bytes.clone();
         async move {
+            tokio::task::yield_now().await;
             let written = match in_flight {
                 Some(h) => h.await.unwrap_or(false),
                 None => false,
@@ -226,7 +230,7 @@ impl Sinks {
                 return;
             }
             if let Some(job) = job {
-                let _ = tokio::task::spawn_blocking(job).await;
+                job();
             }
         }
     }
