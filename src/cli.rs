@@ -983,6 +983,8 @@ mod tests {
                 "run -- x",
             ],
             &["costguard", "--kill-grace", "30s", "--", "--", "run"],
+            &["costguard", "--on-exit", "cp out /x", "--", "run"],
+            &["costguard", "--max-usd=5", "-q", "--", "-qV"],
         ] {
             assert!(wrapper_form(&args(v)), "{v:?}");
             let fast = Cli::parse_from_args(args(v)).expect("parses");
@@ -1008,10 +1010,34 @@ mod tests {
             &["costguard", "--no-listen=yes", "--", "true"][..],
             &["costguard", "--max-usdd", "5", "--", "true"],
             &["costguard", "lst", "--", "true"],
+            // Help and version inside a cluster: the wrapper refuses, the full command answers.
+            &["costguard", "-qh", "--", "true"],
+            &["costguard", "-qV", "--", "true"],
         ] {
-            let fast = Cli::parse_from_args(args(v)).expect_err("refused");
+            // Where the wrapper's own answer differs from the full command's (help without
+            // the subcommands, no version flag, no subcommand to suggest), the full one is
+            // what comes back.
+            let own = Wrapper::try_parse_from(args(v)).expect_err("the wrapper refuses");
             let full = Cli::try_parse_from(args(v)).expect_err("refused");
+            if ["-qh", "-qV", "lst"].contains(&v[1]) {
+                assert_ne!(own.to_string(), full.to_string(), "{v:?}");
+            }
+            let fast = Cli::parse_from_args(args(v)).expect_err("refused");
             assert_eq!(fast.to_string(), full.to_string(), "{v:?}");
         }
+    }
+
+    #[test]
+    fn a_command_that_is_not_utf_8_passes_through_the_wrapper_form() {
+        use std::os::unix::ffi::OsStringExt;
+        let odd = OsString::from_vec(vec![b'x', 0xff, b'y']);
+        let v = vec!["costguard".into(), "-q".into(), "--".into(), odd.clone()];
+        assert!(wrapper_form(&v));
+        let fast = Cli::parse_from_args(v.clone()).expect("parses");
+        assert_eq!(fast.command, vec![odd]);
+        assert_eq!(
+            format!("{fast:?}"),
+            format!("{:?}", Cli::try_parse_from(v).expect("parses"))
+        );
     }
 }

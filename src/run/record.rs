@@ -498,30 +498,43 @@ impl Recorder {
     }
 }
 
-/// The settings' snapshot, made and waiting to be written.
+/// The settings' snapshot, made and waiting to be written: written when it is dropped
+/// unwritten too (a spawn that failed before it ran the write drops it).
 pub struct ConfigWrite {
     path: PathBuf,
-    bytes: Vec<u8>,
+    bytes: Option<Vec<u8>>,
 }
 
 impl ConfigWrite {
     /// Writes `config.json` (a failure is said, never fatal).
-    pub fn write(self) {
-        if let Err(e) = crate::fsutil::write_replace(&self.path, &self.bytes) {
-            crate::console::notice(format!("could not write config.json: {e}"));
+    pub fn write(mut self) {
+        self.write_once();
+    }
+
+    fn write_once(&mut self) {
+        if let Some(bytes) = self.bytes.take() {
+            if let Err(e) = crate::fsutil::write_replace(&self.path, &bytes) {
+                crate::console::notice(format!("could not write config.json: {e}"));
+            }
         }
+    }
+}
+
+impl Drop for ConfigWrite {
+    fn drop(&mut self) {
+        self.write_once();
     }
 }
 
 impl Recorder {
     /// The settings' snapshot, `config.json`, made now and written later: by whoever takes
-    /// it ([`Recorder::take_config`]: the job's spawn, while the holder starts the job), in
-    /// the background ([`Recorder::write_config_in_background`]), or at the latest at the
-    /// close — a run that never started its job has one too.
+    /// it ([`Recorder::take_config`]: the job's spawn, while the holder starts the job — or,
+    /// when the spawn fails first, as it is dropped), in the background
+    /// ([`Recorder::write_config_in_background`]), or at the latest at the close.
     pub fn prepare_config(&mut self, s: &Settings, command: &[OsString]) {
         self.config_pending = Some(ConfigWrite {
             path: self.run_dir.join("config.json"),
-            bytes: config_doc(s, command),
+            bytes: Some(config_doc(s, command)),
         });
     }
 
@@ -571,6 +584,29 @@ fn config_doc(s: &Settings, command: &[OsString]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_write_never_run_is_written_when_dropped_and_once_when_run() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.json");
+        // As a spawn that failed before running its `meanwhile` drops it.
+        let unrun: Box<dyn FnOnce() + Send> = {
+            let w = ConfigWrite {
+                path: path.clone(),
+                bytes: Some(b"{\"a\":1}".to_vec()),
+            };
+            Box::new(move || w.write())
+        };
+        drop(unrun);
+        assert_eq!(std::fs::read(&path).expect("written"), b"{\"a\":1}");
+        std::fs::remove_file(&path).expect("rm");
+        let w = ConfigWrite {
+            path: path.clone(),
+            bytes: Some(b"{}".to_vec()),
+        };
+        w.write();
+        assert_eq!(std::fs::read(&path).expect("written"), b"{}");
+    }
 
     #[test]
     fn resume_takes_the_larger_of_the_ledger_and_the_event_log() {

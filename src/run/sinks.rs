@@ -210,10 +210,10 @@ impl Sinks {
 
     /// The series written, after any write in progress (at the close: the run's record holds
     /// it) — unless that write succeeded with the series as it still is. Runs beside the
-    /// ledger's close: nothing here borrows the sinks. The record's last writes reach the
-    /// blocking pool first (the record's writer task runs on the first yield here): they are
-    /// the run's durable end, with two fsyncs to wait for, while the series (no fsync) is
-    /// written meanwhile on this thread, which has nothing else to do at the close.
+    /// ledger's close: nothing here borrows the sinks. The record's writer hands its next
+    /// write to the blocking pool first (it runs on the first yield here; at a run's end that
+    /// is the last event, then the final ledger with its two fsyncs), while the series (no
+    /// fsync) is written meanwhile on this thread, which has nothing else to do at the close.
     pub fn finish_series(&mut self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let in_flight = self.series_write.take();
         self.series_saved = Some(std::time::Instant::now());

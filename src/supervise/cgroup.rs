@@ -71,7 +71,7 @@ impl Leaf {
     /// never stands in the way of a new one).
     pub fn tidy_stale_siblings(&self) {
         if let Some(base) = self.dir.parent() {
-            clean_stale(base);
+            clean_stale(base, &self.dir);
         }
     }
 
@@ -96,11 +96,16 @@ impl Leaf {
 /// owner named `costguard-PID-TICKS-SEQ` is alive only if that pid still has that start time
 /// (older names, `costguard-PID-SEQ`, by the pid alone). A leaf with processes in it cannot
 /// be removed, so only empty ones go.
-fn clean_stale(base: &Path) {
+fn clean_stale(base: &Path, ours: &Path) {
     let Ok(entries) = fs::read_dir(base) else {
         return;
     };
     for e in entries.flatten() {
+        // Never our own leaf, however its owner is judged (a start time that could not be
+        // read, a /proc of another PID namespace).
+        if e.path() == ours {
+            continue;
+        }
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
         if !owner_alive(name) {

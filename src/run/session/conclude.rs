@@ -37,7 +37,12 @@ impl Session {
         // the ledger wait, and no thread is made for them at every run's end).
         let d = dir.clone();
         let report = |l: crate::ledger::Ledger| async move {
-            matches!(crate::report::write_with(&d, &l, &series), (_, Ok(())))
+            // A panic in the report costs the report, never the rest of the close (the exit
+            // code, the notifications, the hook, the release).
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                crate::report::write_with(&d, &l, &series)
+            }));
+            matches!(written, Ok((_, Ok(()))))
         };
         let (ledger, saved, reported) = rec.close_then(series_saved, report).await;
         if let Err(why) = saved {
