@@ -111,8 +111,8 @@ impl Prepared {
             ..CloneArgs::default()
         };
         let mut ret: i64 = libc::SYS_clone3;
-        // SAFETY: clone3 with CLONE_VM starts the child on `stack` (its top page-aligned,
-        // as a call requires 16 bytes), sharing this memory: the child's first act is the call into
+        // SAFETY: clone3 with CLONE_VM starts the child on `stack` (its top page-aligned: a
+        // call needs 16 bytes), sharing this memory: the child's first act is the call into
         // `shared_child`, which never returns and only makes async-signal-safe calls on
         // memory prepared before the clone; CLONE_VFORK suspends this thread until the child
         // has exec'd or exited, so `stack`, `shared`, `args` and `argv` outlive its use of
