@@ -188,10 +188,22 @@ fn exited_on_runtime(pid: i32) -> Option<impl std::future::Future<Output = bool>
 
 /// The status of our child `pid` if it can be reaped now (`WNOHANG`).
 fn reap_now(pid: i32) -> Option<std::process::ExitStatus> {
+    wait_for(pid, libc::WNOHANG)
+}
+
+/// The status of our child `pid`, waited for (a blocking `waitpid` of that pid only);
+/// unknown is a failure (exit 1).
+fn reap(pid: i32) -> std::process::ExitStatus {
+    wait_for(pid, 0).unwrap_or_else(|| std::process::ExitStatus::from_raw(1 << 8))
+}
+
+/// `waitpid` of `pid` with `flags`, retried when interrupted: its status, or None when it
+/// could not be reaped (not yet, with WNOHANG, or not ours).
+fn wait_for(pid: i32, flags: libc::c_int) -> Option<std::process::ExitStatus> {
     let mut status = 0;
     loop {
         // SAFETY: waiting on our own child by pid with a valid status pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
         if r == pid {
             return Some(std::process::ExitStatus::from_raw(status));
         }
@@ -199,21 +211,5 @@ fn reap_now(pid: i32) -> Option<std::process::ExitStatus> {
             continue;
         }
         return None;
-    }
-}
-
-/// The status of our child `pid`, waited for (a blocking `waitpid` of that pid only).
-fn reap(pid: i32) -> std::process::ExitStatus {
-    let mut status = 0;
-    loop {
-        // SAFETY: waiting on our own child by pid with a valid status pointer.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            return std::process::ExitStatus::from_raw(status);
-        }
-        if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        return std::process::ExitStatus::from_raw(1 << 8);
     }
 }

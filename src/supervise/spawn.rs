@@ -73,13 +73,21 @@ impl Prepared {
     /// Starts the job; its pid once its exec succeeded, or the errno of the failure (the
     /// failed child already reaped).
     pub fn spawn(&self) -> Result<i32, Errno> {
-        let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
-        argv.push(std::ptr::null());
+        let argv = self.argv_ptrs();
         #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
         if let Some(started) = self.spawn_shared(&argv) {
             return started;
         }
         self.spawn_forked(&argv)
+    }
+
+    /// The argument vector as exec takes it: pointers into `self`, null-terminated.
+    fn argv_ptrs(&self) -> Vec<*const libc::c_char> {
+        self.argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect()
     }
 
     /// The job started by a child that shares the holder's memory until its exec
@@ -391,20 +399,10 @@ mod tests {
         let p = Prepared::new(&[script.into_os_string()], None).expect("p");
         assert_eq!(exit_code(p.spawn().expect("spawned")), 5);
         // The fork that stands in where the shared-memory clone is refused.
-        let argv: Vec<*const libc::c_char> = p
-            .argv
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain([std::ptr::null()])
-            .collect();
+        let argv = p.argv_ptrs();
         assert_eq!(exit_code(p.spawn_forked(&argv).expect("forked")), 5);
         let missing = Prepared::new(&os(&["costguard-no-such-program-y"]), None).expect("p");
-        let argv: Vec<*const libc::c_char> = missing
-            .argv
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain([std::ptr::null()])
-            .collect();
+        let argv = missing.argv_ptrs();
         assert_eq!(missing.spawn_forked(&argv), Err(libc::ENOENT));
     }
 
@@ -423,12 +421,7 @@ mod tests {
         let mut argv = vec![script.clone().into_os_string()];
         argv.extend((0..50_000).map(|i| OsString::from(format!("a{i}"))));
         let p = Prepared::new(&argv, Some(&leaf.dir)).expect("p");
-        let argv_ptrs: Vec<*const libc::c_char> = p
-            .argv
-            .iter()
-            .map(|a| a.as_ptr())
-            .chain([std::ptr::null()])
-            .collect();
+        let argv_ptrs = p.argv_ptrs();
         let started = p
             .spawn_shared(&argv_ptrs)
             .expect("the shared-memory start was taken");
